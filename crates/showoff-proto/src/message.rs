@@ -1,0 +1,299 @@
+//! Typed protocol messages. Every frame carries exactly one of these, JSON-encoded with a `type`
+//! tag, so the table in `docs/protocol.md` maps one-to-one onto the variants below.
+
+use serde::{Deserialize, Serialize};
+
+/// What a connection to the server is for, announced in its first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The long-lived control connection of a client session.
+    Control,
+    /// A data connection carrying one visitor stream (dial-back transport).
+    Data,
+}
+
+/// Messages a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First frame of every connection: protocol version and the connection's role.
+    Hello {
+        /// Protocol version the client speaks.
+        version: u16,
+        /// What this connection is for.
+        role: Role,
+    },
+    /// Credentials, sent once right after `Hello` on a control connection.
+    Auth {
+        /// The client's token; empty when the server runs open.
+        token: String,
+    },
+    /// Tunnels to open for this session, sent once after `Auth`.
+    Open {
+        /// One spec per tunnel; all are granted or the whole request is refused.
+        tunnels: Vec<TunnelSpec>,
+    },
+    /// Closes one tunnel of the session and frees its name or port.
+    Close {
+        /// Name of the tunnel, as in [`TunnelInfo::name`].
+        tunnel: String,
+    },
+    /// Answer to [`ServerMessage::Ping`].
+    Pong,
+    /// First frame after `Hello` on a data connection: which session it belongs to and, for a
+    /// dial-back answer, which `Dial` it answers. Without an id the connection joins the session's
+    /// warm pool and waits for a [`ServerMessage::Dial`] on itself.
+    DataHello {
+        /// Session id from `Welcome`.
+        session: String,
+        /// Data key from `Welcome`; proves the connection belongs to the session.
+        key: String,
+        /// The id of the `Dial` this connection answers; `None` for a warm-pool connection.
+        id: Option<String>,
+    },
+    /// The client could not serve a `Dial`: the local target refused or the tunnel is unknown.
+    /// Sent on the control connection for dialled streams, on the data connection for pooled ones.
+    StreamError {
+        /// The id of the `Dial`.
+        id: String,
+        /// Human-readable cause, e.g. `connection refused (127.0.0.1:3000)`.
+        reason: String,
+    },
+    /// On a warm-pool data connection: the local target is connected, raw bytes follow.
+    StreamReady {
+        /// The id of the `Dial`.
+        id: String,
+    },
+}
+
+/// Messages the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The session is up and every requested tunnel is registered.
+    Welcome {
+        /// Session id, quoted back in every `DataHello`.
+        session: String,
+        /// Secret the client presents on each data connection.
+        data_key: String,
+        /// Seconds between server pings; a client that hears nothing for three intervals
+        /// treats the connection as dead.
+        heartbeat_interval_secs: u64,
+        /// How many idle data connections the client should keep dialled in advance.
+        warm_pool: u16,
+        /// One entry per granted tunnel, in request order.
+        tunnels: Vec<TunnelInfo>,
+    },
+    /// The request was refused; the connection closes after this frame.
+    Refused {
+        /// Stable machine-readable reason.
+        code: RefusedCode,
+        /// What went wrong and how to fix it, for a person.
+        message: String,
+    },
+    /// Open a stream for a visitor: dial the local target and answer with a data connection
+    /// carrying `DataHello { id }` (on the control connection), or `StreamReady` / `StreamError`
+    /// (on a warm-pool data connection).
+    Dial {
+        /// One-time id, 22 base62 characters from the OS CSPRNG.
+        id: String,
+        /// Name of the tunnel the visitor came in through.
+        tunnel: String,
+        /// The visitor's address as the server saw it.
+        visitor_addr: String,
+    },
+    /// Heartbeat; answer with `Pong`.
+    Ping,
+    /// The server is draining: finish what is in flight and reconnect after the given delay.
+    GoAway {
+        /// Why, for logs.
+        reason: String,
+        /// Milliseconds to wait before reconnecting.
+        reconnect_after_ms: u64,
+    },
+}
+
+/// Stable refusal codes; clients may branch on them, so they never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedCode {
+    /// The token is missing or wrong.
+    AuthFailed,
+    /// Another principal holds the requested name.
+    NameTaken,
+    /// The requested name breaks the naming rules.
+    NameNotAllowed,
+    /// The requested public port is in use or outside the server's range.
+    PortUnavailable,
+    /// A server limit (tunnels, sessions, ports) is reached.
+    LimitReached,
+    /// The client speaks a protocol version the server does not.
+    VersionMismatch,
+    /// The frame sequence or a field is invalid.
+    BadRequest,
+    /// The server is draining and takes no new sessions.
+    ShuttingDown,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl RefusedCode {
+    /// The code as it appears on the wire, e.g. `name_taken`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthFailed => "auth_failed",
+            Self::NameTaken => "name_taken",
+            Self::NameNotAllowed => "name_not_allowed",
+            Self::PortUnavailable => "port_unavailable",
+            Self::LimitReached => "limit_reached",
+            Self::VersionMismatch => "version_mismatch",
+            Self::BadRequest => "bad_request",
+            Self::ShuttingDown => "shutting_down",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusedCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of traffic a tunnel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelKind {
+    /// HTTP, routed by `Host` on the public HTTP listener.
+    Http,
+    /// Raw TCP on a public port of its own.
+    Tcp,
+    /// Raw UDP on a public port of its own.
+    Udp,
+}
+
+impl TunnelKind {
+    /// Lowercase name, as on the wire and in URLs' schemes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// How the edge sets `Host` on requests it forwards through an HTTP tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum HostHeader {
+    /// Forward the visitor's `Host` unchanged.
+    #[default]
+    Preserve,
+    /// Replace it with the target's `host:port` (for servers that check their own name).
+    Rewrite,
+    /// Replace it with this exact value.
+    Value(String),
+}
+
+impl From<String> for HostHeader {
+    fn from(value: String) -> Self {
+        match value.as_str() {
+            "preserve" => Self::Preserve,
+            "rewrite" => Self::Rewrite,
+            _ => Self::Value(value),
+        }
+    }
+}
+
+impl From<HostHeader> for String {
+    fn from(value: HostHeader) -> Self {
+        match value {
+            HostHeader::Preserve => "preserve".into(),
+            HostHeader::Rewrite => "rewrite".into(),
+            HostHeader::Value(v) => v,
+        }
+    }
+}
+
+/// A tunnel the client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSpec {
+    /// HTTP, TCP or UDP.
+    pub kind: TunnelKind,
+    /// Requested name (a DNS label); the server picks a readable random one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Requested public port for TCP/UDP; the server picks one from its range when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `Host` policy for HTTP tunnels.
+    #[serde(default)]
+    pub host_header: HostHeader,
+    /// `host:port` of the local target, used by `host_header = rewrite` and shown in listings.
+    #[serde(default)]
+    pub target: String,
+}
+
+/// A tunnel the server granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelInfo {
+    /// The tunnel's name; `Dial` and `Close` refer to it.
+    pub name: String,
+    /// HTTP, TCP or UDP.
+    pub kind: TunnelKind,
+    /// Where visitors reach it, e.g. `http://demo.localhost:8080` or `tcp://localhost:20001`.
+    pub public_url: String,
+    /// Public port for TCP/UDP tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_type_tags() {
+        let msg = ClientMessage::Open {
+            tunnels: vec![TunnelSpec {
+                kind: TunnelKind::Http,
+                name: Some("demo".into()),
+                port: None,
+                host_header: HostHeader::Value("example.test".into()),
+                target: "127.0.0.1:3000".into(),
+            }],
+        };
+        let json = serde_json::to_string(&msg).expect("encode");
+        assert!(json.contains(r#""type":"open""#), "{json}");
+        assert!(json.contains(r#""host_header":"example.test""#), "{json}");
+        assert_eq!(serde_json::from_str::<ClientMessage>(&json).expect("decode"), msg);
+    }
+
+    #[test]
+    fn host_header_keywords_and_values() {
+        assert_eq!(HostHeader::from("preserve".to_string()), HostHeader::Preserve);
+        assert_eq!(HostHeader::from("rewrite".to_string()), HostHeader::Rewrite);
+        assert_eq!(
+            HostHeader::from("a.test".to_string()),
+            HostHeader::Value("a.test".into())
+        );
+    }
+
+    #[test]
+    fn unknown_refusal_codes_decode_as_unknown() {
+        let json = r#"{"type":"refused","code":"brand_new_reason","message":"x"}"#;
+        let msg: ServerMessage = serde_json::from_str(json).expect("decode");
+        assert!(matches!(msg, ServerMessage::Refused { code: RefusedCode::Unknown, .. }));
+    }
+
+    #[test]
+    fn spec_defaults_fill_missing_fields() {
+        let spec: TunnelSpec = serde_json::from_str(r#"{"kind":"tcp"}"#).expect("decode");
+        assert_eq!(spec.host_header, HostHeader::Preserve);
+        assert_eq!(spec.name, None);
+        assert_eq!(spec.port, None);
+    }
+}
