@@ -1,1 +1,151 @@
-//! placeholder
+//! The Showoff client: keeps a session with a server and carries visitor streams to local
+//! targets.
+//!
+//! [`run`] connects, authenticates, opens the configured tunnels and then serves `Dial`s until
+//! told to stop, reconnecting with exponential backoff and jitter after any loss (the server
+//! gives the same name back to the same token). Progress is reported as [`ClientEvent`]s so the
+//! binary can print `<public URL> -> <local address>` lines or JSON.
+//!
+//! # Layout
+//! - [`config`]: [`ClientConfig`], [`TunnelConfig`].
+//! - [`backoff`]: the reconnect delay schedule (pure).
+//! - [`session`]: one connected session: handshake, control loop, warm pool, streams.
+
+pub mod backoff;
+pub mod config;
+mod session;
+
+use std::time::Duration;
+
+use showoff_proto::{RefusedCode, TunnelInfo};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::{ClientConfig, TunnelConfig};
+
+/// What the client reports while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A session is up; one entry per tunnel with its local target.
+    Connected {
+        /// Granted tunnels paired with the local address each reaches.
+        tunnels: Vec<(TunnelInfo, String)>,
+    },
+    /// The session was lost; the client retries after `retry_in`.
+    Disconnected {
+        /// What happened.
+        error: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The server closed one tunnel (e.g. idle timeout).
+    TunnelClosed {
+        /// Its name.
+        tunnel: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server is draining; the client reconnects when it closes the session.
+    GoAway {
+        /// The server's reason.
+        reason: String,
+    },
+}
+
+/// Why the client stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the session in a way retrying cannot fix.
+    #[error("the server refused the session ({code}): {message}")]
+    Refused {
+        /// Stable refusal code.
+        code: RefusedCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The session failed and reconnecting is off.
+    #[error("{0}")]
+    Failed(String),
+    /// The configuration names no tunnel.
+    #[error("no tunnel is configured")]
+    NoTunnels,
+}
+
+impl ClientError {
+    /// True for refusals that reconnecting cannot cure (wrong token, name held by another).
+    fn is_permanent(&self) -> bool {
+        match self {
+            Self::Refused { code, .. } => !matches!(
+                code,
+                RefusedCode::ShuttingDown | RefusedCode::LimitReached | RefusedCode::Unknown
+            ),
+            Self::Failed(_) | Self::NoTunnels => false,
+        }
+    }
+}
+
+/// How a session ended without a permanent error.
+pub(crate) enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The server said `GoAway`; reconnect after the delay once it closed the session.
+    GoAway(Duration),
+}
+
+/// Runs the client until `shutdown` is cancelled or a permanent error occurs. In-flight streams
+/// get `config.shutdown_grace` to finish after shutdown.
+pub async fn run(
+    config: ClientConfig,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    if config.tunnels.is_empty() {
+        return Err(ClientError::NoTunnels);
+    }
+    let streams = tokio_util::task::TaskTracker::new();
+    let result = reconnect_loop(&config, &events, &shutdown, &streams).await;
+    streams.close();
+    if tokio::time::timeout(config.shutdown_grace, streams.wait())
+        .await
+        .is_err()
+    {
+        warn!("in-flight streams cut short at shutdown");
+    }
+    result
+}
+
+async fn reconnect_loop(
+    config: &ClientConfig,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    shutdown: &CancellationToken,
+    streams: &tokio_util::task::TaskTracker,
+) -> Result<(), ClientError> {
+    let mut attempt = 0u32;
+    loop {
+        let mut welcomed = false;
+        let outcome = session::run(config, events, shutdown, streams, &mut welcomed).await;
+        if welcomed {
+            attempt = 0;
+        }
+        let delay = match outcome {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::GoAway(delay)) => delay,
+            Err(error) if error.is_permanent() || !config.reconnect => return Err(error),
+            Err(error) => {
+                let delay = config.backoff.delay(attempt, rand::random::<f64>());
+                attempt = attempt.saturating_add(1);
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "session lost");
+                let _ = events.send(ClientEvent::Disconnected {
+                    error: error.to_string(),
+                    retry_in: delay,
+                });
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => info!("reconnecting"),
+        }
+    }
+}

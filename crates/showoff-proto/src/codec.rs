@@ -147,10 +147,16 @@ mod tests {
     fn partial_frames_wait_for_more() {
         let mut codec = Codec::new();
         let mut full = BytesMut::new();
-        codec.encode(ClientMessage::Pong, &mut full).expect("encode");
+        codec
+            .encode(ClientMessage::Pong, &mut full)
+            .expect("encode");
         for cut in 0..full.len() {
             let mut part = BytesMut::from(&full[..cut]);
-            assert_eq!(codec.decode(&mut part).expect("partial"), None, "cut at {cut}");
+            assert_eq!(
+                codec.decode(&mut part).expect("partial"),
+                None,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -163,7 +169,10 @@ mod tests {
             err,
             ProtocolError::FrameTooLarge { len, max: 16 } if len == u32::MAX as usize
         ));
-        assert!(buf.capacity() < 1024, "no buffer grown for a hostile prefix");
+        assert!(
+            buf.capacity() < 1024,
+            "no buffer grown for a hostile prefix"
+        );
     }
 
     #[test]
@@ -183,7 +192,10 @@ mod tests {
         Codec::new()
             .encode(ClientMessage::Pong, &mut via_codec)
             .expect("encode");
-        assert_eq!(encode_frame(&ClientMessage::Pong).expect("encode"), via_codec);
+        assert_eq!(
+            encode_frame(&ClientMessage::Pong).expect("encode"),
+            via_codec
+        );
     }
 
     proptest! {

@@ -69,7 +69,8 @@ pub fn parse_host(raw: &[u8]) -> Result<Host, HostError> {
 
 fn split_port(raw: &str) -> Result<(&str, Option<u16>), HostError> {
     let colon = if raw.starts_with('[') {
-        raw.find(']').and_then(|end| raw[end..].find(':').map(|c| end + c))
+        raw.find(']')
+            .and_then(|end| raw[end..].find(':').map(|c| end + c))
     } else {
         raw.rfind(':')
     };
@@ -77,11 +78,12 @@ fn split_port(raw: &str) -> Result<(&str, Option<u16>), HostError> {
         return Ok((raw, None));
     };
     let digits = &raw[colon + 1..];
-    let port = (!digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse::<u16>().ok())
-        .flatten()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| HostError::BadPort(digits.to_string()))?;
+    let port =
+        (!digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse::<u16>().ok())
+            .flatten()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| HostError::BadPort(digits.to_string()))?;
     Ok((&raw[..colon], Some(port)))
 }
 
@@ -101,7 +103,9 @@ fn check_label(label: &str) -> Result<(), HostError> {
         && label.len() <= MAX_LABEL_LEN
         && !label.starts_with('-')
         && !label.ends_with('-')
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -158,14 +162,32 @@ mod tests {
     #[test]
     fn rejects_malformed_hosts() {
         let bad: &[&str] = &[
-            "", ":80", "demo..localhost", "-demo.localhost", "demo-.localhost", "de mo.localhost",
-            "demo.localhost:", "demo.localhost:0", "demo.localhost:65536", "demo.localhost:8x",
-            "demo.localhost:80:80", "demo_x.localhost", "demo.localhost/evil", "user@demo.localhost",
-            "[::1", "[zz::1]:80", "é.localhost", ".", "demo.localhost\t",
+            "",
+            ":80",
+            "demo..localhost",
+            "-demo.localhost",
+            "demo-.localhost",
+            "de mo.localhost",
+            "demo.localhost:",
+            "demo.localhost:0",
+            "demo.localhost:65536",
+            "demo.localhost:8x",
+            "demo.localhost:80:80",
+            "demo_x.localhost",
+            "demo.localhost/evil",
+            "user@demo.localhost",
+            "[::1",
+            "[zz::1]:80",
+            "é.localhost",
+            ".",
+            "demo.localhost\t",
         ];
         assert!(!bad.is_empty());
         for raw in bad {
-            assert!(parse_host(raw.as_bytes()).is_err(), "{raw:?} should be rejected");
+            assert!(
+                parse_host(raw.as_bytes()).is_err(),
+                "{raw:?} should be rejected"
+            );
         }
         assert_eq!(
             parse_host(format!("{}.test", "a".repeat(250)).as_bytes()),
@@ -178,7 +200,16 @@ mod tests {
         for good in ["demo", "a", "my-app-2", &"x".repeat(63)] {
             assert_eq!(validate_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "-demo", "demo-", "Demo", "de.mo", "de_mo", &"x".repeat(64), "dé"] {
+        for bad in [
+            "",
+            "-demo",
+            "demo-",
+            "Demo",
+            "de.mo",
+            "de_mo",
+            &"x".repeat(64),
+            "dé",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

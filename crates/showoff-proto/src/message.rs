@@ -77,6 +77,8 @@ pub enum ServerMessage {
         session: String,
         /// Secret the client presents on each data connection.
         data_key: String,
+        /// Port of the data listener; the client dials it on the control connection's host.
+        data_port: u16,
         /// Seconds between server pings; a client that hears nothing for three intervals
         /// treats the connection as dead.
         heartbeat_interval_secs: u64,
@@ -105,6 +107,13 @@ pub enum ServerMessage {
     },
     /// Heartbeat; answer with `Pong`.
     Ping,
+    /// The server closed one tunnel of the session (idle timeout); its name or port is free.
+    TunnelClosed {
+        /// Name of the tunnel.
+        tunnel: String,
+        /// Why, for a person.
+        reason: String,
+    },
     /// The server is draining: finish what is in flight and reconnect after the given delay.
     GoAway {
         /// Why, for logs.
@@ -269,12 +278,18 @@ mod tests {
         let json = serde_json::to_string(&msg).expect("encode");
         assert!(json.contains(r#""type":"open""#), "{json}");
         assert!(json.contains(r#""host_header":"example.test""#), "{json}");
-        assert_eq!(serde_json::from_str::<ClientMessage>(&json).expect("decode"), msg);
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(&json).expect("decode"),
+            msg
+        );
     }
 
     #[test]
     fn host_header_keywords_and_values() {
-        assert_eq!(HostHeader::from("preserve".to_string()), HostHeader::Preserve);
+        assert_eq!(
+            HostHeader::from("preserve".to_string()),
+            HostHeader::Preserve
+        );
         assert_eq!(HostHeader::from("rewrite".to_string()), HostHeader::Rewrite);
         assert_eq!(
             HostHeader::from("a.test".to_string()),
@@ -286,7 +301,13 @@ mod tests {
     fn unknown_refusal_codes_decode_as_unknown() {
         let json = r#"{"type":"refused","code":"brand_new_reason","message":"x"}"#;
         let msg: ServerMessage = serde_json::from_str(json).expect("decode");
-        assert!(matches!(msg, ServerMessage::Refused { code: RefusedCode::Unknown, .. }));
+        assert!(matches!(
+            msg,
+            ServerMessage::Refused {
+                code: RefusedCode::Unknown,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -1,1 +1,38 @@
-//! placeholder
+//! The Showoff server: control, data and public listeners; sessions; the HTTP and TCP edges.
+//!
+//! A visitor's path through this crate reads in one direction: a public listener accepts it,
+//! the edge ([`edge`]) routes it by `Host` or port to a tunnel ([`tunnel`]) of a session
+//! ([`session`]), the session's transport ([`transport`]) opens a stream to the client, and
+//! bytes flow to the client's local target.
+//!
+//! The library never reads the environment, files or signals and never exits the process:
+//! the binary builds a [`ServerConfig`], calls [`Server::bind`], then [`Server::run`] with a
+//! cancellation token it cancels on SIGTERM.
+//!
+//! # Layout
+//! - [`config`]: [`ServerConfig`], defaults, validation (open mode only on loopback).
+//! - [`server`]: bind, accept loops, drain; the shared state of all tasks.
+//! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
+//! - [`registry`]: name ownership ([`Registry`], [`MemoryRegistry`]) and the routing table.
+//! - [`pending`]: dial-back waiters (`id → oneshot`), guards and caps.
+//! - [`transport`]: the stream-opening interface and the dial-back transport with warm pool.
+//! - [`tunnel`]: one registered tunnel and its pooled upstream connections.
+//! - [`edge`]: HTTP reverse proxy, TCP splicing, error pages.
+//! - [`stats`]: counters read by tests and the admin layer.
+
+pub mod config;
+mod edge;
+mod pending;
+pub mod registry;
+pub mod server;
+mod session;
+pub mod stats;
+pub mod transport;
+mod tunnel;
+
+pub use config::{ConfigError, PortRange, Secret, ServerConfig};
+pub use edge::error::ERROR_HEADER;
+pub use registry::{MemoryRegistry, Registry};
+pub use server::{DrainReport, Server, ServerAddrs, ServerError, ServerHandle};
+pub use session::MAX_TUNNELS_PER_SESSION;
+pub use stats::StatsSnapshot;

@@ -1,0 +1,116 @@
+//! Client configuration: where the server is, the token, and the tunnels to open.
+
+use std::time::Duration;
+
+use showoff_proto::TunnelSpec;
+
+use crate::backoff::Backoff;
+
+/// Default control address of the server.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7000";
+/// Default time in-flight streams get to finish when the client stops.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Deadline for connecting to the server or to a local target.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One tunnel: what to ask the server for and where its traffic goes locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// The request sent in `Open`.
+    pub spec: TunnelSpec,
+    /// `host:port` of the local target, e.g. `127.0.0.1:3000`.
+    pub local: String,
+}
+
+/// Everything the client needs.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the server's control listener.
+    pub server: String,
+    /// `host:port` of the data listener when it differs from the control host and the port the
+    /// server announces (e.g. behind a load balancer that maps ports).
+    pub data_server: Option<String>,
+    /// The client's token (may be empty for an open server).
+    pub token: String,
+    /// Tunnels to open.
+    pub tunnels: Vec<TunnelConfig>,
+    /// Reconnect after losses (on by default); off makes the first loss fatal.
+    pub reconnect: bool,
+    /// Reconnect delay schedule.
+    pub backoff: Backoff,
+    /// Time in-flight streams get when the client stops.
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("data_server", &self.data_server)
+            .field("token", &"***")
+            .field("tunnels", &self.tunnels)
+            .field("reconnect", &self.reconnect)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// A config with defaults for everything but the tunnels.
+    pub fn new(server: impl Into<String>, tunnels: Vec<TunnelConfig>) -> Self {
+        Self {
+            server: server.into(),
+            data_server: None,
+            token: String::new(),
+            tunnels,
+            reconnect: true,
+            backoff: Backoff::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// The data listener address to dial: the override, else the control host with the port
+    /// the server announced in `Welcome`.
+    pub fn data_addr(&self, announced_port: u16) -> String {
+        if let Some(addr) = &self.data_server {
+            return addr.clone();
+        }
+        let host = self
+            .server
+            .rsplit_once(':')
+            .map_or(self.server.as_str(), |(h, _)| h);
+        format!("{host}:{announced_port}")
+    }
+
+    /// The local target of a tunnel by name, in `Open` order.
+    pub(crate) fn local_for(&self, index: usize) -> Option<&str> {
+        self.tunnels.get(index).map(|t| t.local.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_address_uses_the_announced_port_on_the_control_host() {
+        let c = ClientConfig::new("127.0.0.1:7000", vec![]);
+        assert_eq!(c.data_addr(7001), "127.0.0.1:7001");
+        let c = ClientConfig::new("[::1]:7000", vec![]);
+        assert_eq!(c.data_addr(9), "[::1]:9");
+        let c = ClientConfig {
+            data_server: Some("tunnel.example:9000".into()),
+            ..ClientConfig::new("tunnel.example:7000", vec![])
+        };
+        assert_eq!(c.data_addr(7001), "tunnel.example:9000");
+    }
+
+    #[test]
+    fn debug_masks_the_token() {
+        let c = ClientConfig {
+            token: "hunter2".into(),
+            ..ClientConfig::new("127.0.0.1:7000", vec![])
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

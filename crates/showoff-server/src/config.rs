@@ -1,0 +1,339 @@
+//! Server configuration: every tunable of the server library, validated once at bind time.
+//!
+//! The binary resolves flags, environment and files into a [`ServerConfig`]; this module only
+//! holds the values, their defaults and the rules that make a configuration unsafe to run.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default control listener.
+pub const DEFAULT_CONTROL_ADDR: &str = "127.0.0.1:7000";
+/// Default data (dial-back) listener.
+pub const DEFAULT_DATA_ADDR: &str = "127.0.0.1:7001";
+/// Default public HTTP listener.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default base domain: `*.localhost` resolves to loopback in curl and browsers.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+/// Default range of public ports for TCP tunnels.
+pub const DEFAULT_TCP_PORTS: PortRange = PortRange {
+    first: 20000,
+    last: 20999,
+};
+/// Default cap on a request head (request line and headers).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Default deadline for a visitor to send a complete request head; also how long an idle
+/// keep-alive visitor connection is kept.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default time a visitor waits for the client to produce a stream.
+pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on streams being set up at once for one session.
+pub const DEFAULT_MAX_PENDING_PER_SESSION: usize = 128;
+/// Default cap on streams being set up at once across the server.
+pub const DEFAULT_MAX_PENDING_TOTAL: usize = 4096;
+/// Default interval between server pings.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// Default silence after which a session is considered dead.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
+/// Default limit on a visitor body read or response write making no progress.
+pub const DEFAULT_IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time in-flight work gets to finish on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default number of pre-dialled data connections a client keeps per session.
+pub const DEFAULT_WARM_POOL: u16 = 8;
+
+/// A secret string whose `Debug` and `Display` print `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is compared or sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An inclusive range of ports; `0-0` lets the operating system pick (tests use it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port of the range.
+    pub first: u16,
+    /// Last port of the range (inclusive).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// Number of ports in the range.
+    pub fn len(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    /// Always false: a range holds at least one port.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadPortRange(s.to_string());
+        let (first, last) = s.split_once('-').unwrap_or((s, s));
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first > last || (first == 0) != (last == 0) {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No token is configured while a listener faces more than loopback.
+    #[error(
+        "no token is configured and {listener} listens on {addr}, which is not loopback; \
+         set --token / SHOWOFF_TOKEN, or bind every listener to 127.0.0.1"
+    )]
+    OpenOnPublicAddress {
+        /// Which listener.
+        listener: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A port range that does not parse or is reversed.
+    #[error("invalid port range {0:?}: expected FIRST-LAST with FIRST <= LAST, or 0-0")]
+    BadPortRange(String),
+    /// The domain is not a valid DNS name.
+    #[error("invalid domain {domain:?}: {reason}")]
+    BadDomain {
+        /// The value given.
+        domain: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A limit that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+/// Everything the server needs to run. Build with [`ServerConfig::default`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Control listener (clients authenticate and register tunnels here).
+    pub control_addr: SocketAddr,
+    /// Data listener (clients dial back one connection per stream).
+    pub data_addr: SocketAddr,
+    /// Public HTTP listener (visitors, routed by `Host`).
+    pub http_addr: SocketAddr,
+    /// Base domain of tunnel hostnames: tunnel `demo` is served at `demo.<domain>`.
+    pub domain: String,
+    /// Port shown in public HTTP URLs; defaults to the HTTP listener's port (omitted when 80).
+    pub public_http_port: Option<u16>,
+    /// Ports handed to TCP tunnels; bound on the public HTTP listener's IP.
+    pub tcp_ports: PortRange,
+    /// Accepted client tokens; empty means the server runs open (loopback only).
+    pub tokens: Vec<Secret>,
+    /// Cap on a request head in bytes (431 above it).
+    pub max_header_bytes: usize,
+    /// Deadline for a complete request head (408 after it) and idle keep-alive limit.
+    pub head_timeout: Duration,
+    /// Longest a visitor body read or response write may make no progress.
+    pub io_idle_timeout: Duration,
+    /// How long a visitor waits for a stream from the client (504 after it).
+    pub pending_timeout: Duration,
+    /// Streams being set up at once per session (503 above it).
+    pub max_pending_per_session: usize,
+    /// Streams being set up at once across the server (503 above it).
+    pub max_pending_total: usize,
+    /// Interval between pings to each client.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a client is dropped and its names freed.
+    pub heartbeat_timeout: Duration,
+    /// Tunnels without visitor traffic for this long are closed (off when `None`).
+    pub tunnel_idle_timeout: Option<Duration>,
+    /// Time in-flight requests and streams get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Pre-dialled data connections each client keeps (0 turns the warm pool off).
+    pub warm_pool: u16,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let addr = |s: &str| s.parse().expect("default addresses are valid");
+        Self {
+            control_addr: addr(DEFAULT_CONTROL_ADDR),
+            data_addr: addr(DEFAULT_DATA_ADDR),
+            http_addr: addr(DEFAULT_HTTP_ADDR),
+            domain: DEFAULT_DOMAIN.into(),
+            public_http_port: None,
+            tcp_ports: DEFAULT_TCP_PORTS,
+            tokens: Vec::new(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            io_idle_timeout: DEFAULT_IO_IDLE_TIMEOUT,
+            pending_timeout: DEFAULT_PENDING_TIMEOUT,
+            max_pending_per_session: DEFAULT_MAX_PENDING_PER_SESSION,
+            max_pending_total: DEFAULT_MAX_PENDING_TOTAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            tunnel_idle_timeout: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            warm_pool: DEFAULT_WARM_POOL,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A configuration for tests: every listener on `127.0.0.1:0`, OS-picked tunnel ports.
+    pub fn ephemeral() -> Self {
+        let any = "127.0.0.1:0".parse().expect("valid");
+        Self {
+            control_addr: any,
+            data_addr: any,
+            http_addr: any,
+            tcp_ports: PortRange { first: 0, last: 0 },
+            ..Self::default()
+        }
+    }
+
+    /// Checks the rules a configuration must satisfy before anything is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let domain = showoff_proto::host::parse_host(self.domain.as_bytes()).map_err(|e| {
+            ConfigError::BadDomain {
+                domain: self.domain.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        if domain.port.is_some() || domain.name != self.domain {
+            return Err(ConfigError::BadDomain {
+                domain: self.domain.clone(),
+                reason: "expected a lowercase DNS name without port or trailing dot".into(),
+            });
+        }
+        for (name, value) in [
+            ("max_header_bytes", self.max_header_bytes),
+            ("max_pending_per_session", self.max_pending_per_session),
+            ("max_pending_total", self.max_pending_total),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.tokens.is_empty() {
+            self.check_loopback_only()?;
+        }
+        Ok(())
+    }
+
+    fn check_loopback_only(&self) -> Result<(), ConfigError> {
+        let listeners = [
+            ("the control listener", self.control_addr),
+            ("the data listener", self.data_addr),
+            ("the public HTTP listener", self.http_addr),
+        ];
+        for (listener, addr) in listeners {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::OpenOnPublicAddress { listener, addr });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        ServerConfig::default()
+            .validate()
+            .expect("defaults validate");
+        ServerConfig::ephemeral()
+            .validate()
+            .expect("ephemeral validates");
+    }
+
+    #[test]
+    fn open_server_on_public_address_is_refused_with_a_hint() {
+        let config = ServerConfig {
+            http_addr: "0.0.0.0:8080".parse().expect("addr"),
+            ..ServerConfig::default()
+        };
+        let err = config.validate().expect_err("must refuse").to_string();
+        assert!(err.contains("0.0.0.0:8080"), "{err}");
+        assert!(err.contains("SHOWOFF_TOKEN"), "{err}");
+        let with_token = ServerConfig {
+            tokens: vec![Secret::new("t")],
+            ..config
+        };
+        with_token.validate().expect("a token makes it safe");
+    }
+
+    #[test]
+    fn port_ranges_parse_strictly() {
+        assert_eq!(
+            "20000-20999".parse::<PortRange>().expect("range").len(),
+            1000
+        );
+        assert_eq!(
+            "5000".parse::<PortRange>().expect("single"),
+            PortRange {
+                first: 5000,
+                last: 5000
+            }
+        );
+        assert!("0-0".parse::<PortRange>().is_ok());
+        for bad in ["", "9-1", "a-b", "0-10", "1-70000"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+    }
+
+    #[test]
+    fn bad_domains_are_refused() {
+        for domain in ["", "Example.com", "a..b", "x.test:80"] {
+            let config = ServerConfig {
+                domain: domain.into(),
+                ..ServerConfig::default()
+            };
+            assert!(config.validate().is_err(), "{domain:?}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The public side: visitors arrive here and are routed to a tunnel.
+//!
+//! - [`http`]: HTTP/1.1 reverse proxy routed by `Host`, per request.
+//! - [`tcp`]: raw TCP tunnels, one public port each.
+//! - [`error`]: the one mapping from edge failures to status codes and `X-Showoff-Error` codes.
+
+pub(crate) mod error;
+pub(crate) mod http;
+pub(crate) mod tcp;

@@ -1,0 +1,213 @@
+//! The one place that decides what a visitor sees when something fails: status, stable code
+//! (sent as `X-Showoff-Error`), message, `Retry-After`. Failures are classified by origin —
+//! the visitor's request, the tunnel (client or its target), or Showoff's own limits — so logs
+//! and, later, metrics label them the same way.
+
+use crate::edge::http::head::HeadError;
+use crate::transport::OpenError;
+
+/// Response header carrying the stable error code.
+pub const ERROR_HEADER: &str = "x-showoff-error";
+
+/// Seconds a visitor is asked to wait after `over_capacity`.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The visitor sent something wrong.
+    Visitor,
+    /// The client or its local target failed.
+    Tunnel,
+    /// A Showoff limit or state refused the request.
+    Showoff,
+}
+
+/// Everything that ends a visitor request with an error page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EdgeError {
+    /// No tunnel serves this host.
+    NotFound,
+    /// The head was refused by [`crate::edge::http::head`].
+    Head(HeadError),
+    /// The head did not arrive before the deadline.
+    HeadTimeout,
+    /// The body broke its framing.
+    BadBody,
+    /// The tunnel could not produce a stream.
+    Open(OpenError),
+    /// The stream broke before the target answered.
+    TunnelBroken,
+}
+
+/// What to send for an [`EdgeError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErrorPage {
+    pub(crate) status: u16,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) retry_after: Option<u32>,
+    pub(crate) origin: Origin,
+}
+
+impl EdgeError {
+    /// Maps the failure to its page; `host` is named in messages where it helps.
+    pub(crate) fn page(&self, host: &str) -> ErrorPage {
+        use Origin::*;
+        let page = |status, code, message: String, origin| ErrorPage {
+            status,
+            code,
+            message,
+            retry_after: None,
+            origin,
+        };
+        match self {
+            Self::NotFound => page(
+                404,
+                "tunnel_not_found",
+                format!("no tunnel is registered for {host}"),
+                Visitor,
+            ),
+            Self::Head(HeadError::TooLarge) => page(
+                431,
+                "header_too_large",
+                "the request head is larger than this server accepts".into(),
+                Visitor,
+            ),
+            Self::Head(HeadError::Bad(why)) => page(400, "bad_request", (*why).into(), Visitor),
+            Self::Head(HeadError::UnsupportedCoding) => page(
+                501,
+                "unsupported_transfer_coding",
+                "only Transfer-Encoding: chunked is supported".into(),
+                Visitor,
+            ),
+            Self::Head(HeadError::Connect) => page(
+                405,
+                "method_not_allowed",
+                "CONNECT is not proxied".into(),
+                Visitor,
+            ),
+            Self::HeadTimeout => page(
+                408,
+                "header_timeout",
+                "the request head did not arrive in time".into(),
+                Visitor,
+            ),
+            Self::BadBody => page(400, "bad_request", "malformed request body".into(), Visitor),
+            Self::Open(OpenError::ClientGone) => page(
+                502,
+                "tunnel_unavailable",
+                format!("the client serving {host} is not connected"),
+                Tunnel,
+            ),
+            Self::Open(OpenError::Timeout) => page(
+                504,
+                "tunnel_timeout",
+                format!("the client serving {host} did not answer in time"),
+                Tunnel,
+            ),
+            Self::Open(OpenError::TargetUnreachable(why)) => page(
+                502,
+                "upstream_unreachable",
+                format!("the client serving {host} could not reach its target: {why}"),
+                Tunnel,
+            ),
+            Self::TunnelBroken => page(
+                502,
+                "tunnel_unavailable",
+                format!("the connection to the client serving {host} broke"),
+                Tunnel,
+            ),
+            Self::Open(OpenError::OverCapacity) => ErrorPage {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..page(
+                    503,
+                    "over_capacity",
+                    format!("too many requests for {host} are waiting; retry shortly"),
+                    Showoff,
+                )
+            },
+        }
+    }
+}
+
+impl ErrorPage {
+    /// The complete HTTP/1.1 response, closing the connection.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let body = format!("{} {}: {}\n", self.status, self.code, self.message);
+        let retry = self
+            .retry_after
+            .map(|s| format!("retry-after: {s}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{ERROR_HEADER}: {}\r\n{retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status,
+            self.code,
+            body.len(),
+        )
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_of_statuses_and_codes() {
+        let cases = [
+            (EdgeError::NotFound, 404, "tunnel_not_found"),
+            (
+                EdgeError::Head(HeadError::TooLarge),
+                431,
+                "header_too_large",
+            ),
+            (EdgeError::Head(HeadError::Bad("x")), 400, "bad_request"),
+            (EdgeError::HeadTimeout, 408, "header_timeout"),
+            (
+                EdgeError::Open(OpenError::ClientGone),
+                502,
+                "tunnel_unavailable",
+            ),
+            (EdgeError::Open(OpenError::Timeout), 504, "tunnel_timeout"),
+            (
+                EdgeError::Open(OpenError::OverCapacity),
+                503,
+                "over_capacity",
+            ),
+            (
+                EdgeError::Open(OpenError::TargetUnreachable("refused".into())),
+                502,
+                "upstream_unreachable",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let page = error.page("demo.localhost");
+            assert_eq!((page.status, page.code), (status, code), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn pages_are_complete_responses() {
+        let page = EdgeError::Open(OpenError::OverCapacity).page("demo.localhost");
+        let text = String::from_utf8(page.to_bytes()).expect("utf8");
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x-showoff-error: over_capacity\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("retry-after: 1\r\n"), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! Request bodies: how long they are ([`Framing`]), the chunked decoder, and the channel body
+//! that carries them upstream while they are still arriving. Nothing is buffered whole: the
+//! channel holds at most a couple of reads, so a slow upstream slows the visitor (backpressure).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Longest chunk-size line accepted (hex digits, extensions and CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer bytes accepted after the last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// A malformed chunked body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body: {0}")]
+pub(crate) struct ChunkError(&'static str);
+
+/// Incremental decoder for `Transfer-Encoding: chunked`; trailers are read and dropped.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+    Done,
+}
+
+/// One step of decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The body is complete; bytes left in the buffer belong to the next request.
+    End,
+    /// More input is needed.
+    NeedMore,
+}
+
+impl ChunkedDecoder {
+    /// Decodes from `buf`, consuming what it uses.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = parse_chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        ChunkState::Trailers(0)
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ChunkError("missing CRLF after chunk data"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers(seen) => {
+                    let Some(line) = take_line(buf, MAX_TRAILERS)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let seen = seen + line.len() + 2;
+                    if seen > MAX_TRAILERS {
+                        return Err(ChunkError("trailers too large"));
+                    }
+                    self.state = if line.is_empty() {
+                        ChunkState::Done
+                    } else {
+                        ChunkState::Trailers(seen)
+                    };
+                }
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) off the front of `buf`.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ChunkError> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() > max {
+            return Err(ChunkError("line too long"));
+        }
+        return Ok(None);
+    };
+    if end > max {
+        return Err(ChunkError("line too long"));
+    }
+    let line = buf.split_to(end);
+    buf.advance(2);
+    Ok(Some(line))
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(digits_end);
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(ChunkError("invalid chunk size"));
+    }
+    if !rest.is_empty() && rest[0] != b';' && rest[0] != b' ' && rest[0] != b'\t' {
+        return Err(ChunkError("invalid chunk size"));
+    }
+    let text = std::str::from_utf8(digits).map_err(|_| ChunkError("invalid chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| ChunkError("invalid chunk size"))
+}
+
+/// A request body fed by the connection task through a small channel.
+pub(crate) struct ChannelBody {
+    rx: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>>,
+    length: Option<u64>,
+}
+
+/// The sending side of a [`ChannelBody`].
+pub(crate) type BodySender = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+impl ChannelBody {
+    /// A body with no bytes.
+    pub(crate) fn empty() -> Self {
+        Self {
+            rx: None,
+            length: Some(0),
+        }
+    }
+
+    /// A streamed body of known (`Some`) or chunked (`None`) length.
+    pub(crate) fn channel(length: Option<u64>) -> (BodySender, Self) {
+        let (tx, rx) = mpsc::channel(2);
+        (
+            tx,
+            Self {
+                rx: Some(rx),
+                length,
+            },
+        )
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        rx.poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, BytesMut), ChunkError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::End => return Ok((out, buf)),
+                Decoded::NeedMore => return Err(ChunkError("incomplete")),
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_chunks_extensions_and_trailers() {
+        let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        let (out, rest) = decode_all(input).expect("valid");
+        assert_eq!(out, b"hello world");
+        assert_eq!(&rest[..], b"NEXT");
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_the_same_body() {
+        let input = b"a\r\n0123456789\r\n1\r\nx\r\n0\r\n\r\n";
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut ended = false;
+        for byte in input {
+            buf.extend_from_slice(&[*byte]);
+            loop {
+                match decoder.decode(&mut buf).expect("valid") {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::End => {
+                        ended = true;
+                        break;
+                    }
+                    Decoded::NeedMore => break,
+                }
+            }
+        }
+        assert!(ended);
+        assert_eq!(out, b"0123456789x");
+    }
+
+    #[test]
+    fn refuses_malformed_chunks() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"-1\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_line = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(&long_line).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let mut decoder = ChunkedDecoder::default();
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Decoded::Data(_)) = decoder.decode(&mut buf) {}
+        }
+
+        #[test]
+        fn any_chunking_round_trips(body in proptest::collection::vec(any::<u8>(), 0..600), cut in 1usize..100) {
+            let mut encoded = Vec::new();
+            for chunk in body.chunks(cut) {
+                encoded.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                encoded.extend_from_slice(chunk);
+                encoded.extend_from_slice(b"\r\n");
+            }
+            encoded.extend_from_slice(b"0\r\n\r\n");
+            let (out, rest) = decode_all(&encoded).expect("valid");
+            prop_assert_eq!(out, body);
+            prop_assert!(rest.is_empty());
+        }
+    }
+}

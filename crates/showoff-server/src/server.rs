@@ -1,0 +1,424 @@
+//! The server as a whole: [`Server::bind`] binds every listener and reports the real addresses;
+//! [`Server::run`] accepts until told to stop, then drains. [`Shared`] is the state every task
+//! reaches through an `Arc`: config, registry, routes, sessions, pending streams, counters, and
+//! the two cancellation tokens of the drain (`drain`: stop accepting and say `GoAway`; `stop`:
+//! everything ends).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use showoff_proto::{RefusedCode, ServerMessage, TunnelKind};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::registry::{MemoryRegistry, Registry, Routes};
+use crate::session::{Session, refused};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::transport::dialback::DialBack;
+use crate::transport::tune_socket;
+use crate::tunnel::Tunnel;
+
+/// Longest the server waits for background tasks after the hard stop.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unsafe or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("failed to bind the {listener} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
+        /// The address tried.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The addresses the server actually listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAddrs {
+    /// Control listener.
+    pub control: SocketAddr,
+    /// Data listener.
+    pub data: SocketAddr,
+    /// Public HTTP listener.
+    pub http: SocketAddr,
+}
+
+/// How the drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// True when every in-flight visitor finished within the grace period.
+    pub clean: bool,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    shared: Arc<Shared>,
+    control: TcpListener,
+    data: TcpListener,
+    http: TcpListener,
+}
+
+/// A cheap handle for reading a running server's state.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.drain.is_cancelled()
+    }
+}
+
+impl Server {
+    /// Validates `config` and binds every listener, with the in-memory registry.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        Self::bind_with_registry(config, Arc::new(MemoryRegistry::default())).await
+    }
+
+    /// Like [`bind`](Self::bind) with a chosen name registry.
+    pub async fn bind_with_registry(
+        config: ServerConfig,
+        registry: Arc<dyn Registry>,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        let control = bind("control", config.control_addr).await?;
+        let data = bind("data", config.data_addr).await?;
+        let http = bind("public HTTP", config.http_addr).await?;
+        let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
+        let data_port = data.local_addr().map(|a| a.port()).unwrap_or(0);
+        let shared = Arc::new(Shared {
+            public_http_port: config.public_http_port.unwrap_or(http_port),
+            tunnel_ip: config.http_addr.ip(),
+            data_port,
+            config,
+            registry,
+            routes: Routes::default(),
+            sessions: Mutex::new(HashMap::new()),
+            pending: Default::default(),
+            stats: Stats::default(),
+            drain: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            visitors: TaskTracker::new(),
+        });
+        Ok(Self {
+            shared,
+            control,
+            data,
+            http,
+        })
+    }
+
+    /// The bound addresses (real ports when the config asked for port 0).
+    pub fn addrs(&self) -> ServerAddrs {
+        let addr = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        ServerAddrs {
+            control: addr(&self.control),
+            data: addr(&self.data),
+            http: addr(&self.http),
+        }
+    }
+
+    /// A handle for reading counters while the server runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: stop accepting, `GoAway` to clients,
+    /// let in-flight visitors finish within `shutdown_grace`, stop everything.
+    pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
+        let shared = self.shared;
+        info!(addrs = ?ServerAddrsDisplay(&shared, &self.control, &self.data, &self.http), "server listening");
+        let s = shared.clone();
+        shared.tasks.spawn(accept_loop(
+            self.control,
+            s.drain.clone(),
+            s.clone(),
+            |stream, peer, s| {
+                s.tasks
+                    .spawn(crate::session::serve_control(stream, peer, s.clone()));
+            },
+        ));
+        shared.tasks.spawn(accept_loop(
+            self.data,
+            s.stop.clone(),
+            s.clone(),
+            |stream, _, s| {
+                s.tasks
+                    .spawn(crate::transport::dialback::accept_data(stream, s.clone()));
+            },
+        ));
+        shared.tasks.spawn(accept_loop(
+            self.http,
+            s.drain.clone(),
+            s.clone(),
+            |stream, peer, s| {
+                s.visitors
+                    .spawn(crate::edge::http::serve_visitor(stream, peer, s.clone()));
+            },
+        ));
+        shutdown.cancelled().await;
+        shared.drain_and_stop().await
+    }
+}
+
+struct ServerAddrsDisplay<'a>(
+    &'a Shared,
+    &'a TcpListener,
+    &'a TcpListener,
+    &'a TcpListener,
+);
+
+impl std::fmt::Debug for ServerAddrsDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        write!(
+            f,
+            "control={} data={} http={} domain={}",
+            addr(self.1),
+            addr(self.2),
+            addr(self.3),
+            self.0.config.domain
+        )
+    }
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}
+
+/// Accepts connections until `until` is cancelled; hands each to `spawn` with nodelay set.
+async fn accept_loop<F>(
+    listener: TcpListener,
+    until: CancellationToken,
+    shared: Arc<Shared>,
+    spawn: F,
+) where
+    F: Fn(TcpStream, SocketAddr, &Arc<Shared>),
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = until.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tune_socket(&stream);
+                spawn(stream, peer, &shared);
+            }
+            Err(error) => {
+                debug!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// State shared by every task of one server.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) routes: Routes,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    pub(crate) pending: crate::pending::Pending,
+    pub(crate) stats: Stats,
+    /// Cancelled when the drain begins.
+    pub(crate) drain: CancellationToken,
+    /// Cancelled when everything must end.
+    pub(crate) stop: CancellationToken,
+    /// Sessions, data connections, upstream connections, accept loops.
+    pub(crate) tasks: TaskTracker,
+    /// Visitor connections: what the drain waits for.
+    pub(crate) visitors: TaskTracker,
+    public_http_port: u16,
+    tunnel_ip: IpAddr,
+    /// The data listener's port, told to clients in `Welcome`.
+    pub(crate) data_port: u16,
+}
+
+impl Shared {
+    async fn drain_and_stop(&self) -> DrainReport {
+        info!(
+            grace_secs = self.config.shutdown_grace.as_secs(),
+            "draining"
+        );
+        self.drain.cancel();
+        self.visitors.close();
+        let clean = tokio::time::timeout(self.config.shutdown_grace, self.visitors.wait())
+            .await
+            .is_ok();
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(STOP_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("background tasks did not stop in time");
+        }
+        if clean {
+            info!("drain finished cleanly");
+        } else {
+            warn!(
+                cut = self.visitors.len(),
+                "drain cut short: visitors still connected after the grace period"
+            );
+        }
+        DrainReport { clean }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The principal a token stands for, or `None` when it is not accepted. With no tokens
+    /// configured (open, loopback-only server) every token is accepted and identifies its
+    /// holder, so two clients with different tokens still cannot take each other's names.
+    pub(crate) fn authenticate(&self, token: &str) -> Option<String> {
+        if self.config.tokens.is_empty() {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            token.hash(&mut hasher);
+            return Some(format!("open:{:016x}", hasher.finish()));
+        }
+        let mut found = None;
+        for (index, accepted) in self.config.tokens.iter().enumerate() {
+            // Compare against every token so timing does not reveal which one matched.
+            if showoff_proto::id::constant_time_eq(accepted.expose().as_bytes(), token.as_bytes()) {
+                found = Some(format!("token:{index}"));
+            }
+        }
+        found
+    }
+
+    pub(crate) fn add_session(&self, session: Arc<Session>) {
+        self.sessions().insert(session.id.clone(), session);
+    }
+
+    pub(crate) fn remove_session(&self, id: &str) {
+        self.sessions().remove(id);
+    }
+
+    /// The dial-back transport of a live session.
+    pub(crate) fn session(&self, id: &str) -> Option<Arc<DialBack>> {
+        self.sessions().get(id).map(|s| s.dialback.clone())
+    }
+
+    /// Ends a session (takeover): its task sees the cancellation and tears it down.
+    pub(crate) fn close_session(&self, id: &str) {
+        if let Some(session) = self.sessions().get(id) {
+            session.cancel.cancel();
+        }
+    }
+
+    /// Unregisters a tunnel: route, name, listener, upstream connections.
+    pub(crate) fn release_tunnel(&self, tunnel: &Arc<Tunnel>) {
+        tunnel.closed.cancel();
+        self.routes.remove(&tunnel.info.name, &tunnel.session_id);
+        self.stats
+            .tunnels_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let registry = self.registry.clone();
+        let name = tunnel.info.name.clone();
+        let session = tunnel.session_id.clone();
+        // Registry calls are async (a cluster backend may be remote); the release must not wait
+        // on the caller, which can be a Drop.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = registry.release(&name, &session).await {
+                    warn!(%error, name, "failed to release name");
+                }
+            });
+        }
+    }
+
+    /// Binds a public port for a TCP tunnel: the requested one, or the first free one of the
+    /// configured range starting at a random offset.
+    pub(crate) async fn bind_tunnel_port(
+        &self,
+        requested: Option<u16>,
+    ) -> Result<TcpListener, ServerMessage> {
+        let range = self.config.tcp_ports;
+        let unavailable = |port| {
+            refused(
+                RefusedCode::PortUnavailable,
+                format!("port {port} is in use or outside the server's range {range}"),
+            )
+        };
+        if let Some(port) = requested {
+            let allowed = range.first == 0 || range.contains(port);
+            if !allowed {
+                return Err(unavailable(port));
+            }
+            return TcpListener::bind((self.tunnel_ip, port))
+                .await
+                .map_err(|_| unavailable(port));
+        }
+        if range.first == 0 {
+            return TcpListener::bind((self.tunnel_ip, 0))
+                .await
+                .map_err(|_| unavailable(0));
+        }
+        let offset = rand::random_range(0..range.len());
+        for i in 0..range.len() {
+            let port = range.first + ((offset + i) % range.len()) as u16;
+            if let Ok(listener) = TcpListener::bind((self.tunnel_ip, port)).await {
+                return Ok(listener);
+            }
+        }
+        Err(refused(
+            RefusedCode::LimitReached,
+            format!("every port of {range} is in use"),
+        ))
+    }
+
+    /// Starts the accept loop of a TCP tunnel.
+    pub(crate) fn spawn_tcp_tunnel(self: &Arc<Self>, listener: TcpListener, tunnel: Arc<Tunnel>) {
+        self.tasks.spawn(crate::edge::tcp::serve_tunnel(
+            listener,
+            tunnel,
+            self.clone(),
+        ));
+    }
+
+    /// The URL visitors use for a tunnel.
+    pub(crate) fn public_url(&self, kind: TunnelKind, name: &str, port: Option<u16>) -> String {
+        let domain = &self.config.domain;
+        match (kind, port) {
+            (TunnelKind::Http, _) if self.public_http_port == 80 => {
+                format!("http://{name}.{domain}")
+            }
+            (TunnelKind::Http, _) => format!("http://{name}.{domain}:{}", self.public_http_port),
+            (kind, Some(port)) => format!("{}://{domain}:{port}", kind.as_str()),
+            (kind, None) => format!("{}://{domain}", kind.as_str()),
+        }
+    }
+}

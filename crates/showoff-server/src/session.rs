@@ -1,0 +1,450 @@
+//! Client sessions: the control connection from `Hello` to its end.
+//!
+//! [`serve_control`] runs the handshake (`Hello`, `Auth`, `Open` → `Welcome` or `Refused`), then
+//! the [`ControlLoop`]: it forwards `Dial`s from the transport, answers heartbeats, handles
+//! `Close` and `StreamError`, closes idle tunnels and says `GoAway` when the server drains.
+//! A [`SessionGuard`] undoes everything the session registered, however the task ends.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use showoff_proto::{
+    ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, RefusedCode, Role, SUPPORTED_VERSIONS,
+    ServerMessage, TunnelInfo, TunnelKind, TunnelSpec,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::registry::{Claim, Owner, RegistryError};
+use crate::server::Shared;
+use crate::transport::dialback::DialBack;
+use crate::tunnel::Tunnel;
+
+/// Most tunnels one session may open.
+pub const MAX_TUNNELS_PER_SESSION: usize = 64;
+
+/// Frames queued towards one client before `Dial` senders wait.
+const CONTROL_QUEUE: usize = 256;
+
+type ControlFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>;
+
+/// One authenticated client.
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) principal: String,
+    pub(crate) dialback: Arc<DialBack>,
+    pub(crate) tunnels: Mutex<Vec<Arc<Tunnel>>>,
+    /// Cancelled to close the session (takeover, shutdown).
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Session {
+    fn tunnels(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Tunnel>>> {
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A refusal to send before closing.
+pub(crate) fn refused(code: RefusedCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn bad_request(message: &str) -> ServerMessage {
+    refused(RefusedCode::BadRequest, message)
+}
+
+/// Accepts a `Hello` version or says which versions this server speaks.
+pub(crate) fn check_version(version: u16) -> Result<(), ServerMessage> {
+    if SUPPORTED_VERSIONS.contains(&version) {
+        return Ok(());
+    }
+    Err(refused(
+        RefusedCode::VersionMismatch,
+        format!(
+            "protocol version {version} is not supported; this server speaks {SUPPORTED_VERSIONS:?}"
+        ),
+    ))
+}
+
+/// Serves one control connection until the session ends.
+pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let mut framed = Framed::new(stream, FrameCodec::<ClientMessage, ServerMessage>::new());
+    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, &shared));
+    let guard = match setup.await {
+        Ok(Ok(guard)) => guard,
+        Ok(Err(refusal)) => {
+            if let ServerMessage::Refused { code, message } = &refusal {
+                info!(%peer, %code, message, "session refused");
+            }
+            let _ = framed.send(refusal).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "control handshake timed out");
+            return;
+        }
+    };
+    let session = guard.session.clone();
+    info!(%peer, session = %session.id, principal = %session.principal, "session up");
+    let end = ControlLoop::new(framed, rx, session.clone(), shared.clone())
+        .run()
+        .await;
+    info!(%peer, session = %session.id, reason = end, "session ended");
+    drop(guard);
+}
+
+async fn handshake(
+    framed: &mut ControlFramed,
+    tx: mpsc::Sender<ServerMessage>,
+    shared: &Arc<Shared>,
+) -> Result<SessionGuard, ServerMessage> {
+    match framed.next().await {
+        Some(Ok(ClientMessage::Hello { version, role })) => {
+            check_version(version)?;
+            if role != Role::Control {
+                return Err(bad_request("expected role control"));
+            }
+        }
+        _ => return Err(bad_request("expected hello")),
+    }
+    if shared.drain.is_cancelled() {
+        return Err(refused(
+            RefusedCode::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    let principal = match framed.next().await {
+        Some(Ok(ClientMessage::Auth { token })) => shared
+            .authenticate(&token)
+            .ok_or_else(|| refused(RefusedCode::AuthFailed, "the token was not accepted"))?,
+        _ => return Err(bad_request("expected auth")),
+    };
+    let specs = match framed.next().await {
+        Some(Ok(ClientMessage::Open { tunnels })) => tunnels,
+        _ => return Err(bad_request("expected open")),
+    };
+    if specs.is_empty() || specs.len() > MAX_TUNNELS_PER_SESSION {
+        return Err(refused(
+            RefusedCode::LimitReached,
+            format!("a session opens 1 to {MAX_TUNNELS_PER_SESSION} tunnels"),
+        ));
+    }
+    let guard = SessionGuard::new(principal, tx, shared.clone());
+    let mut infos = Vec::with_capacity(specs.len());
+    for spec in specs {
+        infos.push(open_tunnel(&guard, spec).await?);
+    }
+    shared.add_session(guard.session.clone());
+    let welcome = ServerMessage::Welcome {
+        session: guard.session.id.clone(),
+        data_key: guard.session.dialback.data_key.clone(),
+        data_port: shared.data_port,
+        heartbeat_interval_secs: shared.config.heartbeat_interval.as_secs().max(1),
+        warm_pool: shared.config.warm_pool,
+        tunnels: infos,
+    };
+    framed
+        .send(welcome)
+        .await
+        .map_err(|_| bad_request("connection lost"))?;
+    Ok(guard)
+}
+
+async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInfo, ServerMessage> {
+    let shared = &guard.shared;
+    let session = &guard.session;
+    let name = claim_name(guard, spec.name.as_deref()).await?;
+    let listener = match spec.kind {
+        TunnelKind::Http => None,
+        TunnelKind::Tcp => Some(shared.bind_tunnel_port(spec.port).await?),
+        TunnelKind::Udp => {
+            return Err(refused(
+                RefusedCode::BadRequest,
+                "UDP tunnels are not supported by this server yet",
+            ));
+        }
+    };
+    let port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let info = TunnelInfo {
+        public_url: shared.public_url(spec.kind, &name, port),
+        name,
+        kind: spec.kind,
+        port,
+    };
+    let tunnel = Arc::new(Tunnel::new(
+        info.clone(),
+        spec,
+        session.id.clone(),
+        session.dialback.clone(),
+        session.cancel.child_token(),
+    ));
+    session.tunnels().push(tunnel.clone());
+    shared.routes.insert(tunnel.clone());
+    shared
+        .stats
+        .tunnels_active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(listener) = listener {
+        shared.spawn_tcp_tunnel(listener, tunnel);
+    }
+    Ok(info)
+}
+
+/// Claims the requested name (or a fresh readable one) for the session.
+async fn claim_name(
+    guard: &SessionGuard,
+    requested: Option<&str>,
+) -> Result<String, ServerMessage> {
+    let owner = Owner {
+        principal: guard.session.principal.clone(),
+        session: guard.session.id.clone(),
+    };
+    let registry = &guard.shared.registry;
+    let Some(name) = requested else {
+        // ~10 million readable names: a handful of tries always finds a free one in practice.
+        for _ in 0..16 {
+            let name = showoff_proto::id::readable_name();
+            if let Ok(Claim::Fresh) = registry.claim(&name, &owner).await {
+                return Ok(name);
+            }
+        }
+        return Err(refused(
+            RefusedCode::LimitReached,
+            "no free name found; ask for one",
+        ));
+    };
+    showoff_proto::host::validate_name(name).map_err(|e| {
+        refused(
+            RefusedCode::NameNotAllowed,
+            format!("{name:?} is not a valid name ({e}): use 1-63 of a-z, 0-9 and '-'"),
+        )
+    })?;
+    match registry.claim(name, &owner).await {
+        Ok(Claim::Fresh) => Ok(name.to_string()),
+        Ok(Claim::TakenOver { previous_session }) => {
+            info!(name, previous = %previous_session, "name taken over by the same principal");
+            guard.shared.close_session(&previous_session);
+            Ok(name.to_string())
+        }
+        Ok(Claim::AlreadyHeld) => Err(refused(
+            RefusedCode::BadRequest,
+            format!("{name:?} is requested twice"),
+        )),
+        Err(RegistryError::Taken) => Err(refused(
+            RefusedCode::NameTaken,
+            format!("{name:?} is in use by another client; pick another name"),
+        )),
+        Err(RegistryError::Backend(e)) => {
+            warn!(error = %e, "registry failed");
+            Err(refused(
+                RefusedCode::LimitReached,
+                "the name registry is unavailable",
+            ))
+        }
+    }
+}
+
+/// Undoes a session's registrations when dropped: routes, names, pending streams, warm pool.
+pub(crate) struct SessionGuard {
+    pub(crate) session: Arc<Session>,
+    shared: Arc<Shared>,
+    _gauge: SessionGauge,
+}
+
+struct SessionGauge(Arc<Shared>);
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .sessions_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl SessionGuard {
+    fn new(principal: String, tx: mpsc::Sender<ServerMessage>, shared: Arc<Shared>) -> Self {
+        let id = showoff_proto::id::random_id();
+        let dialback = DialBack::new(
+            id.clone(),
+            showoff_proto::id::random_id(),
+            tx,
+            shared.clone(),
+        );
+        let session = Arc::new(Session {
+            id,
+            principal,
+            dialback: Arc::new(dialback),
+            tunnels: Mutex::new(Vec::new()),
+            cancel: shared.stop.child_token(),
+        });
+        shared
+            .stats
+            .sessions_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            session,
+            _gauge: SessionGauge(shared.clone()),
+            shared,
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let session = &self.session;
+        session.cancel.cancel();
+        self.shared.remove_session(&session.id);
+        self.shared.pending.remove_session(&session.id);
+        session.dialback.clear_pool();
+        let tunnels = std::mem::take(&mut *session.tunnels());
+        for tunnel in &tunnels {
+            self.shared.release_tunnel(tunnel);
+        }
+    }
+}
+
+/// The steady state of a control connection.
+struct ControlLoop {
+    framed: ControlFramed,
+    rx: mpsc::Receiver<ServerMessage>,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+    last_seen: Instant,
+    said_goaway: bool,
+}
+
+impl ControlLoop {
+    fn new(
+        framed: ControlFramed,
+        rx: mpsc::Receiver<ServerMessage>,
+        session: Arc<Session>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            framed,
+            rx,
+            session,
+            shared,
+            last_seen: Instant::now(),
+            said_goaway: false,
+        }
+    }
+
+    /// Runs until the session ends; returns why, for the log.
+    async fn run(mut self) -> &'static str {
+        let period = self.shared.config.heartbeat_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let session_cancel = self.session.cancel.clone();
+        let drain = self.shared.drain.clone();
+        loop {
+            let step = tokio::select! {
+                _ = session_cancel.cancelled() => Err("closed by the server"),
+                _ = drain.cancelled(), if !self.said_goaway => self.go_away().await,
+                Some(msg) = self.rx.recv() => self.send(msg).await,
+                frame = self.framed.next() => self.on_frame(frame),
+                _ = ticker.tick() => self.heartbeat().await,
+            };
+            if let Err(reason) = step {
+                return reason;
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: ServerMessage) -> Result<(), &'static str> {
+        self.framed.send(msg).await.map_err(|_| "write failed")
+    }
+
+    async fn go_away(&mut self) -> Result<(), &'static str> {
+        self.said_goaway = true;
+        let msg = ServerMessage::GoAway {
+            reason: "server shutting down".into(),
+            reconnect_after_ms: 1000,
+        };
+        self.send(msg).await
+    }
+
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<ClientMessage, showoff_proto::ProtocolError>>,
+    ) -> Result<(), &'static str> {
+        let msg = match frame {
+            None => return Err("client disconnected"),
+            Some(Err(error)) => {
+                debug!(%error, "bad frame from client");
+                return Err("protocol error");
+            }
+            Some(Ok(msg)) => msg,
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            ClientMessage::Pong => {}
+            ClientMessage::StreamError { id, reason } => {
+                self.shared.pending.fail(&id, &self.session.id, reason);
+            }
+            ClientMessage::Close { tunnel } => {
+                self.close_tunnel(&tunnel);
+            }
+            other => {
+                debug!(?other, "unexpected frame on control connection");
+                return Err("protocol error");
+            }
+        }
+        Ok(())
+    }
+
+    fn close_tunnel(&self, name: &str) -> Option<Arc<Tunnel>> {
+        let tunnel = {
+            let mut tunnels = self.session.tunnels();
+            let index = tunnels.iter().position(|t| t.info.name == name)?;
+            tunnels.swap_remove(index)
+        };
+        self.shared.release_tunnel(&tunnel);
+        Some(tunnel)
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), &'static str> {
+        if self.last_seen.elapsed() > self.shared.config.heartbeat_timeout {
+            return Err("heartbeat timeout");
+        }
+        self.close_idle_tunnels().await?;
+        self.send(ServerMessage::Ping).await
+    }
+
+    async fn close_idle_tunnels(&mut self) -> Result<(), &'static str> {
+        let Some(limit) = self.shared.config.tunnel_idle_timeout else {
+            return Ok(());
+        };
+        let idle: Vec<String> = self
+            .session
+            .tunnels()
+            .iter()
+            .filter(|t| t.idle_for() >= limit)
+            .map(|t| t.info.name.clone())
+            .collect();
+        for name in idle {
+            self.close_tunnel(&name);
+            let reason = format!("idle for {}s", limit.as_secs());
+            info!(tunnel = %name, reason, "tunnel closed");
+            self.send(ServerMessage::TunnelClosed {
+                tunnel: name,
+                reason,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! How the server gets a byte stream to a client: the [`StreamOpener`] interface and the
+//! [`TunnelStream`] it yields. The edges only ever call `open`; which transport stands behind it
+//! (dial-back today, multiplexed or QUIC streams later) is the session's business.
+//!
+//! - [`dialback`]: the client dials one data connection per stream, taken from a warm pool of
+//!   pre-dialled connections when one is idle, else requested with `Dial` on the control link.
+
+pub(crate) mod dialback;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Anything a tunnel stream can run over.
+pub trait StreamIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> StreamIo for T {}
+
+/// A bidirectional byte stream to a client's local target. Bytes the handshake read past its
+/// last frame are replayed first, so nothing the client sent is lost.
+pub struct TunnelStream {
+    prefix: Bytes,
+    io: Box<dyn StreamIo>,
+}
+
+impl TunnelStream {
+    /// A stream with nothing buffered ahead of `io`.
+    pub fn new(io: impl StreamIo) -> Self {
+        Self::with_prefix(Bytes::new(), io)
+    }
+
+    /// A stream that yields `prefix` before reading from `io`.
+    pub fn with_prefix(prefix: Bytes, io: impl StreamIo) -> Self {
+        Self {
+            prefix,
+            io: Box::new(io),
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("prefix_len", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What the edge knows about the visitor a stream is for.
+#[derive(Debug, Clone)]
+pub struct StreamMeta {
+    /// The tunnel's name.
+    pub tunnel: String,
+    /// The visitor's address.
+    pub visitor_addr: SocketAddr,
+}
+
+/// Why no stream could be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The client's session ended (or ends while we wait).
+    #[error("the client is not connected")]
+    ClientGone,
+    /// The client did not produce a stream in time.
+    #[error("the client did not open a stream in time")]
+    Timeout,
+    /// Too many streams are being set up for this session or the server.
+    #[error("too many streams are being set up")]
+    OverCapacity,
+    /// The client reached the tunnel but not its local target.
+    #[error("the client could not reach its target: {0}")]
+    TargetUnreachable(String),
+}
+
+/// "Open a stream to this session": the one interface every transport implements.
+#[async_trait]
+pub trait StreamOpener: Send + Sync + 'static {
+    /// Opens a fresh stream to the client's target for one visitor connection.
+    async fn open(&self, meta: &StreamMeta) -> Result<TunnelStream, OpenError>;
+}
+
+/// Sets `TCP_NODELAY` and keepalive on a socket Showoff opened or accepted. Keepalive lets a
+/// splice between two quiet peers notice a vanished one without a timer of ours.
+pub(crate) fn tune_socket(stream: &tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "failed to set TCP_NODELAY");
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10));
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "failed to set TCP keepalive");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn prefix_is_read_before_the_socket() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut stream = TunnelStream::with_prefix(Bytes::from_static(b"hello "), a);
+        b.write_all(b"world").await.expect("write");
+        drop(b);
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "hello world");
+    }
+}
