@@ -1,1 +1,209 @@
-//! placeholder
+//! Test helpers for Showoff's end-to-end tests (in `tests/`): a real HTTP target
+//! ([`target`]), a server and a client started for real on `127.0.0.1:0` ([`TestServer`],
+//! [`TestClient`]), HTTP and raw-socket visitors ([`visitor`]), and polling with a deadline
+//! ([`eventually`]) instead of sleeps.
+
+pub mod target;
+pub mod visitor;
+
+use std::future::Future;
+use std::time::Duration;
+
+use showoff_client::{ClientConfig, ClientError, ClientEvent, TunnelConfig};
+use showoff_proto::{HostHeader, TunnelInfo, TunnelKind, TunnelSpec};
+use showoff_server::{DrainReport, Server, ServerAddrs, ServerConfig, ServerHandle};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Installs a test log subscriber once (`RUST_LOG` picks the level; silent by default).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` every 10 ms until it is true; panics naming `what` after [`DEADLINE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits `fut` under [`DEADLINE`], panicking with `what` if it takes longer.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A server running in the test's runtime on ephemeral loopback ports.
+pub struct TestServer {
+    /// Where it listens.
+    pub addrs: ServerAddrs,
+    /// Counters.
+    pub handle: ServerHandle,
+    /// The domain it serves.
+    pub domain: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<DrainReport>,
+}
+
+impl TestServer {
+    /// Binds and runs a server with `config` (use [`ServerConfig::ephemeral`] as a base).
+    pub async fn start(config: ServerConfig) -> Self {
+        init_logs();
+        let domain = config.domain.clone();
+        let server = Server::bind(config).await.expect("server binds");
+        let addrs = server.addrs();
+        let handle = server.handle();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Self {
+            addrs,
+            handle,
+            domain,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A server with the default test configuration.
+    pub async fn default_config() -> Self {
+        Self::start(ServerConfig::ephemeral()).await
+    }
+
+    /// The `Host` a visitor uses for tunnel `name`.
+    pub fn host(&self, name: &str) -> String {
+        format!("{name}.{}:{}", self.domain, self.addrs.http.port())
+    }
+
+    /// Starts the drain without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Drains and waits for the server to stop.
+    pub async fn stop(self) -> DrainReport {
+        self.shutdown.cancel();
+        within("server drain", self.task).await.expect("server task")
+    }
+}
+
+/// A tunnel spec for tests: `kind` with an optional name, pointing at `local`.
+pub fn tunnel(kind: TunnelKind, name: Option<&str>, local: std::net::SocketAddr) -> TunnelConfig {
+    TunnelConfig {
+        spec: TunnelSpec {
+            kind,
+            name: name.map(str::to_string),
+            port: None,
+            host_header: HostHeader::Preserve,
+            target: local.to_string(),
+        },
+        local: local.to_string(),
+    }
+}
+
+/// A client running on a runtime of its own, so [`TestClient::kill`] can end every one of its
+/// connections at once, as a killed process would.
+pub struct TestClient {
+    /// The tunnels of the first session.
+    pub tunnels: Vec<TunnelInfo>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    shutdown: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), ClientError>>>,
+}
+
+impl TestClient {
+    /// A client config for `server` with fast reconnects.
+    pub fn config(server: &TestServer, tunnels: Vec<TunnelConfig>) -> ClientConfig {
+        let mut config = ClientConfig::new(server.addrs.control.to_string(), tunnels);
+        config.backoff.initial = Duration::from_millis(50);
+        config.backoff.max = Duration::from_millis(500);
+        config
+    }
+
+    /// Starts a client and waits until its session is up; returns the refusal if it ends first.
+    pub async fn start(config: ClientConfig) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let (done_tx, mut done) = tokio::sync::oneshot::channel();
+        let stop = shutdown.clone();
+        runtime.spawn(async move {
+            let _ = done_tx.send(showoff_client::run(config, tx, stop).await);
+        });
+        let first = within("client session", async {
+            tokio::select! {
+                event = events.recv() => Ok(event),
+                result = &mut done => Err(result),
+            }
+        })
+        .await;
+        let tunnels = match first {
+            Ok(Some(ClientEvent::Connected { tunnels })) => tunnels.into_iter().map(|(t, _)| t).collect(),
+            Ok(other) => panic!("unexpected first client event {other:?}"),
+            Err(Ok(Err(error))) => {
+                runtime.shutdown_background();
+                return Err(error);
+            }
+            Err(other) => panic!("client ended without a session: {other:?}"),
+        };
+        Ok(Self {
+            tunnels,
+            events,
+            shutdown,
+            runtime: Some(runtime),
+            done: Some(done),
+        })
+    }
+
+    /// The next event, waiting at most [`DEADLINE`].
+    pub async fn next_event(&mut self) -> ClientEvent {
+        within("client event", self.events.recv())
+            .await
+            .expect("client still running")
+    }
+
+    /// Waits for the next `Connected` event (a reconnect) and returns its tunnels.
+    pub async fn reconnected(&mut self) -> Vec<TunnelInfo> {
+        loop {
+            if let ClientEvent::Connected { tunnels } = self.next_event().await {
+                return tunnels.into_iter().map(|(t, _)| t).collect();
+            }
+        }
+    }
+
+    /// Stops the client gracefully and returns how it ended.
+    pub async fn stop(mut self) -> Result<(), ClientError> {
+        self.shutdown.cancel();
+        let done = self.done.take().expect("not stopped twice");
+        within("client stop", done).await.expect("client result")
+    }
+
+    /// Ends the client abruptly: every socket closes, nothing is said to the server.
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            self.shutdown.cancel();
+            runtime.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A real HTTP/1.1 target for tunnels, built on hyper, that records what it saw.
+//!
+//! Routes: `/slow?ms=N` answers after N ms; `/big?bytes=N[&cl=1]` streams N bytes (chunked, or
+//! with `Content-Length`); `/ws` is a WebSocket echo; anything else answers with a JSON echo
+//! of the request (`method`, `path`, `headers`, `body_bytes`), counting body bytes as they
+//! stream without keeping them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// What the target has seen.
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Requests served.
+    pub requests: AtomicU64,
+}
+
+/// A running target.
+#[derive(Clone)]
+pub struct Target {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<TargetStats>,
+    /// A label included in every echo, to tell targets apart.
+    pub label: &'static str,
+}
+
+impl Target {
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts a target on `127.0.0.1:0`; it runs until the test's runtime ends.
+pub async fn spawn_target(label: &'static str) -> Target {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("target binds");
+    let addr = listener.local_addr().expect("addr");
+    let stats = Arc::new(TargetStats::default());
+    let served = stats.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            served.connections.fetch_add(1, Ordering::Relaxed);
+            let stats = served.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handle(req, label, stats.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Target { addr, stats, label }
+}
+
+/// A port on which nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn handle(req: Request<Incoming>, label: &'static str, stats: Arc<TargetStats>) -> Result<Response<Body>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    Ok(match req.uri().path() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(500))).await;
+            Response::new(full("slow done"))
+        }
+        "/big" => big(&req),
+        "/ws" => websocket(req),
+        _ => echo(req, label).await,
+    })
+}
+
+fn big(req: &Request<Incoming>) -> Response<Body> {
+    let total = query(req, "bytes").unwrap_or(1 << 20);
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let frames = futures_util::stream::iter((0..total.div_ceil(CHUNK)).map(move |i| {
+        let n = CHUNK.min(total - i * CHUNK) as usize;
+        Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n)))
+    }));
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    if query(req, "cl") == Some(1) {
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, total.into());
+    }
+    resp
+}
+
+async fn echo(req: Request<Incoming>, label: &'static str) -> Response<Body> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_bytes = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            body_bytes += data.len() as u64;
+        }
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let entry = headers
+            .entry(name.as_str())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(values) = entry {
+            values.push(String::from_utf8_lossy(value.as_bytes()).into());
+        }
+    }
+    let echo = serde_json::json!({
+        "target": label,
+        "method": parts.method.as_str(),
+        "path": parts.uri.to_string(),
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    let mut resp = Response::new(full(echo.to_string()));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut resp = Response::new(full("not a websocket request"));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(""))
+        .expect("valid response")
+}

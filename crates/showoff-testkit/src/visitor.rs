@@ -1,0 +1,112 @@
+//! Visitors: a real HTTP/1.1 client (hyper) for well-formed requests, and raw sockets for the
+//! malformed, slow and hostile ones.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::within;
+
+/// A complete response as a visitor saw it.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body as text (lossy).
+    pub body: String,
+}
+
+impl Reply {
+    /// The `X-Showoff-Error` code, if any.
+    pub fn error_code(&self) -> Option<&str> {
+        self.headers.get(showoff_server::ERROR_HEADER)?.to_str().ok()
+    }
+
+    /// The body parsed as the target's JSON echo.
+    pub fn echo(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.body))
+    }
+
+    /// The first value of header `name` in the target's echo of the request.
+    pub fn echoed_header(&self, name: &str) -> Option<String> {
+        self.echo()["headers"][name][0].as_str().map(str::to_string)
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to the public listener.
+pub struct HttpConn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl HttpConn {
+    /// Opens a connection to `addr`.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect to public listener");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    /// Sends `GET path` with `Host: host` and reads the whole response.
+    pub async fn get(&mut self, host: &str, path: &str) -> Reply {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Empty::new())
+            .expect("request");
+        self.send(req).await
+    }
+
+    /// Sends a prepared request and reads the whole response.
+    pub async fn send(&mut self, req: Request<Empty<Bytes>>) -> Reply {
+        within("response", async {
+            self.sender.ready().await.expect("connection ready");
+            let resp = self.sender.send_request(req).await.expect("response");
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.expect("body").to_bytes();
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }
+        })
+        .await
+    }
+}
+
+/// One `GET` on a fresh connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    HttpConn::open(addr).await.get(host, path).await
+}
+
+/// Writes `raw` and returns everything the server sends until it closes the connection.
+pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(raw).await.expect("write");
+    read_to_close(&mut stream).await
+}
+
+/// Reads until the peer closes (or resets after a complete answer).
+pub async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = within("connection close", stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response text (`HTTP/1.1 431 ...` → 431).
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
