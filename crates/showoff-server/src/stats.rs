@@ -28,6 +28,7 @@ pub struct Stats {
     pub(crate) http_requests: AtomicU64,
     pub(crate) pool_hits: AtomicU64,
     pub(crate) pool_misses: AtomicU64,
+    pub(crate) pool_idle: AtomicU64,
     rejected: [AtomicU64; 5],
 }
 
@@ -48,6 +49,8 @@ pub struct StatsSnapshot {
     pub pool_hits: u64,
     /// Streams that needed a dial-back round trip.
     pub pool_misses: u64,
+    /// Warm-pool data connections now idle, across sessions.
+    pub pool_idle: u64,
     /// Data connections rejected: unknown id.
     pub data_rejected_unknown_id: u64,
     /// Data connections rejected: wrong key.
@@ -76,6 +79,7 @@ impl Stats {
             http_requests: get(&self.http_requests),
             pool_hits: get(&self.pool_hits),
             pool_misses: get(&self.pool_misses),
+            pool_idle: get(&self.pool_idle),
             data_rejected_unknown_id: get(&self.rejected[DataRejectReason::UnknownId as usize]),
             data_rejected_wrong_key: get(&self.rejected[DataRejectReason::WrongKey as usize]),
             data_rejected_unknown_session: get(

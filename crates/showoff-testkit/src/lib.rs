@@ -30,7 +30,10 @@ pub fn init_logs() {
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -91,7 +94,9 @@ impl TestServer {
     /// Drains and waits for the server to stop.
     pub async fn stop(self) -> DrainReport {
         self.shutdown.cancel();
-        within("server drain", self.task).await.expect("server task")
+        within("server drain", self.task)
+            .await
+            .expect("server task")
     }
 }
 
@@ -151,7 +156,9 @@ impl TestClient {
         })
         .await;
         let tunnels = match first {
-            Ok(Some(ClientEvent::Connected { tunnels })) => tunnels.into_iter().map(|(t, _)| t).collect(),
+            Ok(Some(ClientEvent::Connected { tunnels })) => {
+                tunnels.into_iter().map(|(t, _)| t).collect()
+            }
             Ok(other) => panic!("unexpected first client event {other:?}"),
             Err(Ok(Err(error))) => {
                 runtime.shutdown_background();
@@ -205,5 +212,65 @@ impl Drop for TestClient {
             self.shutdown.cancel();
             runtime.shutdown_background();
         }
+    }
+}
+
+/// A control connection driven by hand, for clients that misbehave on purpose.
+pub mod raw_client {
+    use futures_util::{SinkExt, StreamExt};
+    use showoff_proto::{
+        ClientMessage, FrameCodec, PROTOCOL_VERSION, Role, ServerMessage, TunnelSpec,
+    };
+    use tokio::net::TcpStream;
+    use tokio_util::codec::Framed;
+
+    use crate::within;
+
+    /// A framed connection as a client sees it.
+    pub type Conn = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
+
+    /// Connects to `addr` (control or data listener).
+    pub async fn connect(addr: std::net::SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Framed::new(stream, FrameCodec::new())
+    }
+
+    /// Sends one message.
+    pub async fn send(conn: &mut Conn, msg: ClientMessage) {
+        conn.send(msg).await.expect("send");
+    }
+
+    /// The next message (`None` when the server closed the connection).
+    pub async fn next(conn: &mut Conn) -> Option<ServerMessage> {
+        within("server frame", conn.next())
+            .await
+            .and_then(Result::ok)
+    }
+
+    /// Opens a session by hand: `Hello`, `Auth`, `Open`; returns the server's answer.
+    pub async fn open(
+        addr: std::net::SocketAddr,
+        token: &str,
+        tunnels: Vec<TunnelSpec>,
+    ) -> (Conn, ServerMessage) {
+        let mut conn = connect(addr).await;
+        send(
+            &mut conn,
+            ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Control,
+            },
+        )
+        .await;
+        send(
+            &mut conn,
+            ClientMessage::Auth {
+                token: token.into(),
+            },
+        )
+        .await;
+        send(&mut conn, ClientMessage::Open { tunnels }).await;
+        let answer = next(&mut conn).await.expect("an answer to open");
+        (conn, answer)
     }
 }

@@ -50,7 +50,9 @@ impl Target {
 
 /// Starts a target on `127.0.0.1:0`; it runs until the test's runtime ends.
 pub async fn spawn_target(label: &'static str) -> Target {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("target binds");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("target binds");
     let addr = listener.local_addr().expect("addr");
     let stats = Arc::new(TargetStats::default());
     let served = stats.clone();
@@ -60,7 +62,8 @@ pub async fn spawn_target(label: &'static str) -> Target {
             served.connections.fetch_add(1, Ordering::Relaxed);
             let stats = served.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| handle(req, label, stats.clone()));
+                let service =
+                    hyper::service::service_fn(move |req| handle(req, label, stats.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
@@ -78,7 +81,9 @@ pub async fn closed_port() -> SocketAddr {
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
@@ -88,7 +93,11 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
     })
 }
 
-async fn handle(req: Request<Incoming>, label: &'static str, stats: Arc<TargetStats>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    label: &'static str,
+    stats: Arc<TargetStats>,
+) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     Ok(match req.uri().path() {
         "/slow" => {
@@ -111,7 +120,8 @@ fn big(req: &Request<Incoming>) -> Response<Body> {
     }));
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
     if query(req, "cl") == Some(1) {
-        resp.headers_mut().insert(http::header::CONTENT_LENGTH, total.into());
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, total.into());
     }
     resp
 }
@@ -141,8 +151,10 @@ async fn echo(req: Request<Incoming>, label: &'static str) -> Response<Body> {
         "body_bytes": body_bytes,
     });
     let mut resp = Response::new(full(echo.to_string()));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -26,12 +26,16 @@ pub struct Reply {
 impl Reply {
     /// The `X-Showoff-Error` code, if any.
     pub fn error_code(&self) -> Option<&str> {
-        self.headers.get(showoff_server::ERROR_HEADER)?.to_str().ok()
+        self.headers
+            .get(showoff_server::ERROR_HEADER)?
+            .to_str()
+            .ok()
     }
 
     /// The body parsed as the target's JSON echo.
     pub fn echo(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.body))
     }
 
     /// The first value of header `name` in the target's echo of the request.
@@ -48,7 +52,9 @@ pub struct HttpConn {
 impl HttpConn {
     /// Opens a connection to `addr`.
     pub async fn open(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect to public listener");
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to public listener");
         stream.set_nodelay(true).expect("nodelay");
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -9,9 +9,12 @@ use showoff_testkit::{TestClient, TestServer, tunnel};
 async fn a_request_reaches_the_local_target() {
     let server = TestServer::default_config().await;
     let target = spawn_target("a").await;
-    let client = TestClient::start(TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)]))
-        .await
-        .expect("session");
+    let client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
+    ))
+    .await
+    .expect("session");
     assert_eq!(
         client.tunnels[0].public_url,
         format!("http://demo.localhost:{}", server.addrs.http.port())
@@ -27,14 +30,22 @@ async fn a_request_reaches_the_local_target() {
 async fn host_matching_ignores_port_and_case_and_unknown_hosts_get_404() {
     let server = TestServer::default_config().await;
     let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)]))
-        .await
-        .expect("session");
+    let _client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
+    ))
+    .await
+    .expect("session");
     for host in ["DEMO.LocalHost", "demo.localhost:1", "demo.localhost."] {
         let reply = get(server.addrs.http, host, "/").await;
         assert_eq!(reply.status, 200, "{host}: {}", reply.body);
     }
-    for host in ["other.localhost", "localhost", "a.demo.localhost", "demo.example.com"] {
+    for host in [
+        "other.localhost",
+        "localhost",
+        "a.demo.localhost",
+        "demo.example.com",
+    ] {
         let reply = get(server.addrs.http, host, "/").await;
         assert_eq!(reply.status, 404, "{host}");
         assert_eq!(reply.error_code(), Some("tunnel_not_found"), "{host}");
@@ -44,14 +55,24 @@ async fn host_matching_ignores_port_and_case_and_unknown_hosts_get_404() {
 #[tokio::test]
 async fn several_clients_and_tunnels_each_reach_their_own_target() {
     let server = TestServer::default_config().await;
-    let (a, b, c) = (spawn_target("a").await, spawn_target("b").await, spawn_target("c").await);
+    let (a, b, c) = (
+        spawn_target("a").await,
+        spawn_target("b").await,
+        spawn_target("c").await,
+    );
     let _one = TestClient::start(TestClient::config(
         &server,
-        vec![tunnel(TunnelKind::Http, Some("alpha"), a.addr), tunnel(TunnelKind::Http, Some("beta"), b.addr)],
+        vec![
+            tunnel(TunnelKind::Http, Some("alpha"), a.addr),
+            tunnel(TunnelKind::Http, Some("beta"), b.addr),
+        ],
     ))
     .await
     .expect("first client");
-    let mut config = TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("gamma"), c.addr)]);
+    let mut config = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("gamma"), c.addr)],
+    );
     config.token = "someone-else".into();
     let _two = TestClient::start(config).await.expect("second client");
     for (name, label) in [("alpha", "a"), ("beta", "b"), ("gamma", "c")] {
@@ -66,24 +87,43 @@ async fn each_request_on_a_keep_alive_connection_is_routed_by_its_own_host() {
     let (a, b) = (spawn_target("a").await, spawn_target("b").await);
     let _client = TestClient::start(TestClient::config(
         &server,
-        vec![tunnel(TunnelKind::Http, Some("one"), a.addr), tunnel(TunnelKind::Http, Some("two"), b.addr)],
+        vec![
+            tunnel(TunnelKind::Http, Some("one"), a.addr),
+            tunnel(TunnelKind::Http, Some("two"), b.addr),
+        ],
     ))
     .await
     .expect("session");
     let mut conn = HttpConn::open(server.addrs.http).await;
-    assert_eq!(conn.get(&server.host("one"), "/").await.echo()["target"], "a");
-    assert_eq!(conn.get(&server.host("two"), "/").await.echo()["target"], "b");
-    assert_eq!(conn.get(&server.host("one"), "/").await.echo()["target"], "a");
-    assert_eq!(server.handle.stats().visitor_connections_active, 1, "one visitor connection");
+    assert_eq!(
+        conn.get(&server.host("one"), "/").await.echo()["target"],
+        "a"
+    );
+    assert_eq!(
+        conn.get(&server.host("two"), "/").await.echo()["target"],
+        "b"
+    );
+    assert_eq!(
+        conn.get(&server.host("one"), "/").await.echo()["target"],
+        "a"
+    );
+    assert_eq!(
+        server.handle.stats().visitor_connections_active,
+        1,
+        "one visitor connection"
+    );
 }
 
 #[tokio::test]
 async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
     let server = TestServer::default_config().await;
     let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)]))
-        .await
-        .expect("session");
+    let _client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
+    ))
+    .await
+    .expect("session");
     let host = server.host("demo");
     let req = http::Request::get("/")
         .header("host", &host)
@@ -96,13 +136,30 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
         .body(http_body_util::Empty::new())
         .expect("request");
     let reply = HttpConn::open(server.addrs.http).await.send(req).await;
-    assert_eq!(reply.echoed_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(reply.echoed_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(reply.echoed_header("x-forwarded-host").as_deref(), Some(host.as_str()));
-    assert_eq!(reply.echoed_header("host").as_deref(), Some(host.as_str()), "preserved");
+    assert_eq!(
+        reply.echoed_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        reply.echoed_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        reply.echoed_header("x-forwarded-host").as_deref(),
+        Some(host.as_str())
+    );
+    assert_eq!(
+        reply.echoed_header("host").as_deref(),
+        Some(host.as_str()),
+        "preserved"
+    );
     assert_eq!(reply.echoed_header("x-kept").as_deref(), Some("yes"));
     for gone in ["x-drop-me", "keep-alive", "proxy-authorization"] {
-        assert_eq!(reply.echoed_header(gone), None, "{gone} must not reach the target");
+        assert_eq!(
+            reply.echoed_header(gone),
+            None,
+            "{gone} must not reach the target"
+        );
     }
 }
 
@@ -114,7 +171,9 @@ async fn host_header_can_be_rewritten_or_set_per_tunnel() {
     rewrite.spec.host_header = HostHeader::Rewrite;
     let mut fixed = tunnel(TunnelKind::Http, Some("fixed"), target.addr);
     fixed.spec.host_header = HostHeader::Value("app.internal".into());
-    let _client = TestClient::start(TestClient::config(&server, vec![rewrite, fixed])).await.expect("session");
+    let _client = TestClient::start(TestClient::config(&server, vec![rewrite, fixed]))
+        .await
+        .expect("session");
     let reply = get(server.addrs.http, &server.host("rw"), "/").await;
     assert_eq!(reply.echoed_header("host"), Some(target.addr.to_string()));
     let reply = get(server.addrs.http, &server.host("fixed"), "/").await;

@@ -13,9 +13,12 @@ use tokio::net::TcpStream;
 async fn setup(config: ServerConfig) -> (TestServer, TestClient, showoff_testkit::target::Target) {
     let server = TestServer::start(config).await;
     let target = spawn_target("a").await;
-    let client = TestClient::start(TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)]))
-        .await
-        .expect("session");
+    let client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
+    ))
+    .await
+    .expect("session");
     (server, client, target)
 }
 
@@ -24,41 +27,89 @@ async fn malformed_and_ambiguous_heads_are_refused_with_codes() {
     let (server, _client, target) = setup(ServerConfig::ephemeral()).await;
     let host = server.host("demo");
     let cases: Vec<(String, u16, &str)> = vec![
-        (format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: other.localhost\r\n\r\n"), 400, "bad_request"),
-        ("GET / HTTP/1.1\r\nHost: demo..localhost\r\n\r\n".into(), 400, "bad_request"),
-        ("GET / HTTP/1.1\r\nHost: demo.localhost:99999\r\n\r\n".into(), 400, "bad_request"),
-        (format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400, "bad_request"),
-        (format!("GET http://evil.localhost/ HTTP/1.1\r\nHost: {host}\r\n\r\n"), 400, "bad_request"),
-        (format!("POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip\r\n\r\n"), 501, "unsupported_transfer_coding"),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: other.localhost\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: demo..localhost\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: demo.localhost:99999\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("GET http://evil.localhost/ HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501,
+            "unsupported_transfer_coding",
+        ),
         ("NOT HTTP AT ALL\r\n\r\n".into(), 400, "bad_request"),
     ];
     assert!(!cases.is_empty());
     for (request, status, code) in &cases {
         let response = raw(server.addrs.http, request.as_bytes()).await;
         assert_eq!(status_of(&response), *status, "{request:?} → {response}");
-        assert!(response.contains(&format!("x-showoff-error: {code}")), "{response}");
+        assert!(
+            response.contains(&format!("x-showoff-error: {code}")),
+            "{response}"
+        );
     }
-    assert_eq!(target.stats.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing reached the target");
+    assert_eq!(
+        target
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the target"
+    );
 }
 
 #[tokio::test]
 async fn heads_over_the_limit_get_431() {
     let (server, _client, _target) = setup(ServerConfig::ephemeral()).await;
     let filler = "a".repeat(40 * 1024);
-    let request = format!("GET / HTTP/1.1\r\nHost: {}\r\nX-Big: {filler}\r\n\r\n", server.host("demo"));
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nX-Big: {filler}\r\n\r\n",
+        server.host("demo")
+    );
     let response = raw(server.addrs.http, request.as_bytes()).await;
     assert_eq!(status_of(&response), 431, "{response}");
     assert!(response.contains("x-showoff-error: header_too_large"));
     // Just under the limit still works.
-    let ok = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nX-Big: {}\r\n\r\n", server.host("demo"), "a".repeat(30 * 1024));
+    let ok = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        server.host("demo"),
+        "a".repeat(30 * 1024)
+    );
     assert_eq!(status_of(&raw(server.addrs.http, ok.as_bytes()).await), 200);
 }
 
 #[tokio::test]
 async fn a_head_sent_in_many_small_pieces_parses() {
     let (server, _client, _target) = setup(ServerConfig::ephemeral()).await;
-    let request = format!("GET /pieces HTTP/1.1\r\nHost: {}\r\nX-A: 1\r\nConnection: close\r\n\r\n", server.host("demo"));
-    let mut stream = TcpStream::connect(server.addrs.http).await.expect("connect");
+    let request = format!(
+        "GET /pieces HTTP/1.1\r\nHost: {}\r\nX-A: 1\r\nConnection: close\r\n\r\n",
+        server.host("demo")
+    );
+    let mut stream = TcpStream::connect(server.addrs.http)
+        .await
+        .expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     for piece in request.as_bytes().chunks(3) {
         stream.write_all(piece).await.expect("write");
@@ -77,13 +128,20 @@ async fn a_slow_head_gets_408_after_the_head_deadline() {
         ..ServerConfig::ephemeral()
     };
     let (server, _client, _target) = setup(config).await;
-    let mut stream = TcpStream::connect(server.addrs.http).await.expect("connect");
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: demo.loc").await.expect("write");
+    let mut stream = TcpStream::connect(server.addrs.http)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: demo.loc")
+        .await
+        .expect("write");
     // The server answers by itself once its deadline passes; the read just waits for it.
     let response = read_to_close(&mut stream).await;
     assert_eq!(status_of(&response), 408, "{response}");
     assert!(response.contains("x-showoff-error: header_timeout"));
     // An idle keep-alive connection is closed quietly instead.
-    let mut idle = TcpStream::connect(server.addrs.http).await.expect("connect");
+    let mut idle = TcpStream::connect(server.addrs.http)
+        .await
+        .expect("connect");
     assert_eq!(within("idle close", read_to_close(&mut idle)).await, "");
 }

@@ -67,12 +67,23 @@ impl DialBack {
             return Err(DataRejectReason::PoolFull);
         }
         pool.push_back(conn);
+        self.shared.stats.pool_idle.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn take_pooled(&self) -> Option<DataFramed> {
+        let conn = self.pool().pop_front()?;
+        self.shared.stats.pool_idle.fetch_sub(1, Ordering::Relaxed);
+        Some(conn)
     }
 
     /// Drops every pooled connection (session ended).
     pub(crate) fn clear_pool(&self) {
-        self.pool().clear();
+        let dropped = std::mem::take(&mut *self.pool()).len();
+        self.shared
+            .stats
+            .pool_idle
+            .fetch_sub(dropped as u64, Ordering::Relaxed);
     }
 
     fn timeout(&self) -> Duration {
@@ -144,7 +155,7 @@ impl StreamOpener for DialBack {
         )
         .ok_or(OpenError::OverCapacity)?;
         loop {
-            let Some(conn) = self.pool().pop_front() else {
+            let Some(conn) = self.take_pooled() else {
                 break;
             };
             match self.open_pooled(conn, meta).await {
