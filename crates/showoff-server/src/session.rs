@@ -352,7 +352,7 @@ impl ControlLoop {
         let drain = self.shared.drain.clone();
         loop {
             let step = tokio::select! {
-                _ = session_cancel.cancelled() => Err("closed by the server"),
+                _ = session_cancel.cancelled() => self.closing().await,
                 _ = drain.cancelled(), if !self.said_goaway => self.go_away().await,
                 Some(msg) = self.rx.recv() => self.send(msg).await,
                 frame = self.framed.next() => self.on_frame(frame),
@@ -366,6 +366,14 @@ impl ControlLoop {
 
     async fn send(&mut self, msg: ServerMessage) -> Result<(), &'static str> {
         self.framed.send(msg).await.map_err(|_| "write failed")
+    }
+
+    /// The session is being closed by the server; during a drain the client still hears why.
+    async fn closing(&mut self) -> Result<(), &'static str> {
+        if self.shared.drain.is_cancelled() && !self.said_goaway {
+            let _ = self.go_away().await;
+        }
+        Err("closed by the server")
     }
 
     async fn go_away(&mut self) -> Result<(), &'static str> {

@@ -150,7 +150,8 @@ impl TestClient {
         });
         let first = within("client session", async {
             tokio::select! {
-                event = events.recv() => Ok(event),
+                Some(event) = events.recv() => Ok(Some(event)),
+                // The event channel closes just before the result is sent: wait for the result.
                 result = &mut done => Err(result),
             }
         })

@@ -62,18 +62,18 @@ pub(crate) async fn send(
     req: Request<ChannelBody>,
 ) -> Result<(Sender, Response<Incoming>), EdgeError> {
     let mut req = req;
-    if let Some(mut sender) = tunnel.upstream.take_idle() {
-        if sender.ready().await.is_ok() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((sender, resp)),
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => {
-                        debug!(error = %failed.error(), "pooled upstream failed mid-request");
-                        return Err(EdgeError::TunnelBroken);
-                    }
-                },
-            }
+    if let Some(mut sender) = tunnel.upstream.take_idle()
+        && sender.ready().await.is_ok()
+    {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((sender, resp)),
+            Err(mut failed) => match failed.take_message() {
+                Some(unsent) => req = unsent,
+                None => {
+                    debug!(error = %failed.error(), "pooled upstream failed mid-request");
+                    return Err(EdgeError::TunnelBroken);
+                }
+            },
         }
     }
     let mut sender = connect(tunnel, shared, meta).await?;

@@ -1,0 +1,120 @@
+//! Names: validation, random names, conflicts between principals, takeover by the same one.
+
+use showoff_client::ClientError;
+use showoff_proto::{RefusedCode, TunnelKind};
+use showoff_server::{Secret, ServerConfig};
+use showoff_testkit::target::spawn_target;
+use showoff_testkit::visitor::get;
+use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+
+fn refusal(result: Result<TestClient, ClientError>) -> (RefusedCode, String) {
+    match result {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a session"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_names_are_refused_with_the_rule() {
+    let server = TestServer::default_config().await;
+    let target = spawn_target("a").await;
+    for bad in ["-dash", "UPPER", "has.dot", "under_score", &"x".repeat(64)] {
+        let config = TestClient::config(
+            &server,
+            vec![tunnel(TunnelKind::Http, Some(bad), target.addr)],
+        );
+        let (code, message) = refusal(TestClient::start(config).await);
+        assert_eq!(code, RefusedCode::NameNotAllowed, "{bad}");
+        assert!(message.contains("a-z, 0-9 and '-'"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_tunnel_without_a_name_gets_a_readable_random_one() {
+    let server = TestServer::default_config().await;
+    let target = spawn_target("a").await;
+    let client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, None, target.addr)],
+    ))
+    .await
+    .expect("session");
+    let name = &client.tunnels[0].name;
+    assert_eq!(name.split('-').count(), 3, "{name}");
+    assert_eq!(
+        get(server.addrs.http, &server.host(name), "/").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_name_held_by_another_token_is_refused() {
+    let server = TestServer::start(ServerConfig {
+        tokens: vec![Secret::new("alice-token"), Secret::new("bob-token")],
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let mut alice = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+    );
+    alice.token = "alice-token".into();
+    let _alice = TestClient::start(alice).await.expect("alice");
+    let mut bob = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+    );
+    bob.token = "bob-token".into();
+    let (code, message) = refusal(TestClient::start(bob).await);
+    assert_eq!(code, RefusedCode::NameTaken);
+    assert!(message.contains("in use by another client"), "{message}");
+    let mut mallory = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("other"), target.addr)],
+    );
+    mallory.token = "guess".into();
+    assert_eq!(
+        refusal(TestClient::start(mallory).await).0,
+        RefusedCode::AuthFailed
+    );
+}
+
+#[tokio::test]
+async fn the_same_token_reconnecting_takes_its_name_over_at_once() {
+    let server = TestServer::default_config().await;
+    let (old_target, new_target) = (spawn_target("old").await, spawn_target("new").await);
+    let mut first = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("laptop"), old_target.addr)],
+    );
+    first.token = "me".into();
+    first.reconnect = false;
+    let first = TestClient::start(first).await.expect("first");
+    let mut second = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("laptop"), new_target.addr)],
+    );
+    second.token = "me".into();
+    let _second = TestClient::start(second).await.expect("takeover");
+    assert_eq!(
+        get(server.addrs.http, &server.host("laptop"), "/")
+            .await
+            .echo()["target"],
+        "new"
+    );
+    let ended = first.stop().await;
+    assert!(
+        ended.is_err(),
+        "the stale session was closed by the server: {ended:?}"
+    );
+    let handle = server.handle.clone();
+    eventually("one session left", || handle.stats().sessions_active == 1).await;
+    assert_eq!(
+        get(server.addrs.http, &server.host("laptop"), "/")
+            .await
+            .echo()["target"],
+        "new"
+    );
+}

@@ -1,0 +1,121 @@
+//! Graceful drain and reconnects: in-flight work finishes, new visitors are refused, clients
+//! are told to go away and come back with the same name.
+
+use std::sync::atomic::Ordering;
+
+use showoff_client::ClientEvent;
+use showoff_proto::TunnelKind;
+use showoff_server::ServerConfig;
+use showoff_testkit::target::spawn_target;
+use showoff_testkit::visitor::get;
+use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+
+#[tokio::test]
+async fn a_slow_request_finishes_while_new_connections_are_refused() {
+    let server = TestServer::default_config().await;
+    let target = spawn_target("a").await;
+    let mut client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("busy"), target.addr)],
+    ))
+    .await
+    .expect("session");
+    let (addr, host) = (server.addrs.http, server.host("busy"));
+    let in_flight = tokio::spawn(async move { get(addr, &host, "/slow?ms=800").await });
+    let stats = target.stats.clone();
+    eventually("the slow request at the target", || {
+        stats.requests.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    server.begin_shutdown();
+    let handle = server.handle.clone();
+    eventually("the drain to start", || handle.is_draining()).await;
+    let http = server.addrs.http;
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(http).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        refused,
+        "new visitor connections are refused during the drain"
+    );
+    assert!(matches!(
+        client.next_event().await,
+        ClientEvent::GoAway { .. }
+    ));
+
+    let reply = in_flight.await.expect("visitor");
+    assert_eq!(
+        (reply.status.as_u16(), reply.body.as_str()),
+        (200, "slow done")
+    );
+    let report = server.stop().await;
+    assert!(
+        report.clean,
+        "every visitor finished within the grace period"
+    );
+    assert!(
+        client.stop().await.is_ok(),
+        "the client shuts down gracefully"
+    );
+}
+
+#[tokio::test]
+async fn a_drain_that_outlasts_the_grace_is_reported_as_cut_short() {
+    let server = TestServer::start(ServerConfig {
+        shutdown_grace: std::time::Duration::from_millis(200),
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let _client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("stuck"), target.addr)],
+    ))
+    .await
+    .expect("session");
+    let (addr, host) = (server.addrs.http, server.host("stuck"));
+    let _in_flight = tokio::spawn(async move { get(addr, &host, "/slow?ms=10000").await });
+    let stats = target.stats.clone();
+    eventually("the request at the target", || {
+        stats.requests.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(!server.stop().await.clean);
+}
+
+#[tokio::test]
+async fn after_a_server_restart_the_client_gets_its_name_back() {
+    let first = TestServer::default_config().await;
+    let addrs = first.addrs;
+    let target = spawn_target("a").await;
+    let mut client = TestClient::start(TestClient::config(
+        &first,
+        vec![tunnel(TunnelKind::Http, Some("phoenix"), target.addr)],
+    ))
+    .await
+    .expect("session");
+    let url = client.tunnels[0].public_url.clone();
+    assert!(first.stop().await.clean);
+
+    let second = TestServer::start(ServerConfig {
+        control_addr: addrs.control,
+        data_addr: addrs.data,
+        http_addr: addrs.http,
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let tunnels = client.reconnected().await;
+    assert_eq!(tunnels[0].public_url, url);
+    assert_eq!(
+        get(second.addrs.http, &second.host("phoenix"), "/")
+            .await
+            .status,
+        200
+    );
+}
