@@ -207,3 +207,40 @@ mod tests {
         assert!(err.contains("--control-addr"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use clap::CommandFactory;
+
+    /// Every flag and environment variable of every subcommand is documented.
+    #[test]
+    fn operations_doc_lists_every_setting() {
+        let doc = include_str!("../../../docs/operations.md");
+        let command = crate::cli::Cli::command();
+        let mut checked = 0;
+        let mut commands = vec![&command];
+        commands.extend(command.get_subcommands());
+        for cmd in commands {
+            for arg in cmd.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    if long == "help" || long == "version" {
+                        continue;
+                    }
+                    assert!(
+                        doc.contains(&format!("`--{long}`")),
+                        "--{long} is missing from docs/operations.md"
+                    );
+                    checked += 1;
+                }
+                if let Some(env) = arg.get_env() {
+                    let env = env.to_string_lossy();
+                    assert!(
+                        doc.contains(&format!("`{env}`")),
+                        "{env} is missing from docs/operations.md"
+                    );
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} flags found");
+    }
+}
