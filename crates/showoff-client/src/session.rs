@@ -71,70 +71,89 @@ pub(crate) async fn run(
     .await
     .map_err(|_| ClientError::Failed("the server did not answer the handshake in time".into()))??;
     *welcomed = true;
-    let (tunnels, ctx, interval) = accept_welcome(config, welcome, &conn)?;
+    let Welcomed {
+        tunnels,
+        ctx,
+        warm_pool,
+        rx,
+        heartbeat,
+    } = accept_welcome(config, welcome)?;
     let _ = events.send(ClientEvent::Connected { tunnels });
     let session_stop = shutdown.child_token();
     let _stop_pool = session_stop.clone().drop_guard();
-    for _ in 0..ctx.1 {
+    for _ in 0..warm_pool {
         streams.spawn(pool_slot(
-            ctx.0.clone(),
+            ctx.clone(),
             session_stop.clone(),
             streams.clone(),
         ));
     }
     ControlLoop {
         conn,
-        rx: ctx.2,
-        ctx: ctx.0,
+        rx,
+        ctx,
         events: events.clone(),
         streams: streams.clone(),
-        silence_limit: interval * MISSED_PINGS,
+        silence_limit: heartbeat * MISSED_PINGS,
         go_away: None,
     }
     .run(shutdown)
     .await
 }
 
-type Accepted = (
-    Vec<(TunnelInfo, String)>,
-    (Arc<Ctx>, u16, mpsc::Receiver<ClientMessage>),
-    Duration,
-);
+/// What a `Welcome` sets up for the rest of the session.
+struct Welcomed {
+    /// Granted tunnels with their local targets, for the `Connected` event.
+    tunnels: Vec<(TunnelInfo, String)>,
+    ctx: Arc<Ctx>,
+    warm_pool: u16,
+    /// Frames that stream tasks want sent on the control connection.
+    rx: mpsc::Receiver<ClientMessage>,
+    heartbeat: Duration,
+}
 
-fn accept_welcome(
-    config: &ClientConfig,
-    welcome: ServerMessage,
-    conn: &Conn,
-) -> Result<Accepted, ClientError> {
+fn accept_welcome(config: &ClientConfig, welcome: ServerMessage) -> Result<Welcomed, ClientError> {
     let ServerMessage::Welcome {
         session,
         data_key,
         data_port,
         heartbeat_interval_secs,
         warm_pool,
-        tunnels,
+        tunnels: granted,
     } = welcome
     else {
         return Err(ClientError::Failed("expected welcome".into()));
     };
-    let mut targets = HashMap::new();
-    let mut shown = Vec::new();
-    for (index, info) in tunnels.into_iter().enumerate() {
-        let local = config.local_for(index).unwrap_or_default().to_string();
-        targets.insert(info.name.clone(), local.clone());
-        shown.push((info, local));
-    }
-    let (tx, rx) = mpsc::channel(64);
-    let _ = conn;
+    // The server answers in request order, so the n-th tunnel reaches the n-th local target.
+    let tunnels: Vec<(TunnelInfo, String)> = granted
+        .into_iter()
+        .enumerate()
+        .map(|(index, info)| {
+            (
+                info,
+                config.local_for(index).unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let targets = tunnels
+        .iter()
+        .map(|(info, local)| (info.name.clone(), local.clone()))
+        .collect();
+    let (control, rx) = mpsc::channel(64);
     let ctx = Arc::new(Ctx {
         session,
         key: data_key,
         data_addr: config.data_addr(data_port),
         targets,
-        control: tx,
+        control,
     });
-    let interval = Duration::from_secs(heartbeat_interval_secs.max(1));
-    Ok((shown, (ctx, warm_pool, rx), interval))
+    Ok(Welcomed {
+        tunnels,
+        ctx,
+        warm_pool,
+        rx,
+        heartbeat: Duration::from_secs(heartbeat_interval_secs.max(1)),
+    })
 }
 
 async fn handshake(

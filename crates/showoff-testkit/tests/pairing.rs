@@ -63,52 +63,82 @@ async fn a_client_that_never_dials_back_yields_504_and_leaks_nothing() {
     .await;
     let (mut conn, welcome) =
         raw_client::open(server.addrs.control, "", vec![http_spec("mute")]).await;
-    assert!(
-        matches!(welcome, ServerMessage::Welcome { .. }),
-        "{welcome:?}"
-    );
+    let ServerMessage::Welcome {
+        session, data_key, ..
+    } = welcome
+    else {
+        panic!("{welcome:?}")
+    };
     let reply = get(server.addrs.http, &server.host("mute"), "/").await;
     assert_eq!(reply.status, 504);
     assert_eq!(reply.error_code(), Some("tunnel_timeout"));
-    assert!(matches!(
-        raw_client::next(&mut conn).await,
-        Some(ServerMessage::Dial { .. })
-    ));
+    let Some(ServerMessage::Dial { id, .. }) = raw_client::next(&mut conn).await else {
+        panic!("dial")
+    };
     assert_eq!(
         server.handle.stats().pending,
         0,
         "the pending entry is gone"
     );
+    // Answering after the deadline is refused: the id expired with its waiter.
+    let mut late = raw_client::connect(server.addrs.data).await;
+    raw_client::send(
+        &mut late,
+        ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Data,
+        },
+    )
+    .await;
+    raw_client::send(
+        &mut late,
+        ClientMessage::DataHello {
+            session,
+            key: data_key,
+            id: Some(id),
+        },
+    )
+    .await;
+    let handle = server.handle.clone();
+    eventually("the late answer refused", || {
+        handle.stats().data_rejected_unknown_id == 1
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn pending_caps_answer_503_with_retry_after() {
-    let server = TestServer::start(ServerConfig {
-        warm_pool: 0,
-        max_pending_per_session: 1,
-        pending_timeout: Duration::from_secs(5),
-        ..ServerConfig::ephemeral()
-    })
-    .await;
-    let (mut conn, _) = raw_client::open(server.addrs.control, "", vec![http_spec("busy")]).await;
-    let addr = server.addrs.http;
-    let host = server.host("busy");
-    let first = tokio::spawn(async move { get(addr, &host, "/").await });
-    // Wait until the first request is pending (its Dial reached the client), then overflow.
-    assert!(matches!(
-        raw_client::next(&mut conn).await,
-        Some(ServerMessage::Dial { .. })
-    ));
-    let reply = get(server.addrs.http, &server.host("busy"), "/").await;
-    assert_eq!(reply.status, 503);
-    assert_eq!(reply.error_code(), Some("over_capacity"));
-    assert_eq!(reply.headers["retry-after"], "1");
-    drop(conn);
-    let first = first.await.expect("first visitor");
-    assert_eq!(first.status, 502, "the client left: {}", first.body);
-    assert_eq!(first.error_code(), Some("tunnel_unavailable"));
-    let handle = server.handle.clone();
-    eventually("pending back to 0", || handle.stats().pending == 0).await;
+    // The per-session cap, then the global cap, each set to one stream.
+    for (per_session, total) in [(1, 100), (100, 1)] {
+        let server = TestServer::start(ServerConfig {
+            warm_pool: 0,
+            max_pending_per_session: per_session,
+            max_pending_total: total,
+            pending_timeout: Duration::from_secs(5),
+            ..ServerConfig::ephemeral()
+        })
+        .await;
+        let (mut conn, _) =
+            raw_client::open(server.addrs.control, "", vec![http_spec("busy")]).await;
+        let addr = server.addrs.http;
+        let host = server.host("busy");
+        let first = tokio::spawn(async move { get(addr, &host, "/").await });
+        // Wait until the first request is pending (its Dial reached the client), then overflow.
+        assert!(matches!(
+            raw_client::next(&mut conn).await,
+            Some(ServerMessage::Dial { .. })
+        ));
+        let reply = get(server.addrs.http, &server.host("busy"), "/").await;
+        assert_eq!(reply.status, 503, "caps {per_session}/{total}");
+        assert_eq!(reply.error_code(), Some("over_capacity"));
+        assert_eq!(reply.headers["retry-after"], "1");
+        drop(conn);
+        let first = first.await.expect("first visitor");
+        assert_eq!(first.status, 502, "the client left: {}", first.body);
+        assert_eq!(first.error_code(), Some("tunnel_unavailable"));
+        let handle = server.handle.clone();
+        eventually("pending back to 0", || handle.stats().pending == 0).await;
+    }
 }
 
 #[tokio::test]

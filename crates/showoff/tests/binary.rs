@@ -1,0 +1,159 @@
+//! The real `showoff` binary, as the README uses it: server, client, a visitor, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use showoff_testkit::target::spawn_target;
+use showoff_testkit::visitor::get;
+
+const BIN: &str = env!("CARGO_BIN_EXE_showoff");
+
+/// Kills the child if the test fails half-way.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's pipe, read on a thread so the test can wait with a deadline.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[start..].split([' ', '"']).next().expect("value")
+}
+
+#[test]
+fn version_names_commit_date_and_compiler() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("showoff 0."), "{text}");
+    assert!(
+        text.contains("commit ") && text.contains("built 20") && text.contains("rustc"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_open_server_on_a_public_address_refuses_to_start() {
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--http-addr",
+            "0.0.0.0:0",
+            "--control-addr",
+            "127.0.0.1:0",
+            "--data-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SHOWOFF_TOKEN")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no token is configured") && err.contains("SHOWOFF_TOKEN"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
+    let target = spawn_target("bin").await;
+    let mut server = Command::new(BIN)
+        .args(["server", "--log-format", "json"])
+        .args([
+            "--control-addr",
+            "127.0.0.1:0",
+            "--data-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let server_log = lines(server.stderr.take().expect("stderr"));
+    let server = Reaper(server);
+    let listening = wait_for(&server_log, "server listening", |l| {
+        l.contains("server listening")
+    });
+    let control = field(&listening, "control=").to_string();
+    let http = field(&listening, "http=").to_string();
+
+    let mut client = Command::new(BIN)
+        .args([
+            "http",
+            &target.addr.port().to_string(),
+            "--name",
+            "demo",
+            "--server",
+            &control,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    let client_out = lines(client.stdout.take().expect("stdout"));
+    let _client = Reaper(client);
+    let http_port = http.rsplit(':').next().expect("port");
+    let line = wait_for(&client_out, "the tunnel line", |l| l.contains(" -> "));
+    assert_eq!(
+        line,
+        format!(
+            "http://demo.localhost:{http_port} -> http://127.0.0.1:{}",
+            target.addr.port()
+        )
+    );
+
+    let reply = get(
+        http.parse().expect("addr"),
+        &format!("demo.localhost:{http_port}"),
+        "/hi",
+    )
+    .await;
+    assert_eq!(reply.echo()["target"], "bin");
+
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    wait_for(&server_log, "a clean drain", |l| {
+        l.contains("drain finished cleanly")
+    });
+    let mut server = server;
+    let status = server.0.wait().expect("exit");
+    assert!(status.success(), "{status:?}");
+}
