@@ -114,6 +114,21 @@ pub fn tunnel(kind: TunnelKind, name: Option<&str>, local: std::net::SocketAddr)
     }
 }
 
+/// Starts a target labelled `label` and a client exposing it as HTTP tunnel `name`.
+pub async fn serve_http(
+    server: &TestServer,
+    name: &str,
+    label: &'static str,
+) -> (target::Target, TestClient) {
+    let target = target::spawn_target(label).await;
+    let config = TestClient::config(
+        server,
+        vec![tunnel(TunnelKind::Http, Some(name), target.addr)],
+    );
+    let client = TestClient::start(config).await.expect("client session");
+    (target, client)
+}
+
 /// A client running on a runtime of its own, so [`TestClient::kill`] can end every one of its
 /// connections at once, as a killed process would.
 pub struct TestClient {
@@ -248,6 +263,18 @@ pub mod raw_client {
             .and_then(Result::ok)
     }
 
+    /// Sends `Hello` with the current version and `role`.
+    pub async fn hello(conn: &mut Conn, role: Role) {
+        send(
+            conn,
+            ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+                role,
+            },
+        )
+        .await;
+    }
+
     /// Opens a session by hand: `Hello`, `Auth`, `Open`; returns the server's answer.
     pub async fn open(
         addr: std::net::SocketAddr,
@@ -255,14 +282,7 @@ pub mod raw_client {
         tunnels: Vec<TunnelSpec>,
     ) -> (Conn, ServerMessage) {
         let mut conn = connect(addr).await;
-        send(
-            &mut conn,
-            ClientMessage::Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Control,
-            },
-        )
-        .await;
+        hello(&mut conn, Role::Control).await;
         send(
             &mut conn,
             ClientMessage::Auth {

@@ -1,10 +1,8 @@
 //! A large upload is streamed, never held whole: the process's peak memory barely moves.
 //! (Alone in its test binary so no other test shares the process.)
 
-use showoff_proto::TunnelKind;
-use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{read_to_close, status_of};
-use showoff_testkit::{TestClient, TestServer, tunnel};
+use showoff_testkit::{TestServer, serve_http};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -20,13 +18,7 @@ fn peak_rss_kib() -> u64 {
 #[tokio::test]
 async fn a_256_mib_upload_does_not_grow_memory_by_its_size() {
     let server = TestServer::default_config().await;
-    let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("big"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (_target, _client) = serve_http(&server, "big", "a").await;
     const SIZE: usize = 256 << 20;
     let before = peak_rss_kib();
     let mut stream = TcpStream::connect(server.addrs.http)

@@ -7,9 +7,8 @@ use showoff_proto::{
 };
 use showoff_server::ServerConfig;
 use showoff_testkit::raw_client;
-use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{HttpConn, get, read_to_close};
-use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+use showoff_testkit::{TestServer, eventually, serve_http};
 use tokio::io::AsyncWriteExt;
 
 fn http_spec(name: &str) -> TunnelSpec {
@@ -25,13 +24,7 @@ fn http_spec(name: &str) -> TunnelSpec {
 #[tokio::test]
 async fn warm_pool_serves_streams_and_upstream_connections_are_reused() {
     let server = TestServer::default_config().await;
-    let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (target, _client) = serve_http(&server, "demo", "a").await;
     let handle = server.handle.clone();
     eventually("the warm pool to fill", || handle.stats().pool_idle == 8).await;
     // Ten visitors, each on a new connection, one after the other.
@@ -82,14 +75,7 @@ async fn a_client_that_never_dials_back_yields_504_and_leaks_nothing() {
     );
     // Answering after the deadline is refused: the id expired with its waiter.
     let mut late = raw_client::connect(server.addrs.data).await;
-    raw_client::send(
-        &mut late,
-        ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Data,
-        },
-    )
-    .await;
+    raw_client::hello(&mut late, Role::Data).await;
     raw_client::send(
         &mut late,
         ClientMessage::DataHello {
@@ -167,14 +153,7 @@ async fn data_connections_with_unknown_ids_or_wrong_keys_are_refused_and_counted
         let (session, data) = (session.clone(), server.addrs.data);
         async move {
             let mut conn = raw_client::connect(data).await;
-            raw_client::send(
-                &mut conn,
-                ClientMessage::Hello {
-                    version: PROTOCOL_VERSION,
-                    role: Role::Data,
-                },
-            )
-            .await;
+            raw_client::hello(&mut conn, Role::Data).await;
             raw_client::send(
                 &mut conn,
                 ClientMessage::DataHello {
@@ -289,13 +268,7 @@ async fn dial_back_works_without_a_warm_pool() {
         ..ServerConfig::ephemeral()
     })
     .await;
-    let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("cold"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (_target, _client) = serve_http(&server, "cold", "a").await;
     let mut conn = HttpConn::open(server.addrs.http).await;
     for _ in 0..3 {
         assert_eq!(conn.get(&server.host("cold"), "/").await.status, 200);

@@ -1,8 +1,8 @@
 //! The wire protocol refuses what it does not understand, clearly and without harm.
 
 use futures_util::SinkExt;
-use showoff_proto::{ClientMessage, PROTOCOL_VERSION, RefusedCode, Role, ServerMessage};
-use showoff_testkit::raw_client::{self, next, send};
+use showoff_proto::{ClientMessage, RefusedCode, Role, ServerMessage};
+use showoff_testkit::raw_client::{self, hello, next, send};
 use showoff_testkit::{TestServer, eventually, within};
 use tokio::io::AsyncWriteExt;
 
@@ -54,14 +54,7 @@ async fn frames_out_of_order_are_refused() {
         })
     ));
     let mut conn = raw_client::connect(server.addrs.control).await;
-    send(
-        &mut conn,
-        ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Control,
-        },
-    )
-    .await;
+    hello(&mut conn, Role::Control).await;
     send(
         &mut conn,
         ClientMessage::Auth {

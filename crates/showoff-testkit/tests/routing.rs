@@ -3,18 +3,12 @@
 use showoff_proto::{HostHeader, TunnelKind};
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{HttpConn, get};
-use showoff_testkit::{TestClient, TestServer, tunnel};
+use showoff_testkit::{TestClient, TestServer, serve_http, tunnel};
 
 #[tokio::test]
 async fn a_request_reaches_the_local_target() {
     let server = TestServer::default_config().await;
-    let target = spawn_target("a").await;
-    let client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (_target, client) = serve_http(&server, "demo", "a").await;
     assert_eq!(
         client.tunnels[0].public_url,
         format!("http://demo.localhost:{}", server.addrs.http.port())
@@ -29,13 +23,7 @@ async fn a_request_reaches_the_local_target() {
 #[tokio::test]
 async fn host_matching_ignores_port_and_case_and_unknown_hosts_get_404() {
     let server = TestServer::default_config().await;
-    let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (_target, _client) = serve_http(&server, "demo", "a").await;
     for host in ["DEMO.LocalHost", "demo.localhost:1", "demo.localhost."] {
         let reply = get(server.addrs.http, host, "/").await;
         assert_eq!(reply.status, 200, "{host}: {}", reply.body);
@@ -117,13 +105,7 @@ async fn each_request_on_a_keep_alive_connection_is_routed_by_its_own_host() {
 #[tokio::test]
 async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
     let server = TestServer::default_config().await;
-    let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (_target, _client) = serve_http(&server, "demo", "a").await;
     let host = server.host("demo");
     let req = http::Request::get("/")
         .header("host", &host)

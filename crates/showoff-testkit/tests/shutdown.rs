@@ -8,7 +8,7 @@ use showoff_proto::TunnelKind;
 use showoff_server::ServerConfig;
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::get;
-use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+use showoff_testkit::{TestClient, TestServer, eventually, serve_http, tunnel};
 
 #[tokio::test]
 async fn a_slow_request_finishes_while_new_connections_are_refused() {
@@ -72,13 +72,7 @@ async fn a_drain_that_outlasts_the_grace_is_reported_as_cut_short() {
         ..ServerConfig::ephemeral()
     })
     .await;
-    let target = spawn_target("a").await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("stuck"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (target, _client) = serve_http(&server, "stuck", "a").await;
     let (addr, host) = (server.addrs.http, server.host("stuck"));
     let _in_flight = tokio::spawn(async move { get(addr, &host, "/slow?ms=10000").await });
     let stats = target.stats.clone();

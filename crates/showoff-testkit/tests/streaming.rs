@@ -1,23 +1,15 @@
 //! Bodies stream both ways; WebSocket upgrades are spliced.
 
 use futures_util::{SinkExt, StreamExt};
-use showoff_proto::TunnelKind;
-use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{HttpConn, read_to_close, status_of};
-use showoff_testkit::{TestClient, TestServer, tunnel, within};
+use showoff_testkit::{TestClient, TestServer, serve_http, within};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn setup() -> (TestServer, TestClient) {
     let server = TestServer::default_config().await;
-    let target = spawn_target("a").await;
-    let client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (_target, client) = serve_http(&server, "demo", "a").await;
     (server, client)
 }
 

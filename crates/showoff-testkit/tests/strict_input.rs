@@ -2,23 +2,15 @@
 
 use std::time::Duration;
 
-use showoff_proto::TunnelKind;
 use showoff_server::ServerConfig;
-use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{raw, read_to_close, status_of};
-use showoff_testkit::{TestClient, TestServer, tunnel, within};
+use showoff_testkit::{TestClient, TestServer, serve_http, within};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 async fn setup(config: ServerConfig) -> (TestServer, TestClient, showoff_testkit::target::Target) {
     let server = TestServer::start(config).await;
-    let target = spawn_target("a").await;
-    let client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("demo"), target.addr)],
-    ))
-    .await
-    .expect("session");
+    let (target, client) = serve_http(&server, "demo", "a").await;
     (server, client, target)
 }
 
