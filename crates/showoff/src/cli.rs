@@ -39,6 +39,9 @@ pub struct Cli {
         hide_default_value = true
     )]
     pub log_level: String,
+    /// Runtime worker threads [env: SHOWOFF_THREADS] [default: all cores for the server, 1 for clients]
+    #[arg(long, global = true, env = "SHOWOFF_THREADS", hide_env = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
