@@ -70,6 +70,9 @@ async fn idle_tunnels(addr: String, count: usize) -> Result<(), String> {
         for conn in futures_util::future::join_all(opens).await {
             held.push(tokio::spawn(hold(conn?)));
         }
+        if std::env::var_os("SHOWOFF_BENCH_TRACE").is_some() {
+            eprintln!("{} sessions after {:?}", held.len(), started.elapsed());
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(

@@ -4,21 +4,32 @@
 //! thread-local generator, because ids double as capabilities: a data connection that shows the
 //! right id (and key) is handed a visitor.
 
-use rand::distr::{Alphanumeric, Distribution};
 use rand::rngs::OsRng;
-use rand::{Rng, TryRngCore};
+use rand::{Rng, RngCore, TryRngCore};
 
 /// Length of stream ids, session ids and data keys: 22 base62 characters, about 131 bits.
 pub const ID_LEN: usize = 22;
 
 /// A fresh random base62 string of [`ID_LEN`] characters from the OS CSPRNG.
+///
+/// One `getrandom` call fills a buffer; bytes are mapped to the 62 symbols by rejection
+/// (bytes ≥ 248 = 4 × 62 are skipped), so every symbol is equally likely. Asking the OS per
+/// character cost 22+ system calls per id, and an id is drawn for every stream.
 pub fn random_id() -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = OsRng.unwrap_err();
-    Alphanumeric
-        .sample_iter(&mut rng)
-        .take(ID_LEN)
-        .map(char::from)
-        .collect()
+    let mut id = String::with_capacity(ID_LEN);
+    let mut pool = [0u8; 48];
+    while id.len() < ID_LEN {
+        rng.fill_bytes(&mut pool);
+        for &byte in pool.iter().filter(|&&b| b < 248) {
+            id.push(char::from(ALPHABET[usize::from(byte % 62)]));
+            if id.len() == ID_LEN {
+                break;
+            }
+        }
+    }
+    id
 }
 
 const ADJECTIVES: &[&str] = &[

@@ -208,13 +208,29 @@ impl std::fmt::Debug for ServerAddrsDisplay<'_> {
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            listener,
-            addr,
-            source,
-        })
+    listen(addr).map_err(|source| ServerError::Bind {
+        listener,
+        addr,
+        source,
+    })
+}
+
+/// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`). A burst
+/// of reconnecting clients or visitors overflowing tokio's default of 1024 costs each dropped
+/// SYN a one-second retransmit (seen as 27 s to register 10,000 tunnels).
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (restarts do not wait for
+/// TIME_WAIT).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts connections until `until` is cancelled; hands each to `spawn` with nodelay set.
@@ -390,7 +406,7 @@ impl Shared {
         let offset = rand::random_range(0..range.len());
         for i in 0..range.len() {
             let port = range.first + ((offset + i) % range.len()) as u16;
-            if let Ok(listener) = TcpListener::bind((self.tunnel_ip, port)).await {
+            if let Ok(listener) = listen((self.tunnel_ip, port).into()) {
                 return Ok(listener);
             }
         }

@@ -28,6 +28,9 @@ use crate::tunnel::Tunnel;
 /// Most tunnels one session may open.
 pub const MAX_TUNNELS_PER_SESSION: usize = 64;
 
+/// Initial read buffer of a control connection.
+const CONTROL_BUFFER: usize = 512;
+
 /// Frames queued towards one client before `Dial` senders wait.
 const CONTROL_QUEUE: usize = 256;
 
@@ -76,7 +79,10 @@ pub(crate) fn check_version(version: u16) -> Result<(), ServerMessage> {
 
 /// Serves one control connection until the session ends.
 pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let mut framed = Framed::new(stream, FrameCodec::<ClientMessage, ServerMessage>::new());
+    // Control frames are small; buffers start at 512 bytes and grow only when a frame needs it
+    // (tokio-util's default of 8 KiB each was half of an idle session's memory).
+    let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
+    let mut framed = Framed::with_capacity(stream, codec, CONTROL_BUFFER);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, &shared));
     let guard = match setup.await {

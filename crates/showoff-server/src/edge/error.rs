@@ -38,6 +38,8 @@ pub(crate) enum EdgeError {
     Open(OpenError),
     /// The stream broke before the target answered.
     TunnelBroken,
+    /// The target answered with something that is not a usable HTTP/1.x response.
+    BadResponse,
 }
 
 /// What to send for an [`EdgeError`].
@@ -116,6 +118,12 @@ impl EdgeError {
                 502,
                 "tunnel_unavailable",
                 format!("the connection to the client serving {host} broke"),
+                Tunnel,
+            ),
+            Self::BadResponse => page(
+                502,
+                "upstream_invalid_response",
+                format!("the target behind {host} sent an invalid HTTP response"),
                 Tunnel,
             ),
             Self::Open(OpenError::OverCapacity) => ErrorPage {

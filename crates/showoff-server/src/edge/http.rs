@@ -2,13 +2,15 @@
 //!
 //! Each request head is read under the head deadline and validated on its own
 //! ([`head::parse_head`]), so a keep-alive connection is routed request by request. The request is
-//! sanitised (hop-by-hop headers out, `X-Forwarded-*` set, `Host` per tunnel policy) and sent on
-//! a pooled upstream connection ([`upstream`]); bodies stream both ways through small buffers,
-//! upgrades (WebSocket) are spliced after the `101`. Failures before the response head become
-//! the error pages of [`crate::edge::error`].
+//! re-encoded for the target (hop-by-hop headers out, `X-Forwarded-*` set, `Host` per tunnel
+//! policy) and sent on a pooled upstream connection ([`upstream`]); the response head is parsed
+//! ([`response`]) and the body relayed as it arrives, both ways through fixed buffers. Upgrades
+//! (WebSocket) are spliced after the `101`. Failures before the response head become the error
+//! pages of [`crate::edge::error`].
 
 pub(crate) mod body;
 pub(crate) mod head;
+pub(crate) mod response;
 pub(crate) mod upstream;
 
 use std::net::SocketAddr;
@@ -16,29 +18,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Version};
-use http_body::Body as _;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use showoff_proto::HostHeader;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderName};
+use showoff_proto::{HostHeader, TunnelSpec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
-use self::body::{BodySender, ChannelBody, ChunkedDecoder, Decoded, Framing};
+use self::body::{ChunkedDecoder, Decoded, Framing};
 use self::head::{RequestHead, parse_head};
+use self::response::{Asked, BodyFraming, Response, VisitorFraming, parse_response};
+use self::upstream::UpstreamConn;
 use crate::edge::error::{EdgeError, Origin};
 use crate::server::Shared;
 use crate::stats::GaugeGuard;
-use crate::transport::StreamMeta;
+use crate::transport::{StreamMeta, splice};
 use crate::tunnel::Tunnel;
 
-/// Bytes asked of the socket per read.
+/// Bytes asked of a socket per read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Response bytes gathered before a write.
 const WRITE_COALESCE: usize = 64 * 1024;
@@ -47,8 +45,9 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Request headers that never reach the target: hop-by-hop (RFC 9110 §7.6.1), or re-stated by
+/// Showoff (framing, `Host`, `Expect`, untrusted `X-Forwarded-*`).
+const NOT_FORWARDED: [HeaderName; 14] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -57,6 +56,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+    header::HOST,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
 ];
 
 /// Serves one visitor connection until it closes, fails or the server drains.
@@ -83,6 +88,13 @@ struct Conn {
 enum Next {
     KeepAlive,
     Close,
+}
+
+/// Why sending a request upstream failed.
+enum SendError {
+    /// A pooled connection turned out closed before anything was answered: retry on a fresh one.
+    Stale,
+    Failed(EdgeError),
 }
 
 impl Conn {
@@ -142,33 +154,23 @@ impl Conn {
         if head.expect_continue && head.framing != Framing::Empty {
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        let (req, tx) = upstream_request(&head, &tunnel, self.peer);
         let meta = StreamMeta {
             tunnel: tunnel.info.name.clone(),
             visitor_addr: self.peer,
         };
-        let shared = self.shared.clone();
-        let send = upstream::send(&tunnel, &shared, &meta, req);
-        let pump = pump_body(
-            &mut self.stream,
-            &mut self.buf,
-            head.framing,
-            tx,
-            shared.config.io_idle_timeout,
-        );
-        let (sent, body_ok) = tokio::join!(send, pump);
-        // A request that failed because its body broke framing is the visitor's fault.
-        let (sender, resp) = sent.map_err(|e| if body_ok { e } else { EdgeError::BadBody })?;
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && head.upgrade {
-            self.splice_upgrade(resp).await;
+        let request = encode_request(&head, &tunnel.spec, self.peer);
+        let (mut up, resp, body_done) = self.send(&tunnel, &meta, &head, &request).await?;
+        if resp.status == 101 && head.upgrade {
+            self.splice_upgrade(up, resp).await;
             return Ok(Next::Close);
         }
-        let keep_alive = head.keep_alive && body_ok && !self.shared.drain.is_cancelled();
-        let complete = self.write_response(&head, resp, keep_alive).await;
-        if complete {
-            tunnel.upstream.put_back(sender);
+        let delivered = self.relay(&mut up, &resp).await;
+        if delivered && body_done && resp.upstream_reusable {
+            tunnel.upstream.put_back(up);
         }
-        Ok(if complete && keep_alive {
+        let keep_alive =
+            delivered && body_done && resp.keep_alive && !self.shared.drain.is_cancelled();
+        Ok(if keep_alive {
             Next::KeepAlive
         } else {
             Next::Close
@@ -185,104 +187,170 @@ impl Conn {
         Ok(tunnel)
     }
 
-    /// Writes the response head and streams its body; true when it was delivered completely.
-    async fn write_response(
+    /// Sends the request on a pooled or fresh upstream connection; a pooled one that proves
+    /// stale before answering is replaced once (only for requests without a body, which can be
+    /// sent again safely).
+    async fn send(
         &mut self,
+        tunnel: &Tunnel,
+        meta: &StreamMeta,
         head: &RequestHead,
-        resp: Response<Incoming>,
-        keep_alive: bool,
-    ) -> bool {
-        let (parts, mut body) = resp.into_parts();
-        let bodiless = head.method == http::Method::HEAD
-            || parts.status.is_informational()
-            || parts.status == http::StatusCode::NO_CONTENT
-            || parts.status == http::StatusCode::NOT_MODIFIED;
-        let framing = if bodiless {
-            ResponseFraming::None
-        } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
-            ResponseFraming::Raw
-        } else if body.is_end_stream() {
-            ResponseFraming::Empty
-        } else if head.version == Version::HTTP_11 {
-            ResponseFraming::Chunked
-        } else {
-            ResponseFraming::UntilClose
-        };
-        let keep_alive = keep_alive && framing != ResponseFraming::UntilClose;
-        let mut out = BytesMut::with_capacity(1024);
-        encode_response_head(
-            &mut out,
-            parts.status,
-            &parts.headers,
-            framing,
-            keep_alive,
-            head.version,
-        );
-        if framing == ResponseFraming::None {
-            return self.write(&out).await.is_ok();
-        }
+        request: &[u8],
+    ) -> Result<(UpstreamConn, Response, bool), EdgeError> {
         loop {
-            let frame = match body.frame().now_or_never() {
-                Some(frame) => frame,
-                None => {
-                    if self.write(&out).await.is_err() {
-                        return false;
-                    }
-                    out.clear();
-                    body.frame().await
-                }
-            };
-            match frame {
-                None => break,
-                Some(Err(error)) => {
-                    debug!(%error, "upstream body failed");
-                    return false;
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        encode_body_chunk(&mut out, &data, framing);
-                    }
-                }
-            }
-            if out.len() >= WRITE_COALESCE {
-                if self.write(&out).await.is_err() {
-                    return false;
-                }
-                out.clear();
+            let (mut up, reused) = upstream::checkout(tunnel, meta).await?;
+            match self.try_send(&mut up, head, request).await {
+                Ok((resp, body_done)) => return Ok((up, resp, body_done)),
+                Err(SendError::Stale) if reused && head.framing == Framing::Empty => continue,
+                Err(SendError::Stale) => return Err(EdgeError::TunnelBroken),
+                Err(SendError::Failed(error)) => return Err(error),
             }
         }
-        if framing == ResponseFraming::Chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
-        self.write(&out).await.is_ok()
     }
 
-    async fn splice_upgrade(&mut self, resp: Response<Incoming>) {
-        let mut out = BytesMut::with_capacity(512);
-        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-        for (name, value) in resp.headers() {
-            append_header(&mut out, name, value);
+    async fn try_send(
+        &mut self,
+        up: &mut UpstreamConn,
+        head: &RequestHead,
+        request: &[u8],
+    ) -> Result<(Response, bool), SendError> {
+        let idle = self.shared.config.io_idle_timeout;
+        let asked = Asked {
+            head_method: head.method == http::Method::HEAD,
+            visitor_http11: head.version == http::Version::HTTP_11,
+            visitor_keep_alive: head.keep_alive,
+            upgrade: head.upgrade,
+        };
+        if !matches!(timeout(idle, up.io.write_all(request)).await, Ok(Ok(()))) {
+            return Err(SendError::Stale);
         }
-        out.extend_from_slice(b"\r\n");
+        let UpstreamConn { io, buf } = up;
+        if head.framing == Framing::Empty {
+            return read_response(io, buf, asked, idle).await.map(|r| (r, true));
+        }
+        // Body and response run together: a target may answer before reading the whole body.
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let pump = pump_body(&mut self.stream, &mut self.buf, head.framing, &mut wr, idle);
+        let read = read_response(&mut rd, buf, asked, idle);
+        tokio::pin!(pump, read);
+        let mut body_done = false;
+        loop {
+            tokio::select! {
+                ok = &mut pump, if !body_done => {
+                    if !ok {
+                        return Err(SendError::Failed(EdgeError::BadBody));
+                    }
+                    body_done = true;
+                }
+                resp = &mut read => return resp.map(|r| (r, body_done)),
+            }
+        }
+    }
+
+    /// Writes the response head and relays its body; true when delivered completely.
+    async fn relay(&mut self, up: &mut UpstreamConn, resp: &Response) -> bool {
+        let mut out = resp.visitor_head.clone();
+        let idle = self.shared.config.io_idle_timeout;
+        match resp.body {
+            BodyFraming::None => self.write(&out).await.is_ok(),
+            BodyFraming::Length(n) => self.relay_length(up, out, n).await,
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                loop {
+                    match decoder.decode(&mut up.buf) {
+                        Err(error) => {
+                            debug!(%error, "bad chunked body from the target");
+                            return false;
+                        }
+                        Ok(Decoded::Data(data)) => encode_body(&mut out, &data, resp.visitor),
+                        Ok(Decoded::End) => break,
+                        Ok(Decoded::NeedMore) => {
+                            if !self.flush(&mut out).await
+                                || read_more(&mut up.io, &mut up.buf, idle).await.is_err()
+                            {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                finish_body(&mut out, resp.visitor);
+                self.write(&out).await.is_ok()
+            }
+            BodyFraming::UntilClose => {
+                loop {
+                    let data = up.buf.split();
+                    encode_body(&mut out, &data, resp.visitor);
+                    if !self.flush(&mut out).await {
+                        return false;
+                    }
+                    match read_more(&mut up.io, &mut up.buf, idle).await {
+                        Ok(()) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(_) => return false,
+                    }
+                }
+                finish_body(&mut out, resp.visitor);
+                self.write(&out).await.is_ok()
+            }
+        }
+    }
+
+    /// Relays a body of known length: what is buffered goes out with the head in one write.
+    async fn relay_length(
+        &mut self,
+        up: &mut UpstreamConn,
+        mut out: BytesMut,
+        mut left: u64,
+    ) -> bool {
+        let idle = self.shared.config.io_idle_timeout;
+        let first = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(up.buf.len());
+        out.extend_from_slice(&up.buf[..first]);
+        up.buf.advance(first);
+        left -= first as u64;
         if self.write(&out).await.is_err() {
+            return false;
+        }
+        while left > 0 {
+            if read_more(&mut up.io, &mut up.buf, idle).await.is_err() {
+                return false;
+            }
+            let n = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(up.buf.len());
+            if self.write(&up.buf[..n]).await.is_err() {
+                return false;
+            }
+            up.buf.advance(n);
+            left -= n as u64;
+        }
+        true
+    }
+
+    /// Writes `out` once it is large enough, or when more input must be awaited.
+    async fn flush(&mut self, out: &mut BytesMut) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        let ok = self.write(out).await.is_ok();
+        out.clear();
+        ok
+    }
+
+    async fn splice_upgrade(&mut self, mut up: UpstreamConn, resp: Response) {
+        let mut to_visitor = resp.visitor_head;
+        to_visitor.extend_from_slice(&up.buf);
+        if self.write(&to_visitor).await.is_err() {
             return;
         }
-        let upgraded = match hyper::upgrade::on(resp).await {
-            Ok(upgraded) => upgraded,
-            Err(error) => return debug!(%error, "upgrade failed"),
-        };
-        let mut upstream = TokioIo::new(upgraded);
-        if !self.buf.is_empty() && upstream.write_all(&self.buf).await.is_err() {
+        if !self.buf.is_empty() && up.io.write_all(&self.buf).await.is_err() {
             return;
         }
         self.buf.clear();
         let stop = self.shared.stop.clone();
         tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut self.stream, &mut upstream) => {
-                if let Err(error) = result {
-                    debug!(%error, "upgraded connection ended");
-                }
-            }
+            _ = splice(&mut self.stream, &mut up.io) => {}
             _ = stop.cancelled() => {}
         }
     }
@@ -321,6 +389,38 @@ impl Conn {
     }
 }
 
+/// Reads the response head into `buf` (interim 1xx answers are skipped); body bytes that came
+/// with it stay in `buf`.
+async fn read_response<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    asked: Asked,
+    idle: Duration,
+) -> Result<Response, SendError> {
+    let mut answered = false;
+    loop {
+        if !buf.is_empty() {
+            answered = true;
+            let parsed = parse_response(buf, asked).map_err(|error| {
+                debug!(%error, "target sent an invalid response");
+                SendError::Failed(EdgeError::BadResponse)
+            })?;
+            if let Some(resp) = parsed {
+                buf.advance(resp.len);
+                if resp.status < 200 && resp.status != 101 {
+                    continue;
+                }
+                return Ok(resp);
+            }
+        }
+        match read_more(io, buf, idle).await {
+            Ok(()) => {}
+            Err(_) if !answered => return Err(SendError::Stale),
+            Err(_) => return Err(SendError::Failed(EdgeError::TunnelBroken)),
+        }
+    }
+}
+
 /// Reads and discards what the visitor still sends, briefly, so closing does not reset the
 /// connection before the error page is read.
 async fn linger(stream: &mut TcpStream) {
@@ -347,32 +447,7 @@ fn head_end(buf: &[u8], scanned: &mut usize) -> bool {
     found
 }
 
-/// Feeds the visitor's request body into the upstream request; false if it broke its framing
-/// or the visitor left mid-body (the connection is then not reused).
-async fn pump_body(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    framing: Framing,
-    tx: Option<BodySender>,
-    idle: Duration,
-) -> bool {
-    let Some(tx) = tx else {
-        return true;
-    };
-    let result = match framing {
-        Framing::Empty => Ok(()),
-        Framing::Length(n) => pump_length(stream, buf, n, &tx, idle).await,
-        Framing::Chunked => pump_chunked(stream, buf, &tx, idle).await,
-    };
-    match result {
-        Ok(()) => true,
-        Err(error) => {
-            let _ = tx.send(Err(error)).await;
-            false
-        }
-    }
-}
-
+/// Reads at least one more byte into `buf` within `idle`; end of stream is `UnexpectedEof`.
 async fn read_more<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
@@ -387,11 +462,31 @@ async fn read_more<R: AsyncRead + Unpin>(
     }
 }
 
-async fn pump_length<R: AsyncRead + Unpin>(
-    stream: &mut R,
+/// Copies the visitor's request body to the target: `Content-Length` bytes as they are, chunked
+/// bodies decoded (validated) and re-chunked. False if the visitor broke the framing or left.
+async fn pump_body<W: AsyncWrite + Unpin>(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    framing: Framing,
+    up: &mut W,
+    idle: Duration,
+) -> bool {
+    let result = match framing {
+        Framing::Empty => Ok(()),
+        Framing::Length(n) => pump_length(stream, buf, n, up, idle).await,
+        Framing::Chunked => pump_chunked(stream, buf, up, idle).await,
+    };
+    if let Err(error) = &result {
+        debug!(%error, "request body not delivered");
+    }
+    result.is_ok()
+}
+
+async fn pump_length<W: AsyncWrite + Unpin>(
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
     mut left: u64,
-    tx: &BodySender,
+    up: &mut W,
     idle: Duration,
 ) -> std::io::Result<()> {
     while left > 0 {
@@ -399,173 +494,115 @@ async fn pump_length<R: AsyncRead + Unpin>(
             read_more(stream, buf, idle).await?;
         }
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        timed_write(up, &buf[..n], idle).await?;
+        buf.advance(n);
         left -= n as u64;
-        let chunk = buf.split_to(n).freeze();
-        if tx.send(Ok(chunk)).await.is_err() {
-            // Upstream stopped reading (it answered early or failed): drop the rest.
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        }
     }
     Ok(())
 }
 
-async fn pump_chunked<R: AsyncRead + Unpin>(
-    stream: &mut R,
+async fn pump_chunked<W: AsyncWrite + Unpin>(
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
-    tx: &BodySender,
+    up: &mut W,
     idle: Duration,
 ) -> std::io::Result<()> {
     let mut decoder = ChunkedDecoder::default();
+    let mut out = BytesMut::new();
     loop {
         let step = decoder
             .decode(buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         match step {
-            Decoded::End => return Ok(()),
-            Decoded::NeedMore => read_more(stream, buf, idle).await?,
+            Decoded::End => {
+                finish_body(&mut out, VisitorFraming::Chunked);
+                return timed_write(up, &out, idle).await;
+            }
+            Decoded::NeedMore => {
+                if !out.is_empty() {
+                    timed_write(up, &out, idle).await?;
+                    out.clear();
+                }
+                read_more(stream, buf, idle).await?;
+            }
             Decoded::Data(chunk) => {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                encode_body(&mut out, &chunk, VisitorFraming::Chunked);
+                if out.len() >= WRITE_COALESCE {
+                    timed_write(up, &out, idle).await?;
+                    out.clear();
                 }
             }
         }
     }
 }
 
-/// Builds the request sent upstream, and the sender that feeds its body.
-fn upstream_request(
-    head: &RequestHead,
-    tunnel: &Tunnel,
-    peer: SocketAddr,
-) -> (Request<ChannelBody>, Option<BodySender>) {
-    let (tx, body) = match head.framing {
-        Framing::Empty => (None, ChannelBody::empty()),
-        Framing::Length(n) => {
-            let (tx, body) = ChannelBody::channel(Some(n));
-            (Some(tx), body)
-        }
-        Framing::Chunked => {
-            let (tx, body) = ChannelBody::channel(None);
-            (Some(tx), body)
-        }
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head
-        .target
-        .parse()
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
-    *req.headers_mut() =
-        forwarded_headers(head, &tunnel.spec.host_header, &tunnel.spec.target, peer);
-    (req, tx)
-}
-
-/// The visitor's headers as the target should see them.
-pub(crate) fn forwarded_headers(
-    head: &RequestHead,
-    policy: &HostHeader,
-    target: &str,
-    peer: SocketAddr,
-) -> HeaderMap {
-    let mut headers = head.headers.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in [header::CONTENT_LENGTH, header::EXPECT, header::HOST] {
-        headers.remove(name);
-    }
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
-        headers.remove(name);
-    }
-    let host = match policy {
-        HostHeader::Preserve => Some(head.raw_host.clone()),
-        HostHeader::Rewrite => HeaderValue::from_str(target).ok(),
-        HostHeader::Value(value) => HeaderValue::from_str(value).ok(),
-    };
-    headers.insert(header::HOST, host.unwrap_or_else(|| head.raw_host.clone()));
-    if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
-        headers.insert("x-forwarded-for", ip);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    headers.insert("x-forwarded-host", head.raw_host.clone());
-    if !head.upgrade {
-        headers.remove(header::UPGRADE);
-    } else {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    headers
-}
-
-/// Removes hop-by-hop headers and every header the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for token in head::connection_tokens(headers) {
-        if token != "upgrade"
-            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-        {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+async fn timed_write<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    idle: Duration,
+) -> std::io::Result<()> {
+    match timeout(idle, w.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResponseFraming {
-    /// No body by definition (HEAD, 1xx, 204, 304).
-    None,
-    /// Upstream gave no body and no length.
-    Empty,
-    /// `Content-Length` from upstream; bytes pass as they are.
-    Raw,
-    /// Unknown length to an HTTP/1.1 visitor.
-    Chunked,
-    /// Unknown length to an HTTP/1.0 visitor: the end is the close.
-    UntilClose,
-}
-
-fn encode_response_head(
-    out: &mut BytesMut,
-    status: http::StatusCode,
-    headers: &HeaderMap,
-    framing: ResponseFraming,
-    keep_alive: bool,
-    version: Version,
-) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
+/// The request head sent to the target.
+pub(crate) fn encode_request(head: &RequestHead, spec: &TunnelSpec, peer: SocketAddr) -> BytesMut {
+    let mut out = BytesMut::with_capacity(head.len + 128);
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection = head::connection_tokens(&head.headers);
+    for (name, value) in &head.headers {
+        let named_by_connection =
+            connection.iter().any(|t| t == name.as_str()) && name != header::UPGRADE;
+        let dropped_upgrade = name == header::UPGRADE && !head.upgrade;
+        if NOT_FORWARDED.contains(name) || named_by_connection || dropped_upgrade {
+            continue;
+        }
+        put_header(&mut out, name.as_str(), value.as_bytes());
+    }
+    let host = match &spec.host_header {
+        HostHeader::Preserve => head.raw_host.as_bytes(),
+        HostHeader::Rewrite if !spec.target.is_empty() => spec.target.as_bytes(),
+        HostHeader::Value(value) if !value.is_empty() => value.as_bytes(),
+        _ => head.raw_host.as_bytes(),
+    };
+    put_header(&mut out, "host", host);
+    put_header(
+        &mut out,
+        "x-forwarded-for",
+        peer.ip().to_string().as_bytes(),
+    );
+    put_header(&mut out, "x-forwarded-proto", b"http");
+    put_header(&mut out, "x-forwarded-host", head.raw_host.as_bytes());
+    match head.framing {
+        Framing::Empty => {}
+        Framing::Length(n) => put_header(&mut out, "content-length", n.to_string().as_bytes()),
+        Framing::Chunked => put_header(&mut out, "transfer-encoding", b"chunked"),
+    }
+    if head.upgrade {
+        put_header(&mut out, "connection", b"upgrade");
+    }
     out.extend_from_slice(b"\r\n");
-    let mut headers = headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::UPGRADE);
-    for (name, value) in &headers {
-        append_header(out, name, value);
-    }
-    match framing {
-        ResponseFraming::Empty => out.extend_from_slice(b"content-length: 0\r\n"),
-        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if version == Version::HTTP_10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    out
 }
 
-fn append_header(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
+fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-fn encode_body_chunk(out: &mut BytesMut, data: &Bytes, framing: ResponseFraming) {
+/// Appends body bytes in the visitor's framing.
+fn encode_body(out: &mut BytesMut, data: &[u8], framing: VisitorFraming) {
     if data.is_empty() {
         return;
     }
-    if framing == ResponseFraming::Chunked {
+    if framing == VisitorFraming::Chunked {
         out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
@@ -574,9 +611,17 @@ fn encode_body_chunk(out: &mut BytesMut, data: &Bytes, framing: ResponseFraming)
     }
 }
 
+/// Appends the end of a chunked body.
+fn finish_body(out: &mut BytesMut, framing: VisitorFraming) {
+    if framing == VisitorFraming::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use showoff_proto::TunnelKind;
 
     fn head(raw: &str) -> RequestHead {
         parse_head(raw.as_bytes(), 32 * 1024)
@@ -584,54 +629,114 @@ mod tests {
             .expect("complete")
     }
 
+    fn spec(policy: HostHeader) -> TunnelSpec {
+        TunnelSpec {
+            kind: TunnelKind::Http,
+            name: None,
+            port: None,
+            host_header: policy,
+            target: "127.0.0.1:3000".into(),
+        }
+    }
+
     fn peer() -> SocketAddr {
         "203.0.113.7:5555".parse().expect("addr")
     }
 
+    /// The encoded request as (request line, lowercase headers).
+    fn sent(h: &RequestHead, policy: HostHeader) -> (String, Vec<(String, String)>) {
+        let bytes = encode_request(h, &spec(policy), peer());
+        let text = String::from_utf8(bytes.to_vec()).expect("utf8");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        let mut lines = text.trim_end().split("\r\n");
+        let first = lines.next().expect("request line").to_string();
+        let headers = lines
+            .map(|l| {
+                let (n, v) = l.split_once(": ").expect("header");
+                (n.to_ascii_lowercase(), v.to_string())
+            })
+            .collect();
+        (first, headers)
+    }
+
+    fn value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
-    fn forwarded_headers_are_sanitised() {
+    fn requests_are_sanitised_for_the_target() {
         let h = head(
-            "GET / HTTP/1.1\r\nHost: demo.localhost:8080\r\nConnection: keep-alive, X-Secret\r\n\
+            "GET /p?q HTTP/1.1\r\nHost: demo.localhost:8080\r\nConnection: keep-alive, X-Secret\r\n\
              X-Secret: 1\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nX-Forwarded-For: 6.6.6.6\r\n\
-             Upgrade: websocket\r\nAccept: */*\r\n\r\n",
+             Upgrade: websocket\r\nAccept: */*\r\nExpect: 100-continue\r\n\r\n",
         );
-        let out = forwarded_headers(&h, &HostHeader::Preserve, "127.0.0.1:3000", peer());
-        assert_eq!(out["host"], "demo.localhost:8080");
+        let (line, headers) = sent(&h, HostHeader::Preserve);
+        assert_eq!(line, "GET /p?q HTTP/1.1");
+        assert_eq!(value(&headers, "host"), Some("demo.localhost:8080"));
         assert_eq!(
-            out["x-forwarded-for"], "203.0.113.7",
+            value(&headers, "x-forwarded-for"),
+            Some("203.0.113.7"),
             "untrusted XFF replaced"
         );
-        assert_eq!(out["x-forwarded-proto"], "http");
-        assert_eq!(out["x-forwarded-host"], "demo.localhost:8080");
-        assert_eq!(out["accept"], "*/*");
+        assert_eq!(value(&headers, "x-forwarded-proto"), Some("http"));
+        assert_eq!(
+            value(&headers, "x-forwarded-host"),
+            Some("demo.localhost:8080")
+        );
+        assert_eq!(value(&headers, "accept"), Some("*/*"));
         for gone in [
             "connection",
             "x-secret",
             "keep-alive",
             "proxy-authorization",
             "upgrade",
+            "expect",
         ] {
-            assert!(!out.contains_key(gone), "{gone} must be removed");
+            assert_eq!(value(&headers, gone), None, "{gone} must be removed");
         }
+        assert_eq!(
+            headers
+                .iter()
+                .filter(|(n, _)| n == "x-forwarded-for")
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn host_policy_is_applied() {
         let h = head("GET / HTTP/1.1\r\nHost: demo.localhost\r\n\r\n");
-        let rewrite = forwarded_headers(&h, &HostHeader::Rewrite, "127.0.0.1:3000", peer());
-        assert_eq!(rewrite["host"], "127.0.0.1:3000");
-        let value = forwarded_headers(&h, &HostHeader::Value("app.test".into()), "", peer());
-        assert_eq!(value["host"], "app.test");
+        assert_eq!(
+            value(&sent(&h, HostHeader::Rewrite).1, "host"),
+            Some("127.0.0.1:3000")
+        );
+        assert_eq!(
+            value(&sent(&h, HostHeader::Value("app.test".into())).1, "host"),
+            Some("app.test")
+        );
     }
 
     #[test]
-    fn upgrade_requests_keep_their_upgrade_headers() {
-        let h = head(
-            "GET /ws HTTP/1.1\r\nHost: demo.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    fn framing_is_restated_and_upgrades_keep_their_headers() {
+        let h = head("POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(
+            value(&sent(&h, HostHeader::Preserve).1, "content-length"),
+            Some("7")
         );
-        let out = forwarded_headers(&h, &HostHeader::Preserve, "", peer());
-        assert_eq!(out["upgrade"], "websocket");
-        assert_eq!(out["connection"], "upgrade");
+        let h = head("POST / HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            value(&sent(&h, HostHeader::Preserve).1, "transfer-encoding"),
+            Some("chunked")
+        );
+        let h = head(
+            "GET /ws HTTP/1.1\r\nHost: a.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        let (_, headers) = sent(&h, HostHeader::Preserve);
+        assert_eq!(value(&headers, "upgrade"), Some("websocket"));
+        assert_eq!(value(&headers, "connection"), Some("upgrade"));
     }
 
     #[test]
@@ -648,30 +753,14 @@ mod tests {
     }
 
     #[test]
-    fn response_heads_frame_bodies() {
+    fn bodies_are_framed_for_the_visitor() {
         let mut out = BytesMut::new();
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", HeaderValue::from_static("keep-alive"));
-        headers.insert("x-app", HeaderValue::from_static("1"));
-        encode_response_head(
-            &mut out,
-            http::StatusCode::OK,
-            &headers,
-            ResponseFraming::Chunked,
-            false,
-            Version::HTTP_11,
-        );
-        let text = String::from_utf8(out.to_vec()).expect("utf8");
-        assert_eq!(
-            text,
-            "HTTP/1.1 200 OK\r\nx-app: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-        );
-        let mut body = BytesMut::new();
-        encode_body_chunk(
-            &mut body,
-            &Bytes::from_static(b"hello"),
-            ResponseFraming::Chunked,
-        );
-        assert_eq!(&body[..], b"5\r\nhello\r\n");
+        encode_body(&mut out, b"hello", VisitorFraming::Chunked);
+        finish_body(&mut out, VisitorFraming::Chunked);
+        assert_eq!(&out[..], b"5\r\nhello\r\n0\r\n\r\n");
+        let mut raw = BytesMut::new();
+        encode_body(&mut raw, b"hello", VisitorFraming::Raw);
+        finish_body(&mut raw, VisitorFraming::Raw);
+        assert_eq!(&raw[..], b"hello");
     }
 }

@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 use crate::server::Shared;
 use crate::stats::GaugeGuard;
-use crate::transport::{StreamMeta, tune_socket};
+use crate::transport::{StreamMeta, splice, tune_socket};
 use crate::tunnel::Tunnel;
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
@@ -27,7 +27,7 @@ pub(crate) async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, sha
         match accepted {
             Ok((stream, peer)) => {
                 tune_socket(&stream);
-                let task = splice(stream, peer, tunnel.clone(), shared.clone());
+                let task = serve_visitor(stream, peer, tunnel.clone(), shared.clone());
                 shared.visitors.spawn(task);
             }
             Err(error) => {
@@ -38,7 +38,7 @@ pub(crate) async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, sha
     }
 }
 
-async fn splice(
+async fn serve_visitor(
     mut visitor: TcpStream,
     peer: SocketAddr,
     tunnel: Arc<Tunnel>,
@@ -59,11 +59,7 @@ async fn splice(
         }
     };
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut visitor, &mut stream) => {
-            if let Err(error) = result {
-                debug!(%peer, %error, "tcp splice ended");
-            }
-        }
+        _ = splice(&mut visitor, &mut stream) => {}
         _ = tunnel.closed.cancelled() => {}
         _ = shared.stop.cancelled() => {}
     }

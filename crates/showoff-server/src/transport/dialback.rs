@@ -24,6 +24,9 @@ use crate::pending::Permit;
 use crate::server::Shared;
 use crate::stats::DataRejectReason;
 
+/// Initial read buffer of a data connection during its handshake.
+const DATA_BUFFER: usize = 256;
+
 /// A data connection still speaking frames.
 pub(crate) type DataFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>;
 
@@ -177,7 +180,9 @@ impl StreamOpener for DialBack {
 
 /// Handles one connection on the data listener: `Hello`, `DataHello`, then pairing.
 pub(crate) async fn accept_data(stream: TcpStream, shared: Arc<Shared>) {
-    let mut framed = Framed::new(stream, FrameCodec::<ClientMessage, ServerMessage>::new());
+    // Handshake frames are small; an idle pooled connection should not hold 16 KiB of buffers.
+    let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
+    let mut framed = Framed::with_capacity(stream, codec, DATA_BUFFER);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_data_hello(&mut framed)).await;
     let (session, key, id) = match hello {
         Ok(Ok(fields)) => fields,

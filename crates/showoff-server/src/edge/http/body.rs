@@ -1,13 +1,9 @@
-//! Request bodies: how long they are ([`Framing`]), the chunked decoder, and the channel body
-//! that carries them upstream while they are still arriving. Nothing is buffered whole: the
-//! channel holds at most a couple of reads, so a slow upstream slows the visitor (backpressure).
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! Message bodies: how a request body is delimited ([`Framing`]) and the incremental chunked
+//! decoder used for request bodies from visitors and response bodies from targets. Bodies are
+//! relayed read by read, never buffered whole, so a slow reader slows the writer
+//! (backpressure).
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
 
 /// How a request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,62 +142,6 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
     }
     let text = std::str::from_utf8(digits).map_err(|_| ChunkError("invalid chunk size"))?;
     u64::from_str_radix(text, 16).map_err(|_| ChunkError("invalid chunk size"))
-}
-
-/// A request body fed by the connection task through a small channel.
-pub(crate) struct ChannelBody {
-    rx: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>>,
-    length: Option<u64>,
-}
-
-/// The sending side of a [`ChannelBody`].
-pub(crate) type BodySender = mpsc::Sender<Result<Bytes, std::io::Error>>;
-
-impl ChannelBody {
-    /// A body with no bytes.
-    pub(crate) fn empty() -> Self {
-        Self {
-            rx: None,
-            length: Some(0),
-        }
-    }
-
-    /// A streamed body of known (`Some`) or chunked (`None`) length.
-    pub(crate) fn channel(length: Option<u64>) -> (BodySender, Self) {
-        let (tx, rx) = mpsc::channel(2);
-        (
-            tx,
-            Self {
-                rx: Some(rx),
-                length,
-            },
-        )
-    }
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let Some(rx) = self.rx.as_mut() else {
-            return Poll::Ready(None);
-        };
-        rx.poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rx.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.length
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
 }
 
 #[cfg(test)]

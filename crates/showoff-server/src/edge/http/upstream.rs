@@ -1,105 +1,86 @@
 //! Upstream HTTP/1.1 connections over tunnel streams, kept alive and pooled per tunnel.
 //!
-//! A visitor connection does not cost a tunnel stream: requests borrow an idle connection from
-//! the tunnel's pool (or open a stream and handshake a new one) and give it back once the
-//! response has been read to the end. A request that a pooled connection could not even start
-//! sending is retried once on a fresh stream.
+//! The visitor's own task speaks HTTP/1.1 to the target: it writes the request, reads the
+//! response head into the connection's buffer and relays the body. No connection task and no
+//! channel sit between them, so a keep-alive request costs one task's wake-ups. A visitor
+//! connection does not cost a tunnel stream: requests borrow an idle connection from the
+//! tunnel's pool (or open a stream) and return it once the response was relayed completely.
 
 use std::sync::Mutex;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response, body::Incoming};
-use hyper_util::rt::TokioIo;
-use tracing::debug;
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use tokio::io::AsyncReadExt;
 
-use super::body::ChannelBody;
 use crate::edge::error::EdgeError;
-use crate::server::Shared;
-use crate::transport::StreamMeta;
+use crate::transport::{StreamMeta, TunnelStream};
 use crate::tunnel::Tunnel;
 
 /// Most idle upstream connections kept per tunnel.
 pub(crate) const MAX_IDLE_PER_TUNNEL: usize = 64;
+/// Read buffer of an upstream connection.
+pub(crate) const UPSTREAM_BUF: usize = 16 * 1024;
 
-/// A connection able to carry one request at a time.
-pub(crate) type Sender = SendRequest<ChannelBody>;
+/// One HTTP/1.1 connection to the target, through a tunnel stream.
+pub(crate) struct UpstreamConn {
+    pub(crate) io: TunnelStream,
+    /// Bytes read from the target and not yet relayed.
+    pub(crate) buf: BytesMut,
+}
+
+impl UpstreamConn {
+    fn new(io: TunnelStream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(UPSTREAM_BUF),
+        }
+    }
+
+    /// True when the idle connection is still open and silent. An idle HTTP/1.1 connection must
+    /// not send anything, so readable means closed (or broken): drop it.
+    fn is_idle_and_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty() && self.io.read(&mut probe).now_or_never().is_none()
+    }
+}
 
 /// The idle upstream connections of one tunnel.
 #[derive(Default)]
 pub(crate) struct Upstream {
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<UpstreamConn>>,
 }
 
 impl Upstream {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<UpstreamConn>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take_idle(&self) -> Option<Sender> {
-        let mut idle = self.idle();
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+    fn take_idle(&self) -> Option<UpstreamConn> {
+        loop {
+            let mut conn = self.idle().pop()?;
+            if conn.is_idle_and_open() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    /// Returns a connection whose last response was read completely.
-    pub(crate) fn put_back(&self, sender: Sender) {
+    /// Returns a connection whose last response was relayed completely.
+    pub(crate) fn put_back(&self, conn: UpstreamConn) {
         let mut idle = self.idle();
-        if idle.len() < MAX_IDLE_PER_TUNNEL && !sender.is_closed() {
-            idle.push(sender);
+        if idle.len() < MAX_IDLE_PER_TUNNEL {
+            idle.push(conn);
         }
     }
 }
 
-/// Sends `req` through `tunnel`, reusing an idle connection when one works.
-pub(crate) async fn send(
+/// An upstream connection for one request, and whether it was reused from the pool.
+pub(crate) async fn checkout(
     tunnel: &Tunnel,
-    shared: &Shared,
     meta: &StreamMeta,
-    req: Request<ChannelBody>,
-) -> Result<(Sender, Response<Incoming>), EdgeError> {
-    let mut req = req;
-    if let Some(mut sender) = tunnel.upstream.take_idle()
-        && sender.ready().await.is_ok()
-    {
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((sender, resp)),
-            Err(mut failed) => match failed.take_message() {
-                Some(unsent) => req = unsent,
-                None => {
-                    debug!(error = %failed.error(), "pooled upstream failed mid-request");
-                    return Err(EdgeError::TunnelBroken);
-                }
-            },
-        }
+) -> Result<(UpstreamConn, bool), EdgeError> {
+    if let Some(conn) = tunnel.upstream.take_idle() {
+        return Ok((conn, true));
     }
-    let mut sender = connect(tunnel, shared, meta).await?;
-    let resp = sender.send_request(req).await.map_err(|error| {
-        debug!(%error, "upstream request failed");
-        EdgeError::TunnelBroken
-    })?;
-    Ok((sender, resp))
-}
-
-async fn connect(tunnel: &Tunnel, shared: &Shared, meta: &StreamMeta) -> Result<Sender, EdgeError> {
     let stream = tunnel.opener.open(meta).await.map_err(EdgeError::Open)?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| EdgeError::TunnelBroken)?;
-    let closed = tunnel.closed.clone();
-    shared.tasks.spawn(async move {
-        tokio::select! {
-            result = conn.with_upgrades() => {
-                if let Err(error) = result {
-                    debug!(%error, "upstream connection ended");
-                }
-            }
-            _ = closed.cancelled() => {}
-        }
-    });
-    Ok(sender)
+    Ok((UpstreamConn::new(stream), false))
 }
