@@ -29,9 +29,9 @@ use crate::{ClientConfig, ClientError, ClientEvent, SessionEnd};
 
 type Conn = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
 
-/// Buffer per direction when splicing a data connection with the target (tokio's default is
-/// 8 KiB; 64 KiB moves large bodies in an eighth of the reads).
-const SPLICE_BUF: usize = 64 * 1024;
+/// Buffer per direction when splicing a data connection with the target. 64 KiB was measured
+/// slower for short connections and no faster for 1 MiB bodies (docs/benchmarks.md).
+const SPLICE_BUF: usize = 8 * 1024;
 /// Pause before a pool slot re-dials after a failure.
 const POOL_RETRY: Duration = Duration::from_secs(1);
 /// Missed heartbeats after which the server is presumed gone.

@@ -38,6 +38,8 @@ use crate::tunnel::Tunnel;
 
 /// Bytes asked of a socket per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of a socket per read while relaying a body.
+const BODY_CHUNK: usize = 64 * 1024;
 /// Response bytes gathered before a write.
 const WRITE_COALESCE: usize = 64 * 1024;
 /// How long an error page's connection lingers to drain the visitor's unread request.
@@ -266,7 +268,9 @@ impl Conn {
                         Ok(Decoded::End) => break,
                         Ok(Decoded::NeedMore) => {
                             if !self.flush(&mut out).await
-                                || read_more(&mut up.io, &mut up.buf, idle).await.is_err()
+                                || read_up_to(&mut up.io, &mut up.buf, BODY_CHUNK, idle)
+                                    .await
+                                    .is_err()
                             {
                                 return false;
                             }
@@ -283,7 +287,7 @@ impl Conn {
                     if !self.flush(&mut out).await {
                         return false;
                     }
-                    match read_more(&mut up.io, &mut up.buf, idle).await {
+                    match read_up_to(&mut up.io, &mut up.buf, BODY_CHUNK, idle).await {
                         Ok(()) => continue,
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                         Err(_) => return false,
@@ -313,7 +317,10 @@ impl Conn {
             return false;
         }
         while left > 0 {
-            if read_more(&mut up.io, &mut up.buf, idle).await.is_err() {
+            if read_up_to(&mut up.io, &mut up.buf, BODY_CHUNK, idle)
+                .await
+                .is_err()
+            {
                 return false;
             }
             let n = usize::try_from(left)
@@ -453,7 +460,18 @@ async fn read_more<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     idle: Duration,
 ) -> std::io::Result<()> {
-    buf.reserve(READ_CHUNK);
+    read_up_to(stream, buf, READ_CHUNK, idle).await
+}
+
+/// Like [`read_more`] with room for `want` bytes: body relays read 64 KiB at a time, so a
+/// 1 MiB body takes 16 reads rather than 64.
+async fn read_up_to<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+    idle: Duration,
+) -> std::io::Result<()> {
+    buf.reserve(want);
     match timeout(idle, stream.read_buf(buf)).await {
         Ok(Ok(0)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
         Ok(Ok(_)) => Ok(()),
@@ -491,7 +509,7 @@ async fn pump_length<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     while left > 0 {
         if buf.is_empty() {
-            read_more(stream, buf, idle).await?;
+            read_up_to(stream, buf, BODY_CHUNK, idle).await?;
         }
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         timed_write(up, &buf[..n], idle).await?;

@@ -64,8 +64,12 @@ impl Upstream {
         }
     }
 
-    /// Returns a connection whose last response was relayed completely.
-    pub(crate) fn put_back(&self, conn: UpstreamConn) {
+    /// Returns a connection whose last response was relayed completely. A buffer that grew for
+    /// a large body is given back, so idle connections stay small.
+    pub(crate) fn put_back(&self, mut conn: UpstreamConn) {
+        if conn.buf.is_empty() && conn.buf.capacity() > UPSTREAM_BUF {
+            conn.buf = BytesMut::with_capacity(UPSTREAM_BUF);
+        }
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE_PER_TUNNEL {
             idle.push(conn);
