@@ -431,7 +431,7 @@ def charts(results):
         common = ("set terminal pngcairo size 1000,520 font 'sans,10'; set style data histograms;"
                   "set style histogram clustered gap 1; set style fill solid 0.85 border -1;"
                   "set key outside right top autotitle columnhead; set grid ytics;"
-                  "set xtics rotate by -20 noenhanced; set boxwidth 0.9;")
+                  "set xtics rotate by -20 noenhanced; set boxwidth 0.9; set termoption noenhanced;")
         plots = {
             "throughput_vs_direct.png": (
                 f"set output '{CHARTS}/throughput_vs_direct.png';"

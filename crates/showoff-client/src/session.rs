@@ -358,7 +358,11 @@ async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: TaskTracker)
         };
         match frame {
             Some(Ok(ServerMessage::Dial { id, tunnel, .. })) => {
-                streams.spawn(serve_pooled(ctx.clone(), conn, id, tunnel));
+                // Re-dial only once this stream is set up: the replacement's connect and
+                // handshake would otherwise compete with the visitor's first bytes.
+                let (set_up, wait) = tokio::sync::oneshot::channel();
+                streams.spawn(serve_pooled(ctx.clone(), conn, id, tunnel, set_up));
+                let _ = wait.await;
             }
             // Closed by the server (pool full, session gone) or nonsense: wait, then re-dial.
             _ => tokio::select! {
@@ -370,7 +374,13 @@ async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: TaskTracker)
 }
 
 /// Answers a `Dial` that arrived on a warm-pool connection.
-async fn serve_pooled(ctx: Arc<Ctx>, mut conn: Conn, id: String, tunnel: String) {
+async fn serve_pooled(
+    ctx: Arc<Ctx>,
+    mut conn: Conn,
+    id: String,
+    tunnel: String,
+    set_up: tokio::sync::oneshot::Sender<()>,
+) {
     let mut target = match dial_target(&ctx, &tunnel).await {
         Ok(target) => target,
         Err(reason) => {
@@ -378,7 +388,9 @@ async fn serve_pooled(ctx: Arc<Ctx>, mut conn: Conn, id: String, tunnel: String)
             return;
         }
     };
-    if conn.send(ClientMessage::StreamReady { id }).await.is_err() {
+    let ready = conn.send(ClientMessage::StreamReady { id }).await;
+    let _ = set_up.send(());
+    if ready.is_err() {
         return;
     }
     let parts = conn.into_parts();

@@ -147,6 +147,72 @@ pub enum ConfigError {
     Zero(&'static str),
 }
 
+/// Default admin listener.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+
+/// The admin listener and what it exposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Admin listener; `None` turns it off.
+    pub addr: Option<SocketAddr>,
+    /// Bearer token for `/debug/pprof/*` and `PUT /api/v1/log-level`; `None` turns them off.
+    pub token: Option<Secret>,
+    /// One log line per proxied HTTP request.
+    pub access_log: bool,
+    /// Per-tunnel request counters for at most this many tunnels (0: off).
+    pub tunnel_metrics: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: Some(DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
+            token: None,
+            access_log: true,
+            tunnel_metrics: 0,
+        }
+    }
+}
+
+/// What `/version` and `showoff_build_info` report; the binary fills it in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BuildInfo {
+    /// Crate version.
+    pub version: String,
+    /// Git commit the binary was built from.
+    pub commit: String,
+    /// Build date (UTC, `YYYY-MM-DD`).
+    pub build_date: String,
+    /// Compiler version.
+    pub rustc: String,
+}
+
+/// Changes the process's log filter at run time (`PUT /api/v1/log-level`). The binary owns the
+/// logger and hands this in; the library never touches global state itself.
+#[derive(Clone)]
+pub struct LogControl(std::sync::Arc<SetFilter>);
+
+/// Applies a log filter, or says why it is not one.
+type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl LogControl {
+    /// Wraps a function that applies a filter such as `debug` or `showoff_server=trace`.
+    pub fn new(set: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(set))
+    }
+
+    /// Applies `filter`.
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        (self.0)(filter)
+    }
+}
+
+impl fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LogControl")
+    }
+}
+
 /// Everything the server needs to run. Build with [`ServerConfig::default`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -186,6 +252,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Pre-dialled data connections each client keeps (0 turns the warm pool off).
     pub warm_pool: u16,
+    /// Admin listener, access log and metric options.
+    pub admin: AdminConfig,
+    /// Reported by `/version` and `showoff_build_info`.
+    pub build: BuildInfo,
+    /// Run-time log level changes, when the binary supports them.
+    pub log_control: Option<LogControl>,
 }
 
 impl Default for ServerConfig {
@@ -210,6 +282,9 @@ impl Default for ServerConfig {
             tunnel_idle_timeout: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             warm_pool: DEFAULT_WARM_POOL,
+            admin: AdminConfig::default(),
+            build: BuildInfo::default(),
+            log_control: None,
         }
     }
 }
@@ -223,6 +298,10 @@ impl ServerConfig {
             data_addr: any,
             http_addr: any,
             tcp_ports: PortRange { first: 0, last: 0 },
+            admin: AdminConfig {
+                addr: Some(any),
+                ..AdminConfig::default()
+            },
             ..Self::default()
         }
     }
@@ -258,11 +337,12 @@ impl ServerConfig {
 
     fn check_loopback_only(&self) -> Result<(), ConfigError> {
         let listeners = [
-            ("the control listener", self.control_addr),
-            ("the data listener", self.data_addr),
-            ("the public HTTP listener", self.http_addr),
+            ("the control listener", Some(self.control_addr)),
+            ("the data listener", Some(self.data_addr)),
+            ("the public HTTP listener", Some(self.http_addr)),
+            ("the admin listener", self.admin.addr),
         ];
-        for (listener, addr) in listeners {
+        for (listener, addr) in listeners.into_iter().filter_map(|(l, a)| Some((l, a?))) {
             if !addr.ip().is_loopback() {
                 return Err(ConfigError::OpenOnPublicAddress { listener, addr });
             }

@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`ServerConfig`], defaults, validation (open mode only on loopback).
+//! - `admin`: the admin listener: probes, version, metrics, sessions and tunnels API, pprof.
 //! - [`server`]: bind, accept loops, drain; the shared state of all tasks.
 //! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
 //! - [`registry`]: name ownership ([`Registry`], [`MemoryRegistry`]) and the routing table.
@@ -18,8 +19,9 @@
 //! - [`transport`]: the stream-opening interface and the dial-back transport with warm pool.
 //! - [`tunnel`]: one registered tunnel and its pooled upstream connections.
 //! - [`edge`]: HTTP reverse proxy, TCP splicing, error pages.
-//! - [`stats`]: counters read by tests and the admin layer.
+//! - [`stats`]: Prometheus metrics, also read by tests through snapshots.
 
+mod admin;
 pub mod config;
 mod edge;
 mod pending;
@@ -30,7 +32,9 @@ pub mod stats;
 pub mod transport;
 mod tunnel;
 
-pub use config::{ConfigError, PortRange, Secret, ServerConfig};
+pub use config::{
+    AdminConfig, BuildInfo, ConfigError, LogControl, PortRange, Secret, ServerConfig,
+};
 pub use edge::error::ERROR_HEADER;
 pub use registry::{MemoryRegistry, Registry};
 pub use server::{DrainReport, Server, ServerAddrs, ServerError, ServerHandle};

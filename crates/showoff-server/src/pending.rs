@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use tokio::sync::oneshot;
 
@@ -117,7 +119,7 @@ impl Drop for PendingGuard<'_> {
 /// One slot of the per-session and global caps on streams being set up.
 pub(crate) struct Permit<'a> {
     session: &'a AtomicUsize,
-    global: &'a AtomicU64,
+    global: &'a Gauge,
 }
 
 impl<'a> Permit<'a> {
@@ -125,15 +127,15 @@ impl<'a> Permit<'a> {
     pub(crate) fn acquire(
         session: &'a AtomicUsize,
         session_max: usize,
-        global: &'a AtomicU64,
+        global: &'a Gauge,
         global_max: usize,
     ) -> Option<Self> {
         if session.fetch_add(1, Ordering::AcqRel) >= session_max {
             session.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        if global.fetch_add(1, Ordering::AcqRel) >= global_max as u64 {
-            global.fetch_sub(1, Ordering::AcqRel);
+        if global.inc() >= global_max as i64 {
+            global.dec();
             session.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -144,7 +146,7 @@ impl<'a> Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.session.fetch_sub(1, Ordering::AcqRel);
-        self.global.fetch_sub(1, Ordering::AcqRel);
+        self.global.dec();
     }
 }
 
@@ -214,7 +216,7 @@ mod tests {
     #[test]
     fn permits_respect_both_caps() {
         let session = AtomicUsize::new(0);
-        let global = AtomicU64::new(0);
+        let global = Gauge::default();
         let a = Permit::acquire(&session, 2, &global, 3).expect("first");
         let _b = Permit::acquire(&session, 2, &global, 3).expect("second");
         assert!(

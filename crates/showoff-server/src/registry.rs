@@ -131,6 +131,10 @@ impl Routes {
         None
     }
 
+    pub(crate) fn all(&self) -> Vec<Arc<Tunnel>> {
+        self.read().values().cloned().collect()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Tunnel>>> {
         self.by_name.read().unwrap_or_else(|p| p.into_inner())
     }

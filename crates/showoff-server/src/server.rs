@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub struct ServerAddrs {
     pub data: SocketAddr,
     /// Public HTTP listener.
     pub http: SocketAddr,
+    /// Admin listener, when enabled.
+    pub admin: Option<SocketAddr>,
 }
 
 /// How the drain ended.
@@ -71,6 +74,7 @@ pub struct Server {
     control: TcpListener,
     data: TcpListener,
     http: TcpListener,
+    admin: Option<TcpListener>,
 }
 
 /// A cheap handle for reading a running server's state.
@@ -106,8 +110,13 @@ impl Server {
         let control = bind("control", config.control_addr).await?;
         let data = bind("data", config.data_addr).await?;
         let http = bind("public HTTP", config.http_addr).await?;
+        let admin = match config.admin.addr {
+            Some(addr) => Some(bind("admin", addr).await?),
+            None => None,
+        };
         let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
         let data_port = data.local_addr().map(|a| a.port()).unwrap_or(0);
+        let stats = Stats::new(&config.build, config.admin.tunnel_metrics);
         let shared = Arc::new(Shared {
             public_http_port: config.public_http_port.unwrap_or(http_port),
             tunnel_ip: config.http_addr.ip(),
@@ -117,7 +126,8 @@ impl Server {
             routes: Routes::default(),
             sessions: Mutex::new(HashMap::new()),
             pending: Default::default(),
-            stats: Stats::default(),
+            stats,
+            ready: AtomicBool::new(false),
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -128,6 +138,7 @@ impl Server {
             control,
             data,
             http,
+            admin,
         })
     }
 
@@ -138,6 +149,7 @@ impl Server {
             control: addr(&self.control),
             data: addr(&self.data),
             http: addr(&self.http),
+            admin: self.admin.as_ref().map(addr),
         }
     }
 
@@ -152,7 +164,13 @@ impl Server {
     /// let in-flight visitors finish within `shutdown_grace`, stop everything.
     pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
         let shared = self.shared;
-        info!(addrs = ?ServerAddrsDisplay(&shared, &self.control, &self.data, &self.http), "server listening");
+        let admin = self.admin.as_ref().and_then(|l| l.local_addr().ok());
+        let admin = admin.map_or_else(|| "off".to_string(), |a| a.to_string());
+        info!(
+            addrs = ?ServerAddrsDisplay(&shared, &self.control, &self.data, &self.http),
+            admin = %admin,
+            "server listening"
+        );
         let s = shared.clone();
         shared.tasks.spawn(accept_loop(
             self.control,
@@ -181,6 +199,13 @@ impl Server {
                     .spawn(crate::edge::http::serve_visitor(stream, peer, s.clone()));
             },
         ));
+        if let Some(admin) = self.admin {
+            shared
+                .tasks
+                .spawn(crate::admin::serve(admin, shared.clone()));
+        }
+        // Every listener accepts and the metrics registry exists: ready.
+        shared.ready.store(true, Ordering::Release);
         shutdown.cancelled().await;
         shared.drain_and_stop().await
     }
@@ -268,6 +293,8 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     pub(crate) pending: crate::pending::Pending,
     pub(crate) stats: Stats,
+    /// Set once every accept loop runs (`/readyz`).
+    ready: AtomicBool,
     /// Cancelled when the drain begins.
     pub(crate) drain: CancellationToken,
     /// Cancelled when everything must end.
@@ -310,6 +337,18 @@ impl Shared {
             );
         }
         DrainReport { clean }
+    }
+
+    /// Whether the server has started serving (`/readyz`).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Every live session, for the admin API.
+    pub(crate) fn all_sessions(&self) -> Vec<Arc<Session>> {
+        let mut sessions: Vec<_> = self.sessions().values().cloned().collect();
+        sessions.sort_by_key(|s| s.started);
+        sessions
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -360,8 +399,7 @@ impl Shared {
         tunnel.closed.cancel();
         self.routes.remove(&tunnel.info.name, &tunnel.session_id);
         self.stats
-            .tunnels_active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            .tunnel_closed(tunnel.info.kind.as_str(), tunnel.age());
         let registry = self.registry.clone();
         let name = tunnel.info.name.clone();
         let session = tunnel.session_id.clone();

@@ -40,6 +40,10 @@ type ControlFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>
 pub(crate) struct Session {
     pub(crate) id: String,
     pub(crate) principal: String,
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// When the session was set up.
+    pub(crate) started: Instant,
     pub(crate) dialback: Arc<DialBack>,
     pub(crate) tunnels: Mutex<Vec<Arc<Tunnel>>>,
     /// Cancelled to close the session (takeover, shutdown).
@@ -49,6 +53,11 @@ pub(crate) struct Session {
 impl Session {
     fn tunnels(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Tunnel>>> {
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Names of the session's tunnels, for the admin API.
+    pub(crate) fn tunnel_names(&self) -> Vec<String> {
+        self.tunnels().iter().map(|t| t.info.name.clone()).collect()
     }
 }
 
@@ -84,7 +93,7 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
     let mut framed = Framed::with_capacity(stream, codec, CONTROL_BUFFER);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, &shared));
+    let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, peer, &shared));
     let guard = match setup.await {
         Ok(Ok(guard)) => guard,
         Ok(Err(refusal)) => {
@@ -111,6 +120,7 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
 async fn handshake(
     framed: &mut ControlFramed,
     tx: mpsc::Sender<ServerMessage>,
+    peer: SocketAddr,
     shared: &Arc<Shared>,
 ) -> Result<SessionGuard, ServerMessage> {
     match framed.next().await {
@@ -129,9 +139,12 @@ async fn handshake(
         ));
     }
     let principal = match framed.next().await {
-        Some(Ok(ClientMessage::Auth { token })) => shared
-            .authenticate(&token)
-            .ok_or_else(|| refused(RefusedCode::AuthFailed, "the token was not accepted"))?,
+        Some(Ok(ClientMessage::Auth { token })) => {
+            shared.authenticate(&token).ok_or_else(|| {
+                shared.stats.auth_failures.inc();
+                refused(RefusedCode::AuthFailed, "the token was not accepted")
+            })?
+        }
         _ => return Err(bad_request("expected auth")),
     };
     let specs = match framed.next().await {
@@ -144,7 +157,7 @@ async fn handshake(
             format!("a session opens 1 to {MAX_TUNNELS_PER_SESSION} tunnels"),
         ));
     }
-    let guard = SessionGuard::new(principal, tx, shared.clone());
+    let guard = SessionGuard::new(principal, peer, tx, shared.clone());
     let mut infos = Vec::with_capacity(specs.len());
     for spec in specs {
         infos.push(open_tunnel(&guard, spec).await?);
@@ -198,10 +211,7 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
     ));
     session.tunnels().push(tunnel.clone());
     shared.routes.insert(tunnel.clone());
-    shared
-        .stats
-        .tunnels_active
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.stats.tunnel_opened(tunnel.info.kind.as_str());
     if let Some(listener) = listener {
         shared.spawn_tcp_tunnel(listener, tunnel);
     }
@@ -273,15 +283,17 @@ struct SessionGauge(Arc<Shared>);
 
 impl Drop for SessionGauge {
     fn drop(&mut self) {
-        self.0
-            .stats
-            .sessions_active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.stats.sessions_active.dec();
     }
 }
 
 impl SessionGuard {
-    fn new(principal: String, tx: mpsc::Sender<ServerMessage>, shared: Arc<Shared>) -> Self {
+    fn new(
+        principal: String,
+        peer: SocketAddr,
+        tx: mpsc::Sender<ServerMessage>,
+        shared: Arc<Shared>,
+    ) -> Self {
         let id = showoff_proto::id::random_id();
         let dialback = DialBack::new(
             id.clone(),
@@ -292,14 +304,13 @@ impl SessionGuard {
         let session = Arc::new(Session {
             id,
             principal,
+            peer,
+            started: Instant::now(),
             dialback: Arc::new(dialback),
             tunnels: Mutex::new(Vec::new()),
             cancel: shared.stop.child_token(),
         });
-        shared
-            .stats
-            .sessions_active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.stats.sessions_active.inc();
         Self {
             session,
             _gauge: SessionGauge(shared.clone()),

@@ -140,15 +140,19 @@ pub trait StreamOpener: Send + Sync + 'static {
 /// 64 KiB buffers per visitor connection), so splices keep 8 KiB.
 pub const SPLICE_BUF: usize = 8 * 1024;
 
-/// Copies bytes both ways between `a` and `b` until both directions end.
-pub async fn splice<A, B>(a: &mut A, b: &mut B)
+/// Copies bytes both ways between `a` and `b` until both directions end; returns the bytes
+/// moved `a → b` and `b → a` (zero when the splice failed part-way).
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    if let Err(error) = tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await
-    {
-        tracing::debug!(%error, "splice ended");
+    match tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await {
+        Ok(moved) => moved,
+        Err(error) => {
+            tracing::debug!(%error, "splice ended");
+            (0, 0)
+        }
     }
 }
 

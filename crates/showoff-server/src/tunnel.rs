@@ -56,6 +56,11 @@ impl Tunnel {
         self.last_active_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Time since the tunnel was registered.
+    pub(crate) fn age(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     /// Time since the last visitor activity (or since the tunnel opened).
     pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));

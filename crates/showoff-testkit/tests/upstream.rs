@@ -6,7 +6,9 @@ use showoff_testkit::{TestClient, TestServer, tunnel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A target that reads one request head, then writes `answer` and closes.
+/// A target that reads one request head, writes `answer`, then closes the way real servers do:
+/// it stops writing and drains what the client still sends for a moment (a plain close with
+/// unread input resets the connection, and the kernel may drop the answer with it).
 async fn scripted_target(answer: &'static [u8]) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -22,6 +24,11 @@ async fn scripted_target(answer: &'static [u8]) -> std::net::SocketAddr {
                     head.push(byte[0]);
                 }
                 let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+                let mut sink = vec![0u8; 64 * 1024];
+                let drain =
+                    async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
             });
         }
     });

@@ -1,7 +1,14 @@
-//! Command-line flags. Every server and client setting is a flag whose help names its
-//! `SHOWOFF_*` variable and default; flags win over the environment.
+//! Command-line flags. Server flags are generated from the settings table
+//! ([`crate::settings::SERVER_SETTINGS`]) and layered over the environment and the config file
+//! by [`crate::settings::resolve`]; client flags read their `SHOWOFF_*` variables through clap.
+//! Every flag's help names its variable and default.
 
-use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand};
+
+use crate::settings::SERVER_SETTINGS;
 
 /// Version string: version, commit, build date, compiler.
 pub const LONG_VERSION: &str = concat!(
@@ -20,27 +27,13 @@ pub const LONG_VERSION: &str = concat!(
 #[command(name = "showoff", version = LONG_VERSION, about)]
 pub struct Cli {
     /// Log format: `pretty` or `json` [env: SHOWOFF_LOG_FORMAT] [default: pretty]
-    #[arg(
-        long,
-        global = true,
-        env = "SHOWOFF_LOG_FORMAT",
-        default_value = "pretty",
-        hide_env = true,
-        hide_default_value = true
-    )]
-    pub log_format: String,
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
     /// Log level or filter (`error` … `trace`, or `showoff_server=debug`) [env: SHOWOFF_LOG_LEVEL] [default: info]
-    #[arg(
-        long,
-        global = true,
-        env = "SHOWOFF_LOG_LEVEL",
-        default_value = "info",
-        hide_env = true,
-        hide_default_value = true
-    )]
-    pub log_level: String,
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     /// Runtime worker threads [env: SHOWOFF_THREADS] [default: all cores for the server, 1 for clients]
-    #[arg(long, global = true, env = "SHOWOFF_THREADS", hide_env = true)]
+    #[arg(long, global = true)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
@@ -49,7 +42,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: control, data and public listeners.
+    /// Run the server: control, data, public and admin listeners.
     Server(ServerArgs),
     /// Expose a local HTTP service: `showoff http 3000`.
     Http(TunnelArgs),
@@ -57,63 +50,86 @@ pub enum Command {
     Tcp(TunnelArgs),
 }
 
-/// `showoff server` flags.
-#[derive(Debug, Args)]
+/// `showoff server` flags: one per entry of [`SERVER_SETTINGS`], plus `--config` and
+/// `--check-config`. Values stay text here; [`crate::settings::resolve`] parses them.
+#[derive(Debug, Default)]
 pub struct ServerArgs {
-    /// Control listener [env: SHOWOFF_CONTROL_ADDR] [default: 127.0.0.1:7000]
-    #[arg(long, env = "SHOWOFF_CONTROL_ADDR", hide_env = true)]
-    pub control_addr: Option<String>,
-    /// Data (dial-back) listener [env: SHOWOFF_DATA_ADDR] [default: 127.0.0.1:7001]
-    #[arg(long, env = "SHOWOFF_DATA_ADDR", hide_env = true)]
-    pub data_addr: Option<String>,
-    /// Public HTTP listener [env: SHOWOFF_HTTP_ADDR] [default: 127.0.0.1:8080]
-    #[arg(long, env = "SHOWOFF_HTTP_ADDR", hide_env = true)]
-    pub http_addr: Option<String>,
-    /// Base domain of tunnel hostnames [env: SHOWOFF_DOMAIN] [default: localhost]
-    #[arg(long, env = "SHOWOFF_DOMAIN", hide_env = true)]
-    pub domain: Option<String>,
-    /// Port shown in public HTTP URLs [env: SHOWOFF_PUBLIC_HTTP_PORT] [default: the HTTP listener's port]
-    #[arg(long, env = "SHOWOFF_PUBLIC_HTTP_PORT", hide_env = true)]
-    pub public_http_port: Option<u16>,
-    /// Port range for TCP tunnels, FIRST-LAST [env: SHOWOFF_TCP_PORTS] [default: 20000-20999]
-    #[arg(long, env = "SHOWOFF_TCP_PORTS", hide_env = true)]
-    pub tcp_ports: Option<String>,
-    /// Accepted client token; repeat or comma-separate for several [env: SHOWOFF_TOKEN] [default: none, open on loopback only]
-    #[arg(long, env = "SHOWOFF_TOKEN", hide_env = true, value_delimiter = ',')]
-    pub token: Vec<String>,
-    /// Largest request head in bytes [env: SHOWOFF_MAX_HEADER_BYTES] [default: 32768]
-    #[arg(long, env = "SHOWOFF_MAX_HEADER_BYTES", hide_env = true)]
-    pub max_header_bytes: Option<usize>,
-    /// Seconds a visitor has to send a request head; also the keep-alive idle limit [env: SHOWOFF_HEAD_TIMEOUT] [default: 15]
-    #[arg(long, env = "SHOWOFF_HEAD_TIMEOUT", hide_env = true)]
-    pub head_timeout: Option<u64>,
-    /// Seconds a visitor body read or response write may stall [env: SHOWOFF_IO_IDLE_TIMEOUT] [default: 60]
-    #[arg(long, env = "SHOWOFF_IO_IDLE_TIMEOUT", hide_env = true)]
-    pub io_idle_timeout: Option<u64>,
-    /// Seconds a visitor waits for the client to open a stream [env: SHOWOFF_PENDING_TIMEOUT] [default: 10]
-    #[arg(long, env = "SHOWOFF_PENDING_TIMEOUT", hide_env = true)]
-    pub pending_timeout: Option<u64>,
-    /// Streams being set up at once per session [env: SHOWOFF_MAX_PENDING_PER_SESSION] [default: 128]
-    #[arg(long, env = "SHOWOFF_MAX_PENDING_PER_SESSION", hide_env = true)]
-    pub max_pending_per_session: Option<usize>,
-    /// Streams being set up at once on the server [env: SHOWOFF_MAX_PENDING_TOTAL] [default: 4096]
-    #[arg(long, env = "SHOWOFF_MAX_PENDING_TOTAL", hide_env = true)]
-    pub max_pending_total: Option<usize>,
-    /// Seconds between pings to each client [env: SHOWOFF_HEARTBEAT_INTERVAL] [default: 15]
-    #[arg(long, env = "SHOWOFF_HEARTBEAT_INTERVAL", hide_env = true)]
-    pub heartbeat_interval: Option<u64>,
-    /// Seconds of client silence before its session is dropped [env: SHOWOFF_HEARTBEAT_TIMEOUT] [default: 45]
-    #[arg(long, env = "SHOWOFF_HEARTBEAT_TIMEOUT", hide_env = true)]
-    pub heartbeat_timeout: Option<u64>,
-    /// Close tunnels without visitors for this many seconds [env: SHOWOFF_TUNNEL_IDLE_TIMEOUT] [default: off]
-    #[arg(long, env = "SHOWOFF_TUNNEL_IDLE_TIMEOUT", hide_env = true)]
-    pub tunnel_idle_timeout: Option<u64>,
-    /// Seconds in-flight requests get to finish on shutdown [env: SHOWOFF_SHUTDOWN_GRACE] [default: 30]
-    #[arg(long, env = "SHOWOFF_SHUTDOWN_GRACE", hide_env = true)]
-    pub shutdown_grace: Option<u64>,
-    /// Pre-dialled data connections per client [env: SHOWOFF_WARM_POOL] [default: 8]
-    #[arg(long, env = "SHOWOFF_WARM_POOL", hide_env = true)]
-    pub warm_pool: Option<u16>,
+    /// Flag values by setting key.
+    pub values: BTreeMap<String, String>,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--check-config`.
+    pub check_config: bool,
+}
+
+impl clap::FromArgMatches for ServerArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Self::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for setting in SERVER_SETTINGS {
+            if let Some(value) = matches.get_one::<String>(setting.key) {
+                self.values.insert(setting.key.to_string(), value.clone());
+            }
+        }
+        self.config = matches.get_one::<PathBuf>("config").cloned();
+        self.check_config = matches.get_flag("check_config");
+        Ok(())
+    }
+}
+
+impl Args for ServerArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = cmd
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .short('c')
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("Config file: TOML, YAML or JSON by extension [env: SHOWOFF_CONFIG]"),
+            )
+            .arg(
+                Arg::new("check_config")
+                    .long("check-config")
+                    .action(ArgAction::SetTrue)
+                    .help(
+                        "Print the resolved settings (secrets masked) with their sources, and exit",
+                    ),
+            );
+        SERVER_SETTINGS.iter().fold(cmd, |cmd, setting| {
+            let default = if setting.default.is_empty() {
+                "none"
+            } else {
+                setting.default
+            };
+            cmd.arg(
+                Arg::new(setting.key)
+                    .long(setting.key.replace('_', "-"))
+                    .value_name("VALUE")
+                    .help(format!(
+                        "{} [env: {}] [default: {default}]",
+                        capitalise(setting.help),
+                        setting.env
+                    )),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// `showoff http` / `showoff tcp` flags.

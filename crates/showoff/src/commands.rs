@@ -1,74 +1,54 @@
 //! What each subcommand does: turn flags into library configs and run them.
 
-use std::time::Duration;
+use std::collections::HashMap;
 
 use anyhow::Context;
 use showoff_client::{ClientConfig, ClientEvent, TunnelConfig};
 use showoff_proto::{HostHeader, TunnelKind, TunnelSpec};
-use showoff_server::{Secret, Server, ServerConfig};
+use showoff_server::{BuildInfo, LogControl, Server};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ServerArgs, TunnelArgs};
+use crate::settings::{self, FileValues};
 
 /// Runs the chosen subcommand to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(
+    cli: Cli,
+    env: HashMap<String, String>,
+    file: FileValues,
+    log_control: LogControl,
+) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server(args) => server(args).await,
+        Command::Server(args) => server(args, &env, &file, log_control).await,
         Command::Http(args) => client(TunnelKind::Http, args).await,
         Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
     }
 }
 
-fn addr(value: &str, what: &str) -> anyhow::Result<std::net::SocketAddr> {
-    value
-        .parse()
-        .with_context(|| format!("invalid {what} {value:?}: expected IP:PORT"))
+/// What this binary reports in `/version` and `showoff_build_info`.
+pub fn build_info() -> BuildInfo {
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("SHOWOFF_GIT_COMMIT").into(),
+        build_date: env!("SHOWOFF_BUILD_DATE").into(),
+        rustc: env!("SHOWOFF_RUSTC").into(),
+    }
 }
 
-/// Builds the server config: flags (and their env variables) over the defaults.
-pub fn server_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
-    let mut c = ServerConfig::default();
-    let secs = Duration::from_secs;
-    if let Some(v) = &args.control_addr {
-        c.control_addr = addr(v, "--control-addr")?;
+async fn server(
+    args: ServerArgs,
+    env: &HashMap<String, String>,
+    file: &FileValues,
+    log_control: LogControl,
+) -> anyhow::Result<()> {
+    let resolved = settings::resolve(&args.values, env, file)?;
+    if args.check_config {
+        print!("{}", resolved.describe());
+        return Ok(());
     }
-    if let Some(v) = &args.data_addr {
-        c.data_addr = addr(v, "--data-addr")?;
-    }
-    if let Some(v) = &args.http_addr {
-        c.http_addr = addr(v, "--http-addr")?;
-    }
-    if let Some(v) = &args.domain {
-        c.domain = v.clone();
-    }
-    if let Some(v) = &args.tcp_ports {
-        c.tcp_ports = v.parse()?;
-    }
-    c.public_http_port = args.public_http_port;
-    c.tokens = args
-        .token
-        .iter()
-        .filter(|t| !t.is_empty())
-        .map(Secret::new)
-        .collect();
-    c.max_header_bytes = args.max_header_bytes.unwrap_or(c.max_header_bytes);
-    c.head_timeout = args.head_timeout.map_or(c.head_timeout, secs);
-    c.io_idle_timeout = args.io_idle_timeout.map_or(c.io_idle_timeout, secs);
-    c.pending_timeout = args.pending_timeout.map_or(c.pending_timeout, secs);
-    c.max_pending_per_session = args
-        .max_pending_per_session
-        .unwrap_or(c.max_pending_per_session);
-    c.max_pending_total = args.max_pending_total.unwrap_or(c.max_pending_total);
-    c.heartbeat_interval = args.heartbeat_interval.map_or(c.heartbeat_interval, secs);
-    c.heartbeat_timeout = args.heartbeat_timeout.map_or(c.heartbeat_timeout, secs);
-    c.tunnel_idle_timeout = args.tunnel_idle_timeout.map(secs);
-    c.shutdown_grace = args.shutdown_grace.map_or(c.shutdown_grace, secs);
-    c.warm_pool = args.warm_pool.unwrap_or(c.warm_pool);
-    Ok(c)
-}
-
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = server_config(&args)?;
+    let mut config = resolved.config;
+    config.build = build_info();
+    config.log_control = Some(log_control);
     let server = Server::bind(config)
         .await
         .context("failed to start the server")?;
@@ -173,38 +153,58 @@ mod tests {
         assert_eq!(local_target("10.0.0.2:80"), "10.0.0.2:80");
     }
 
+    fn server_args(argv: &[&str]) -> ServerArgs {
+        let mut full = vec!["showoff", "server"];
+        full.extend_from_slice(argv);
+        let cli = Cli::try_parse_from(full).expect("parse");
+        let Command::Server(args) = cli.command else {
+            panic!("server")
+        };
+        args
+    }
+
     #[test]
-    fn flags_override_defaults() {
-        let cli = Cli::try_parse_from([
-            "showoff",
-            "server",
+    fn generated_flags_reach_the_config() {
+        let args = server_args(&[
             "--http-addr",
             "127.0.0.1:9999",
             "--token",
             "a,b",
             "--pending-timeout",
             "3",
-        ])
-        .expect("parse");
-        let Command::Server(args) = cli.command else {
-            panic!("server")
-        };
-        let config = server_config(&args).expect("config");
+        ]);
+        let resolved = settings::resolve(&args.values, &HashMap::new(), &FileValues::default())
+            .expect("config");
+        let config = resolved.config;
         assert_eq!(config.http_addr.port(), 9999);
         assert_eq!(config.tokens.len(), 2);
-        assert_eq!(config.pending_timeout, Duration::from_secs(3));
-        assert_eq!(config.control_addr, ServerConfig::default().control_addr);
+        assert_eq!(config.pending_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            config.control_addr,
+            showoff_server::ServerConfig::default().control_addr
+        );
     }
 
     #[test]
-    fn bad_addresses_are_named_in_the_error() {
-        let cli =
-            Cli::try_parse_from(["showoff", "server", "--control-addr", "nope"]).expect("parse");
-        let Command::Server(args) = cli.command else {
-            panic!("server")
-        };
-        let err = server_config(&args).expect_err("invalid").to_string();
-        assert!(err.contains("--control-addr"), "{err}");
+    fn bad_values_are_named_in_the_error() {
+        let args = server_args(&["--control-addr", "nope"]);
+        let err = settings::resolve(&args.values, &HashMap::new(), &FileValues::default())
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("control_addr") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn check_config_and_config_flags_parse() {
+        let args = server_args(&["--check-config", "-c", "showoff.toml"]);
+        assert!(args.check_config);
+        assert_eq!(
+            args.config.as_deref(),
+            Some(std::path::Path::new("showoff.toml"))
+        );
     }
 }
 
@@ -242,5 +242,49 @@ mod docs_tests {
             }
         }
         assert!(checked > 20, "only {checked} flags found");
+    }
+
+    /// Every server setting's flag, variable, file key and default is in the table of
+    /// docs/operations.md.
+    #[test]
+    fn operations_doc_lists_every_server_setting() {
+        let doc = include_str!("../../../docs/operations.md");
+        let settings = crate::settings::SERVER_SETTINGS;
+        assert!(!settings.is_empty());
+        for setting in settings {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{}`", setting.key.replace('_', "-"))))
+                .unwrap_or_else(|| panic!("no row for --{} in docs/operations.md", setting.key));
+            assert!(
+                row.contains(&format!("`{}`", setting.env)),
+                "{} missing in: {row}",
+                setting.env
+            );
+            assert!(
+                row.contains(&format!("`{}`", setting.key)),
+                "file key {} missing in: {row}",
+                setting.key
+            );
+            if !setting.default.is_empty() {
+                assert!(
+                    row.contains(setting.default),
+                    "default {} missing in: {row}",
+                    setting.default
+                );
+            }
+        }
+        for extra in [
+            "SHOWOFF_CONFIG",
+            "SHOWOFF_LOG_FORMAT",
+            "SHOWOFF_LOG_LEVEL",
+            "SHOWOFF_THREADS",
+            "--check-config",
+        ] {
+            assert!(
+                doc.contains(extra),
+                "{extra} missing from docs/operations.md"
+            );
+        }
     }
 }

@@ -1,26 +1,41 @@
-//! Log setup: `tracing` to stderr as human-readable text or one JSON object per line.
+//! Log setup: `tracing` to stderr as human-readable text or one JSON object per line, behind a
+//! reloadable filter so the admin API can change the level at run time.
 
-use tracing_subscriber::EnvFilter;
+use showoff_server::LogControl;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, reload};
 
-/// Installs the global subscriber. An unparsable level falls back to `info` with a warning.
-pub fn init(format: &str, level: &str) {
+/// Installs the global subscriber and returns the handle that changes its filter. An
+/// unparsable level falls back to `info` with a warning; an unknown format to `pretty`.
+pub fn init(format: &str, level: &str) -> LogControl {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| {
         eprintln!("warning: invalid log level {level:?}, using info");
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        "json" => builder
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match format {
+        "json" => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
-        "pretty" => builder.init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
         other => {
-            builder.init();
-            tracing::warn!(format = other, "unknown log format, using pretty");
+            if other != "pretty" {
+                eprintln!("warning: unknown log format {other:?}, using pretty");
+            }
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .boxed()
         }
-    }
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    LogControl::new(move |level| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

@@ -1,20 +1,26 @@
-//! The `showoff` binary: parses the command line, sets up logging and signals, and runs the
-//! server or the client library. The only place that reads the environment or exits.
+//! The `showoff` binary: parses the command line, resolves settings, sets up logging and
+//! signals, and runs the server or the client library. The only place that reads the
+//! environment or exits.
 //!
-//! Layout: [`cli`] (flags and their `SHOWOFF_*` variables), [`logging`], [`signals`],
-//! [`commands`] (what each subcommand does).
+//! Layout: [`cli`] (flags), [`settings`] (the settings table and the layering of defaults,
+//! config file, `SHOWOFF_*` environment and flags), [`logging`], [`signals`], [`commands`]
+//! (what each subcommand does).
 
 mod cli;
 mod commands;
 mod logging;
+mod settings;
 mod signals;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
 
 use clap::Parser;
 
 /// The server uses every core by default; a client mostly splices bytes, and one thread serves
 /// it best (measured in docs/benchmarks.md: fewer cross-thread wake-ups per request).
-fn runtime(cli: &cli::Cli) -> tokio::runtime::Builder {
-    let threads = cli.threads.unwrap_or(match cli.command {
+fn runtime(command: &cli::Command, threads: Option<usize>) -> tokio::runtime::Builder {
+    let threads = threads.unwrap_or(match command {
         cli::Command::Server(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         _ => 1,
     });
@@ -26,21 +32,44 @@ fn runtime(cli: &cli::Cli) -> tokio::runtime::Builder {
     builder
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(&cli.log_format, &cli.log_level);
-    let runtime = match runtime(&cli).enable_all().build() {
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SHOWOFF_"))
+        .collect();
+    let file = match &cli.command {
+        cli::Command::Server(args) => match settings::config_path(args.config.as_deref(), &env) {
+            Some(path) => match settings::load_file(&path) {
+                Ok(file) => file,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => settings::FileValues::default(),
+        },
+        _ => settings::FileValues::default(),
+    };
+    let globals = match settings::globals(&cli, &env, &file) {
+        Ok(globals) => globals,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log_control = logging::init(&globals.log_format, &globals.log_level);
+    let runtime = match runtime(&cli.command, globals.threads).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: failed to start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match runtime.block_on(commands::run(cli, env, file, log_control)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

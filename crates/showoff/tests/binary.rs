@@ -73,6 +73,8 @@ fn an_open_server_on_a_public_address_refuses_to_start() {
             "127.0.0.1:0",
             "--data-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
         ])
         .env_remove("SHOWOFF_TOKEN")
         .output()
@@ -96,6 +98,8 @@ async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
             "--data-addr",
             "127.0.0.1:0",
             "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
             "127.0.0.1:0",
         ])
         .stderr(Stdio::piped())
@@ -141,6 +145,15 @@ async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
     )
     .await;
     assert_eq!(reply.echo()["target"], "bin");
+    // The admin listener of the real binary reports this build.
+    let admin = field(&listening, "\"admin\":\"");
+    let version = get(admin.parse().expect("admin addr"), "localhost", "/version").await;
+    assert_eq!(version.status, 200);
+    assert!(
+        version.body.contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        version.body
+    );
 
     let pid = server.0.id().to_string();
     assert!(

@@ -15,7 +15,6 @@ pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -71,7 +70,7 @@ pub(crate) async fn serve_visitor(stream: TcpStream, peer: SocketAddr, shared: A
     let stats = shared.clone();
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
     let mut conn = Conn {
-        stream,
+        stream: Metered::new(stream),
         peer,
         buf: BytesMut::with_capacity(READ_CHUNK),
         shared,
@@ -80,7 +79,7 @@ pub(crate) async fn serve_visitor(stream: TcpStream, peer: SocketAddr, shared: A
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Metered<TcpStream>,
     peer: SocketAddr,
     buf: BytesMut,
     shared: Arc<Shared>,
@@ -90,6 +89,9 @@ struct Conn {
 enum Next {
     KeepAlive,
     Close,
+    /// Close, but the visitor may still be sending a request body we did not read: drain it
+    /// briefly first, or the close resets the connection and the response can be lost.
+    CloseLingering,
 }
 
 /// Why sending a request upstream failed.
@@ -111,6 +113,7 @@ impl Conn {
             match self.exchange(head).await {
                 Ok(Next::KeepAlive) => continue,
                 Ok(Next::Close) => return,
+                Ok(Next::CloseLingering) => return self.close_lingering().await,
                 Err(error) => return self.fail(error, &host).await,
             }
         }
@@ -145,14 +148,54 @@ impl Conn {
         }
     }
 
-    /// Proxies one request and its response.
+    /// Proxies one request and its response, then records it (metrics, access log).
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+        let started = Instant::now();
+        let before = self.stream.counts();
         let tunnel = self.route(&head)?;
         tunnel.touch();
-        self.shared
-            .stats
-            .http_requests
-            .fetch_add(1, Ordering::Relaxed);
+        let (status, next) = self.proxy(&head, &tunnel).await?;
+        let (read, written) = self.stream.counts();
+        let bytes = (read - before.0 + head.len as u64, written - before.1);
+        self.record(&head, &tunnel.info.name, status, started, bytes);
+        Ok(next)
+    }
+
+    /// Records a finished request: status class, duration, bytes, access log line.
+    fn record(
+        &self,
+        head: &RequestHead,
+        tunnel: &str,
+        status: u16,
+        started: Instant,
+        bytes: (u64, u64),
+    ) {
+        let took = started.elapsed();
+        let stats = &self.shared.stats;
+        stats.http_request(tunnel, status, took);
+        stats.bytes(bytes.0, bytes.1);
+        if self.shared.config.admin.access_log {
+            info!(
+                target: "showoff::access",
+                tunnel,
+                host = %head.host.name,
+                method = %head.method,
+                path = %head.target,
+                status,
+                duration_ms = took.as_secs_f64() * 1000.0,
+                bytes_in = bytes.0,
+                bytes_out = bytes.1,
+                visitor = %self.peer.ip(),
+                "request"
+            );
+        }
+    }
+
+    async fn proxy(
+        &mut self,
+        head: &RequestHead,
+        tunnel: &Tunnel,
+    ) -> Result<(u16, Next), EdgeError> {
         if head.expect_continue && head.framing != Framing::Empty {
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
@@ -160,11 +203,11 @@ impl Conn {
             tunnel: tunnel.info.name.clone(),
             visitor_addr: self.peer,
         };
-        let request = encode_request(&head, &tunnel.spec, self.peer);
-        let (mut up, resp, body_done) = self.send(&tunnel, &meta, &head, &request).await?;
+        let request = encode_request(head, &tunnel.spec, self.peer);
+        let (mut up, resp, body_done) = self.send(tunnel, &meta, head, &request).await?;
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).await;
-            return Ok(Next::Close);
+            return Ok((101, Next::Close));
         }
         let delivered = self.relay(&mut up, &resp).await;
         if delivered && body_done && resp.upstream_reusable {
@@ -172,11 +215,12 @@ impl Conn {
         }
         let keep_alive =
             delivered && body_done && resp.keep_alive && !self.shared.drain.is_cancelled();
-        Ok(if keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        })
+        let next = match (keep_alive, body_done) {
+            (true, _) => Next::KeepAlive,
+            (false, true) => Next::Close,
+            (false, false) => Next::CloseLingering,
+        };
+        Ok((resp.status, next))
     }
 
     fn route(&self, head: &RequestHead) -> Result<Arc<Tunnel>, EdgeError> {
@@ -377,6 +421,7 @@ impl Conn {
     /// Sends an error page, logs it once by origin, and closes after draining the visitor.
     async fn fail(&mut self, error: EdgeError, host: &str) {
         let page = error.page(host);
+        self.shared.stats.error(page.code);
         match page.origin {
             Origin::Visitor => {
                 debug!(peer = %self.peer, host, status = page.status, code = page.code, "request refused")
@@ -391,6 +436,10 @@ impl Conn {
         if self.write(&page.to_bytes()).await.is_err() {
             return;
         }
+        self.close_lingering().await;
+    }
+
+    async fn close_lingering(&mut self) {
         let _ = self.stream.shutdown().await;
         linger(&mut self.stream).await;
     }
@@ -430,7 +479,7 @@ async fn read_response<R: AsyncRead + Unpin>(
 
 /// Reads and discards what the visitor still sends, briefly, so closing does not reset the
 /// connection before the error page is read.
-async fn linger(stream: &mut TcpStream) {
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut sink = [0u8; 4096];
     let mut drained = 0;
     let deadline = Instant::now() + LINGER;
@@ -482,8 +531,8 @@ async fn read_up_to<R: AsyncRead + Unpin>(
 
 /// Copies the visitor's request body to the target: `Content-Length` bytes as they are, chunked
 /// bodies decoded (validated) and re-chunked. False if the visitor broke the framing or left.
-async fn pump_body<W: AsyncWrite + Unpin>(
-    stream: &mut TcpStream,
+async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     framing: Framing,
     up: &mut W,
@@ -500,8 +549,8 @@ async fn pump_body<W: AsyncWrite + Unpin>(
     result.is_ok()
 }
 
-async fn pump_length<W: AsyncWrite + Unpin>(
-    stream: &mut TcpStream,
+async fn pump_length<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     mut left: u64,
     up: &mut W,
@@ -519,8 +568,8 @@ async fn pump_length<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn pump_chunked<W: AsyncWrite + Unpin>(
-    stream: &mut TcpStream,
+async fn pump_chunked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     up: &mut W,
     idle: Duration,
@@ -633,6 +682,69 @@ fn encode_body(out: &mut BytesMut, data: &[u8], framing: VisitorFraming) {
 fn finish_body(out: &mut BytesMut, framing: VisitorFraming) {
     if framing == VisitorFraming::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
+    }
+}
+
+/// A stream that counts the bytes read from and written to it (per-request byte metrics).
+struct Metered<S> {
+    inner: S,
+    read: u64,
+    written: u64,
+}
+
+impl<S> Metered<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            read: 0,
+            written: 0,
+        }
+    }
+
+    /// Bytes read and written so far.
+    fn counts(&self) -> (u64, u64) {
+        (self.read, self.written)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

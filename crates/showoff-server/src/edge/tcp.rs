@@ -55,11 +55,14 @@ async fn serve_visitor(
         Ok(stream) => stream,
         Err(error) => {
             info!(%peer, tunnel = %meta.tunnel, %error, "tcp visitor dropped");
+            shared
+                .stats
+                .error(crate::edge::error::EdgeError::Open(error).page("").code);
             return;
         }
     };
     tokio::select! {
-        _ = splice(&mut visitor, &mut stream) => {}
+        (inbound, outbound) = splice(&mut visitor, &mut stream) => shared.stats.bytes(inbound, outbound),
         _ = tunnel.closed.cancelled() => {}
         _ = shared.stop.cancelled() => {}
     }

@@ -8,7 +8,7 @@
 //! or its session's pool.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,23 +70,20 @@ impl DialBack {
             return Err(DataRejectReason::PoolFull);
         }
         pool.push_back(conn);
-        self.shared.stats.pool_idle.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.pool_idle.inc();
         Ok(())
     }
 
     fn take_pooled(&self) -> Option<DataFramed> {
         let conn = self.pool().pop_front()?;
-        self.shared.stats.pool_idle.fetch_sub(1, Ordering::Relaxed);
+        self.shared.stats.pool_idle.dec();
         Some(conn)
     }
 
     /// Drops every pooled connection (session ended).
     pub(crate) fn clear_pool(&self) {
         let dropped = std::mem::take(&mut *self.pool()).len();
-        self.shared
-            .stats
-            .pool_idle
-            .fetch_sub(dropped as u64, Ordering::Relaxed);
+        self.shared.stats.pool_idle.dec_by(dropped as i64);
     }
 
     fn timeout(&self) -> Duration {
@@ -163,17 +160,14 @@ impl StreamOpener for DialBack {
             };
             match self.open_pooled(conn, meta).await {
                 Pooled::Ready(stream) => {
-                    self.shared.stats.pool_hits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.pool_hits.inc();
                     return Ok(stream);
                 }
                 Pooled::Failed(error) => return Err(error),
                 Pooled::Stale => continue,
             }
         }
-        self.shared
-            .stats
-            .pool_misses
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.pool_misses.inc();
         self.open_dialled(meta).await
     }
 }

@@ -1,0 +1,251 @@
+//! The admin listener, for operators and probes (loopback by default). Endpoints:
+//!
+//! | method and path | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 `ok` once every listener is bound (liveness) |
+//! | `GET /readyz` | 200 `ready` once the server accepts and metrics are registered; 503 `draining` during a drain (readiness) |
+//! | `GET /version` | JSON: version, commit, build date, rustc |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /api/v1/sessions` | JSON list of sessions: id, principal, peer, age, tunnels |
+//! | `GET /api/v1/tunnels` | JSON list of tunnels: name, kind, public URL, port, session, target, idle time |
+//! | `PUT /api/v1/log-level` | body: a level or filter (`debug`, `showoff_server=trace`); needs the admin token |
+//! | `GET /debug/pprof/profile?seconds=N` | CPU profile of N seconds (1–60) in pprof format; needs the admin token |
+//!
+//! Token-guarded endpoints answer 401 without `Authorization: Bearer <admin token>`, and 404 when
+//! no admin token is configured (they are off).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::server::Shared;
+
+/// Longest CPU profile one request may ask for.
+pub const MAX_PROFILE_SECS: u64 = 60;
+
+/// Serves the admin endpoints until the server stops.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let stop = shared.stop.clone();
+    let app = router(shared);
+    let served =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    if let Err(error) = served.await {
+        tracing::warn!(%error, "admin listener failed");
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/tunnels", get(tunnels))
+        .route("/api/v1/log-level", put(log_level))
+        .route("/debug/pprof/profile", get(profile))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.drain.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if !shared.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn version(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(&shared.config.build).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.stats.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics encoding failed: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// One session as the API shows it.
+#[derive(Debug, Serialize)]
+struct SessionView {
+    id: String,
+    principal: String,
+    peer: String,
+    connected_secs: u64,
+    tunnels: Vec<String>,
+}
+
+async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
+    let views: Vec<SessionView> = shared
+        .all_sessions()
+        .iter()
+        .map(|s| SessionView {
+            id: s.id.clone(),
+            principal: s.principal.clone(),
+            peer: s.peer.to_string(),
+            connected_secs: s.started.elapsed().as_secs(),
+            tunnels: s.tunnel_names(),
+        })
+        .collect();
+    axum::Json(views).into_response()
+}
+
+/// One tunnel as the API shows it.
+#[derive(Debug, Serialize)]
+struct TunnelView {
+    name: String,
+    kind: &'static str,
+    public_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    session: String,
+    target: String,
+    idle_secs: u64,
+}
+
+async fn tunnels(State(shared): State<Arc<Shared>>) -> Response {
+    let mut views: Vec<TunnelView> = shared
+        .routes
+        .all()
+        .iter()
+        .map(|t| TunnelView {
+            name: t.info.name.clone(),
+            kind: t.info.kind.as_str(),
+            public_url: t.info.public_url.clone(),
+            port: t.info.port,
+            session: t.session_id.clone(),
+            target: t.spec.target.clone(),
+            idle_secs: t.idle_for().as_secs(),
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    axum::Json(views).into_response()
+}
+
+/// Checks `Authorization: Bearer <admin token>`; `Err` is the response to send instead.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &shared.config.admin.token else {
+        let off = (
+            StatusCode::NOT_FOUND,
+            "disabled: no admin token is configured\n",
+        );
+        return Err(Box::new(off.into_response()));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if showoff_proto::id::constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
+        return Ok(());
+    }
+    let mut denied = (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    denied.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Err(Box::new(denied))
+}
+
+async fn log_level(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(denied) = authorize(&shared, &headers) {
+        return *denied;
+    }
+    let Some(control) = &shared.config.log_control else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "this server cannot change its log level\n",
+        )
+            .into_response();
+    };
+    let filter = String::from_utf8_lossy(&body).trim().to_string();
+    match control.set(&filter) {
+        Ok(()) => {
+            tracing::info!(filter, "log level changed through the admin API");
+            (StatusCode::OK, format!("log level set to {filter}\n")).into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid log filter: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Query of the profile endpoint.
+#[derive(Debug, serde::Deserialize)]
+struct ProfileQuery {
+    seconds: Option<u64>,
+}
+
+async fn profile(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<ProfileQuery>,
+) -> Response {
+    if let Err(denied) = authorize(&shared, &headers) {
+        return *denied;
+    }
+    let seconds = query.seconds.unwrap_or(10);
+    if !(1..=MAX_PROFILE_SECS).contains(&seconds) {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("seconds must be 1 to {MAX_PROFILE_SECS}\n"),
+        )
+            .into_response();
+    }
+    match cpu_profile(Duration::from_secs(seconds)).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"showoff-cpu.pb\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("profiling failed: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Samples every thread at 99 Hz for `duration`; returns the pprof protobuf.
+async fn cpu_profile(duration: Duration) -> Result<Vec<u8>, String> {
+    use pprof::protos::Message;
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(99)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(duration).await;
+    let report = guard.report().build().map_err(|e| e.to_string())?;
+    let profile = report.pprof().map_err(|e| e.to_string())?;
+    Ok(profile.encode_to_vec())
+}
