@@ -44,6 +44,10 @@ async fn server(
     let resolved = settings::resolve(&args.values, env, file)?;
     if args.check_config {
         print!("{}", resolved.describe());
+        resolved
+            .config
+            .validate()
+            .context("the resolved configuration cannot run")?;
         return Ok(());
     }
     let mut config = resolved.config;

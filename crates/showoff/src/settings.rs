@@ -383,7 +383,7 @@ pub fn resolve(
     Ok(Resolved { config, values })
 }
 
-/// Parses duration text: `15`, `15s`, `500ms`, `2m`.
+/// Parses duration text: `15`, `15s`, `500ms`, `2m`, `24h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
@@ -397,7 +397,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit {unit:?}: use ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
     }
 }
 
@@ -669,7 +670,8 @@ mod tests {
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("2d").is_err());
         assert!(parse_duration("x").is_err());
     }
 }
