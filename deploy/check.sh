@@ -61,7 +61,10 @@ done
 
 # --- config files the manifests ship, checked by the real binary ----------------------------
 say "shipped config files pass showoff server --check-config"
-cargo build --quiet --release -p showoff
+# One static release build serves the config checks, the image and the host-side client.
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release -p showoff \
+    --target x86_64-unknown-linux-gnu
+showoff="$root/target/x86_64-unknown-linux-gnu/release/showoff"
 python3 - "$out/helm.yaml" "$out/helm-config.yaml" <<'PY'
 import sys
 text = open(sys.argv[1]).read()
@@ -74,7 +77,7 @@ for line in block.splitlines():
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 PY
 for config in "$out/helm-config.yaml" deploy/kustomize/base/showoff.yaml deploy/kustomize/overlays/example/showoff.yaml; do
-    SHOWOFF_TOKEN=check target/release/showoff server --config "$config" --check-config >/dev/null
+    SHOWOFF_TOKEN=check "$showoff" server --config "$config" --check-config >/dev/null
 done
 
 # --- container image, built and run --------------------------------------------------------
@@ -124,7 +127,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 [ -n "$ok" ] || { docker logs showoff-check >&2; say "the container never answered /healthz"; exit 1; }
-target/release/showoff http "$target" --name check --server "127.0.0.1:$control" >"$out/client.out" 2>/dev/null &
+"$showoff" http "$target" --name check --server "127.0.0.1:$control" >"$out/client.out" 2>/dev/null &
 client_pid=$!
 body=""
 for _ in $(seq 100); do
