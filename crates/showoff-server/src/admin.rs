@@ -11,8 +11,8 @@
 //! | `PUT /api/v1/log-level` | body: a level or filter (`debug`, `showoff_server=trace`); needs the admin token |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of N seconds (1–60) in pprof format; needs the admin token |
 //!
-//! Token-guarded endpoints answer 401 without `Authorization: Bearer <admin token>`, and 404 when
-//! no admin token is configured (they are off).
+//! Token-guarded endpoints answer 401 unless an admin token is configured and presented as
+//! `Authorization: Bearer <admin token>` (with no token configured they are off, and say so).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +148,7 @@ async fn tunnels(State(shared): State<Arc<Shared>>) -> Response {
 fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &shared.config.admin.token else {
         let off = (
-            StatusCode::NOT_FOUND,
+            StatusCode::UNAUTHORIZED,
             "disabled: no admin token is configured\n",
         );
         return Err(Box::new(off.into_response()));

@@ -15,7 +15,7 @@ use showoff_proto::{RefusedCode, ServerMessage, TunnelKind};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ConfigError, ServerConfig};
 use crate::registry::{MemoryRegistry, Registry, Routes};
@@ -178,16 +178,20 @@ impl Server {
             s.clone(),
             |stream, peer, s| {
                 s.tasks
-                    .spawn(crate::session::serve_control(stream, peer, s.clone()));
+                    .spawn(crate::session::serve_control(stream, peer, s.clone()).instrument(
+                        tracing::info_span!("session", %peer, session = tracing::field::Empty, principal = tracing::field::Empty),
+                    ));
             },
         ));
         shared.tasks.spawn(accept_loop(
             self.data,
             s.stop.clone(),
             s.clone(),
-            |stream, _, s| {
-                s.tasks
-                    .spawn(crate::transport::dialback::accept_data(stream, s.clone()));
+            |stream, peer, s| {
+                s.tasks.spawn(
+                    crate::transport::dialback::accept_data(stream, s.clone())
+                        .instrument(tracing::debug_span!("data", %peer)),
+                );
             },
         ));
         shared.tasks.spawn(accept_loop(
@@ -195,8 +199,11 @@ impl Server {
             s.drain.clone(),
             s.clone(),
             |stream, peer, s| {
-                s.visitors
-                    .spawn(crate::edge::http::serve_visitor(stream, peer, s.clone()));
+                s.visitors.spawn(
+                    crate::edge::http::serve_visitor(stream, peer, s.clone()).instrument(
+                        tracing::info_span!("visitor", %peer, tunnel = tracing::field::Empty),
+                    ),
+                );
             },
         ));
         if let Some(admin) = self.admin {

@@ -109,6 +109,9 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
         }
     };
     let session = guard.session.clone();
+    let span = tracing::Span::current();
+    span.record("session", session.id.as_str());
+    span.record("principal", session.principal.as_str());
     info!(%peer, session = %session.id, principal = %session.principal, "session up");
     let end = ControlLoop::new(framed, rx, session.clone(), shared.clone())
         .run()

@@ -254,5 +254,10 @@ async fn guarded_endpoints_are_off_without_a_token() {
         "",
     )
     .await;
-    assert_eq!(reply.status, 404);
+    assert_eq!(reply.status, 401);
+    assert!(
+        reply.body.contains("no admin token is configured"),
+        "{}",
+        reply.body
+    );
 }

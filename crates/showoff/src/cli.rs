@@ -48,6 +48,31 @@ pub enum Command {
     Http(TunnelArgs),
     /// Expose a local TCP service on a public port: `showoff tcp 5432`.
     Tcp(TunnelArgs),
+    /// Run every tunnel named in a client config file: `showoff client -c showoff.toml`.
+    Client(ClientArgs),
+}
+
+/// `showoff client` flags; they win over `SHOWOFF_*` variables, which win over the file.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Client config file: TOML, YAML or JSON by extension [env: SHOWOFF_CONFIG]
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Server control address, HOST:PORT [env: SHOWOFF_SERVER] [default: the file's, else 127.0.0.1:7000]
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Data listener address when it is not the server host with the announced port [env: SHOWOFF_DATA_SERVER]
+    #[arg(long)]
+    pub data_server: Option<String>,
+    /// Token to authenticate with [env: SHOWOFF_TOKEN] [default: the file's]
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Print one JSON object per event instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Exit on the first lost connection instead of reconnecting
+    #[arg(long)]
+    pub no_reconnect: bool,
 }
 
 /// `showoff server` flags: one per entry of [`SERVER_SETTINGS`], plus `--config` and

@@ -9,6 +9,7 @@ use showoff_server::{BuildInfo, LogControl, Server};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ServerArgs, TunnelArgs};
+use crate::client_file::{self, ClientFile};
 use crate::settings::{self, FileValues};
 
 /// Runs the chosen subcommand to completion.
@@ -16,12 +17,23 @@ pub async fn run(
     cli: Cli,
     env: HashMap<String, String>,
     file: FileValues,
+    client_file: Option<ClientFile>,
     log_control: LogControl,
 ) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args, &env, &file, log_control).await,
         Command::Http(args) => client(TunnelKind::Http, args).await,
         Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
+        Command::Client(args) => {
+            let file = client_file.context("showoff client needs a config file")?;
+            let overrides = client_file::Overrides {
+                server: args.server,
+                data_server: args.data_server,
+                token: args.token,
+                no_reconnect: args.no_reconnect,
+            };
+            run_client(client_file::resolve(&file, &overrides, &env), args.json).await
+        }
     }
 }
 
@@ -92,10 +104,14 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
     config.data_server = args.data_server.clone();
     config.token = args.token.clone();
     config.reconnect = !args.no_reconnect;
+    run_client(config, args.json).await
+}
+
+/// Runs the client library, printing its events, until a signal or a permanent error.
+async fn run_client(config: ClientConfig, json: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::signals::spawn_handler(shutdown.clone())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let json = args.json;
     let printer = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             print_event(&event, json);

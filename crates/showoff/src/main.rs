@@ -7,6 +7,7 @@
 //! (what each subcommand does).
 
 mod cli;
+mod client_file;
 mod commands;
 mod logging;
 mod settings;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("SHOWOFF_"))
         .collect();
+    let mut client = None;
     let file = match &cli.command {
         cli::Command::Server(args) => match settings::config_path(args.config.as_deref(), &env) {
             Some(path) => match settings::load_file(&path) {
@@ -47,6 +49,27 @@ fn main() -> ExitCode {
                 }
             },
             None => settings::FileValues::default(),
+        },
+        cli::Command::Client(args) => match settings::config_path(args.config.as_deref(), &env) {
+            Some(path) => match client_file::load(&path) {
+                Ok(file) => {
+                    client = Some(file);
+                    client
+                        .as_ref()
+                        .map(client_file::ClientFile::globals)
+                        .unwrap_or_default()
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => {
+                eprintln!(
+                    "error: showoff client needs a config file: -c showoff.toml (or SHOWOFF_CONFIG)"
+                );
+                return ExitCode::FAILURE;
+            }
         },
         _ => settings::FileValues::default(),
     };
@@ -65,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli, env, file, log_control)) {
+    match runtime.block_on(commands::run(cli, env, file, client, log_control)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

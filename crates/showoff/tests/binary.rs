@@ -130,6 +130,11 @@ async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
     let _client = Reaper(client);
     let http_port = http.rsplit(':').next().expect("port");
     let line = wait_for(&client_out, "the tunnel line", |l| l.contains(" -> "));
+    let session_up = wait_for(&server_log, "session up", |l| l.contains("session up"));
+    assert!(
+        session_up.contains("\"name\":\"session\""),
+        "in the session span: {session_up}"
+    );
     assert_eq!(
         line,
         format!(
@@ -145,6 +150,18 @@ async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
     )
     .await;
     assert_eq!(reply.echo()["target"], "bin");
+    // One JSON access-log line, inside the visitor connection's span.
+    let access = wait_for(&server_log, "the access log line", |l| {
+        l.contains("showoff::access")
+    });
+    for needle in [
+        "\"name\":\"visitor\"",
+        "\"tunnel\":\"demo\"",
+        "\"status\":200",
+        "\"path\":\"/hi\"",
+    ] {
+        assert!(access.contains(needle), "{needle} missing in {access}");
+    }
     // The admin listener of the real binary reports this build.
     let admin = field(&listening, "\"admin\":\"");
     let version = get(admin.parse().expect("admin addr"), "localhost", "/version").await;
@@ -169,4 +186,54 @@ async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
     let mut server = server;
     let status = server.0.wait().expect("exit");
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_config_file_opens_every_tunnel_it_names() {
+    let server = showoff_testkit::TestServer::default_config().await;
+    let target = spawn_target("file").await;
+    let path = std::env::temp_dir().join(format!("showoff-client-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "server = \"{}\"\n\n[[tunnels]]\nkind = \"http\"\nlocal = \"{}\"\nname = \"from-file\"\n\n\
+             [[tunnels]]\nkind = \"tcp\"\nlocal = \"{}\"\n",
+            server.addrs.control,
+            target.addr.port(),
+            target.addr
+        ),
+    )
+    .expect("write config");
+    let mut client = Command::new(BIN)
+        .args(["client", "--json", "-c"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    let out = lines(client.stdout.take().expect("stdout"));
+    let _client = Reaper(client);
+    let events: Vec<serde_json::Value> = (0..2)
+        .map(|_| wait_for(&out, "a connected event", |l| l.contains("\"connected\"")))
+        .map(|l| serde_json::from_str(&l).expect("json event"))
+        .collect();
+    assert_eq!(events[0]["name"], "from-file");
+    assert_eq!(events[0]["kind"], "http");
+    assert_eq!(events[1]["kind"], "tcp");
+    let _ = std::fs::remove_file(&path);
+
+    let reply = get(server.addrs.http, &server.host("from-file"), "/").await;
+    assert_eq!(reply.echo()["target"], "file");
+    let url = events[1]["public_url"].as_str().expect("url");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let answer = showoff_testkit::visitor::raw(
+        ([127, 0, 0, 1], port).into(),
+        b"GET /over-tcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.contains("\"target\":\"file\""), "{answer}");
 }

@@ -154,6 +154,7 @@ impl Conn {
         let before = self.stream.counts();
         let tunnel = self.route(&head)?;
         tunnel.touch();
+        tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
         let (status, next) = self.proxy(&head, &tunnel).await?;
         let (read, written) = self.stream.counts();
         let bytes = (read - before.0 + head.len as u64, written - before.1);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::server::Shared;
 use crate::stats::GaugeGuard;
@@ -27,8 +27,14 @@ pub(crate) async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, sha
         match accepted {
             Ok((stream, peer)) => {
                 tune_socket(&stream);
+                let span = tracing::info_span!(
+                    "visitor",
+                    %peer,
+                    tunnel = %tunnel.info.name,
+                    session = %tunnel.session_id
+                );
                 let task = serve_visitor(stream, peer, tunnel.clone(), shared.clone());
-                shared.visitors.spawn(task);
+                shared.visitors.spawn(task.instrument(span));
             }
             Err(error) => {
                 debug!(%error, "tcp tunnel accept failed");

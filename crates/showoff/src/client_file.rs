@@ -1,0 +1,248 @@
+//! The client's config file for `showoff client -c showoff.toml`: the server, the token and
+//! every tunnel to open, in TOML, YAML or JSON (by extension). Unknown keys are errors that
+//! name the key. Flags and `SHOWOFF_SERVER` / `SHOWOFF_TOKEN` / `SHOWOFF_DATA_SERVER` win over
+//! the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+use showoff_client::{ClientConfig, TunnelConfig};
+use showoff_proto::{HostHeader, TunnelKind, TunnelSpec};
+
+use crate::settings::{FileValues, SettingsError};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// Server control address, `host:port`.
+    pub server: Option<String>,
+    /// Data listener address, when it is not the control host with the announced port.
+    pub data_server: Option<String>,
+    /// The client's token.
+    pub token: Option<String>,
+    /// Reconnect after losses (default true).
+    pub reconnect: Option<bool>,
+    /// `pretty` or `json`.
+    pub log_format: Option<String>,
+    /// Log level or filter.
+    pub log_level: Option<String>,
+    /// Runtime worker threads.
+    pub threads: Option<usize>,
+    /// The tunnels to open, at least one.
+    pub tunnels: Vec<FileTunnel>,
+}
+
+/// One `[[tunnels]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTunnel {
+    /// `http` or `tcp`.
+    pub kind: TunnelKind,
+    /// Local port (`3000`) or address (`192.168.1.5:3000`).
+    pub local: String,
+    /// Requested name.
+    pub name: Option<String>,
+    /// Requested public port (tcp).
+    pub port: Option<u16>,
+    /// `preserve`, `rewrite` or a value (http).
+    pub host_header: Option<String>,
+}
+
+/// Reads a client file; the format follows the extension.
+pub fn load(path: &Path) -> Result<ClientFile, SettingsError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(
+        &shown,
+        path.extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default(),
+        &text,
+    )
+}
+
+/// Parses client config text of the given format.
+pub fn parse(path: &str, ext: &str, text: &str) -> Result<ClientFile, SettingsError> {
+    let error = |format: &'static str, message: String| SettingsError::Parse {
+        path: path.to_string(),
+        format,
+        message,
+    };
+    let file: ClientFile = match ext {
+        "toml" => toml::from_str(text).map_err(|e| error("TOML", e.to_string()))?,
+        "yaml" | "yml" => {
+            serde_yaml_ng::from_str(text).map_err(|e| error("YAML", e.to_string()))?
+        }
+        "json" => serde_json::from_str(text).map_err(|e| error("JSON", e.to_string()))?,
+        _ => return Err(SettingsError::Extension(path.to_string())),
+    };
+    if file.tunnels.is_empty() {
+        return Err(error(
+            "a client config",
+            "it names no tunnel: add a [[tunnels]] entry".into(),
+        ));
+    }
+    Ok(file)
+}
+
+impl ClientFile {
+    /// The top-level log and thread settings, for [`crate::settings::globals`].
+    pub fn globals(&self) -> FileValues {
+        let mut global = BTreeMap::new();
+        for (key, value) in [
+            ("log_format", self.log_format.clone()),
+            ("log_level", self.log_level.clone()),
+            ("threads", self.threads.map(|t| t.to_string())),
+        ] {
+            if let Some(value) = value {
+                global.insert(key.to_string(), value);
+            }
+        }
+        FileValues {
+            server: BTreeMap::new(),
+            global,
+        }
+    }
+}
+
+/// Flags of `showoff client` that can override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--server`.
+    pub server: Option<String>,
+    /// `--data-server`.
+    pub data_server: Option<String>,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--no-reconnect`.
+    pub no_reconnect: bool,
+}
+
+/// The client configuration: flags > `SHOWOFF_*` environment > file > defaults.
+pub fn resolve(
+    file: &ClientFile,
+    flags: &Overrides,
+    env: &HashMap<String, String>,
+) -> ClientConfig {
+    let pick = |flag: &Option<String>, var: &str, from_file: &Option<String>| {
+        flag.clone()
+            .or_else(|| env.get(var).cloned())
+            .or_else(|| from_file.clone())
+    };
+    let tunnels = file.tunnels.iter().map(tunnel).collect();
+    let server = pick(&flags.server, "SHOWOFF_SERVER", &file.server)
+        .unwrap_or_else(|| showoff_client::config::DEFAULT_SERVER.into());
+    let mut config = ClientConfig::new(server, tunnels);
+    config.data_server = pick(&flags.data_server, "SHOWOFF_DATA_SERVER", &file.data_server);
+    config.token = pick(&flags.token, "SHOWOFF_TOKEN", &file.token).unwrap_or_default();
+    config.reconnect = !flags.no_reconnect && file.reconnect.unwrap_or(true);
+    config
+}
+
+fn tunnel(entry: &FileTunnel) -> TunnelConfig {
+    let local = crate::commands::local_target(&entry.local);
+    TunnelConfig {
+        spec: TunnelSpec {
+            kind: entry.kind,
+            name: entry.name.clone(),
+            port: entry.port,
+            host_header: entry
+                .host_header
+                .clone()
+                .map(HostHeader::from)
+                .unwrap_or_default(),
+            target: local.clone(),
+        },
+        local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOML: &str = r#"
+server = "tunnel.example.com:7000"
+token = "from-file"
+log_level = "debug"
+
+[[tunnels]]
+kind = "http"
+local = "3000"
+name = "web"
+host_header = "rewrite"
+
+[[tunnels]]
+kind = "tcp"
+local = "10.0.0.5:5432"
+port = 20001
+"#;
+
+    #[test]
+    fn the_three_formats_agree() {
+        let yaml = "server: tunnel.example.com:7000\ntoken: from-file\nlog_level: debug\ntunnels:\n  - {kind: http, local: \"3000\", name: web, host_header: rewrite}\n  - {kind: tcp, local: \"10.0.0.5:5432\", port: 20001}\n";
+        let json = r#"{"server":"tunnel.example.com:7000","token":"from-file","log_level":"debug","tunnels":[{"kind":"http","local":"3000","name":"web","host_header":"rewrite"},{"kind":"tcp","local":"10.0.0.5:5432","port":20001}]}"#;
+        let parsed = [
+            parse("c", "toml", TOML),
+            parse("c", "yaml", yaml),
+            parse("c", "json", json),
+        ];
+        let first = parsed[0].as_ref().expect("toml");
+        for other in &parsed[1..] {
+            assert_eq!(other.as_ref().expect("parses"), first);
+        }
+        let config = resolve(first, &Overrides::default(), &HashMap::new());
+        assert_eq!(config.tunnels.len(), 2);
+        assert_eq!(config.tunnels[0].local, "127.0.0.1:3000");
+        assert_eq!(config.tunnels[0].spec.host_header, HostHeader::Rewrite);
+        assert_eq!(config.tunnels[1].spec.port, Some(20001));
+        assert_eq!(first.globals().global["log_level"], "debug");
+    }
+
+    #[test]
+    fn flags_then_env_then_file() {
+        let file = parse("c", "toml", TOML).expect("valid");
+        let env: HashMap<String, String> =
+            [("SHOWOFF_TOKEN".to_string(), "from-env".to_string())].into();
+        let config = resolve(&file, &Overrides::default(), &env);
+        assert_eq!(
+            (config.server.as_str(), config.token.as_str()),
+            ("tunnel.example.com:7000", "from-env")
+        );
+        let flags = Overrides {
+            token: Some("from-flag".into()),
+            server: Some("127.0.0.1:7000".into()),
+            ..Overrides::default()
+        };
+        let config = resolve(&file, &flags, &env);
+        assert_eq!(
+            (config.server.as_str(), config.token.as_str()),
+            ("127.0.0.1:7000", "from-flag")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_empty_files_are_refused() {
+        let typo = parse(
+            "c.toml",
+            "toml",
+            "sever = \"x\"\n[[tunnels]]\nkind = \"http\"\nlocal = \"1\"\n",
+        )
+        .expect_err("typo");
+        assert!(typo.to_string().contains("sever"), "{typo}");
+        let inner = parse(
+            "c.toml",
+            "toml",
+            "[[tunnels]]\nkind = \"http\"\nlocal = \"1\"\nnmae = \"x\"\n",
+        )
+        .expect_err("typo");
+        assert!(inner.to_string().contains("nmae"), "{inner}");
+        let none = parse("c.toml", "toml", "tunnels = []\n").expect_err("empty");
+        assert!(none.to_string().contains("no tunnel"), "{none}");
+    }
+}
