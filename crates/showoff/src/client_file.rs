@@ -68,24 +68,13 @@ pub fn load(path: &Path) -> Result<ClientFile, SettingsError> {
 
 /// Parses client config text of the given format.
 pub fn parse(path: &str, ext: &str, text: &str) -> Result<ClientFile, SettingsError> {
-    let error = |format: &'static str, message: String| SettingsError::Parse {
-        path: path.to_string(),
-        format,
-        message,
-    };
-    let file: ClientFile = match ext {
-        "toml" => toml::from_str(text).map_err(|e| error("TOML", e.to_string()))?,
-        "yaml" | "yml" => {
-            serde_yaml_ng::from_str(text).map_err(|e| error("YAML", e.to_string()))?
-        }
-        "json" => serde_json::from_str(text).map_err(|e| error("JSON", e.to_string()))?,
-        _ => return Err(SettingsError::Extension(path.to_string())),
-    };
+    let file: ClientFile = crate::settings::parse_by_extension(path, ext, text)?;
     if file.tunnels.is_empty() {
-        return Err(error(
-            "a client config",
-            "it names no tunnel: add a [[tunnels]] entry".into(),
-        ));
+        return Err(SettingsError::Parse {
+            path: path.to_string(),
+            format: "a client config",
+            message: "it names no tunnel: add a [[tunnels]] entry".into(),
+        });
     }
     Ok(file)
 }

@@ -273,30 +273,41 @@ pub fn load_file(path: &Path) -> Result<FileValues, SettingsError> {
     parse_file(&shown, ext, &text)
 }
 
-/// Parses config text of the given format (`toml`, `yaml`/`yml`, `json`).
-pub fn parse_file(path: &str, ext: &str, text: &str) -> Result<FileValues, SettingsError> {
+/// Deserializes config text in the format its extension names (`toml`, `yaml`/`yml`, `json`);
+/// shared by the server's and the client's config files.
+pub fn parse_by_extension<T: serde::de::DeserializeOwned>(
+    path: &str,
+    ext: &str,
+    text: &str,
+) -> Result<T, SettingsError> {
     let parse_error = |format: &'static str, message: String| SettingsError::Parse {
         path: path.to_string(),
         format,
         message,
     };
-    let value: serde_json::Value = match ext {
-        "toml" => toml::from_str(text).map_err(|e| parse_error("TOML", e.to_string()))?,
+    match ext {
+        "toml" => toml::from_str(text).map_err(|e| parse_error("TOML", e.to_string())),
         "yaml" | "yml" => {
-            serde_yaml_ng::from_str(text).map_err(|e| parse_error("YAML", e.to_string()))?
+            serde_yaml_ng::from_str(text).map_err(|e| parse_error("YAML", e.to_string()))
         }
-        "json" => serde_json::from_str(text).map_err(|e| parse_error("JSON", e.to_string()))?,
-        _ => return Err(SettingsError::Extension(path.to_string())),
-    };
+        "json" => serde_json::from_str(text).map_err(|e| parse_error("JSON", e.to_string())),
+        _ => Err(SettingsError::Extension(path.to_string())),
+    }
+}
+
+/// Parses server config text of the given format (`toml`, `yaml`/`yml`, `json`).
+pub fn parse_file(path: &str, ext: &str, text: &str) -> Result<FileValues, SettingsError> {
+    let value: serde_json::Value = parse_by_extension(path, ext, text)?;
     let unknown = |key: String| SettingsError::UnknownKey {
         path: path.to_string(),
         key,
     };
     let serde_json::Value::Object(top) = value else {
-        return Err(parse_error(
-            "a table of settings",
-            "the file must be a table".into(),
-        ));
+        return Err(SettingsError::Parse {
+            path: path.to_string(),
+            format: "a table of settings",
+            message: "the file must be a table".into(),
+        });
     };
     let mut values = FileValues::default();
     for (key, value) in top {

@@ -205,12 +205,12 @@ impl Conn {
             visitor_addr: self.peer,
         };
         let request = encode_request(head, &tunnel.spec, self.peer);
-        let (mut up, resp, body_done) = self.send(tunnel, &meta, head, &request).await?;
+        let (mut up, mut resp, body_done) = self.send(tunnel, &meta, head, &request).await?;
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).await;
             return Ok((101, Next::Close));
         }
-        let delivered = self.relay(&mut up, &resp).await;
+        let delivered = self.relay(&mut up, &mut resp).await;
         if delivered && body_done && resp.upstream_reusable {
             tunnel.upstream.put_back(up);
         }
@@ -295,8 +295,8 @@ impl Conn {
     }
 
     /// Writes the response head and relays its body; true when delivered completely.
-    async fn relay(&mut self, up: &mut UpstreamConn, resp: &Response) -> bool {
-        let mut out = resp.visitor_head.clone();
+    async fn relay(&mut self, up: &mut UpstreamConn, resp: &mut Response) -> bool {
+        let mut out = std::mem::take(&mut resp.visitor_head);
         let idle = self.shared.config.io_idle_timeout;
         match resp.body {
             BodyFraming::None => self.write(&out).await.is_ok(),
