@@ -76,16 +76,20 @@ impl HttpConn {
     pub async fn send(&mut self, req: Request<Empty<Bytes>>) -> Reply {
         within("response", async {
             self.sender.ready().await.expect("connection ready");
-            let resp = self.sender.send_request(req).await.expect("response");
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.expect("body").to_bytes();
-            Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }
+            read_reply(self.sender.send_request(req).await.expect("response")).await
         })
         .await
+    }
+}
+
+/// Reads a whole response into a [`Reply`].
+async fn read_reply(resp: http::Response<hyper::body::Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
 
@@ -141,14 +145,7 @@ pub async fn request(
         .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .expect("request");
     within("response", async {
-        let resp = sender.send_request(req).await.expect("response");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        read_reply(sender.send_request(req).await.expect("response")).await
     })
     .await
 }
