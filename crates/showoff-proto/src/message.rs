@@ -131,8 +131,10 @@ pub enum RefusedCode {
     AuthFailed,
     /// Another principal holds the requested name.
     NameTaken,
-    /// The requested name breaks the naming rules.
+    /// The requested name breaks the naming rules or the principal's name patterns.
     NameNotAllowed,
+    /// The principal may not open tunnels of the requested kind.
+    KindNotAllowed,
     /// The requested public port is in use or outside the server's range.
     PortUnavailable,
     /// A server limit (tunnels, sessions, ports) is reached.
@@ -155,6 +157,7 @@ impl RefusedCode {
             Self::AuthFailed => "auth_failed",
             Self::NameTaken => "name_taken",
             Self::NameNotAllowed => "name_not_allowed",
+            Self::KindNotAllowed => "kind_not_allowed",
             Self::PortUnavailable => "port_unavailable",
             Self::LimitReached => "limit_reached",
             Self::VersionMismatch => "version_mismatch",

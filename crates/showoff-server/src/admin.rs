@@ -103,7 +103,7 @@ async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
         .iter()
         .map(|s| SessionView {
             id: s.id.clone(),
-            principal: s.principal.clone(),
+            principal: s.principal.id.clone(),
             peer: s.peer.to_string(),
             connected_secs: s.started.elapsed().as_secs(),
             tunnels: s.tunnel_names(),

@@ -147,6 +147,17 @@ pub enum ConfigError {
     Zero(&'static str),
 }
 
+/// Server-wide rules for tunnel names, on top of DNS-label rules and per-principal patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamePolicy {
+    /// When not empty, every name must match one of these patterns.
+    pub allow: Vec<crate::auth::NamePattern>,
+    /// Names kept for the operator (`www`, `admin`); nobody may register them.
+    pub reserved: Vec<String>,
+    /// Names refused outright (abuse, trademarks).
+    pub banned: Vec<String>,
+}
+
 /// Default admin listener.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 
@@ -228,8 +239,12 @@ pub struct ServerConfig {
     pub public_http_port: Option<u16>,
     /// Ports handed to TCP tunnels; bound on the public HTTP listener's IP.
     pub tcp_ports: PortRange,
-    /// Accepted client tokens; empty means the server runs open (loopback only).
+    /// Accepted shared tokens (unrestricted principals `token:<index>`).
     pub tokens: Vec<Secret>,
+    /// Per-client tokens with permissions (filled from a token file by the binary).
+    pub token_table: Option<crate::auth::TokenTable>,
+    /// Server-wide name rules.
+    pub names: NamePolicy,
     /// Cap on a request head in bytes (431 above it).
     pub max_header_bytes: usize,
     /// Deadline for a complete request head (408 after it) and idle keep-alive limit.
@@ -271,6 +286,8 @@ impl Default for ServerConfig {
             public_http_port: None,
             tcp_ports: DEFAULT_TCP_PORTS,
             tokens: Vec::new(),
+            token_table: None,
+            names: NamePolicy::default(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
             io_idle_timeout: DEFAULT_IO_IDLE_TIMEOUT,
@@ -329,10 +346,15 @@ impl ServerConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if self.tokens.is_empty() {
+        if self.is_open() {
             self.check_loopback_only()?;
         }
         Ok(())
+    }
+
+    /// True when no token of any kind is configured: every client is accepted.
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty() && self.token_table.is_none()
     }
 
     fn check_loopback_only(&self) -> Result<(), ConfigError> {

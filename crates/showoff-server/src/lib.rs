@@ -14,6 +14,7 @@
 //! - `admin`: the admin listener: probes, version, metrics, sessions and tunnels API, pprof.
 //! - [`server`]: bind, accept loops, drain; the shared state of all tasks.
 //! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
+//! - [`auth`]: the `Authenticator` interface, principals, name patterns, token tables.
 //! - [`registry`]: name ownership ([`Registry`], [`MemoryRegistry`]) and the routing table.
 //! - [`pending`]: dial-back waiters (`id → oneshot`), guards and caps.
 //! - [`transport`]: the stream-opening interface and the dial-back transport with warm pool.
@@ -22,6 +23,7 @@
 //! - [`stats`]: Prometheus metrics, also read by tests through snapshots.
 
 mod admin;
+pub mod auth;
 pub mod config;
 mod edge;
 mod pending;
@@ -33,7 +35,7 @@ pub mod transport;
 mod tunnel;
 
 pub use config::{
-    AdminConfig, BuildInfo, ConfigError, LogControl, PortRange, Secret, ServerConfig,
+    AdminConfig, BuildInfo, ConfigError, LogControl, NamePolicy, PortRange, Secret, ServerConfig,
 };
 pub use edge::error::ERROR_HEADER;
 pub use registry::{MemoryRegistry, Registry};

@@ -5,7 +5,6 @@
 //! everything ends).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::auth::{Authenticator, Chain, Open, Principal, SharedTokens};
 use crate::config::{ConfigError, ServerConfig};
 use crate::registry::{MemoryRegistry, Registry, Routes};
 use crate::session::{Session, refused};
@@ -93,6 +93,12 @@ impl ServerHandle {
     pub fn is_draining(&self) -> bool {
         self.shared.drain.is_cancelled()
     }
+
+    /// Closes every session of a principal whose token was revoked; returns how many. Their
+    /// names and ports are freed at once.
+    pub fn close_principal(&self, principal: &str) -> usize {
+        self.shared.close_principal(principal)
+    }
 }
 
 impl Server {
@@ -117,6 +123,7 @@ impl Server {
         let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
         let data_port = data.local_addr().map(|a| a.port()).unwrap_or(0);
         let stats = Stats::new(&config.build, config.admin.tunnel_metrics);
+        let authenticator = authenticator(&config);
         let shared = Arc::new(Shared {
             public_http_port: config.public_http_port.unwrap_or(http_port),
             tunnel_ip: config.http_addr.ip(),
@@ -127,6 +134,7 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             pending: Default::default(),
             stats,
+            authenticator,
             ready: AtomicBool::new(false),
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
@@ -265,6 +273,22 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The authenticators the configuration asks for, in order: shared tokens, then the token
+/// table; with neither, the server runs open.
+fn authenticator(config: &ServerConfig) -> Arc<dyn Authenticator> {
+    let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+    if !config.tokens.is_empty() {
+        chain.push(Arc::new(SharedTokens(config.tokens.clone())));
+    }
+    if let Some(table) = &config.token_table {
+        chain.push(Arc::new(table.clone()));
+    }
+    if chain.is_empty() {
+        return Arc::new(Open);
+    }
+    Arc::new(Chain(chain))
+}
+
 /// Accepts connections until `until` is cancelled; hands each to `spawn` with nodelay set.
 async fn accept_loop<F>(
     listener: TcpListener,
@@ -300,6 +324,7 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     pub(crate) pending: crate::pending::Pending,
     pub(crate) stats: Stats,
+    authenticator: Arc<dyn Authenticator>,
     /// Set once every accept loop runs (`/readyz`).
     ready: AtomicBool,
     /// Cancelled when the drain begins.
@@ -362,23 +387,37 @@ impl Shared {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The principal a token stands for, or `None` when it is not accepted. With no tokens
-    /// configured (open, loopback-only server) every token is accepted and identifies its
-    /// holder, so two clients with different tokens still cannot take each other's names.
-    pub(crate) fn authenticate(&self, token: &str) -> Option<String> {
-        if self.config.tokens.is_empty() {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            token.hash(&mut hasher);
-            return Some(format!("open:{:016x}", hasher.finish()));
+    /// The principal a token stands for, or the refusal.
+    pub(crate) async fn authenticate(
+        &self,
+        token: &str,
+    ) -> Result<Principal, crate::auth::AuthError> {
+        self.authenticator.authenticate(token).await
+    }
+
+    /// Closes every session of `principal` (revoked token); returns how many.
+    pub(crate) fn close_principal(&self, principal: &str) -> usize {
+        let sessions = self.sessions();
+        let mut closed = 0;
+        for session in sessions.values().filter(|s| s.principal.id == principal) {
+            session.cancel.cancel();
+            closed += 1;
         }
-        let mut found = None;
-        for (index, accepted) in self.config.tokens.iter().enumerate() {
-            // Compare against every token so timing does not reveal which one matched.
-            if showoff_proto::id::constant_time_eq(accepted.expose().as_bytes(), token.as_bytes()) {
-                found = Some(format!("token:{index}"));
-            }
-        }
-        found
+        closed
+    }
+
+    /// Tunnels `principal` holds now, except those of `session` and those named in `except`
+    /// (a reconnect takes those over).
+    pub(crate) fn tunnels_of(&self, principal: &str, session: &str, except: &[String]) -> usize {
+        self.routes
+            .all()
+            .iter()
+            .filter(|t| {
+                t.principal == principal
+                    && t.session_id != session
+                    && !except.contains(&t.info.name)
+            })
+            .count()
     }
 
     pub(crate) fn add_session(&self, session: Arc<Session>) {

@@ -20,6 +20,8 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::{NamePattern, Principal};
+use crate::config::NamePolicy;
 use crate::registry::{Claim, Owner, RegistryError};
 use crate::server::Shared;
 use crate::transport::dialback::DialBack;
@@ -39,7 +41,7 @@ type ControlFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>
 /// One authenticated client.
 pub(crate) struct Session {
     pub(crate) id: String,
-    pub(crate) principal: String,
+    pub(crate) principal: Principal,
     /// The client's address.
     pub(crate) peer: SocketAddr,
     /// When the session was set up.
@@ -111,8 +113,8 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
     let session = guard.session.clone();
     let span = tracing::Span::current();
     span.record("session", session.id.as_str());
-    span.record("principal", session.principal.as_str());
-    info!(%peer, session = %session.id, principal = %session.principal, "session up");
+    span.record("principal", session.principal.id.as_str());
+    info!(%peer, session = %session.id, principal = %session.principal.id, "session up");
     let end = ControlLoop::new(framed, rx, session.clone(), shared.clone())
         .run()
         .await;
@@ -143,7 +145,7 @@ async fn handshake(
     }
     let principal = match framed.next().await {
         Some(Ok(ClientMessage::Auth { token })) => {
-            shared.authenticate(&token).ok_or_else(|| {
+            shared.authenticate(&token).await.map_err(|_| {
                 shared.stats.auth_failures.inc();
                 refused(RefusedCode::AuthFailed, "the token was not accepted")
             })?
@@ -160,6 +162,7 @@ async fn handshake(
             format!("a session opens 1 to {MAX_TUNNELS_PER_SESSION} tunnels"),
         ));
     }
+    check_tunnel_limit(shared, &principal, &specs)?;
     let guard = SessionGuard::new(principal, peer, tx, shared.clone());
     let mut infos = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -181,9 +184,44 @@ async fn handshake(
     Ok(guard)
 }
 
+/// Refuses a session that would take its principal over its tunnel limit. Tunnels the request
+/// names again are not counted twice: a reconnect takes them over.
+fn check_tunnel_limit(
+    shared: &Shared,
+    principal: &Principal,
+    specs: &[TunnelSpec],
+) -> Result<(), ServerMessage> {
+    let Some(max) = principal.max_tunnels else {
+        return Ok(());
+    };
+    let renamed: Vec<String> = specs.iter().filter_map(|s| s.name.clone()).collect();
+    let held = shared.tunnels_of(&principal.id, "", &renamed);
+    if held + specs.len() > max {
+        return Err(refused(
+            RefusedCode::LimitReached,
+            format!(
+                "{} may hold {max} tunnels; {held} are open and {} were asked for",
+                principal.id,
+                specs.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInfo, ServerMessage> {
     let shared = &guard.shared;
     let session = &guard.session;
+    if !session.principal.may_open(spec.kind) {
+        return Err(refused(
+            RefusedCode::KindNotAllowed,
+            format!(
+                "{} may not open {} tunnels",
+                session.principal.id,
+                spec.kind.as_str()
+            ),
+        ));
+    }
     let name = claim_name(guard, spec.name.as_deref()).await?;
     let listener = match spec.kind {
         TunnelKind::Http => None,
@@ -208,6 +246,7 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
     let tunnel = Arc::new(Tunnel::new(
         info.clone(),
         spec,
+        session.principal.id.clone(),
         session.id.clone(),
         session.dialback.clone(),
         session.cancel.child_token(),
@@ -227,14 +266,19 @@ async fn claim_name(
     requested: Option<&str>,
 ) -> Result<String, ServerMessage> {
     let owner = Owner {
-        principal: guard.session.principal.clone(),
+        principal: guard.session.principal.id.clone(),
         session: guard.session.id.clone(),
     };
     let registry = &guard.shared.registry;
+    let policy = &guard.shared.config.names;
+    let principal = &guard.session.principal;
     let Some(name) = requested else {
         // ~10 million readable names: a handful of tries always finds a free one in practice.
         for _ in 0..16 {
-            let name = showoff_proto::id::readable_name();
+            let name = random_name(policy, principal)?;
+            if check_name(policy, principal, &name).is_err() {
+                continue;
+            }
             if let Ok(Claim::Fresh) = registry.claim(&name, &owner).await {
                 return Ok(name);
             }
@@ -244,12 +288,7 @@ async fn claim_name(
             "no free name found; ask for one",
         ));
     };
-    showoff_proto::host::validate_name(name).map_err(|e| {
-        refused(
-            RefusedCode::NameNotAllowed,
-            format!("{name:?} is not a valid name ({e}): use 1-63 of a-z, 0-9 and '-'"),
-        )
-    })?;
+    check_name(policy, principal, name)?;
     match registry.claim(name, &owner).await {
         Ok(Claim::Fresh) => Ok(name.to_string()),
         Ok(Claim::TakenOver { previous_session }) => {
@@ -275,6 +314,67 @@ async fn claim_name(
     }
 }
 
+/// Applies the naming rules to a requested name; the refusal says which rule refused.
+fn check_name(policy: &NamePolicy, principal: &Principal, name: &str) -> Result<(), ServerMessage> {
+    let not_allowed = |why: String| refused(RefusedCode::NameNotAllowed, why);
+    showoff_proto::host::validate_name(name).map_err(|e| {
+        not_allowed(format!(
+            "{name:?} is not a valid name ({e}): use 1-63 of a-z, 0-9 and '-'"
+        ))
+    })?;
+    if policy.banned.iter().any(|b| b == name) {
+        return Err(not_allowed(format!("{name:?} is banned on this server")));
+    }
+    if policy.reserved.iter().any(|r| r == name) {
+        return Err(not_allowed(format!("{name:?} is reserved on this server")));
+    }
+    if !policy.allow.is_empty() && !policy.allow.iter().any(|p| p.matches(name)) {
+        let patterns = join_patterns(&policy.allow);
+        return Err(not_allowed(format!(
+            "{name:?} is outside the names this server allows ({patterns})"
+        )));
+    }
+    if !principal.may_use_name(name) {
+        let patterns = join_patterns(&principal.names);
+        return Err(not_allowed(format!(
+            "{name:?} is outside the names this token may use ({patterns})"
+        )));
+    }
+    Ok(())
+}
+
+fn join_patterns(patterns: &[NamePattern]) -> String {
+    patterns
+        .iter()
+        .map(NamePattern::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A readable random name; inside the principal's (or else the server's) patterns when there
+/// are any, by filling a pattern's `*` (`alice-*` → `alice-brave-otter-4821`).
+fn random_name(policy: &NamePolicy, principal: &Principal) -> Result<String, ServerMessage> {
+    let readable = showoff_proto::id::readable_name();
+    let patterns = if principal.names.is_empty() {
+        &policy.allow
+    } else {
+        &principal.names
+    };
+    if patterns.is_empty() {
+        return Ok(readable);
+    }
+    patterns
+        .iter()
+        .find_map(|p| p.fill(&readable))
+        .ok_or_else(|| {
+            let patterns = join_patterns(patterns);
+            refused(
+                RefusedCode::NameNotAllowed,
+                format!("ask for a name: only {patterns} are allowed"),
+            )
+        })
+}
+
 /// Undoes a session's registrations when dropped: routes, names, pending streams, warm pool.
 pub(crate) struct SessionGuard {
     pub(crate) session: Arc<Session>,
@@ -292,7 +392,7 @@ impl Drop for SessionGauge {
 
 impl SessionGuard {
     fn new(
-        principal: String,
+        principal: Principal,
         peer: SocketAddr,
         tx: mpsc::Sender<ServerMessage>,
         shared: Arc<Shared>,

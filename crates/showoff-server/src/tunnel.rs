@@ -18,6 +18,8 @@ pub(crate) struct Tunnel {
     pub(crate) info: TunnelInfo,
     /// What the client asked for (host header policy, target).
     pub(crate) spec: TunnelSpec,
+    /// The principal that owns it.
+    pub(crate) principal: String,
     /// The session serving it.
     pub(crate) session_id: String,
     /// Opens streams to the client.
@@ -34,6 +36,7 @@ impl Tunnel {
     pub(crate) fn new(
         info: TunnelInfo,
         spec: TunnelSpec,
+        principal: String,
         session_id: String,
         opener: Arc<dyn StreamOpener>,
         closed: CancellationToken,
@@ -41,6 +44,7 @@ impl Tunnel {
         Self {
             info,
             spec,
+            principal,
             session_id,
             opener,
             upstream: Upstream::default(),

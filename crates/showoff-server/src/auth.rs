@@ -1,0 +1,341 @@
+//! Who a client is and what it may do: the [`Authenticator`] interface and its built-ins.
+//!
+//! An authenticator turns the token a client presents into a [`Principal`]: an identity plus
+//! permissions (allowed name patterns, tunnel kinds, a tunnel limit), or a refusal. The session
+//! code enforces the permissions. Built-ins, composed with [`Chain`]:
+//! - [`Open`]: any token, identified by its hash (only allowed with loopback listeners);
+//! - [`SharedTokens`]: a list of shared secrets, compared in constant time;
+//! - [`TokenTable`]: per-client tokens stored as SHA-256 hashes, each with an id and
+//!   permissions; the binary fills it from a token file and replaces it on reload, and the
+//!   server closes the sessions of revoked ids.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use showoff_proto::TunnelKind;
+
+use crate::config::Secret;
+
+/// An authenticated identity and its permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Stable identity: names are owned by it, sessions are grouped by it.
+    pub id: String,
+    /// Name patterns this principal may register (`alice-*`); empty means any name.
+    pub names: Vec<NamePattern>,
+    /// Tunnel kinds allowed; empty means all.
+    pub kinds: Vec<TunnelKind>,
+    /// Most tunnels open at once across the principal's sessions; `None` means no limit.
+    pub max_tunnels: Option<usize>,
+}
+
+impl Principal {
+    /// A principal with no restrictions.
+    pub fn unrestricted(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            names: Vec::new(),
+            kinds: Vec::new(),
+            max_tunnels: None,
+        }
+    }
+
+    /// Whether `name` is one this principal may register.
+    pub fn may_use_name(&self, name: &str) -> bool {
+        self.names.is_empty() || self.names.iter().any(|p| p.matches(name))
+    }
+
+    /// Whether tunnels of `kind` are allowed.
+    pub fn may_open(&self, kind: TunnelKind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
+    }
+}
+
+/// A name pattern: literal text with `*` matching any run of characters (`alice-*`, `*-dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern(String);
+
+impl NamePattern {
+    /// A pattern from its text; `*` is the only wildcard.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self(pattern.into().to_ascii_lowercase())
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` matches the whole pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.0.as_bytes(), name.as_bytes())
+    }
+
+    /// A name this pattern allows, when it has exactly one `*`: the wildcard becomes `filler`.
+    pub fn fill(&self, filler: &str) -> Option<String> {
+        (self.0.matches('*').count() == 1).then(|| self.0.replace('*', filler))
+    }
+}
+
+impl std::fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Matches `text` against `pattern` where `*` matches any run (iterative, linear backtracking).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No built-in accepted the token.
+    #[error("the token was not accepted")]
+    Rejected,
+}
+
+/// Turns a presented token into a principal.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Authenticates `token`.
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError>;
+}
+
+/// SHA-256 of a token, lowercase hex: what token files store.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Accepts any token; the principal is derived from the token's hash, so different tokens are
+/// different principals. Only for servers whose listeners are all on loopback.
+#[derive(Debug, Default)]
+pub struct Open;
+
+#[async_trait]
+impl Authenticator for Open {
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        Ok(Principal::unrestricted(format!(
+            "open:{}",
+            &token_hash(token)[..16]
+        )))
+    }
+}
+
+/// Shared secrets; the principal is `token:<index>`.
+#[derive(Debug)]
+pub struct SharedTokens(pub Vec<Secret>);
+
+#[async_trait]
+impl Authenticator for SharedTokens {
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let mut found = None;
+        for (index, accepted) in self.0.iter().enumerate() {
+            // Compare against every token so timing does not reveal which one matched.
+            if showoff_proto::id::constant_time_eq(accepted.expose().as_bytes(), token.as_bytes()) {
+                found = Some(index);
+            }
+        }
+        found
+            .map(|index| Principal::unrestricted(format!("token:{index}")))
+            .ok_or(AuthError::Rejected)
+    }
+}
+
+/// One entry of a token table: a hashed token and the principal it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// SHA-256 of the token, lowercase hex ([`token_hash`]).
+    pub sha256: String,
+    /// The principal the token stands for.
+    pub principal: Principal,
+}
+
+/// Per-client tokens, replaceable at run time (token-file reloads).
+#[derive(Debug, Default, Clone)]
+pub struct TokenTable {
+    entries: Arc<RwLock<HashMap<String, Principal>>>,
+}
+
+impl TokenTable {
+    /// A table holding `entries`.
+    pub fn new(entries: Vec<TokenEntry>) -> Self {
+        let table = Self::default();
+        table.replace(entries);
+        table
+    }
+
+    /// Replaces every entry; returns the ids that were present before and are gone now
+    /// (revoked), so their sessions can be closed.
+    pub fn replace(&self, entries: Vec<TokenEntry>) -> Vec<String> {
+        let fresh: HashMap<String, Principal> = entries
+            .into_iter()
+            .map(|e| (e.sha256.to_ascii_lowercase(), e.principal))
+            .collect();
+        let mut current = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut revoked: Vec<String> = current
+            .values()
+            .filter(|old| !fresh.values().any(|new| new.id == old.id))
+            .map(|old| old.id.clone())
+            .collect();
+        revoked.sort();
+        revoked.dedup();
+        *current = fresh;
+        revoked
+    }
+
+    /// Number of tokens held.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl Authenticator for TokenTable {
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let hash = token_hash(token);
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        // The map lookup is keyed by a hash of the secret, so its timing reveals nothing useful
+        // about the token itself.
+        entries.get(&hash).cloned().ok_or(AuthError::Rejected)
+    }
+}
+
+/// Tries each authenticator in order; the first that accepts wins.
+pub struct Chain(pub Vec<Arc<dyn Authenticator>>);
+
+#[async_trait]
+impl Authenticator for Chain {
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        for auth in &self.0 {
+            if let Ok(principal) = auth.authenticate(token).await {
+                return Ok(principal);
+            }
+        }
+        Err(AuthError::Rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_names() {
+        let cases = [
+            ("alice-*", "alice-web", true),
+            ("alice-*", "alice-", true),
+            ("alice-*", "bob-web", false),
+            ("alice-*", "xalice-web", false),
+            ("*-dev", "api-dev", true),
+            ("*-dev", "api-devx", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("*", "anything", true),
+        ];
+        for (pattern, name, want) in cases {
+            assert_eq!(
+                NamePattern::new(pattern).matches(name),
+                want,
+                "{pattern} ~ {name}"
+            );
+        }
+        assert_eq!(
+            NamePattern::new("alice-*").fill("x1"),
+            Some("alice-x1".into())
+        );
+        assert_eq!(NamePattern::new("a*b*").fill("x"), None);
+    }
+
+    #[test]
+    fn principals_enforce_names_and_kinds() {
+        let p = Principal {
+            id: "alice".into(),
+            names: vec![NamePattern::new("alice-*")],
+            kinds: vec![TunnelKind::Http],
+            max_tunnels: Some(2),
+        };
+        assert!(p.may_use_name("alice-web") && !p.may_use_name("bob"));
+        assert!(p.may_open(TunnelKind::Http) && !p.may_open(TunnelKind::Tcp));
+        assert!(Principal::unrestricted("x").may_use_name("anything"));
+    }
+
+    #[tokio::test]
+    async fn token_tables_store_hashes_and_report_revocations() {
+        let alice = TokenEntry {
+            sha256: token_hash("alice-secret"),
+            principal: Principal::unrestricted("alice"),
+        };
+        let bob = TokenEntry {
+            sha256: token_hash("bob-secret"),
+            principal: Principal::unrestricted("bob"),
+        };
+        let table = TokenTable::new(vec![alice.clone(), bob]);
+        assert_eq!(
+            table.authenticate("alice-secret").await.map(|p| p.id),
+            Ok("alice".into())
+        );
+        assert_eq!(table.authenticate("nope").await, Err(AuthError::Rejected));
+        assert_eq!(table.replace(vec![alice]), vec!["bob".to_string()]);
+        assert_eq!(
+            table.authenticate("bob-secret").await,
+            Err(AuthError::Rejected)
+        );
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[tokio::test]
+    async fn chains_try_each_in_order() {
+        let chain = Chain(vec![
+            Arc::new(SharedTokens(vec![Secret::new("shared")])),
+            Arc::new(TokenTable::new(vec![TokenEntry {
+                sha256: token_hash("own"),
+                principal: Principal::unrestricted("carol"),
+            }])),
+        ]);
+        assert_eq!(
+            chain.authenticate("shared").await.map(|p| p.id),
+            Ok("token:0".into())
+        );
+        assert_eq!(
+            chain.authenticate("own").await.map(|p| p.id),
+            Ok("carol".into())
+        );
+        assert!(chain.authenticate("neither").await.is_err());
+        let open = Open.authenticate("a").await.expect("open");
+        assert_ne!(open.id, Open.authenticate("b").await.expect("open").id);
+    }
+}
