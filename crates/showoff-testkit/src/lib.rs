@@ -214,6 +214,14 @@ impl TestClient {
         within("client stop", done).await.expect("client result")
     }
 
+    /// Waits for the client to end by itself (a permanent refusal, or a loss with reconnect off).
+    pub async fn ended(mut self) -> Result<(), ClientError> {
+        let done = self.done.take().expect("not stopped twice");
+        within("the client to end", done)
+            .await
+            .expect("client result")
+    }
+
     /// Ends the client abruptly: every socket closes, nothing is said to the server.
     pub fn kill(mut self) {
         if let Some(runtime) = self.runtime.take() {

@@ -50,6 +50,33 @@ pub enum Command {
     Tcp(TunnelArgs),
     /// Run every tunnel named in a client config file: `showoff client -c showoff.toml`.
     Client(ClientArgs),
+    /// Manage per-client tokens: `showoff token new --name alice --names 'alice-*'`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `showoff token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token: prints it once, and the entry for the server's token file.
+    New(TokenNewArgs),
+}
+
+/// `showoff token new` flags.
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// Id of the principal the token stands for (shown in logs and the admin API)
+    #[arg(long)]
+    pub name: String,
+    /// Name patterns the token may register, comma-separated (`alice-*`) [default: any]
+    #[arg(long, value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Tunnel kinds the token may open, comma-separated (`http,tcp`) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Most tunnels open at once [default: no limit]
+    #[arg(long)]
+    pub max_tunnels: Option<usize>,
 }
 
 /// `showoff client` flags; they win over `SHOWOFF_*` variables, which win over the file.

@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use anyhow::Context;
 use showoff_client::{ClientConfig, ClientEvent, TunnelConfig};
 use showoff_proto::{HostHeader, TunnelKind, TunnelSpec};
+use showoff_server::auth::TokenTable;
 use showoff_server::{BuildInfo, LogControl, Server};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ServerArgs, TunnelArgs};
+use crate::cli::{Cli, Command, ServerArgs, TokenCommand, TunnelArgs};
 use crate::client_file::{self, ClientFile};
 use crate::settings::{self, FileValues};
+use crate::token_file;
 
 /// Runs the chosen subcommand to completion.
 pub async fn run(
@@ -24,6 +26,19 @@ pub async fn run(
         Command::Server(args) => server(args, &env, &file, log_control).await,
         Command::Http(args) => client(TunnelKind::Http, args).await,
         Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
+        Command::Token(TokenCommand::New(args)) => {
+            for kind in &args.kinds {
+                anyhow::ensure!(
+                    kind == "http" || kind == "tcp",
+                    "unknown tunnel kind {kind:?}: use http or tcp"
+                );
+            }
+            let (token, entry) =
+                token_file::new_token(&args.name, &args.names, &args.kinds, args.max_tunnels);
+            println!("token (shown once; give it to the client):\n  {token}\n");
+            println!("add to the server's token file:\n{entry}");
+            Ok(())
+        }
         Command::Client(args) => {
             let file = client_file.context("showoff client needs a config file")?;
             let overrides = client_file::Overrides {
@@ -54,15 +69,22 @@ async fn server(
     log_control: LogControl,
 ) -> anyhow::Result<()> {
     let resolved = settings::resolve(&args.values, env, file)?;
+    let mut config = resolved.config;
+    let table = match &resolved.token_file {
+        Some(path) => Some(TokenTable::new(token_file::load(path)?)),
+        None => None,
+    };
+    config.token_table = table.clone();
     if args.check_config {
-        print!("{}", resolved.describe());
-        resolved
-            .config
+        print!("{}", settings::describe(&resolved.values));
+        if let Some(table) = &table {
+            println!("# token file: {} token(s)", table.len());
+        }
+        config
             .validate()
             .context("the resolved configuration cannot run")?;
         return Ok(());
     }
-    let mut config = resolved.config;
     config.build = build_info();
     config.log_control = Some(log_control);
     let server = Server::bind(config)
@@ -70,6 +92,14 @@ async fn server(
         .context("failed to start the server")?;
     let shutdown = CancellationToken::new();
     crate::signals::spawn_handler(shutdown.clone())?;
+    if let (Some(path), Some(table)) = (resolved.token_file, table) {
+        tokio::spawn(token_file::watch(
+            path,
+            table,
+            server.handle(),
+            shutdown.clone(),
+        ));
+    }
     let report = server.run(shutdown).await;
     if !report.clean {
         tracing::warn!("shutdown grace expired before every visitor finished");

@@ -12,6 +12,7 @@ mod commands;
 mod logging;
 mod settings;
 mod signals;
+mod token_file;
 
 use std::collections::HashMap;
 use std::process::ExitCode;

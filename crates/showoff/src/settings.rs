@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
+use showoff_server::auth::NamePattern;
 use showoff_server::{AdminConfig, Secret, ServerConfig};
 
 /// One server setting.
@@ -101,10 +102,34 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "SHOWOFF_TOKEN",
         "accepted client tokens, comma-separated; none = open, loopback only",
     ),
+    setting(
+        "token_file",
+        "SHOWOFF_TOKEN_FILE",
+        "",
+        "per-client token file (hashes, names, kinds, limits); reloaded on change or SIGHUP",
+    ),
     secret(
         "admin_token",
         "SHOWOFF_ADMIN_TOKEN",
         "bearer token for /debug/pprof and PUT /api/v1/log-level; none disables them",
+    ),
+    setting(
+        "name_allow",
+        "SHOWOFF_NAME_ALLOW",
+        "",
+        "comma-separated name patterns every tunnel name must match (`*` wildcard; default: any)",
+    ),
+    setting(
+        "reserved_names",
+        "SHOWOFF_RESERVED_NAMES",
+        "",
+        "comma-separated names nobody may register (e.g. www,admin)",
+    ),
+    setting(
+        "banned_names",
+        "SHOWOFF_BANNED_NAMES",
+        "",
+        "comma-separated names refused outright",
     ),
     setting(
         "max_header_bytes",
@@ -350,25 +375,25 @@ pub struct Resolved {
     pub config: ServerConfig,
     /// Each setting's final text and source, in table order.
     pub values: Vec<(Setting, String, Source)>,
+    /// The per-client token file to load and watch, if any.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
-impl Resolved {
-    /// The resolved settings as `key = value  # source` lines, secrets masked.
-    pub fn describe(&self) -> String {
-        let mut out = String::new();
-        for (setting, value, source) in &self.values {
-            let shown = match (setting.secret, value.is_empty()) {
-                (_, true) => "(none)".to_string(),
-                (true, false) => "***".to_string(),
-                (false, false) => value.clone(),
-            };
-            out.push_str(&format!(
-                "{:<24} = {:<24} # {:?}; {}\n",
-                setting.key, shown, source, setting.help
-            ));
-        }
-        out
+/// Resolved values as `key = value  # source` lines, secrets masked.
+pub fn describe(values: &[(Setting, String, Source)]) -> String {
+    let mut out = String::new();
+    for (setting, value, source) in values {
+        let shown = match (setting.secret, value.is_empty()) {
+            (_, true) => "(none)".to_string(),
+            (true, false) => "***".to_string(),
+            (false, false) => value.clone(),
+        };
+        out.push_str(&format!(
+            "{:<24} = {:<24} # {:?}; {}\n",
+            setting.key, shown, source, setting.help
+        ));
     }
+    out
 }
 
 /// Layers defaults < file < env < flags for every server setting, then parses them.
@@ -391,7 +416,15 @@ pub fn resolve(
         values.push((*setting, value, source));
     }
     let config = build(&values)?;
-    Ok(Resolved { config, values })
+    let token_file = values
+        .iter()
+        .find(|(s, v, _)| s.key == "token_file" && !v.trim().is_empty())
+        .map(|(_, v, _)| std::path::PathBuf::from(v.trim()));
+    Ok(Resolved {
+        config,
+        values,
+        token_file,
+    })
 }
 
 /// Parses duration text: `15`, `15s`, `500ms`, `2m`, `24h`.
@@ -465,6 +498,13 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
                     .collect()
             }
             "admin_token" => admin.token = (!empty).then(|| Secret::new(text.trim())),
+            // Read by the binary after resolution (files are I/O; this function is pure).
+            "token_file" => {}
+            "name_allow" => c.names.allow = list(text).map(NamePattern::new).collect(),
+            "reserved_names" => {
+                c.names.reserved = list(text).map(str::to_ascii_lowercase).collect()
+            }
+            "banned_names" => c.names.banned = list(text).map(str::to_ascii_lowercase).collect(),
             "max_header_bytes" => c.max_header_bytes = number()?,
             "head_timeout" => c.head_timeout = duration()?,
             "io_idle_timeout" => c.io_idle_timeout = duration()?,
@@ -488,6 +528,11 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
     }
     c.admin = admin;
     Ok(c)
+}
+
+/// The non-empty items of a comma-separated list.
+fn list(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
 fn parse_bool(text: &str) -> Result<bool, String> {
@@ -669,7 +714,7 @@ mod tests {
             &FileValues::default(),
         )
         .expect("ok");
-        let described = resolved.describe();
+        let described = describe(&resolved.values);
         assert!(
             !described.contains("hunter2") && described.contains("***"),
             "{described}"

@@ -237,3 +237,82 @@ async fn a_client_config_file_opens_every_tunnel_it_names() {
     .await;
     assert!(answer.contains("\"target\":\"file\""), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_token_works_until_the_token_file_drops_it() {
+    let minted = Command::new(BIN)
+        .args(["token", "new", "--name", "alice", "--names", "alice-*"])
+        .output()
+        .expect("token new");
+    assert!(minted.status.success());
+    let text = String::from_utf8_lossy(&minted.stdout).into_owned();
+    let token = text.lines().nth(1).expect("token line").trim().to_string();
+    let entry = &text[text.find("[[tokens]]").expect("entry")..];
+    let path = std::env::temp_dir().join(format!("showoff-tokens-{}.toml", std::process::id()));
+    std::fs::write(&path, entry).expect("token file");
+
+    let target = spawn_target("minted").await;
+    let mut server = Command::new(BIN)
+        .args(["server", "--log-format", "json", "--token-file"])
+        .arg(&path)
+        .args([
+            "--control-addr",
+            "127.0.0.1:0",
+            "--data-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let server_log = lines(server.stderr.take().expect("stderr"));
+    let server = Reaper(server);
+    let listening = wait_for(&server_log, "server listening", |l| {
+        l.contains("server listening")
+    });
+    let control = field(&listening, "control=").to_string();
+
+    let mut client = Command::new(BIN)
+        .args([
+            "http",
+            &target.addr.port().to_string(),
+            "--server",
+            &control,
+            "--token",
+            &token,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client starts");
+    let out = lines(client.stdout.take().expect("stdout"));
+    let client_err = client.stderr.take().expect("stderr");
+    let mut client = Reaper(client);
+    let line = wait_for(&out, "the tunnel line", |l| l.contains(" -> "));
+    assert!(
+        line.starts_with("http://alice-"),
+        "a name inside the token's pattern: {line}"
+    );
+
+    // Revoke: the file no longer holds alice; SIGHUP reloads it at once.
+    std::fs::write(&path, "tokens = []\n").expect("rewrite");
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    wait_for(&server_log, "the revocation", |l| {
+        l.contains("token revoked")
+    });
+    let status = tokio::task::spawn_blocking(move || client.0.wait())
+        .await
+        .expect("join")
+        .expect("exit");
+    assert!(!status.success(), "the client stops for good");
+    let err: String = lines(client_err).iter().collect::<Vec<_>>().join("\n");
+    assert!(err.contains("auth_failed"), "{err}");
+    let _ = std::fs::remove_file(&path);
+}
