@@ -20,7 +20,8 @@ use std::time::Duration;
 
 pub use codec::{FrameCodec, ProtocolError};
 pub use message::{
-    ClientMessage, HostHeader, RefusedCode, Role, ServerMessage, TunnelInfo, TunnelKind, TunnelSpec,
+    ClientMessage, HostHeader, RefusedCode, Role, ServerMessage, TunnelInfo, TunnelKind,
+    TunnelSpec, VisitorRules,
 };
 
 /// The protocol version this build speaks when it opens a connection.

@@ -247,6 +247,45 @@ pub struct TunnelSpec {
     /// `host:port` of the local target, used by `host_header = rewrite` and shown in listings.
     #[serde(default)]
     pub target: String,
+    /// Who may visit: basic auth and IP rules, enforced by the server.
+    #[serde(default, skip_serializing_if = "VisitorRules::is_empty")]
+    pub visitors: VisitorRules,
+}
+
+/// Rules the server enforces on a tunnel's visitors before anything reaches the client.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitorRules {
+    /// HTTP basic auth credentials, `user:password`; visitors without them get 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<String>,
+    /// CIDRs allowed to visit; empty allows everyone not denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ips: Vec<String>,
+    /// CIDRs refused (checked first); HTTP visitors get 403, TCP visitors are disconnected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_ips: Vec<String>,
+}
+
+impl VisitorRules {
+    /// True when the rules let everyone in.
+    pub fn is_empty(&self) -> bool {
+        self.basic_auth.is_none() && self.allow_ips.is_empty() && self.deny_ips.is_empty()
+    }
+}
+
+impl std::fmt::Debug for VisitorRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Frames are logged at debug level; the password never is.
+        let user = self
+            .basic_auth
+            .as_deref()
+            .map(|c| c.split(':').next().unwrap_or_default());
+        f.debug_struct("VisitorRules")
+            .field("basic_auth_user", &user)
+            .field("allow_ips", &self.allow_ips)
+            .field("deny_ips", &self.deny_ips)
+            .finish()
+    }
 }
 
 /// A tunnel the server granted.
@@ -276,6 +315,7 @@ mod tests {
                 port: None,
                 host_header: HostHeader::Value("example.test".into()),
                 target: "127.0.0.1:3000".into(),
+                visitors: Default::default(),
             }],
         };
         let json = serde_json::to_string(&msg).expect("encode");
@@ -311,6 +351,19 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn visitor_rules_never_print_the_password() {
+        let rules = VisitorRules {
+            basic_auth: Some("ann:hunter2".into()),
+            ..VisitorRules::default()
+        };
+        let shown = format!("{rules:?}");
+        assert!(
+            shown.contains("ann") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! - [`http`]: HTTP/1.1 reverse proxy routed by `Host`, per request.
 //! - [`tcp`]: raw TCP tunnels, one public port each.
+//! - [`access`]: per-tunnel visitor rules (IP lists, basic auth).
 //! - [`error`]: the one mapping from edge failures to status codes and `X-Showoff-Error` codes.
 
+pub(crate) mod access;
 pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod tcp;

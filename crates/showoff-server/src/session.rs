@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{NamePattern, Principal};
 use crate::config::NamePolicy;
+use crate::edge::access::Access;
 use crate::registry::{Claim, Owner, RegistryError};
 use crate::server::Shared;
 use crate::transport::dialback::DialBack;
@@ -222,6 +223,14 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
             ),
         ));
     }
+    let access =
+        Access::parse(&spec.visitors).map_err(|why| refused(RefusedCode::BadRequest, why))?;
+    if access.wants_basic_auth() && spec.kind != TunnelKind::Http {
+        return Err(refused(
+            RefusedCode::BadRequest,
+            "basic auth applies to HTTP tunnels only",
+        ));
+    }
     let name = claim_name(guard, spec.name.as_deref()).await?;
     let listener = match spec.kind {
         TunnelKind::Http => None,
@@ -249,6 +258,7 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
         session.principal.id.clone(),
         session.id.clone(),
         session.dialback.clone(),
+        access,
         session.cancel.child_token(),
     ));
     session.tunnels().push(tunnel.clone());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use showoff_proto::{TunnelInfo, TunnelSpec};
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::access::Access;
 use crate::edge::http::upstream::Upstream;
 use crate::transport::StreamOpener;
 
@@ -26,6 +27,8 @@ pub(crate) struct Tunnel {
     pub(crate) opener: Arc<dyn StreamOpener>,
     /// Idle HTTP/1.1 connections to the target, reused across visitors.
     pub(crate) upstream: Upstream,
+    /// Who may visit (IP lists, basic auth).
+    pub(crate) access: Access,
     /// Cancelled when the tunnel closes; its TCP listener and upstream connections stop.
     pub(crate) closed: CancellationToken,
     epoch: Instant,
@@ -39,6 +42,7 @@ impl Tunnel {
         principal: String,
         session_id: String,
         opener: Arc<dyn StreamOpener>,
+        access: Access,
         closed: CancellationToken,
     ) -> Self {
         Self {
@@ -48,6 +52,7 @@ impl Tunnel {
             session_id,
             opener,
             upstream: Upstream::default(),
+            access,
             closed,
             epoch: Instant::now(),
             last_active_ms: AtomicU64::new(0),

@@ -109,6 +109,7 @@ pub fn tunnel(kind: TunnelKind, name: Option<&str>, local: std::net::SocketAddr)
             port: None,
             host_header: HostHeader::Preserve,
             target: local.to_string(),
+            visitors: Default::default(),
         },
         local: local.to_string(),
     }

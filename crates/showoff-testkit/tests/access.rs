@@ -193,3 +193,172 @@ async fn server_name_rules_say_which_rule_refused() {
         ok.tunnels[0].name
     );
 }
+
+fn with_rules(
+    mut config: showoff_client::TunnelConfig,
+    rules: showoff_proto::VisitorRules,
+) -> showoff_client::TunnelConfig {
+    config.spec.visitors = rules;
+    config
+}
+
+#[tokio::test]
+async fn basic_auth_guards_a_tunnel_and_the_credentials_stay_at_the_edge() {
+    let server = TestServer::default_config().await;
+    let target = spawn_target("a").await;
+    let rules = showoff_proto::VisitorRules {
+        basic_auth: Some("ann:s3cret".into()),
+        ..Default::default()
+    };
+    let _client = start(
+        &server,
+        "",
+        vec![with_rules(
+            tunnel(TunnelKind::Http, Some("private"), target.addr),
+            rules,
+        )],
+    )
+    .await
+    .expect("session");
+    let host = server.host("private");
+    let addr = server.addrs.http;
+    let anonymous = showoff_testkit::visitor::raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        showoff_testkit::visitor::status_of(&anonymous),
+        401,
+        "{anonymous}"
+    );
+    assert!(
+        anonymous.contains("www-authenticate: Basic realm=\"showoff\""),
+        "{anonymous}"
+    );
+    assert!(anonymous.contains("x-showoff-error: auth_required"));
+    let wrong = showoff_testkit::visitor::raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic YW5uOndyb25n\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(showoff_testkit::visitor::status_of(&wrong), 401);
+    let right = showoff_testkit::visitor::raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic YW5uOnMzY3JldA==\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(showoff_testkit::visitor::status_of(&right), 200, "{right}");
+    assert!(
+        !right.contains("authorization"),
+        "the target never sees the tunnel's credentials: {right}"
+    );
+}
+
+#[tokio::test]
+async fn ip_rules_refuse_http_and_tcp_visitors() {
+    let server = TestServer::default_config().await;
+    let target = spawn_target("a").await;
+    let deny_loopback = showoff_proto::VisitorRules {
+        deny_ips: vec!["127.0.0.0/8".into()],
+        ..Default::default()
+    };
+    let allow_elsewhere = showoff_proto::VisitorRules {
+        allow_ips: vec!["192.0.2.0/24".into()],
+        ..Default::default()
+    };
+    let allow_loopback = showoff_proto::VisitorRules {
+        allow_ips: vec!["127.0.0.1".into()],
+        ..Default::default()
+    };
+    let client = start(
+        &server,
+        "",
+        vec![
+            with_rules(
+                tunnel(TunnelKind::Http, Some("denied"), target.addr),
+                deny_loopback.clone(),
+            ),
+            with_rules(
+                tunnel(TunnelKind::Http, Some("elsewhere"), target.addr),
+                allow_elsewhere,
+            ),
+            with_rules(
+                tunnel(TunnelKind::Http, Some("welcome"), target.addr),
+                allow_loopback,
+            ),
+            with_rules(
+                tunnel(TunnelKind::Tcp, Some("tcp-denied"), target.addr),
+                deny_loopback,
+            ),
+        ],
+    )
+    .await
+    .expect("session");
+    for (name, status) in [("denied", 403), ("elsewhere", 403), ("welcome", 200)] {
+        let reply = get(server.addrs.http, &server.host(name), "/").await;
+        assert_eq!(reply.status, status, "{name}");
+        if status == 403 {
+            assert_eq!(reply.error_code(), Some("ip_forbidden"), "{name}");
+        }
+    }
+    let port = client.tunnels[3].port.expect("tcp port");
+    let answer = showoff_testkit::visitor::raw(
+        ([127, 0, 0, 1], port).into(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        answer, "",
+        "a denied TCP visitor is disconnected without a byte"
+    );
+    assert_eq!(
+        target
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the welcome visitor reached the target"
+    );
+}
+
+#[tokio::test]
+async fn invalid_visitor_rules_are_refused_by_name() {
+    let server = TestServer::default_config().await;
+    let target = spawn_target("a").await;
+    let bad = showoff_proto::VisitorRules {
+        allow_ips: vec!["10.0.0.0/33".into()],
+        ..Default::default()
+    };
+    let (code, message) = refusal(
+        start(
+            &server,
+            "",
+            vec![with_rules(
+                tunnel(TunnelKind::Http, Some("bad"), target.addr),
+                bad,
+            )],
+        )
+        .await,
+    );
+    assert_eq!(code, RefusedCode::BadRequest);
+    assert!(message.contains("10.0.0.0/33"), "{message}");
+    let tcp_auth = showoff_proto::VisitorRules {
+        basic_auth: Some("a:b".into()),
+        ..Default::default()
+    };
+    let (code, message) = refusal(
+        start(
+            &server,
+            "",
+            vec![with_rules(
+                tunnel(TunnelKind::Tcp, Some("t"), target.addr),
+                tcp_auth,
+            )],
+        )
+        .await,
+    );
+    assert_eq!(code, RefusedCode::BadRequest);
+    assert!(message.contains("HTTP tunnels only"), "{message}");
+}

@@ -98,6 +98,7 @@ async fn a_client_whose_heartbeats_stop_is_dropped_and_its_name_freed() {
         port: None,
         host_header: HostHeader::Preserve,
         target: String::new(),
+        visitors: Default::default(),
     };
     let (mut conn, welcome) =
         raw_client::open(server.addrs.control, "sleepy", vec![spec.clone()]).await;

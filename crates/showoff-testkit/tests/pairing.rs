@@ -18,6 +18,7 @@ fn http_spec(name: &str) -> TunnelSpec {
         port: None,
         host_header: HostHeader::Preserve,
         target: String::new(),
+        visitors: Default::default(),
     }
 }
 

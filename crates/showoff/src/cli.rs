@@ -213,6 +213,15 @@ pub struct TunnelArgs {
     /// Host header sent to the target (http only): `preserve`, `rewrite` or a value [default: preserve]
     #[arg(long, default_value = "preserve", hide_default_value = true)]
     pub host_header: String,
+    /// Visitors must log in with these HTTP basic auth credentials, USER:PASSWORD (http only)
+    #[arg(long)]
+    pub basic_auth: Option<String>,
+    /// Only these visitor addresses may connect: CIDRs, repeat or comma-separate [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub allow_ip: Vec<String>,
+    /// These visitor addresses are refused: CIDRs, repeat or comma-separate (checked first)
+    #[arg(long, value_delimiter = ',')]
+    pub deny_ip: Vec<String>,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use showoff_client::{ClientConfig, TunnelConfig};
-use showoff_proto::{HostHeader, TunnelKind, TunnelSpec};
+use showoff_proto::{HostHeader, TunnelKind, TunnelSpec, VisitorRules};
 
 use crate::settings::{FileValues, SettingsError};
 
@@ -48,6 +48,14 @@ pub struct FileTunnel {
     pub port: Option<u16>,
     /// `preserve`, `rewrite` or a value (http).
     pub host_header: Option<String>,
+    /// Basic auth credentials visitors must give, `user:password` (http).
+    pub basic_auth: Option<String>,
+    /// CIDRs allowed to visit.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// CIDRs refused.
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
 }
 
 /// Reads a client file; the format follows the extension.
@@ -146,6 +154,11 @@ fn tunnel(entry: &FileTunnel) -> TunnelConfig {
                 .map(HostHeader::from)
                 .unwrap_or_default(),
             target: local.clone(),
+            visitors: VisitorRules {
+                basic_auth: entry.basic_auth.clone(),
+                allow_ips: entry.allow_ips.clone(),
+                deny_ips: entry.deny_ips.clone(),
+            },
         },
         local,
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use showoff_client::{ClientConfig, ClientEvent, TunnelConfig};
-use showoff_proto::{HostHeader, TunnelKind, TunnelSpec};
+use showoff_proto::{HostHeader, TunnelKind, TunnelSpec, VisitorRules};
 use showoff_server::auth::TokenTable;
 use showoff_server::{BuildInfo, LogControl, Server};
 use tokio_util::sync::CancellationToken;
@@ -124,6 +124,11 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
         port: args.port,
         host_header: HostHeader::from(args.host_header.clone()),
         target: local.clone(),
+        visitors: VisitorRules {
+            basic_auth: args.basic_auth.clone(),
+            allow_ips: args.allow_ip.clone(),
+            deny_ips: args.deny_ip.clone(),
+        },
     };
     let mut config = ClientConfig::new(
         args.server

@@ -40,6 +40,10 @@ pub(crate) enum EdgeError {
     TunnelBroken,
     /// The target answered with something that is not a usable HTTP/1.x response.
     BadResponse,
+    /// The tunnel's IP rules refuse this visitor.
+    IpForbidden,
+    /// The tunnel wants basic auth and the request lacks the right credentials.
+    AuthRequired,
 }
 
 /// What to send for an [`EdgeError`].
@@ -49,6 +53,8 @@ pub(crate) struct ErrorPage {
     pub(crate) code: &'static str,
     pub(crate) message: String,
     pub(crate) retry_after: Option<u32>,
+    /// Ask for basic auth (`WWW-Authenticate`).
+    pub(crate) challenge: bool,
     pub(crate) origin: Origin,
 }
 
@@ -61,6 +67,7 @@ impl EdgeError {
             code,
             message,
             retry_after: None,
+            challenge: false,
             origin,
         };
         match self {
@@ -126,6 +133,21 @@ impl EdgeError {
                 format!("the target behind {host} sent an invalid HTTP response"),
                 Tunnel,
             ),
+            Self::IpForbidden => page(
+                403,
+                "ip_forbidden",
+                format!("{host} does not accept visitors from this address"),
+                Visitor,
+            ),
+            Self::AuthRequired => ErrorPage {
+                challenge: true,
+                ..page(
+                    401,
+                    "auth_required",
+                    format!("{host} needs a user name and password"),
+                    Visitor,
+                )
+            },
             Self::Open(OpenError::OverCapacity) => ErrorPage {
                 retry_after: Some(RETRY_AFTER_SECS),
                 ..page(
@@ -147,10 +169,13 @@ impl ErrorPage {
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
         let body = format!("{} {}: {}\n", self.status, self.code, self.message);
-        let retry = self
+        let mut retry = self
             .retry_after
             .map(|s| format!("retry-after: {s}\r\n"))
             .unwrap_or_default();
+        if self.challenge {
+            retry.push_str("www-authenticate: Basic realm=\"showoff\", charset=\"UTF-8\"\r\n");
+        }
         format!(
             "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n{ERROR_HEADER}: {}\r\n{retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
             self.status,

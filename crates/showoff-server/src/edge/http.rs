@@ -153,6 +153,12 @@ impl Conn {
         let started = Instant::now();
         let before = self.stream.counts();
         let tunnel = self.route(&head)?;
+        if !tunnel.access.ip_allowed(self.peer.ip()) {
+            return Err(EdgeError::IpForbidden);
+        }
+        if !tunnel.access.basic_ok(&head.headers) {
+            return Err(EdgeError::AuthRequired);
+        }
         tunnel.touch();
         tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
         let (status, next) = self.proxy(&head, &tunnel).await?;
@@ -627,7 +633,9 @@ pub(crate) fn encode_request(head: &RequestHead, spec: &TunnelSpec, peer: Socket
         let named_by_connection =
             connection.iter().any(|t| t == name.as_str()) && name != header::UPGRADE;
         let dropped_upgrade = name == header::UPGRADE && !head.upgrade;
-        if NOT_FORWARDED.contains(name) || named_by_connection || dropped_upgrade {
+        // Credentials for Showoff's own basic auth are not the target's business.
+        let consumed_auth = name == header::AUTHORIZATION && spec.visitors.basic_auth.is_some();
+        if NOT_FORWARDED.contains(name) || named_by_connection || dropped_upgrade || consumed_auth {
             continue;
         }
         put_header(&mut out, name.as_str(), value.as_bytes());
@@ -767,6 +775,7 @@ mod tests {
             port: None,
             host_header: policy,
             target: "127.0.0.1:3000".into(),
+            visitors: Default::default(),
         }
     }
 

@@ -52,6 +52,11 @@ async fn serve_visitor(
 ) {
     let stats = shared.clone();
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
+    if !tunnel.access.ip_allowed(peer.ip()) {
+        debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused by the tunnel's IP rules");
+        shared.stats.error("ip_forbidden");
+        return;
+    }
     tunnel.touch();
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),
