@@ -273,6 +273,8 @@ pub struct ServerConfig {
     pub build: BuildInfo,
     /// Run-time log level changes, when the binary supports them.
     pub log_control: Option<LogControl>,
+    /// Where audit events go (off when `None`).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl Default for ServerConfig {
@@ -302,6 +304,7 @@ impl Default for ServerConfig {
             admin: AdminConfig::default(),
             build: BuildInfo::default(),
             log_control: None,
+            audit: None,
         }
     }
 }

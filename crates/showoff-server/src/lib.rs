@@ -14,6 +14,7 @@
 //! - `admin`: the admin listener: probes, version, metrics, sessions and tunnels API, pprof.
 //! - [`server`]: bind, accept loops, drain; the shared state of all tasks.
 //! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
+//! - [`audit`]: audit events and the sink they go to.
 //! - [`auth`]: the `Authenticator` interface, principals, name patterns, token tables.
 //! - [`registry`]: name ownership ([`Registry`], [`MemoryRegistry`]) and the routing table.
 //! - [`pending`]: dial-back waiters (`id → oneshot`), guards and caps.
@@ -23,6 +24,7 @@
 //! - [`stats`]: Prometheus metrics, also read by tests through snapshots.
 
 mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 mod edge;

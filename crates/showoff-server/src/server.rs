@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::audit::AuditEvent;
 use crate::auth::{Authenticator, Chain, Open, Principal, SharedTokens};
 use crate::config::{ConfigError, ServerConfig};
 use crate::registry::{MemoryRegistry, Registry, Routes};
@@ -397,13 +398,25 @@ impl Shared {
 
     /// Closes every session of `principal` (revoked token); returns how many.
     pub(crate) fn close_principal(&self, principal: &str) -> usize {
-        let sessions = self.sessions();
         let mut closed = 0;
-        for session in sessions.values().filter(|s| s.principal.id == principal) {
+        for session in self
+            .sessions()
+            .values()
+            .filter(|s| s.principal.id == principal)
+        {
             session.cancel.cancel();
             closed += 1;
         }
+        let event = AuditEvent::new("revoked").principal(principal);
+        self.audit(event.message(format!("{closed} session(s) closed")));
         closed
+    }
+
+    /// Sends an event to the audit sink, if one is configured.
+    pub(crate) fn audit(&self, event: AuditEvent) {
+        if let Some(log) = &self.config.audit {
+            log.record(event);
+        }
     }
 
     /// Tunnels `principal` holds now, except those of `session` and those named in `except`
@@ -446,6 +459,11 @@ impl Shared {
         self.routes.remove(&tunnel.info.name, &tunnel.session_id);
         self.stats
             .tunnel_closed(tunnel.info.kind.as_str(), tunnel.age());
+        let closed = AuditEvent::new("tunnel_closed")
+            .principal(&tunnel.principal)
+            .session(&tunnel.session_id)
+            .names(vec![tunnel.info.name.clone()]);
+        self.audit(closed.message(format!("open for {}s", tunnel.age().as_secs())));
         let registry = self.registry.clone();
         let name = tunnel.info.name.clone();
         let session = tunnel.session_id.clone();

@@ -20,6 +20,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::audit::AuditEvent;
 use crate::auth::{NamePattern, Principal};
 use crate::config::NamePolicy;
 use crate::edge::access::Access;
@@ -102,6 +103,16 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
         Ok(Err(refusal)) => {
             if let ServerMessage::Refused { code, message } = &refusal {
                 info!(%peer, %code, message, "session refused");
+                let kind = if *code == RefusedCode::AuthFailed {
+                    "auth_failed"
+                } else {
+                    "session_refused"
+                };
+                shared.audit(
+                    AuditEvent::new(kind)
+                        .peer(peer)
+                        .refused(code.as_str(), message),
+                );
             }
             let _ = framed.send(refusal).await;
             return;
@@ -116,6 +127,10 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
     span.record("session", session.id.as_str());
     span.record("principal", session.principal.id.as_str());
     info!(%peer, session = %session.id, principal = %session.principal.id, "session up");
+    let up = AuditEvent::new("auth_ok")
+        .principal(&session.principal.id)
+        .peer(peer);
+    shared.audit(up.session(&session.id).names(session.tunnel_names()));
     let end = ControlLoop::new(framed, rx, session.clone(), shared.clone())
         .run()
         .await;
@@ -264,6 +279,15 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
     session.tunnels().push(tunnel.clone());
     shared.routes.insert(tunnel.clone());
     shared.stats.tunnel_opened(tunnel.info.kind.as_str());
+    let opened = AuditEvent::new("tunnel_opened")
+        .principal(&session.principal.id)
+        .peer(session.peer)
+        .session(&session.id);
+    shared.audit(
+        opened
+            .names(vec![info.name.clone()])
+            .message(info.public_url.clone()),
+    );
     if let Some(listener) = listener {
         shared.spawn_tcp_tunnel(listener, tunnel);
     }
@@ -303,6 +327,13 @@ async fn claim_name(
         Ok(Claim::Fresh) => Ok(name.to_string()),
         Ok(Claim::TakenOver { previous_session }) => {
             info!(name, previous = %previous_session, "name taken over by the same principal");
+            let event = AuditEvent::new("takeover")
+                .principal(&owner.principal)
+                .session(&owner.session)
+                .names(vec![name.to_string()]);
+            guard
+                .shared
+                .audit(event.message(format!("from session {previous_session}")));
             guard.shared.close_session(&previous_session);
             Ok(name.to_string())
         }

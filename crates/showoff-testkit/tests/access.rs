@@ -362,3 +362,113 @@ async fn invalid_visitor_rules_are_refused_by_name() {
     assert_eq!(code, RefusedCode::BadRequest);
     assert!(message.contains("HTTP tunnels only"), "{message}");
 }
+
+/// Collects audit events in memory.
+#[derive(Clone, Default)]
+struct Collected(std::sync::Arc<std::sync::Mutex<Vec<showoff_server::audit::AuditEvent>>>);
+
+impl showoff_server::audit::AuditSink for Collected {
+    fn record(&self, event: &showoff_server::audit::AuditEvent) {
+        self.0.lock().expect("lock").push(event.clone());
+    }
+}
+
+impl Collected {
+    fn kinds(&self) -> Vec<(&'static str, Option<String>, &'static str)> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|e| (e.event, e.principal.clone(), e.outcome))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_and_how_it_ended() {
+    let audit = Collected::default();
+    let table = TokenTable::new(vec![alice(), bob()]);
+    let server = TestServer::start(ServerConfig {
+        token_table: Some(table.clone()),
+        audit: Some(showoff_server::audit::AuditLog::new(audit.clone())),
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let http = |name: &str| tunnel(TunnelKind::Http, Some(name), target.addr);
+    let first = start(&server, "alice-token", vec![http("alice-web")])
+        .await
+        .expect("alice");
+    assert!(start(&server, "mallory", vec![http("x")]).await.is_err());
+    let _again = start(&server, "alice-token", vec![http("alice-web")])
+        .await
+        .expect("takeover");
+    assert!(
+        start(
+            &server,
+            "alice-token",
+            vec![http("alice-a"), http("alice-b")]
+        )
+        .await
+        .is_err(),
+        "over the limit"
+    );
+    drop(first);
+    table.replace(vec![bob()]);
+    server.handle.close_principal("alice");
+    let handle = server.handle.clone();
+    eventually("alice gone", || handle.stats().sessions_active == 0).await;
+    let seen = audit.clone();
+    eventually("the tunnel_closed events", || {
+        seen.kinds()
+            .iter()
+            .filter(|(kind, _, _)| *kind == "tunnel_closed")
+            .count()
+            == 2
+    })
+    .await;
+
+    let alice = Some("alice".to_string());
+    let kinds = audit.kinds();
+    for expected in [
+        ("tunnel_opened", alice.clone(), "ok"),
+        ("auth_ok", alice.clone(), "ok"),
+        ("auth_failed", None, "refused"),
+        ("takeover", alice.clone(), "ok"),
+        ("session_refused", None, "refused"),
+        ("revoked", alice.clone(), "ok"),
+        ("tunnel_closed", alice.clone(), "ok"),
+    ] {
+        assert!(
+            kinds.contains(&expected),
+            "missing {expected:?} in {kinds:?}"
+        );
+    }
+    let events = audit.0.lock().expect("lock").clone();
+    let failed = events
+        .iter()
+        .find(|e| e.event == "auth_failed")
+        .expect("auth_failed");
+    assert_eq!(failed.code.as_deref(), Some("auth_failed"));
+    assert!(
+        failed
+            .peer
+            .as_deref()
+            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+    );
+    let refused = events
+        .iter()
+        .find(|e| e.event == "session_refused")
+        .expect("refused");
+    assert_eq!(refused.code.as_deref(), Some("limit_reached"));
+    let opened = events
+        .iter()
+        .find(|e| e.event == "tunnel_opened")
+        .expect("opened");
+    assert_eq!(opened.names, vec!["alice-web".to_string()]);
+    assert!(
+        opened.time.ends_with('Z') && opened.time.len() == 24,
+        "{}",
+        opened.time
+    );
+}

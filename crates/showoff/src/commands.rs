@@ -69,11 +69,16 @@ async fn server(
     log_control: LogControl,
 ) -> anyhow::Result<()> {
     let resolved = settings::resolve(&args.values, env, file)?;
+    let token_path = resolved.path("token_file");
+    let audit_path = resolved.path("audit_log");
     let mut config = resolved.config;
-    let table = match &resolved.token_file {
+    let table = match &token_path {
         Some(path) => Some(TokenTable::new(token_file::load(path)?)),
         None => None,
     };
+    if let Some(path) = &audit_path {
+        config.audit = Some(crate::audit_file::open(path)?);
+    }
     config.token_table = table.clone();
     if args.check_config {
         print!("{}", settings::describe(&resolved.values));
@@ -92,7 +97,7 @@ async fn server(
         .context("failed to start the server")?;
     let shutdown = CancellationToken::new();
     crate::signals::spawn_handler(shutdown.clone())?;
-    if let (Some(path), Some(table)) = (resolved.token_file, table) {
+    if let (Some(path), Some(table)) = (token_path, table) {
         tokio::spawn(token_file::watch(
             path,
             table,

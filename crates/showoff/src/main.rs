@@ -6,6 +6,7 @@
 //! config file, `SHOWOFF_*` environment and flags), [`logging`], [`signals`], [`commands`]
 //! (what each subcommand does).
 
+mod audit_file;
 mod cli;
 mod client_file;
 mod commands;

@@ -114,6 +114,12 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "bearer token for /debug/pprof and PUT /api/v1/log-level; none disables them",
     ),
     setting(
+        "audit_log",
+        "SHOWOFF_AUDIT_LOG",
+        "",
+        "append-only JSON-lines audit log file: auth, tunnels, takeovers, revocations, refusals",
+    ),
+    setting(
         "name_allow",
         "SHOWOFF_NAME_ALLOW",
         "",
@@ -375,8 +381,16 @@ pub struct Resolved {
     pub config: ServerConfig,
     /// Each setting's final text and source, in table order.
     pub values: Vec<(Setting, String, Source)>,
-    /// The per-client token file to load and watch, if any.
-    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl Resolved {
+    /// A file the binary opens itself (`token_file`, `audit_log`); `None` when unset.
+    pub fn path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.values
+            .iter()
+            .find(|(s, v, _)| s.key == key && !v.trim().is_empty())
+            .map(|(_, v, _)| std::path::PathBuf::from(v.trim()))
+    }
 }
 
 /// Resolved values as `key = value  # source` lines, secrets masked.
@@ -416,15 +430,7 @@ pub fn resolve(
         values.push((*setting, value, source));
     }
     let config = build(&values)?;
-    let token_file = values
-        .iter()
-        .find(|(s, v, _)| s.key == "token_file" && !v.trim().is_empty())
-        .map(|(_, v, _)| std::path::PathBuf::from(v.trim()));
-    Ok(Resolved {
-        config,
-        values,
-        token_file,
-    })
+    Ok(Resolved { config, values })
 }
 
 /// Parses duration text: `15`, `15s`, `500ms`, `2m`, `24h`.
@@ -498,8 +504,8 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
                     .collect()
             }
             "admin_token" => admin.token = (!empty).then(|| Secret::new(text.trim())),
-            // Read by the binary after resolution (files are I/O; this function is pure).
-            "token_file" => {}
+            // Opened by the binary after resolution (files are I/O; this function is pure).
+            "token_file" | "audit_log" => {}
             "name_allow" => c.names.allow = list(text).map(NamePattern::new).collect(),
             "reserved_names" => {
                 c.names.reserved = list(text).map(str::to_ascii_lowercase).collect()

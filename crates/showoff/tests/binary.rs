@@ -252,9 +252,13 @@ async fn a_minted_token_works_until_the_token_file_drops_it() {
     std::fs::write(&path, entry).expect("token file");
 
     let target = spawn_target("minted").await;
+    let audit = std::env::temp_dir().join(format!("showoff-audit-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&audit);
     let mut server = Command::new(BIN)
         .args(["server", "--log-format", "json", "--token-file"])
         .arg(&path)
+        .arg("--audit-log")
+        .arg(&audit)
         .args([
             "--control-addr",
             "127.0.0.1:0",
@@ -315,4 +319,21 @@ async fn a_minted_token_works_until_the_token_file_drops_it() {
     let err: String = lines(client_err).iter().collect::<Vec<_>>().join("\n");
     assert!(err.contains("auth_failed"), "{err}");
     let _ = std::fs::remove_file(&path);
+    // The audit log holds one JSON object per line for each step.
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    for kind in [
+        "tunnel_opened",
+        "auth_ok",
+        "revoked",
+        "tunnel_closed",
+        "auth_failed",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let _ = std::fs::remove_file(&audit);
 }

@@ -1,0 +1,178 @@
+//! Audit events: who did what, from where, with which names, when, and how it ended.
+//!
+//! The server emits an [`AuditEvent`] for every authentication (accepted or refused), session
+//! refusal, tunnel opened and closed, name takeover and revocation. Where they go is the
+//! embedder's choice through [`AuditSink`]; the binary appends them to a JSON-lines file
+//! (`--audit-log`). Events are rare (per session and tunnel, never per request).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// One audited fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    /// UTC time, RFC 3339 with milliseconds.
+    pub time: String,
+    /// `auth_ok`, `auth_failed`, `session_refused`, `tunnel_opened`, `tunnel_closed`,
+    /// `takeover`, `revoked`.
+    pub event: &'static str,
+    /// The principal, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The client's address, when the event comes from a connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The session concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Tunnel names concerned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// `ok` or `refused`.
+    pub outcome: &'static str,
+    /// Stable refusal code, for refusals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Details for a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event of kind `event` with outcome `ok`, stamped now.
+    pub(crate) fn new(event: &'static str) -> Self {
+        Self {
+            time: rfc3339(SystemTime::now()),
+            event,
+            principal: None,
+            peer: None,
+            session: None,
+            names: Vec::new(),
+            outcome: "ok",
+            code: None,
+            message: None,
+        }
+    }
+
+    pub(crate) fn principal(mut self, principal: &str) -> Self {
+        self.principal = Some(principal.to_string());
+        self
+    }
+
+    pub(crate) fn peer(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer.to_string());
+        self
+    }
+
+    pub(crate) fn session(mut self, session: &str) -> Self {
+        self.session = Some(session.to_string());
+        self
+    }
+
+    pub(crate) fn names(mut self, names: Vec<String>) -> Self {
+        self.names = names;
+        self
+    }
+
+    pub(crate) fn refused(mut self, code: &str, message: &str) -> Self {
+        self.outcome = "refused";
+        self.code = Some(code.to_string());
+        self.message = Some(message.to_string());
+        self
+    }
+
+    pub(crate) fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// Receives audit events; must not block for long (it is called on the serving path).
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one event.
+    fn record(&self, event: &AuditEvent);
+}
+
+/// A cloneable handle to an [`AuditSink`], for [`crate::ServerConfig`].
+#[derive(Clone)]
+pub struct AuditLog(Arc<dyn AuditSink>);
+
+impl AuditLog {
+    /// Wraps a sink.
+    pub fn new(sink: impl AuditSink) -> Self {
+        Self(Arc::new(sink))
+    }
+
+    pub(crate) fn record(&self, event: AuditEvent) {
+        self.0.record(&event);
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog")
+    }
+}
+
+/// `2026-11-26T01:02:03.456Z` for a system time.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs: u64, millis: u64| {
+            rfc3339(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis),
+            )
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_795_654_800, 999), "2026-11-26T01:00:00.999Z");
+    }
+
+    #[test]
+    fn events_serialise_without_empty_fields() {
+        let event = AuditEvent::new("auth_failed")
+            .peer("192.0.2.1:4000".parse().expect("addr"))
+            .refused("auth_failed", "the token was not accepted");
+        let json = serde_json::to_string(&event).expect("json");
+        assert!(
+            json.contains("\"event\":\"auth_failed\"") && json.contains("\"outcome\":\"refused\""),
+            "{json}"
+        );
+        assert!(
+            !json.contains("principal") && !json.contains("names"),
+            "{json}"
+        );
+    }
+}
