@@ -39,6 +39,10 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 pub const DEFAULT_IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight work gets to finish on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default cap on client sessions at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 50_000;
+/// Default cap on concurrent visitors per tunnel (HTTP requests in flight, TCP connections).
+pub const DEFAULT_MAX_VISITORS_PER_TUNNEL: usize = 1_000;
 /// Default number of pre-dialled data connections a client keeps per session.
 pub const DEFAULT_WARM_POOL: u16 = 8;
 
@@ -263,6 +267,12 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     /// Tunnels without visitor traffic for this long are closed (off when `None`).
     pub tunnel_idle_timeout: Option<Duration>,
+    /// Tunnels are closed this long after they opened, whatever their traffic (off when `None`).
+    pub tunnel_lifetime: Option<Duration>,
+    /// Client sessions at once (`limit_reached` above it).
+    pub max_sessions: usize,
+    /// Concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above).
+    pub max_visitors_per_tunnel: usize,
     /// Time in-flight requests and streams get to finish on shutdown.
     pub shutdown_grace: Duration,
     /// Pre-dialled data connections each client keeps (0 turns the warm pool off).
@@ -299,6 +309,9 @@ impl Default for ServerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             tunnel_idle_timeout: None,
+            tunnel_lifetime: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_visitors_per_tunnel: DEFAULT_MAX_VISITORS_PER_TUNNEL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             warm_pool: DEFAULT_WARM_POOL,
             admin: AdminConfig::default(),
@@ -344,6 +357,8 @@ impl ServerConfig {
             ("max_header_bytes", self.max_header_bytes),
             ("max_pending_per_session", self.max_pending_per_session),
             ("max_pending_total", self.max_pending_total),
+            ("max_sessions", self.max_sessions),
+            ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

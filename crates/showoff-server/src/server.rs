@@ -372,6 +372,11 @@ impl Shared {
         DrainReport { clean }
     }
 
+    /// Sessions connected now.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
     /// Whether the server has started serving (`/readyz`).
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

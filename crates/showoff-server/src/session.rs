@@ -179,6 +179,15 @@ async fn handshake(
         ));
     }
     check_tunnel_limit(shared, &principal, &specs)?;
+    if shared.session_count() >= shared.config.max_sessions {
+        return Err(refused(
+            RefusedCode::LimitReached,
+            format!(
+                "the server is full ({} sessions); try again later",
+                shared.config.max_sessions
+            ),
+        ));
+    }
     let guard = SessionGuard::new(principal, peer, tx, shared.clone());
     let mut infos = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -594,19 +603,31 @@ impl ControlLoop {
     }
 
     async fn close_idle_tunnels(&mut self) -> Result<(), &'static str> {
-        let Some(limit) = self.shared.config.tunnel_idle_timeout else {
+        let config = &self.shared.config;
+        let (idle_limit, lifetime) = (config.tunnel_idle_timeout, config.tunnel_lifetime);
+        if idle_limit.is_none() && lifetime.is_none() {
             return Ok(());
-        };
-        let idle: Vec<String> = self
+        }
+        let expired: Vec<(String, String)> = self
             .session
             .tunnels()
             .iter()
-            .filter(|t| t.idle_for() >= limit)
-            .map(|t| t.info.name.clone())
+            .filter_map(|t| {
+                if let Some(max) = lifetime.filter(|max| t.age() >= *max) {
+                    return Some((
+                        t.info.name.clone(),
+                        format!("reached its lifetime of {}s", max.as_secs()),
+                    ));
+                }
+                let limit = idle_limit.filter(|limit| t.idle_for() >= *limit)?;
+                Some((
+                    t.info.name.clone(),
+                    format!("idle for {}s", limit.as_secs()),
+                ))
+            })
             .collect();
-        for name in idle {
+        for (name, reason) in expired {
             self.close_tunnel(&name);
-            let reason = format!("idle for {}s", limit.as_secs());
             info!(tunnel = %name, reason, "tunnel closed");
             self.send(ServerMessage::TunnelClosed {
                 tunnel: name,

@@ -3,7 +3,7 @@
 //! [`Routes`](crate::registry::Routes) and never hold them past a request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use showoff_proto::{TunnelInfo, TunnelSpec};
@@ -33,6 +33,17 @@ pub(crate) struct Tunnel {
     pub(crate) closed: CancellationToken,
     epoch: Instant,
     last_active_ms: AtomicU64,
+    /// Visitors being served now (HTTP requests in flight, TCP connections).
+    visitors: AtomicUsize,
+}
+
+/// One visitor slot of a tunnel; released on drop.
+pub(crate) struct VisitorSlot<'a>(&'a AtomicUsize);
+
+impl Drop for VisitorSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Tunnel {
@@ -56,7 +67,17 @@ impl Tunnel {
             closed,
             epoch: Instant::now(),
             last_active_ms: AtomicU64::new(0),
+            visitors: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes a visitor slot if fewer than `max` are in use.
+    pub(crate) fn visitor_slot(&self, max: usize) -> Option<VisitorSlot<'_>> {
+        if self.visitors.fetch_add(1, Ordering::AcqRel) >= max {
+            self.visitors.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(VisitorSlot(&self.visitors))
     }
 
     /// Records visitor activity (idle timeout bookkeeping; one relaxed store).

@@ -472,3 +472,58 @@ async fn the_audit_log_records_who_did_what_and_how_it_ended() {
         opened.time
     );
 }
+
+#[tokio::test]
+async fn caps_on_sessions_visitors_and_lifetime_hold() {
+    let server = TestServer::start(ServerConfig {
+        max_sessions: 1,
+        max_visitors_per_tunnel: 1,
+        tunnel_lifetime: Some(std::time::Duration::from_millis(1500)),
+        heartbeat_interval: std::time::Duration::from_millis(50),
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let mut first = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("capped"), target.addr)],
+    ))
+    .await
+    .expect("first session");
+    let (code, message) = refusal(
+        start(
+            &server,
+            "other",
+            vec![tunnel(TunnelKind::Http, Some("second"), target.addr)],
+        )
+        .await,
+    );
+    assert_eq!(code, RefusedCode::LimitReached);
+    assert!(message.contains("full"), "{message}");
+
+    // One visitor at a time: a second concurrent request is refused, not queued.
+    let (addr, host) = (server.addrs.http, server.host("capped"));
+    let slow = tokio::spawn(async move { get(addr, &host, "/slow?ms=300").await });
+    let stats = target.stats.clone();
+    eventually("the slow request in flight", || {
+        stats.requests.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    let refused = get(server.addrs.http, &server.host("capped"), "/").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.error_code(), Some("over_capacity"));
+    assert_eq!(slow.await.expect("slow").status, 200);
+
+    // The absolute lifetime closes the tunnel whatever its traffic.
+    let event = first.next_event().await;
+    assert!(
+        matches!(&event, showoff_client::ClientEvent::TunnelClosed { reason, .. } if reason.contains("lifetime")),
+        "{event:?}"
+    );
+    assert_eq!(
+        get(server.addrs.http, &server.host("capped"), "/")
+            .await
+            .status,
+        404
+    );
+}

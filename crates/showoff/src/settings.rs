@@ -192,6 +192,24 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "close tunnels without visitors for this long (default: off)",
     ),
     setting(
+        "tunnel_lifetime",
+        "SHOWOFF_TUNNEL_LIFETIME",
+        "",
+        "close every tunnel this long after it opened (default: off)",
+    ),
+    setting(
+        "max_sessions",
+        "SHOWOFF_MAX_SESSIONS",
+        "50000",
+        "client sessions at once (limit_reached above)",
+    ),
+    setting(
+        "max_visitors_per_tunnel",
+        "SHOWOFF_MAX_VISITORS_PER_TUNNEL",
+        "1000",
+        "concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above)",
+    ),
+    setting(
         "shutdown_grace",
         "SHOWOFF_SHUTDOWN_GRACE",
         "30s",
@@ -522,6 +540,10 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             "tunnel_idle_timeout" if empty || text == "off" => c.tunnel_idle_timeout = None,
             "tunnel_idle_timeout" => c.tunnel_idle_timeout = Some(duration()?),
             "shutdown_grace" => c.shutdown_grace = duration()?,
+            "tunnel_lifetime" if empty || text == "off" => c.tunnel_lifetime = None,
+            "tunnel_lifetime" => c.tunnel_lifetime = Some(duration()?),
+            "max_sessions" => c.max_sessions = number()?,
+            "max_visitors_per_tunnel" => c.max_visitors_per_tunnel = number()?,
             "warm_pool" => {
                 c.warm_pool = text
                     .parse()

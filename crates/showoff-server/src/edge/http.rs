@@ -159,6 +159,10 @@ impl Conn {
         if !tunnel.access.basic_ok(&head.headers) {
             return Err(EdgeError::AuthRequired);
         }
+        let max = self.shared.config.max_visitors_per_tunnel;
+        let _slot = tunnel
+            .visitor_slot(max)
+            .ok_or(EdgeError::Open(crate::transport::OpenError::OverCapacity))?;
         tunnel.touch();
         tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
         let (status, next) = self.proxy(&head, &tunnel).await?;

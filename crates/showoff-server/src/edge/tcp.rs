@@ -57,6 +57,11 @@ async fn serve_visitor(
         shared.stats.error("ip_forbidden");
         return;
     }
+    let Some(_slot) = tunnel.visitor_slot(shared.config.max_visitors_per_tunnel) else {
+        debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused: tunnel at its visitor cap");
+        shared.stats.error("over_capacity");
+        return;
+    };
     tunnel.touch();
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),
