@@ -424,17 +424,13 @@ impl Shared {
         }
     }
 
-    /// Tunnels `principal` holds now, except those of `session` and those named in `except`
-    /// (a reconnect takes those over).
-    pub(crate) fn tunnels_of(&self, principal: &str, session: &str, except: &[String]) -> usize {
+    /// Tunnels `principal` holds now, except those named in `except` (a reconnect takes them
+    /// over).
+    pub(crate) fn tunnels_of(&self, principal: &str, except: &[String]) -> usize {
         self.routes
             .all()
             .iter()
-            .filter(|t| {
-                t.principal == principal
-                    && t.session_id != session
-                    && !except.contains(&t.info.name)
-            })
+            .filter(|t| t.principal == principal && !except.contains(&t.info.name))
             .count()
     }
 

@@ -220,7 +220,7 @@ fn check_tunnel_limit(
         return Ok(());
     };
     let renamed: Vec<String> = specs.iter().filter_map(|s| s.name.clone()).collect();
-    let held = shared.tunnels_of(&principal.id, "", &renamed);
+    let held = shared.tunnels_of(&principal.id, &renamed);
     if held + specs.len() > max {
         return Err(refused(
             RefusedCode::LimitReached,

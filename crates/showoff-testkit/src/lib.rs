@@ -130,6 +130,15 @@ pub async fn serve_http(
     (target, client)
 }
 
+/// The refusal a client start ended with; panics on a session or another error.
+pub fn refusal(result: Result<TestClient, ClientError>) -> (showoff_proto::RefusedCode, String) {
+    match result {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a session"),
+    }
+}
+
 /// A client running on a runtime of its own, so [`TestClient::kill`] can end every one of its
 /// connections at once, as a killed process would.
 pub struct TestClient {

@@ -6,7 +6,7 @@ use showoff_server::auth::{NamePattern, Principal, TokenEntry, TokenTable, token
 use showoff_server::{NamePolicy, ServerConfig};
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::get;
-use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+use showoff_testkit::{TestClient, TestServer, eventually, refusal, tunnel};
 
 fn alice() -> TokenEntry {
     TokenEntry {
@@ -46,14 +46,6 @@ async fn start(
     // Refusals such as limit_reached are retried by default; here the first answer counts.
     config.reconnect = false;
     TestClient::start(config).await
-}
-
-fn refusal(result: Result<TestClient, ClientError>) -> (RefusedCode, String) {
-    match result {
-        Err(ClientError::Refused { code, message }) => (code, message),
-        Err(other) => panic!("expected a refusal, got {other}"),
-        Ok(_) => panic!("expected a refusal, got a session"),
-    }
 }
 
 #[tokio::test]

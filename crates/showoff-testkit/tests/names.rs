@@ -1,19 +1,10 @@
 //! Names: validation, random names, conflicts between principals, takeover by the same one.
 
-use showoff_client::ClientError;
 use showoff_proto::{RefusedCode, TunnelKind};
 use showoff_server::{Secret, ServerConfig};
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::get;
-use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
-
-fn refusal(result: Result<TestClient, ClientError>) -> (RefusedCode, String) {
-    match result {
-        Err(ClientError::Refused { code, message }) => (code, message),
-        Err(other) => panic!("expected a refusal, got {other}"),
-        Ok(_) => panic!("expected a refusal, got a session"),
-    }
-}
+use showoff_testkit::{TestClient, TestServer, eventually, refusal, tunnel};
 
 #[tokio::test]
 async fn invalid_names_are_refused_with_the_rule() {

@@ -60,18 +60,7 @@ pub struct FileTunnel {
 
 /// Reads a client file; the format follows the extension.
 pub fn load(path: &Path) -> Result<ClientFile, SettingsError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    parse(
-        &shown,
-        path.extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default(),
-        &text,
-    )
+    crate::settings::load_by_extension(path, parse)
 }
 
 /// Parses client config text of the given format.

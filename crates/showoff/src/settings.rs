@@ -308,8 +308,12 @@ pub struct FileValues {
     pub global: BTreeMap<String, String>,
 }
 
-/// Reads and validates a config file; the format follows the extension.
-pub fn load_file(path: &Path) -> Result<FileValues, SettingsError> {
+/// Reads a file and hands its name, extension and text to `parse` (the format follows the
+/// extension); shared by the server config, client config and token files.
+pub fn load_by_extension<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &str, &str) -> Result<T, SettingsError>,
+) -> Result<T, SettingsError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
         path: shown.clone(),
@@ -319,7 +323,12 @@ pub fn load_file(path: &Path) -> Result<FileValues, SettingsError> {
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or_default();
-    parse_file(&shown, ext, &text)
+    parse(&shown, ext, &text)
+}
+
+/// Reads and validates a server config file.
+pub fn load_file(path: &Path) -> Result<FileValues, SettingsError> {
+    load_by_extension(path, parse_file)
 }
 
 /// Deserializes config text in the format its extension names (`toml`, `yaml`/`yml`, `json`);

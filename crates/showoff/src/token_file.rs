@@ -50,16 +50,7 @@ struct FileToken {
 
 /// Reads a token file into table entries; hashes must be 64 hex digits and ids unique.
 pub fn load(path: &Path) -> Result<Vec<TokenEntry>, SettingsError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default();
-    parse(&shown, ext, &text)
+    crate::settings::load_by_extension(path, parse)
 }
 
 /// Parses token-file text of the given format.

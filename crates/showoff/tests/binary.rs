@@ -45,6 +45,27 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str, pred: impl Fn(&str) -> bool
     }
 }
 
+/// Starts `showoff server` with JSON logs, every listener on `127.0.0.1:0`, and `extra` flags;
+/// returns the process, its log lines and its `server listening` line.
+fn spawn_server(extra: &[&std::ffi::OsStr]) -> (Reaper, mpsc::Receiver<String>, String) {
+    let mut server = Command::new(BIN)
+        .args(["server", "--log-format", "json"])
+        .args([
+            "--control-addr",
+            "127.0.0.1:0",
+            "--data-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let log = lines(server.stderr.take().expect("stderr"));
+    let listening = wait_for(&log, "server listening", |l| l.contains("server listening"));
+    (Reaper(server), log, listening)
+}
+
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
     let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
     line[start..].split([' ', '"']).next().expect("value")
@@ -90,26 +111,7 @@ fn an_open_server_on_a_public_address_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
     let target = spawn_target("bin").await;
-    let mut server = Command::new(BIN)
-        .args(["server", "--log-format", "json"])
-        .args([
-            "--control-addr",
-            "127.0.0.1:0",
-            "--data-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let server_log = lines(server.stderr.take().expect("stderr"));
-    let server = Reaper(server);
-    let listening = wait_for(&server_log, "server listening", |l| {
-        l.contains("server listening")
-    });
+    let (server, server_log, listening) = spawn_server(&[]);
     let control = field(&listening, "control=").to_string();
     let http = field(&listening, "http=").to_string();
 
@@ -254,26 +256,12 @@ async fn a_minted_token_works_until_the_token_file_drops_it() {
     let target = spawn_target("minted").await;
     let audit = std::env::temp_dir().join(format!("showoff-audit-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&audit);
-    let mut server = Command::new(BIN)
-        .args(["server", "--log-format", "json", "--token-file"])
-        .arg(&path)
-        .arg("--audit-log")
-        .arg(&audit)
-        .args([
-            "--control-addr",
-            "127.0.0.1:0",
-            "--data-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let server_log = lines(server.stderr.take().expect("stderr"));
-    let server = Reaper(server);
-    let listening = wait_for(&server_log, "server listening", |l| {
-        l.contains("server listening")
-    });
+    let (server, server_log, listening) = spawn_server(&[
+        "--token-file".as_ref(),
+        path.as_os_str(),
+        "--audit-log".as_ref(),
+        audit.as_os_str(),
+    ]);
     let control = field(&listening, "control=").to_string();
 
     let mut client = Command::new(BIN)
