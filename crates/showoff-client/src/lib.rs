@@ -78,7 +78,10 @@ impl ClientError {
         match self {
             Self::Refused { code, .. } => !matches!(
                 code,
-                RefusedCode::ShuttingDown | RefusedCode::LimitReached | RefusedCode::Unknown
+                RefusedCode::ShuttingDown
+                    | RefusedCode::LimitReached
+                    | RefusedCode::RateLimited
+                    | RefusedCode::Unknown
             ),
             Self::Failed(_) | Self::NoTunnels => false,
         }

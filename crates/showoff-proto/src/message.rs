@@ -139,6 +139,8 @@ pub enum RefusedCode {
     PortUnavailable,
     /// A server limit (tunnels, sessions, ports) is reached.
     LimitReached,
+    /// Too many connections from this address; the message says when to retry.
+    RateLimited,
     /// The client speaks a protocol version the server does not.
     VersionMismatch,
     /// The frame sequence or a field is invalid.
@@ -160,6 +162,7 @@ impl RefusedCode {
             Self::KindNotAllowed => "kind_not_allowed",
             Self::PortUnavailable => "port_unavailable",
             Self::LimitReached => "limit_reached",
+            Self::RateLimited => "rate_limited",
             Self::VersionMismatch => "version_mismatch",
             Self::BadRequest => "bad_request",
             Self::ShuttingDown => "shutting_down",

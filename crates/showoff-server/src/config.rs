@@ -273,6 +273,8 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above).
     pub max_visitors_per_tunnel: usize,
+    /// Rate limits (all off by default).
+    pub rates: crate::limits::RateConfig,
     /// Time in-flight requests and streams get to finish on shutdown.
     pub shutdown_grace: Duration,
     /// Pre-dialled data connections each client keeps (0 turns the warm pool off).
@@ -312,6 +314,7 @@ impl Default for ServerConfig {
             tunnel_lifetime: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_visitors_per_tunnel: DEFAULT_MAX_VISITORS_PER_TUNNEL,
+            rates: crate::limits::RateConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             warm_pool: DEFAULT_WARM_POOL,
             admin: AdminConfig::default(),

@@ -16,6 +16,7 @@
 //! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
 //! - [`audit`]: audit events and the sink they go to.
 //! - [`auth`]: the `Authenticator` interface, principals, name patterns, token tables.
+//! - [`limits`]: rate limits per visitor address, tunnel and client address.
 //! - [`registry`]: name ownership ([`Registry`], [`MemoryRegistry`]) and the routing table.
 //! - [`pending`]: dial-back waiters (`id → oneshot`), guards and caps.
 //! - [`transport`]: the stream-opening interface and the dial-back transport with warm pool.
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 mod edge;
+pub mod limits;
 mod pending;
 pub mod registry;
 pub mod server;
@@ -40,6 +42,7 @@ pub use config::{
     AdminConfig, BuildInfo, ConfigError, LogControl, NamePolicy, PortRange, Secret, ServerConfig,
 };
 pub use edge::error::ERROR_HEADER;
+pub use limits::RateConfig;
 pub use registry::{MemoryRegistry, Registry};
 pub use server::{DrainReport, Server, ServerAddrs, ServerError, ServerHandle};
 pub use session::MAX_TUNNELS_PER_SESSION;

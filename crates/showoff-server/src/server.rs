@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::audit::AuditEvent;
 use crate::auth::{Authenticator, Chain, Open, Principal, SharedTokens};
 use crate::config::{ConfigError, ServerConfig};
+use crate::limits::RateLimits;
 use crate::registry::{MemoryRegistry, Registry, Routes};
 use crate::session::{Session, refused};
 use crate::stats::{Stats, StatsSnapshot};
@@ -125,6 +126,7 @@ impl Server {
         let data_port = data.local_addr().map(|a| a.port()).unwrap_or(0);
         let stats = Stats::new(&config.build, config.admin.tunnel_metrics);
         let authenticator = authenticator(&config);
+        let limits = RateLimits::new(&config.rates);
         let shared = Arc::new(Shared {
             public_http_port: config.public_http_port.unwrap_or(http_port),
             tunnel_ip: config.http_addr.ip(),
@@ -136,6 +138,7 @@ impl Server {
             pending: Default::default(),
             stats,
             authenticator,
+            limits,
             ready: AtomicBool::new(false),
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
@@ -220,6 +223,7 @@ impl Server {
                 .tasks
                 .spawn(crate::admin::serve(admin, shared.clone()));
         }
+        shared.tasks.spawn(forget_full_buckets(shared.clone()));
         // Every listener accepts and the metrics registry exists: ready.
         shared.ready.store(true, Ordering::Release);
         shutdown.cancelled().await;
@@ -274,6 +278,17 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Every minute, drops rate-limit state of keys that are idle again (bounded memory).
+async fn forget_full_buckets(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => shared.limits.retain_recent(),
+        }
+    }
+}
+
 /// The authenticators the configuration asks for, in order: shared tokens, then the token
 /// table; with neither, the server runs open.
 fn authenticator(config: &ServerConfig) -> Arc<dyn Authenticator> {
@@ -326,6 +341,8 @@ pub(crate) struct Shared {
     pub(crate) pending: crate::pending::Pending,
     pub(crate) stats: Stats,
     authenticator: Arc<dyn Authenticator>,
+    /// Rate limiters.
+    pub(crate) limits: RateLimits,
     /// Set once every accept loop runs (`/readyz`).
     ready: AtomicBool,
     /// Cancelled when the drain begins.

@@ -92,6 +92,20 @@ pub(crate) fn check_version(version: u16) -> Result<(), ServerMessage> {
 
 /// Serves one control connection until the session ends.
 pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    if let Err(wait) = shared.limits.control(peer.ip()) {
+        let secs = crate::limits::retry_secs(wait);
+        let message = format!("too many connections from this address; retry in {secs}s");
+        shared.audit(
+            AuditEvent::new("session_refused")
+                .peer(peer)
+                .refused("rate_limited", &message),
+        );
+        let mut framed = Framed::new(stream, FrameCodec::<ClientMessage, ServerMessage>::new());
+        let _ = framed
+            .send(refused(RefusedCode::RateLimited, message))
+            .await;
+        return;
+    }
     // Control frames are small; buffers start at 512 bytes and grow only when a frame needs it
     // (tokio-util's default of 8 KiB each was half of an idle session's memory).
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();

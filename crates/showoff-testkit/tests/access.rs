@@ -519,3 +519,102 @@ async fn caps_on_sessions_visitors_and_lifetime_hold() {
         404
     );
 }
+
+#[tokio::test]
+async fn rate_limits_hold_while_other_tenants_are_served() {
+    let server = TestServer::start(ServerConfig {
+        rates: showoff_server::RateConfig {
+            visitor_per_ip: 0,
+            tunnel_requests: 3,
+            control_per_ip: 3,
+        },
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let _client = start(
+        &server,
+        "",
+        vec![
+            tunnel(TunnelKind::Http, Some("flooded"), target.addr),
+            tunnel(TunnelKind::Http, Some("calm"), target.addr),
+        ],
+    )
+    .await
+    .expect("session");
+    // Flood one tunnel at once: its burst of 3 passes (one more if the bucket refilled while
+    // the flood ran on a slow machine), the rest get 429 with Retry-After.
+    let host = server.host("flooded");
+    let replies =
+        futures_util::future::join_all((0..10).map(|_| get(server.addrs.http, &host, "/"))).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    assert!((3..=4).contains(&ok), "{ok} passed");
+    let limited: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(limited.len(), 10 - ok);
+    assert_eq!(limited[0].error_code(), Some("rate_limited"));
+    assert!(limited[0].headers.contains_key("retry-after"));
+    // The other tenant's tunnel is untouched.
+    assert_eq!(
+        get(server.addrs.http, &server.host("calm"), "/")
+            .await
+            .status,
+        200
+    );
+    // Control connections: 1 used above, 2 more pass, the next is refused with the wait.
+    for name in ["c1", "c2"] {
+        start(
+            &server,
+            name,
+            vec![tunnel(TunnelKind::Http, Some(name), target.addr)],
+        )
+        .await
+        .expect("within the control rate");
+    }
+    let (code, message) = refusal(
+        start(
+            &server,
+            "c3",
+            vec![tunnel(TunnelKind::Http, Some("c3"), target.addr)],
+        )
+        .await,
+    );
+    assert_eq!(code, RefusedCode::RateLimited);
+    assert!(message.contains("retry in"), "{message}");
+}
+
+#[tokio::test]
+async fn visitor_rate_limits_are_per_address() {
+    let server = TestServer::start(ServerConfig {
+        rates: showoff_server::RateConfig {
+            visitor_per_ip: 2,
+            ..Default::default()
+        },
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let host = server.host("site");
+    let _client = start(
+        &server,
+        "",
+        vec![tunnel(TunnelKind::Http, Some("site"), target.addr)],
+    )
+    .await
+    .expect("session");
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..6).map(|_| get(server.addrs.http, &host, "/")))
+            .await
+            .iter()
+            .map(|r| r.status.as_u16())
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "{statuses:?}"
+    );
+}

@@ -210,6 +210,24 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above)",
     ),
     setting(
+        "visitor_rate_per_ip",
+        "SHOWOFF_VISITOR_RATE_PER_IP",
+        "0",
+        "HTTP requests per second from one visitor address (429 above; 0: off)",
+    ),
+    setting(
+        "tunnel_request_rate",
+        "SHOWOFF_TUNNEL_REQUEST_RATE",
+        "0",
+        "HTTP requests per second to one tunnel (429 above; 0: off)",
+    ),
+    setting(
+        "control_rate_per_ip",
+        "SHOWOFF_CONTROL_RATE_PER_IP",
+        "0",
+        "control connections per minute from one client address (rate_limited above; 0: off)",
+    ),
+    setting(
         "shutdown_grace",
         "SHOWOFF_SHUTDOWN_GRACE",
         "30s",
@@ -502,6 +520,10 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             text.parse::<usize>()
                 .map_err(|_| invalid("expected a whole number".into()))
         };
+        let rate = || {
+            text.parse::<u32>()
+                .map_err(|_| invalid("expected a whole number of events".into()))
+        };
         let empty = text.trim().is_empty();
         match setting.key {
             "control_addr" => c.control_addr = addr()?,
@@ -552,6 +574,9 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             "tunnel_lifetime" if empty || text == "off" => c.tunnel_lifetime = None,
             "tunnel_lifetime" => c.tunnel_lifetime = Some(duration()?),
             "max_sessions" => c.max_sessions = number()?,
+            "visitor_rate_per_ip" => c.rates.visitor_per_ip = rate()?,
+            "tunnel_request_rate" => c.rates.tunnel_requests = rate()?,
+            "control_rate_per_ip" => c.rates.control_per_ip = rate()?,
             "max_visitors_per_tunnel" => c.max_visitors_per_tunnel = number()?,
             "warm_pool" => {
                 c.warm_pool = text

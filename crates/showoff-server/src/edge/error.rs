@@ -42,6 +42,8 @@ pub(crate) enum EdgeError {
     BadResponse,
     /// The tunnel's IP rules refuse this visitor.
     IpForbidden,
+    /// A rate limit refused the request; retry after the given seconds.
+    RateLimited(u32),
     /// The tunnel wants basic auth and the request lacks the right credentials.
     AuthRequired,
 }
@@ -133,6 +135,15 @@ impl EdgeError {
                 format!("the target behind {host} sent an invalid HTTP response"),
                 Tunnel,
             ),
+            Self::RateLimited(secs) => ErrorPage {
+                retry_after: Some(*secs),
+                ..page(
+                    429,
+                    "rate_limited",
+                    format!("too many requests for {host}; retry in {secs}s"),
+                    Showoff,
+                )
+            },
             Self::IpForbidden => page(
                 403,
                 "ip_forbidden",

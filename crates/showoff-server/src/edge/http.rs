@@ -159,6 +159,11 @@ impl Conn {
         if !tunnel.access.basic_ok(&head.headers) {
             return Err(EdgeError::AuthRequired);
         }
+        let rated = self
+            .shared
+            .limits
+            .visitor(self.peer.ip(), &tunnel.info.name);
+        rated.map_err(|wait| EdgeError::RateLimited(crate::limits::retry_secs(wait)))?;
         let max = self.shared.config.max_visitors_per_tunnel;
         let _slot = tunnel
             .visitor_slot(max)
