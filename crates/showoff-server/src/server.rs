@@ -186,7 +186,7 @@ impl Server {
         let s = shared.clone();
         shared.tasks.spawn(accept_loop(
             self.control,
-            s.drain.clone(),
+            s.drain.clone().cancelled_owned(),
             s.clone(),
             |stream, peer, s| {
                 s.tasks
@@ -197,7 +197,7 @@ impl Server {
         ));
         shared.tasks.spawn(accept_loop(
             self.data,
-            s.stop.clone(),
+            s.stop.clone().cancelled_owned(),
             s.clone(),
             |stream, peer, s| {
                 s.tasks.spawn(
@@ -208,7 +208,7 @@ impl Server {
         ));
         shared.tasks.spawn(accept_loop(
             self.http,
-            s.drain.clone(),
+            s.drain.clone().cancelled_owned(),
             s.clone(),
             |stream, peer, s| {
                 s.visitors.spawn(
@@ -305,18 +305,20 @@ fn authenticator(config: &ServerConfig) -> Arc<dyn Authenticator> {
     Arc::new(Chain(chain))
 }
 
-/// Accepts connections until `until` is cancelled; hands each to `spawn` with nodelay set.
-async fn accept_loop<F>(
+/// Accepts connections until `until` completes; hands each to `spawn` with nodelay and
+/// keepalive set. Every listener of the server, TCP tunnel ports included, runs this loop.
+pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
-    until: CancellationToken,
+    until: impl std::future::Future<Output = ()>,
     shared: Arc<Shared>,
     spawn: F,
 ) where
     F: Fn(TcpStream, SocketAddr, &Arc<Shared>),
 {
+    tokio::pin!(until);
     loop {
         let accepted = tokio::select! {
-            _ = until.cancelled() => return,
+            _ = &mut until => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {

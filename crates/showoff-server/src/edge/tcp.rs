@@ -3,45 +3,34 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info};
 
-use crate::server::Shared;
+use crate::server::{Shared, accept_loop};
 use crate::stats::GaugeGuard;
-use crate::transport::{StreamMeta, splice, tune_socket};
+use crate::transport::{StreamMeta, splice};
 use crate::tunnel::Tunnel;
-
-/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts visitors on a TCP tunnel's port until the tunnel closes or the server drains.
 pub(crate) async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = tunnel.closed.cancelled() => return,
-            _ = shared.drain.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tune_socket(&stream);
-                let span = tracing::info_span!(
-                    "visitor",
-                    %peer,
-                    tunnel = %tunnel.info.name,
-                    session = %tunnel.session_id
-                );
-                let task = serve_visitor(stream, peer, tunnel.clone(), shared.clone());
-                shared.visitors.spawn(task.instrument(span));
-            }
-            Err(error) => {
-                debug!(%error, "tcp tunnel accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+    let (closed, drain) = (tunnel.closed.clone(), shared.drain.clone());
+    let until = async move {
+        tokio::select! {
+            _ = closed.cancelled() => {}
+            _ = drain.cancelled() => {}
         }
-    }
+    };
+    accept_loop(listener, until, shared.clone(), |stream, peer, shared| {
+        let span = tracing::info_span!(
+            "visitor",
+            %peer,
+            tunnel = %tunnel.info.name,
+            session = %tunnel.session_id
+        );
+        let task = serve_visitor(stream, peer, tunnel.clone(), shared.clone());
+        shared.visitors.spawn(task.instrument(span));
+    })
+    .await;
 }
 
 async fn serve_visitor(
