@@ -20,6 +20,8 @@ pub struct TunnelConfig {
     pub spec: TunnelSpec,
     /// `host:port` of the local target, e.g. `127.0.0.1:3000`.
     pub local: String,
+    /// Send the visitor's address to the target in a PROXY protocol header (TCP tunnels).
+    pub proxy_protocol: Option<crate::ProxyVersion>,
 }
 
 /// Everything the client needs.
@@ -82,9 +84,9 @@ impl ClientConfig {
         format!("{host}:{announced_port}")
     }
 
-    /// The local target of a tunnel by name, in `Open` order.
-    pub(crate) fn local_for(&self, index: usize) -> Option<&str> {
-        self.tunnels.get(index).map(|t| t.local.as_str())
+    /// The tunnel at `index`, in `Open` order.
+    pub(crate) fn tunnel_at(&self, index: usize) -> Option<&TunnelConfig> {
+        self.tunnels.get(index)
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod proxy_header;
 mod session;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::{ClientConfig, TunnelConfig};
+pub use proxy_header::ProxyVersion;
 
 /// What the client reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +81,7 @@ impl ClientError {
             Self::Refused { code, .. } => !matches!(
                 code,
                 RefusedCode::ShuttingDown
+                    | RefusedCode::AuthUnavailable
                     | RefusedCode::LimitReached
                     | RefusedCode::RateLimited
                     | RefusedCode::Unknown

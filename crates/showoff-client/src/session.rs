@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::CONNECT_TIMEOUT;
+use crate::proxy_header::{self, ProxyVersion};
 use crate::{ClientConfig, ClientError, ClientEvent, SessionEnd};
 
 type Conn = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
@@ -43,8 +44,14 @@ struct Ctx {
     key: String,
     data_addr: String,
     /// Tunnel name → local target.
-    targets: HashMap<String, String>,
+    targets: HashMap<String, Target>,
     control: mpsc::Sender<ClientMessage>,
+}
+
+/// Where a tunnel's streams go.
+struct Target {
+    addr: String,
+    proxy_protocol: Option<ProxyVersion>,
 }
 
 async fn connect(addr: &str) -> Result<TcpStream, String> {
@@ -128,20 +135,17 @@ fn accept_welcome(config: &ClientConfig, welcome: ServerMessage) -> Result<Welco
         return Err(ClientError::Failed("expected welcome".into()));
     };
     // The server answers in request order, so the n-th tunnel reaches the n-th local target.
-    let tunnels: Vec<(TunnelInfo, String)> = granted
-        .into_iter()
-        .enumerate()
-        .map(|(index, info)| {
-            (
-                info,
-                config.local_for(index).unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let targets = tunnels
-        .iter()
-        .map(|(info, local)| (info.name.clone(), local.clone()))
-        .collect();
+    let mut targets = HashMap::new();
+    let mut tunnels: Vec<(TunnelInfo, String)> = Vec::with_capacity(granted.len());
+    for (index, info) in granted.into_iter().enumerate() {
+        let asked = config.tunnel_at(index);
+        let target = Target {
+            addr: asked.map(|t| t.local.clone()).unwrap_or_default(),
+            proxy_protocol: asked.and_then(|t| t.proxy_protocol),
+        };
+        tunnels.push((info.clone(), target.addr.clone()));
+        targets.insert(info.name, target);
+    }
     let (control, rx) = mpsc::channel(64);
     let ctx = Arc::new(Ctx {
         session,
@@ -257,8 +261,17 @@ impl ControlLoop {
                     .await
                     .map_err(|e| ClientError::Failed(e.to_string()))?;
             }
-            ServerMessage::Dial { id, tunnel, .. } => {
-                self.streams.spawn(serve_dial(self.ctx.clone(), id, tunnel));
+            ServerMessage::Dial {
+                id,
+                tunnel,
+                visitor_addr,
+            } => {
+                let dial = Dial {
+                    id,
+                    tunnel,
+                    visitor_addr,
+                };
+                self.streams.spawn(serve_dial(self.ctx.clone(), dial));
             }
             ServerMessage::GoAway {
                 reason,
@@ -283,21 +296,38 @@ impl ControlLoop {
     }
 }
 
-/// Connects to the local target of `tunnel`.
-async fn dial_target(ctx: &Ctx, tunnel: &str) -> Result<TcpStream, String> {
+/// A stream the server asked for.
+struct Dial {
+    id: String,
+    tunnel: String,
+    visitor_addr: String,
+}
+
+/// Connects to the local target of the dial's tunnel; sends the PROXY header it asks for.
+async fn dial_target(ctx: &Ctx, dial: &Dial) -> Result<TcpStream, String> {
     let target = ctx
         .targets
-        .get(tunnel)
-        .ok_or_else(|| format!("unknown tunnel {tunnel:?}"))?;
-    connect(target).await
+        .get(&dial.tunnel)
+        .ok_or_else(|| format!("unknown tunnel {:?}", dial.tunnel))?;
+    let mut stream = connect(&target.addr).await?;
+    if let Some(version) = target.proxy_protocol {
+        let destination = stream.peer_addr().map_err(|e| e.to_string())?;
+        let header = proxy_header::encode(version, dial.visitor_addr.parse().ok(), destination);
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| format!("sending the PROXY header to {} failed: {e}", target.addr))?;
+    }
+    Ok(stream)
 }
 
 /// Answers a `Dial` from the control connection: target first, then the data connection.
-async fn serve_dial(ctx: Arc<Ctx>, id: String, tunnel: String) {
-    let mut target = match dial_target(&ctx, &tunnel).await {
+async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
+    let mut target = match dial_target(&ctx, &dial).await {
         Ok(target) => target,
         Err(reason) => {
-            debug!(tunnel, reason, "local target unreachable");
+            debug!(tunnel = dial.tunnel, reason, "local target unreachable");
+            let id = dial.id;
             let _ = ctx
                 .control
                 .send(ClientMessage::StreamError { id, reason })
@@ -305,7 +335,7 @@ async fn serve_dial(ctx: Arc<Ctx>, id: String, tunnel: String) {
             return;
         }
     };
-    let mut data = match open_data(&ctx, Some(id)).await {
+    let mut data = match open_data(&ctx, Some(dial.id)).await {
         Ok(conn) => conn.into_parts().io,
         Err(error) => return debug!(%error, "data connection failed"),
     };
@@ -357,11 +387,20 @@ async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: TaskTracker)
             frame = conn.next() => frame,
         };
         match frame {
-            Some(Ok(ServerMessage::Dial { id, tunnel, .. })) => {
+            Some(Ok(ServerMessage::Dial {
+                id,
+                tunnel,
+                visitor_addr,
+            })) => {
                 // Re-dial only once this stream is set up: the replacement's connect and
                 // handshake would otherwise compete with the visitor's first bytes.
                 let (set_up, wait) = tokio::sync::oneshot::channel();
-                streams.spawn(serve_pooled(ctx.clone(), conn, id, tunnel, set_up));
+                let dial = Dial {
+                    id,
+                    tunnel,
+                    visitor_addr,
+                };
+                streams.spawn(serve_pooled(ctx.clone(), conn, dial, set_up));
                 let _ = wait.await;
             }
             // Closed by the server (pool full, session gone) or nonsense: wait, then re-dial.
@@ -377,18 +416,18 @@ async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: TaskTracker)
 async fn serve_pooled(
     ctx: Arc<Ctx>,
     mut conn: Conn,
-    id: String,
-    tunnel: String,
+    dial: Dial,
     set_up: tokio::sync::oneshot::Sender<()>,
 ) {
-    let mut target = match dial_target(&ctx, &tunnel).await {
+    let mut target = match dial_target(&ctx, &dial).await {
         Ok(target) => target,
         Err(reason) => {
+            let id = dial.id;
             let _ = conn.send(ClientMessage::StreamError { id, reason }).await;
             return;
         }
     };
-    let ready = conn.send(ClientMessage::StreamReady { id }).await;
+    let ready = conn.send(ClientMessage::StreamReady { id: dial.id }).await;
     let _ = set_up.send(());
     if ready.is_err() {
         return;

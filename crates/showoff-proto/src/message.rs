@@ -127,8 +127,10 @@ pub enum ServerMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusedCode {
-    /// The token is missing or wrong.
+    /// The token is missing, wrong, expired or denied by policy; the message says which.
     AuthFailed,
+    /// The authentication backend (decision webhook, policy engine) could not answer; retried.
+    AuthUnavailable,
     /// Another principal holds the requested name.
     NameTaken,
     /// The requested name breaks the naming rules or the principal's name patterns.
@@ -157,6 +159,7 @@ impl RefusedCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AuthFailed => "auth_failed",
+            Self::AuthUnavailable => "auth_unavailable",
             Self::NameTaken => "name_taken",
             Self::NameNotAllowed => "name_not_allowed",
             Self::KindNotAllowed => "kind_not_allowed",

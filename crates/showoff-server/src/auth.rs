@@ -7,9 +7,19 @@
 //! - [`SharedTokens`]: a list of shared secrets, compared in constant time;
 //! - [`TokenTable`]: per-client tokens stored as SHA-256 hashes, each with an id and
 //!   permissions; the binary fills it from a token file and replaces it on reload, and the
-//!   server closes the sessions of revoked ids.
+//!   server closes the sessions of revoked ids;
+//! - [`signed::SignedTokens`]: HMAC-SHA256 signed tokens carrying their own grant and expiry,
+//!   verified without a lookup (`showoff token sign`);
+//! - [`jwt::Jwt`]: JSON Web Tokens (HS256, RS256, ES256) with issuer, audience and expiry checks;
+//! - [`policy::RegoPolicy`] and [`policy::Webhook`]: OPA-style decisions, from a Rego policy
+//!   evaluated in-process or from an external service speaking OPA's data API.
+
+pub mod jwt;
+pub mod policy;
+pub mod signed;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -107,19 +117,85 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
-/// Why authentication failed.
+/// The permissions a self-contained credential (signed token, JWT, policy decision) carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Grant {
+    /// Name patterns (`alice-*`); empty or absent means any name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Tunnel kinds; empty or absent means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<TunnelKind>,
+    /// Most tunnels open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tunnels: Option<usize>,
+}
+
+impl Grant {
+    /// The principal `id` holding this grant.
+    pub fn principal(self, id: impl Into<String>) -> Principal {
+        Principal {
+            id: id.into(),
+            names: self.names.into_iter().map(NamePattern::new).collect(),
+            kinds: self.kinds,
+            max_tunnels: self.max_tunnels,
+        }
+    }
+}
+
+/// What a client presents to be authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRequest<'a> {
+    /// The token from `Auth`.
+    pub token: &'a str,
+    /// The client's TCP address.
+    pub peer: SocketAddr,
+}
+
+/// Why authentication failed. The display text is what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No built-in accepted the token.
     #[error("the token was not accepted")]
     Rejected,
+    /// The token was genuine but its expiry has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// The token was genuine but its issuer or audience is not one this server accepts.
+    #[error("the token was not issued for this server ({0})")]
+    WrongAudience(String),
+    /// A policy decided against this client; the text is the policy's reason.
+    #[error("denied by policy: {0}")]
+    Denied(String),
+    /// The decision service could not answer (network, status, malformed answer).
+    #[error("authentication is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// How specific the error is: a chain reports the most specific error any member gave.
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Rejected => 0,
+            Self::Unavailable(_) => 1,
+            Self::WrongAudience(_) | Self::Expired | Self::Denied(_) => 2,
+        }
+    }
+
+    /// The refusal code a client gets for this error.
+    pub fn code(&self) -> showoff_proto::RefusedCode {
+        match self {
+            Self::Unavailable(_) => showoff_proto::RefusedCode::AuthUnavailable,
+            _ => showoff_proto::RefusedCode::AuthFailed,
+        }
+    }
 }
 
 /// Turns a presented token into a principal.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// Authenticates `token`.
-    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError>;
+    /// Authenticates the request's token.
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError>;
 }
 
 /// SHA-256 of a token, lowercase hex: what token files store.
@@ -137,10 +213,10 @@ pub struct Open;
 
 #[async_trait]
 impl Authenticator for Open {
-    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
         Ok(Principal::unrestricted(format!(
             "open:{}",
-            &token_hash(token)[..16]
+            &token_hash(request.token)[..16]
         )))
     }
 }
@@ -151,7 +227,8 @@ pub struct SharedTokens(pub Vec<Secret>);
 
 #[async_trait]
 impl Authenticator for SharedTokens {
-    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
+        let token = request.token;
         let mut found = None;
         for (index, accepted) in self.0.iter().enumerate() {
             // Compare against every token so timing does not reveal which one matched.
@@ -220,8 +297,8 @@ impl TokenTable {
 
 #[async_trait]
 impl Authenticator for TokenTable {
-    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let hash = token_hash(token);
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
+        let hash = token_hash(request.token);
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         // The map lookup is keyed by a hash of the secret, so its timing reveals nothing useful
         // about the token itself.
@@ -229,24 +306,42 @@ impl Authenticator for TokenTable {
     }
 }
 
-/// Tries each authenticator in order; the first that accepts wins.
+/// Tries each authenticator in order; the first that accepts wins. When none does, the most
+/// specific error is reported (expired or denied over unavailable over not accepted).
 pub struct Chain(pub Vec<Arc<dyn Authenticator>>);
 
 #[async_trait]
 impl Authenticator for Chain {
-    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
+        let mut worst = AuthError::Rejected;
         for auth in &self.0 {
-            if let Ok(principal) = auth.authenticate(token).await {
-                return Ok(principal);
+            match auth.authenticate(request).await {
+                Ok(principal) => return Ok(principal),
+                Err(error) if error.rank() > worst.rank() => worst = error,
+                Err(_) => {}
             }
         }
-        Err(AuthError::Rejected)
+        Err(worst)
     }
+}
+
+/// Seconds since the Unix epoch, for expiry checks.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    pub(crate) fn request(token: &str) -> AuthRequest<'_> {
+        AuthRequest {
+            token,
+            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        }
+    }
 
     #[test]
     fn patterns_match_whole_names() {
@@ -302,13 +397,19 @@ mod tests {
         };
         let table = TokenTable::new(vec![alice.clone(), bob]);
         assert_eq!(
-            table.authenticate("alice-secret").await.map(|p| p.id),
+            table
+                .authenticate(&request("alice-secret"))
+                .await
+                .map(|p| p.id),
             Ok("alice".into())
         );
-        assert_eq!(table.authenticate("nope").await, Err(AuthError::Rejected));
+        assert_eq!(
+            table.authenticate(&request("nope")).await,
+            Err(AuthError::Rejected)
+        );
         assert_eq!(table.replace(vec![alice]), vec!["bob".to_string()]);
         assert_eq!(
-            table.authenticate("bob-secret").await,
+            table.authenticate(&request("bob-secret")).await,
             Err(AuthError::Rejected)
         );
         assert_eq!(
@@ -327,15 +428,18 @@ mod tests {
             }])),
         ]);
         assert_eq!(
-            chain.authenticate("shared").await.map(|p| p.id),
+            chain.authenticate(&request("shared")).await.map(|p| p.id),
             Ok("token:0".into())
         );
         assert_eq!(
-            chain.authenticate("own").await.map(|p| p.id),
+            chain.authenticate(&request("own")).await.map(|p| p.id),
             Ok("carol".into())
         );
-        assert!(chain.authenticate("neither").await.is_err());
-        let open = Open.authenticate("a").await.expect("open");
-        assert_ne!(open.id, Open.authenticate("b").await.expect("open").id);
+        assert!(chain.authenticate(&request("neither")).await.is_err());
+        let open = Open.authenticate(&request("a")).await.expect("open");
+        assert_ne!(
+            open.id,
+            Open.authenticate(&request("b")).await.expect("open").id
+        );
     }
 }

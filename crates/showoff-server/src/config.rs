@@ -149,6 +149,95 @@ pub enum ConfigError {
     /// A limit that must be positive is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// An authenticator's key, policy or URL is unusable.
+    #[error("authentication setup: {0}")]
+    Auth(String),
+}
+
+/// Authenticators beyond shared tokens and the token table; each is off when `None`. Chained
+/// after those two, in this order: signed tokens, JWT, Rego policy, decision webhook.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Secret that HMAC-signed tokens (`so1.…`) are verified with.
+    pub signed_secret: Option<Secret>,
+    /// JWT verification.
+    pub jwt: Option<crate::auth::jwt::JwtConfig>,
+    /// A Rego policy evaluated in-process.
+    pub policy: Option<PolicyConfig>,
+    /// An external decision service (OPA data API).
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl AuthConfig {
+    /// True when any of these authenticators is configured.
+    pub fn any(&self) -> bool {
+        self.signed_secret.is_some()
+            || self.jwt.is_some()
+            || self.policy.is_some()
+            || self.webhook.is_some()
+    }
+}
+
+/// A Rego policy and the rule whose value is the decision.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Where the policy came from (shown in errors).
+    pub path: String,
+    /// The policy text.
+    pub rego: String,
+    /// The rule evaluated per client, e.g. `data.showoff.authz`.
+    pub rule: String,
+}
+
+/// An OPA-shaped decision webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `http://host:port/path` the input is POSTed to.
+    pub url: String,
+    /// Deadline for one decision (connect, request, answer).
+    pub timeout: Duration,
+}
+
+/// Whether public listeners read a PROXY protocol header before the traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// Never: the TCP peer is the visitor.
+    #[default]
+    Off,
+    /// From trusted peers, when the connection starts with one; others are served as they are.
+    Optional,
+    /// Every connection must come from a trusted peer and start with a header.
+    Required,
+}
+
+impl std::str::FromStr for ProxyProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            _ => Err("expected off, optional or required".into()),
+        }
+    }
+}
+
+/// Which peers may say who the visitor really is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// PROXY protocol v1/v2 on the public HTTP listener and TCP tunnel ports.
+    pub protocol: ProxyProtocol,
+    /// Load balancers and proxies trusted for PROXY headers and incoming `X-Forwarded-*`.
+    pub trusted: Vec<ipnet::IpNet>,
+}
+
+impl ProxyConfig {
+    /// Whether `ip` is a trusted proxy.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// Server-wide rules for tunnel names, on top of DNS-label rules and per-principal patterns.
@@ -161,6 +250,9 @@ pub struct NamePolicy {
     /// Names refused outright (abuse, trademarks).
     pub banned: Vec<String>,
 }
+
+/// Default deadline for one decision-webhook answer.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Default admin listener.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -247,6 +339,10 @@ pub struct ServerConfig {
     pub tokens: Vec<Secret>,
     /// Per-client tokens with permissions (filled from a token file by the binary).
     pub token_table: Option<crate::auth::TokenTable>,
+    /// Signed tokens, JWT, Rego policy, decision webhook.
+    pub auth: AuthConfig,
+    /// PROXY protocol and trusted proxies for real visitor addresses.
+    pub proxy: ProxyConfig,
     /// Server-wide name rules.
     pub names: NamePolicy,
     /// Cap on a request head in bytes (431 above it).
@@ -301,6 +397,8 @@ impl Default for ServerConfig {
             tcp_ports: DEFAULT_TCP_PORTS,
             tokens: Vec::new(),
             token_table: None,
+            auth: AuthConfig::default(),
+            proxy: ProxyConfig::default(),
             names: NamePolicy::default(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
@@ -370,12 +468,13 @@ impl ServerConfig {
         if self.is_open() {
             self.check_loopback_only()?;
         }
+        crate::server::authenticator(self)?;
         Ok(())
     }
 
     /// True when no token of any kind is configured: every client is accepted.
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty() && self.token_table.is_none()
+        self.tokens.is_empty() && self.token_table.is_none() && !self.auth.any()
     }
 
     fn check_loopback_only(&self) -> Result<(), ConfigError> {

@@ -7,5 +7,7 @@
 
 pub(crate) mod access;
 pub(crate) mod error;
+pub(crate) mod forwarded;
 pub(crate) mod http;
+pub(crate) mod proxy_protocol;
 pub(crate) mod tcp;

@@ -39,7 +39,8 @@ pub mod transport;
 mod tunnel;
 
 pub use config::{
-    AdminConfig, BuildInfo, ConfigError, LogControl, NamePolicy, PortRange, Secret, ServerConfig,
+    AdminConfig, AuthConfig, BuildInfo, ConfigError, LogControl, NamePolicy, PolicyConfig,
+    PortRange, ProxyConfig, ProxyProtocol, Secret, ServerConfig, WebhookConfig,
 };
 pub use edge::error::ERROR_HEADER;
 pub use limits::RateConfig;

@@ -1,5 +1,5 @@
 //! Rate limits: HTTP requests per visitor address and per tunnel, control connections per
-//! client address. Token buckets (GCRA, the `governor` crate) keyed by address or tunnel name;
+//! client address, new tunnels per principal. Token buckets (GCRA, the `governor` crate) keyed by address or tunnel name;
 //! a refused caller learns how long to wait. Every limit is off unless configured.
 
 use std::net::IpAddr;
@@ -18,6 +18,8 @@ pub struct RateConfig {
     pub tunnel_requests: u32,
     /// Control connections per minute from one client address (burst: the same number).
     pub control_per_ip: u32,
+    /// Tunnels opened per minute by one principal, reconnects included (burst: the same).
+    pub tunnels_per_principal: u32,
 }
 
 /// The limiters of one server.
@@ -25,6 +27,7 @@ pub(crate) struct RateLimits {
     visitor_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     tunnel: Option<DefaultKeyedRateLimiter<String>>,
     control_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    principal_tunnels: Option<DefaultKeyedRateLimiter<String>>,
     clock: DefaultClock,
 }
 
@@ -41,6 +44,7 @@ impl RateLimits {
             visitor_ip: limiter(config.visitor_per_ip, Quota::per_second),
             tunnel: limiter(config.tunnel_requests, Quota::per_second),
             control_ip: limiter(config.control_per_ip, Quota::per_minute),
+            principal_tunnels: limiter(config.tunnels_per_principal, Quota::per_minute),
             clock: DefaultClock::default(),
         }
     }
@@ -70,12 +74,36 @@ impl RateLimits {
         }
     }
 
+    /// Admits `count` new tunnels for `principal`, or says how long to wait; `Err(None)` when
+    /// `count` is more than the limit allows at all.
+    pub(crate) fn new_tunnels(
+        &self,
+        principal: &str,
+        count: usize,
+    ) -> Result<(), Option<Duration>> {
+        let Some(limiter) = &self.principal_tunnels else {
+            return Ok(());
+        };
+        let n = u32::try_from(count)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .unwrap_or(NonZeroU32::MIN);
+        match limiter.check_key_n(&principal.to_string(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Some(not_until.wait_time_from(self.clock.now()))),
+            Err(_) => Err(None),
+        }
+    }
+
     /// Forgets keys whose buckets are full again (bounded memory; called every minute).
     pub(crate) fn retain_recent(&self) {
         for limiter in [&self.visitor_ip, &self.control_ip].into_iter().flatten() {
             limiter.retain_recent();
         }
-        if let Some(limiter) = &self.tunnel {
+        for limiter in [&self.tunnel, &self.principal_tunnels]
+            .into_iter()
+            .flatten()
+        {
             limiter.retain_recent();
         }
     }
@@ -96,6 +124,7 @@ mod tests {
             visitor_per_ip: 2,
             tunnel_requests: 0,
             control_per_ip: 1,
+            tunnels_per_principal: 3,
         });
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
@@ -110,6 +139,14 @@ mod tests {
         assert!(limits.visitor(other, "t").is_ok(), "keys are independent");
         assert!(limits.control(ip).is_ok());
         assert!(limits.control(ip).expect_err("one per minute") > Duration::from_secs(50));
+        assert!(limits.new_tunnels("alice", 2).is_ok());
+        assert!(limits.new_tunnels("alice", 2).expect_err("4 > 3").is_some());
+        assert_eq!(
+            limits.new_tunnels("bob", 4),
+            Err(None),
+            "more than the burst"
+        );
+        assert!(limits.new_tunnels("bob", 3).is_ok());
         assert_eq!(retry_secs(Duration::from_millis(10)), 1);
         assert_eq!(retry_secs(Duration::from_millis(1500)), 2);
     }
@@ -119,5 +156,6 @@ mod tests {
         let limits = RateLimits::new(&RateConfig::default());
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         assert!((0..1000).all(|_| limits.visitor(ip, "t").is_ok() && limits.control(ip).is_ok()));
+        assert!(limits.new_tunnels("p", 64).is_ok());
     }
 }

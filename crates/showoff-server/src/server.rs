@@ -125,7 +125,7 @@ impl Server {
         let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
         let data_port = data.local_addr().map(|a| a.port()).unwrap_or(0);
         let stats = Stats::new(&config.build, config.admin.tunnel_metrics);
-        let authenticator = authenticator(&config);
+        let authenticator = authenticator(&config)?;
         let limits = RateLimits::new(&config.rates);
         let shared = Arc::new(Shared {
             public_http_port: config.public_http_port.unwrap_or(http_port),
@@ -289,9 +289,9 @@ async fn forget_full_buckets(shared: Arc<Shared>) {
     }
 }
 
-/// The authenticators the configuration asks for, in order: shared tokens, then the token
-/// table; with neither, the server runs open.
-fn authenticator(config: &ServerConfig) -> Arc<dyn Authenticator> {
+/// The authenticators the configuration asks for, in order: shared tokens, the token table,
+/// signed tokens, JWT, Rego policy, decision webhook; with none, the server runs open.
+pub(crate) fn authenticator(config: &ServerConfig) -> Result<Arc<dyn Authenticator>, ConfigError> {
     let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
     if !config.tokens.is_empty() {
         chain.push(Arc::new(SharedTokens(config.tokens.clone())));
@@ -299,10 +299,29 @@ fn authenticator(config: &ServerConfig) -> Arc<dyn Authenticator> {
     if let Some(table) = &config.token_table {
         chain.push(Arc::new(table.clone()));
     }
-    if chain.is_empty() {
-        return Arc::new(Open);
+    let auth = &config.auth;
+    if let Some(secret) = &auth.signed_secret {
+        chain.push(Arc::new(crate::auth::signed::SignedTokens::new(secret)));
     }
-    Arc::new(Chain(chain))
+    if let Some(jwt) = &auth.jwt {
+        chain.push(Arc::new(
+            crate::auth::jwt::Jwt::new(jwt).map_err(ConfigError::Auth)?,
+        ));
+    }
+    if let Some(policy) = &auth.policy {
+        let rego = crate::auth::policy::RegoPolicy::new(&policy.path, &policy.rego, &policy.rule)
+            .map_err(ConfigError::Auth)?;
+        chain.push(Arc::new(rego));
+    }
+    if let Some(webhook) = &auth.webhook {
+        let webhook = crate::auth::policy::Webhook::new(&webhook.url, webhook.timeout)
+            .map_err(ConfigError::Auth)?;
+        chain.push(Arc::new(webhook));
+    }
+    if chain.is_empty() {
+        return Ok(Arc::new(Open));
+    }
+    Ok(Arc::new(Chain(chain)))
 }
 
 /// Accepts connections until `until` completes; hands each to `spawn` with nodelay and
@@ -415,9 +434,9 @@ impl Shared {
     /// The principal a token stands for, or the refusal.
     pub(crate) async fn authenticate(
         &self,
-        token: &str,
+        request: &crate::auth::AuthRequest<'_>,
     ) -> Result<Principal, crate::auth::AuthError> {
-        self.authenticator.authenticate(token).await
+        self.authenticator.authenticate(request).await
     }
 
     /// Closes every session of `principal` (revoked token); returns how many.

@@ -117,7 +117,8 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
         Ok(Err(refusal)) => {
             if let ServerMessage::Refused { code, message } = &refusal {
                 info!(%peer, %code, message, "session refused");
-                let kind = if *code == RefusedCode::AuthFailed {
+                let kind = if matches!(code, RefusedCode::AuthFailed | RefusedCode::AuthUnavailable)
+                {
                     "auth_failed"
                 } else {
                     "session_refused"
@@ -175,9 +176,13 @@ async fn handshake(
     }
     let principal = match framed.next().await {
         Some(Ok(ClientMessage::Auth { token })) => {
-            shared.authenticate(&token).await.map_err(|_| {
+            let request = crate::auth::AuthRequest {
+                token: &token,
+                peer,
+            };
+            shared.authenticate(&request).await.map_err(|error| {
                 shared.stats.auth_failures.inc();
-                refused(RefusedCode::AuthFailed, "the token was not accepted")
+                refused(error.code(), error.to_string())
             })?
         }
         _ => return Err(bad_request("expected auth")),
@@ -193,6 +198,7 @@ async fn handshake(
         ));
     }
     check_tunnel_limit(shared, &principal, &specs)?;
+    check_tunnel_rate(shared, &principal, specs.len())?;
     if shared.session_count() >= shared.config.max_sessions {
         return Err(refused(
             RefusedCode::LimitReached,
@@ -246,6 +252,30 @@ fn check_tunnel_limit(
         ));
     }
     Ok(())
+}
+
+/// Refuses a session that would open tunnels faster than its principal's rate allows.
+fn check_tunnel_rate(
+    shared: &Shared,
+    principal: &Principal,
+    count: usize,
+) -> Result<(), ServerMessage> {
+    let per_minute = shared.config.rates.tunnels_per_principal;
+    match shared.limits.new_tunnels(&principal.id, count) {
+        Ok(()) => Ok(()),
+        Err(Some(wait)) => Err(refused(
+            RefusedCode::RateLimited,
+            format!(
+                "{} opens at most {per_minute} tunnels per minute; retry in {}s",
+                principal.id,
+                crate::limits::retry_secs(wait)
+            ),
+        )),
+        Err(None) => Err(refused(
+            RefusedCode::LimitReached,
+            format!("{count} tunnels at once exceed the limit of {per_minute} per minute"),
+        )),
+    }
 }
 
 async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInfo, ServerMessage> {

@@ -112,6 +112,7 @@ pub fn tunnel(kind: TunnelKind, name: Option<&str>, local: std::net::SocketAddr)
             visitors: Default::default(),
         },
         local: local.to_string(),
+        proxy_protocol: None,
     }
 }
 

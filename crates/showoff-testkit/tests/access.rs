@@ -527,6 +527,7 @@ async fn rate_limits_hold_while_other_tenants_are_served() {
             visitor_per_ip: 0,
             tunnel_requests: 3,
             control_per_ip: 3,
+            ..Default::default()
         },
         ..ServerConfig::ephemeral()
     })
@@ -617,4 +618,55 @@ async fn visitor_rate_limits_are_per_address() {
         4,
         "{statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn new_tunnels_per_principal_are_rate_limited() {
+    let server = TestServer::start(ServerConfig {
+        token_table: Some(TokenTable::new(vec![alice(), bob()])),
+        rates: showoff_server::RateConfig {
+            tunnels_per_principal: 2,
+            ..Default::default()
+        },
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let http = |name: &str| tunnel(TunnelKind::Http, Some(name), target.addr);
+    let first = start(&server, "alice-token", vec![http("alice-1")])
+        .await
+        .expect("first tunnel");
+    first.stop().await.expect("stop");
+    let second = start(&server, "alice-token", vec![http("alice-2")])
+        .await
+        .expect("second tunnel");
+    second.stop().await.expect("stop");
+    // The third in the same minute is refused with the wait, although alice holds none now.
+    let (code, message) = refusal(start(&server, "alice-token", vec![http("alice-3")]).await);
+    assert_eq!(code, RefusedCode::RateLimited);
+    assert!(
+        message.contains("2 tunnels per minute") && message.contains("retry in"),
+        "{message}"
+    );
+    // More at once than the limit allows at all is a limit, not a wait.
+    let (code, _) = refusal(
+        start(
+            &server,
+            "bob-token",
+            vec![http("b1"), http("b2"), http("b3")],
+        )
+        .await,
+    );
+    assert_eq!(code, RefusedCode::LimitReached);
+    // Another tenant is served meanwhile.
+    let bob = start(&server, "bob-token", vec![http("bobs")])
+        .await
+        .expect("bob is not limited by alice");
+    assert_eq!(
+        get(server.addrs.http, &server.host("bobs"), "/")
+            .await
+            .status,
+        200
+    );
+    bob.stop().await.expect("stop");
 }

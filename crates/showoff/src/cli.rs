@@ -60,6 +60,29 @@ pub enum Command {
 pub enum TokenCommand {
     /// Mint a token: prints it once, and the entry for the server's token file.
     New(TokenNewArgs),
+    /// Sign a self-contained token with SHOWOFF_SIGNED_TOKEN_SECRET (no token file needed).
+    Sign(TokenSignArgs),
+}
+
+/// `showoff token sign` flags; the secret comes from `SHOWOFF_SIGNED_TOKEN_SECRET` only, so it
+/// never shows in the process list.
+#[derive(Debug, Args)]
+pub struct TokenSignArgs {
+    /// Id of the principal (the server names it `signed:<id>`)
+    #[arg(long)]
+    pub name: String,
+    /// Name patterns the token may register, comma-separated (`alice-*`) [default: any]
+    #[arg(long, value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Tunnel kinds the token may open, comma-separated (`http,tcp`) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Most tunnels open at once [default: no limit]
+    #[arg(long)]
+    pub max_tunnels: Option<usize>,
+    /// How long the token is valid: 90m, 12h, 30d
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
 }
 
 /// `showoff token new` flags.
@@ -94,6 +117,9 @@ pub struct ClientArgs {
     /// Token to authenticate with [env: SHOWOFF_TOKEN] [default: the file's]
     #[arg(long)]
     pub token: Option<String>,
+    /// Send each visitor's address to the target in a PROXY protocol header, v1 or v2 (tcp only)
+    #[arg(long)]
+    pub proxy_protocol: Option<showoff_client::ProxyVersion>,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,
@@ -222,6 +248,9 @@ pub struct TunnelArgs {
     /// These visitor addresses are refused: CIDRs, repeat or comma-separate (checked first)
     #[arg(long, value_delimiter = ',')]
     pub deny_ip: Vec<String>,
+    /// Send each visitor's address to the target in a PROXY protocol header, v1 or v2 (tcp only)
+    #[arg(long)]
+    pub proxy_protocol: Option<showoff_client::ProxyVersion>,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,

@@ -56,6 +56,8 @@ pub struct FileTunnel {
     /// CIDRs refused.
     #[serde(default)]
     pub deny_ips: Vec<String>,
+    /// `v1` or `v2`: send the visitor's address to the target in a PROXY header (tcp).
+    pub proxy_protocol: Option<String>,
 }
 
 /// Reads a client file; the format follows the extension.
@@ -72,6 +74,25 @@ pub fn parse(path: &str, ext: &str, text: &str) -> Result<ClientFile, SettingsEr
             format: "a client config",
             message: "it names no tunnel: add a [[tunnels]] entry".into(),
         });
+    }
+    for entry in &file.tunnels {
+        let Some(version) = &entry.proxy_protocol else {
+            continue;
+        };
+        let wrong = match version.parse::<showoff_client::ProxyVersion>() {
+            Err(why) => Some(why),
+            Ok(_) if entry.kind != TunnelKind::Tcp => {
+                Some("proxy_protocol applies to tcp tunnels".to_string())
+            }
+            Ok(_) => None,
+        };
+        if let Some(message) = wrong {
+            return Err(SettingsError::Parse {
+                path: path.to_string(),
+                format: "a client config",
+                message,
+            });
+        }
     }
     Ok(file)
 }
@@ -150,6 +171,8 @@ fn tunnel(entry: &FileTunnel) -> TunnelConfig {
             },
         },
         local,
+        // Checked by `parse`.
+        proxy_protocol: entry.proxy_protocol.as_deref().and_then(|v| v.parse().ok()),
     }
 }
 

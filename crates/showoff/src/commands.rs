@@ -9,7 +9,7 @@ use showoff_server::auth::TokenTable;
 use showoff_server::{BuildInfo, LogControl, Server};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ServerArgs, TokenCommand, TunnelArgs};
+use crate::cli::{Cli, Command, ServerArgs, TokenCommand, TokenSignArgs, TunnelArgs};
 use crate::client_file::{self, ClientFile};
 use crate::settings::{self, FileValues};
 use crate::token_file;
@@ -26,13 +26,9 @@ pub async fn run(
         Command::Server(args) => server(args, &env, &file, log_control).await,
         Command::Http(args) => client(TunnelKind::Http, args).await,
         Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
+        Command::Token(TokenCommand::Sign(args)) => sign_token(&args, &env),
         Command::Token(TokenCommand::New(args)) => {
-            for kind in &args.kinds {
-                anyhow::ensure!(
-                    kind == "http" || kind == "tcp",
-                    "unknown tunnel kind {kind:?}: use http or tcp"
-                );
-            }
+            check_kinds(&args.kinds)?;
             let (token, entry) =
                 token_file::new_token(&args.name, &args.names, &args.kinds, args.max_tunnels);
             println!("token (shown once; give it to the client):\n  {token}\n");
@@ -50,6 +46,52 @@ pub async fn run(
             run_client(client_file::resolve(&file, &overrides, &env), args.json).await
         }
     }
+}
+
+fn check_kinds(kinds: &[String]) -> anyhow::Result<()> {
+    for kind in kinds {
+        anyhow::ensure!(
+            kind == "http" || kind == "tcp",
+            "unknown tunnel kind {kind:?}: use http or tcp"
+        );
+    }
+    Ok(())
+}
+
+/// `showoff token sign`: prints a signed token valid for `--ttl`.
+fn sign_token(args: &TokenSignArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    use showoff_server::auth::Grant;
+    use showoff_server::auth::signed::{SignedClaims, sign};
+    check_kinds(&args.kinds)?;
+    let secret = env
+        .get("SHOWOFF_SIGNED_TOKEN_SECRET")
+        .filter(|s| !s.is_empty())
+        .context("set SHOWOFF_SIGNED_TOKEN_SECRET to the server's signed_token_secret")?;
+    let ttl = settings::parse_duration(&args.ttl)
+        .map_err(|e| anyhow::anyhow!("invalid --ttl {:?}: {e}", args.ttl))?;
+    anyhow::ensure!(!ttl.is_zero(), "--ttl must be longer than zero");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    let claims = SignedClaims {
+        sub: args.name.clone(),
+        exp: (now + ttl).as_secs(),
+        grant: Grant {
+            names: args.names.clone(),
+            kinds: args
+                .kinds
+                .iter()
+                .map(|k| serde_json::from_value(serde_json::Value::String(k.clone())))
+                .collect::<Result<_, _>>()?,
+            max_tunnels: args.max_tunnels,
+        },
+    };
+    println!("{}", sign(&showoff_server::Secret::new(secret), &claims));
+    eprintln!(
+        "signed token for {} (principal signed:{}), valid for {}",
+        args.name, args.name, args.ttl
+    );
+    Ok(())
 }
 
 /// What this binary reports in `/version` and `showoff_build_info`.
@@ -72,6 +114,7 @@ async fn server(
     let token_path = resolved.path("token_file");
     let audit_path = resolved.path("audit_log");
     let mut config = resolved.config;
+    attach_auth_files(&mut config, &resolved.values)?;
     let table = match &token_path {
         Some(path) => Some(TokenTable::new(token_file::load(path)?)),
         None => None,
@@ -112,6 +155,35 @@ async fn server(
     Ok(())
 }
 
+/// Reads the JWT public key and the Rego policy the settings name.
+fn attach_auth_files(
+    config: &mut showoff_server::ServerConfig,
+    values: &[(settings::Setting, String, settings::Source)],
+) -> anyhow::Result<()> {
+    if let Some(path) = settings::text_of(values, "jwt_public_key") {
+        anyhow::ensure!(
+            config.auth.jwt.is_none(),
+            "set jwt_secret or jwt_public_key, not both"
+        );
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read jwt_public_key {path}"))?;
+        let key = showoff_server::auth::jwt::JwtKey::PublicPem(pem);
+        config.auth.jwt = Some(settings::jwt_config(key, values));
+    }
+    if let Some(path) = settings::text_of(values, "policy_file") {
+        let rego = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read policy_file {path}"))?;
+        config.auth.policy = Some(showoff_server::PolicyConfig {
+            path: path.to_string(),
+            rego,
+            rule: settings::text_of(values, "policy_rule")
+                .unwrap_or("data.showoff.authz")
+                .to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// `3000` → `127.0.0.1:3000`; anything with a colon is used as given.
 pub fn local_target(target: &str) -> String {
     if target.contains(':') {
@@ -122,6 +194,11 @@ pub fn local_target(target: &str) -> String {
 }
 
 async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
+    if args.proxy_protocol.is_some() && kind != TunnelKind::Tcp {
+        anyhow::bail!(
+            "--proxy-protocol applies to tcp tunnels; HTTP targets get X-Forwarded-For instead"
+        );
+    }
     let local = local_target(&args.target);
     let spec = TunnelSpec {
         kind,
@@ -139,7 +216,11 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
         args.server
             .clone()
             .unwrap_or_else(|| showoff_client::config::DEFAULT_SERVER.into()),
-        vec![TunnelConfig { spec, local }],
+        vec![TunnelConfig {
+            spec,
+            local,
+            proxy_protocol: args.proxy_protocol,
+        }],
     );
     config.data_server = args.data_server.clone();
     config.token = args.token.clone();

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use showoff_server::auth::NamePattern;
+use showoff_server::auth::jwt::{JwtConfig, JwtKey};
 use showoff_server::{AdminConfig, Secret, ServerConfig};
 
 /// One server setting.
@@ -107,6 +108,76 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "SHOWOFF_TOKEN_FILE",
         "",
         "per-client token file (hashes, names, kinds, limits); reloaded on change or SIGHUP",
+    ),
+    secret(
+        "signed_token_secret",
+        "SHOWOFF_SIGNED_TOKEN_SECRET",
+        "accept HMAC-signed tokens (`showoff token sign`) verified with this secret",
+    ),
+    secret(
+        "jwt_secret",
+        "SHOWOFF_JWT_SECRET",
+        "accept HS256 JWTs signed with this secret (at least 16 bytes)",
+    ),
+    setting(
+        "jwt_public_key",
+        "SHOWOFF_JWT_PUBLIC_KEY",
+        "",
+        "accept RS256 or ES256 JWTs verified with this PEM public key file",
+    ),
+    setting(
+        "jwt_issuer",
+        "SHOWOFF_JWT_ISSUER",
+        "",
+        "required `iss` of JWTs (default: not checked)",
+    ),
+    setting(
+        "jwt_audience",
+        "SHOWOFF_JWT_AUDIENCE",
+        "",
+        "required `aud` of JWTs (default: not checked)",
+    ),
+    setting(
+        "jwt_names_claim",
+        "SHOWOFF_JWT_NAMES_CLAIM",
+        "names",
+        "JWT claim holding the allowed name patterns (array or comma-separated)",
+    ),
+    setting(
+        "policy_file",
+        "SHOWOFF_POLICY_FILE",
+        "",
+        "Rego policy evaluated in-process for each client (input: token, token_sha256, peer)",
+    ),
+    setting(
+        "policy_rule",
+        "SHOWOFF_POLICY_RULE",
+        "data.showoff.authz",
+        "the policy rule whose value is the decision",
+    ),
+    setting(
+        "auth_webhook",
+        "SHOWOFF_AUTH_WEBHOOK",
+        "",
+        "decision service URL speaking OPA's data API (http://host:port/v1/data/...)",
+    ),
+    setting(
+        "auth_webhook_timeout",
+        "SHOWOFF_AUTH_WEBHOOK_TIMEOUT",
+        "2s",
+        "deadline for one webhook decision (auth_unavailable after)",
+    ),
+    setting(
+        "proxy_protocol",
+        "SHOWOFF_PROXY_PROTOCOL",
+        "off",
+        "PROXY protocol v1/v2 on public listeners: off, optional or required (trusted peers only)",
+    ),
+    setting(
+        "trusted_proxies",
+        "SHOWOFF_TRUSTED_PROXIES",
+        "",
+        "CIDRs trusted for PROXY headers and incoming X-Forwarded-* (default: none)",
     ),
     secret(
         "admin_token",
@@ -226,6 +297,12 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "SHOWOFF_CONTROL_RATE_PER_IP",
         "0",
         "control connections per minute from one client address (rate_limited above; 0: off)",
+    ),
+    setting(
+        "tunnel_rate_per_principal",
+        "SHOWOFF_TUNNEL_RATE_PER_PRINCIPAL",
+        "0",
+        "tunnels opened per minute by one principal, reconnects included (rate_limited above; 0: off)",
     ),
     setting(
         "shutdown_grace",
@@ -478,7 +555,7 @@ pub fn resolve(
     Ok(Resolved { config, values })
 }
 
-/// Parses duration text: `15`, `15s`, `500ms`, `2m`, `24h`.
+/// Parses duration text: `15`, `15s`, `500ms`, `2m`, `24h`, `30d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
@@ -493,13 +570,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+        "d" => Ok(Duration::from_secs(n * 86400)),
+        _ => Err(format!("unknown unit {unit:?}: use ms, s, m, h or d")),
     }
 }
 
 fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsError> {
     let mut c = ServerConfig::default();
     let mut admin = AdminConfig::default();
+    let mut webhook_timeout = showoff_server::config::DEFAULT_WEBHOOK_TIMEOUT;
     for (setting, text, source) in values {
         let invalid = |reason: String| SettingsError::Invalid {
             key: setting.key,
@@ -554,7 +633,31 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             }
             "admin_token" => admin.token = (!empty).then(|| Secret::new(text.trim())),
             // Opened by the binary after resolution (files are I/O; this function is pure).
-            "token_file" | "audit_log" => {}
+            "token_file" | "audit_log" | "jwt_public_key" | "policy_file" => {}
+            // Read together below.
+            "jwt_secret" | "jwt_issuer" | "jwt_audience" | "jwt_names_claim" | "policy_rule" => {}
+            "signed_token_secret" => {
+                c.auth.signed_secret = (!empty).then(|| Secret::new(text.trim()))
+            }
+            "auth_webhook" if empty => c.auth.webhook = None,
+            "auth_webhook" => {
+                c.auth.webhook = Some(showoff_server::WebhookConfig {
+                    url: text.trim().to_string(),
+                    timeout: showoff_server::config::DEFAULT_WEBHOOK_TIMEOUT,
+                })
+            }
+            "auth_webhook_timeout" => webhook_timeout = duration()?,
+            "proxy_protocol" => c.proxy.protocol = text.trim().parse().map_err(invalid)?,
+            "trusted_proxies" => {
+                c.proxy.trusted = list(text)
+                    .map(|net| {
+                        net.parse::<ipnet::IpNet>()
+                            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                            .map_err(|_| invalid(format!("{net:?} is not a CIDR or an address")))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "tunnel_rate_per_principal" => c.rates.tunnels_per_principal = rate()?,
             "name_allow" => c.names.allow = list(text).map(NamePattern::new).collect(),
             "reserved_names" => {
                 c.names.reserved = list(text).map(str::to_ascii_lowercase).collect()
@@ -589,7 +692,34 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
         }
     }
     c.admin = admin;
+    if let Some(webhook) = &mut c.auth.webhook {
+        webhook.timeout = webhook_timeout;
+    }
+    if let Some(secret) = text_of(values, "jwt_secret") {
+        c.auth.jwt = Some(jwt_config(JwtKey::Secret(Secret::new(secret)), values));
+    }
     Ok(c)
+}
+
+/// The trimmed value of `key`, when set.
+pub fn text_of<'a>(values: &'a [(Setting, String, Source)], key: &str) -> Option<&'a str> {
+    values
+        .iter()
+        .find(|(s, _, _)| s.key == key)
+        .map(|(_, v, _)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// JWT settings around `key` (a secret from the settings, or a public key the binary read).
+pub fn jwt_config(key: JwtKey, values: &[(Setting, String, Source)]) -> JwtConfig {
+    JwtConfig {
+        key,
+        issuer: text_of(values, "jwt_issuer").map(str::to_string),
+        audience: text_of(values, "jwt_audience").map(str::to_string),
+        names_claim: text_of(values, "jwt_names_claim")
+            .unwrap_or("names")
+            .to_string(),
+    }
 }
 
 /// The non-empty items of a comma-separated list.
@@ -789,7 +919,8 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("2d").is_err());
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("2w").is_err());
         assert!(parse_duration("x").is_err());
     }
 }

@@ -46,6 +46,8 @@ pub(crate) enum EdgeError {
     RateLimited(u32),
     /// The tunnel wants basic auth and the request lacks the right credentials.
     AuthRequired,
+    /// The PROXY protocol policy refused the connection.
+    Proxy(crate::edge::proxy_protocol::ProxyError),
 }
 
 /// What to send for an [`EdgeError`].
@@ -105,6 +107,21 @@ impl EdgeError {
                 Visitor,
             ),
             Self::BadBody => page(400, "bad_request", "malformed request body".into(), Visitor),
+            Self::Proxy(error) => {
+                use crate::edge::proxy_protocol::ProxyError;
+                let (status, message) = match error {
+                    ProxyError::Required => (
+                        400,
+                        "this listener only accepts connections from trusted proxies sending a \
+                         PROXY protocol header",
+                    ),
+                    ProxyError::Malformed => (400, "the PROXY protocol header is malformed"),
+                    ProxyError::Timeout => {
+                        (408, "the PROXY protocol header did not arrive in time")
+                    }
+                };
+                page(status, error.code(), message.into(), Visitor)
+            }
             Self::Open(OpenError::ClientGone) => page(
                 502,
                 "tunnel_unavailable",

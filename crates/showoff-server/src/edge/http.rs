@@ -30,6 +30,8 @@ use self::head::{RequestHead, parse_head};
 use self::response::{Asked, BodyFraming, Response, VisitorFraming, parse_response};
 use self::upstream::UpstreamConn;
 use crate::edge::error::{EdgeError, Origin};
+use crate::edge::forwarded::{Forwarded, forwarded};
+use crate::edge::proxy_protocol;
 use crate::server::Shared;
 use crate::stats::GaugeGuard;
 use crate::transport::{StreamMeta, splice};
@@ -66,23 +68,44 @@ const NOT_FORWARDED: [HeaderName; 14] = [
 ];
 
 /// Serves one visitor connection until it closes, fails or the server drains.
-pub(crate) async fn serve_visitor(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let stats = shared.clone();
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
+    let config = &shared.config;
+    let arrival =
+        proxy_protocol::arrive(&mut stream, peer, &config.proxy, config.head_timeout).await;
+    let (peer, mut buf, refused) = match arrival {
+        Ok(arrival) => (arrival.peer, arrival.prefix, None),
+        Err(error) => (peer, BytesMut::new(), Some(error)),
+    };
+    buf.reserve(READ_CHUNK);
     let mut conn = Conn {
         stream: Metered::new(stream),
         peer,
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        buf,
         shared,
     };
-    conn.run().await;
+    match refused {
+        Some(error) => conn.fail(EdgeError::Proxy(error), "").await,
+        None => conn.run().await,
+    }
 }
 
 struct Conn {
     stream: Metered<TcpStream>,
+    /// The visitor's address: the TCP peer, or the source a trusted PROXY header named.
     peer: SocketAddr,
     buf: BytesMut,
     shared: Arc<Shared>,
+}
+
+/// A finished request, as recorded.
+struct Exchanged<'a> {
+    tunnel: &'a str,
+    visitor: std::net::IpAddr,
+    status: u16,
+    started: Instant,
+    bytes: (u64, u64),
 }
 
 /// How an exchange left the connection.
@@ -153,7 +176,13 @@ impl Conn {
         let started = Instant::now();
         let before = self.stream.counts();
         let tunnel = self.route(&head)?;
-        if !tunnel.access.ip_allowed(self.peer.ip()) {
+        let forwarded = forwarded(
+            &head.headers,
+            self.peer.ip(),
+            "http",
+            &self.shared.config.proxy,
+        );
+        if !tunnel.access.ip_allowed(forwarded.visitor) {
             return Err(EdgeError::IpForbidden);
         }
         if !tunnel.access.basic_ok(&head.headers) {
@@ -162,7 +191,7 @@ impl Conn {
         let rated = self
             .shared
             .limits
-            .visitor(self.peer.ip(), &tunnel.info.name);
+            .visitor(forwarded.visitor, &tunnel.info.name);
         rated.map_err(|wait| EdgeError::RateLimited(crate::limits::retry_secs(wait)))?;
         let max = self.shared.config.max_visitors_per_tunnel;
         let _slot = tunnel
@@ -170,22 +199,29 @@ impl Conn {
             .ok_or(EdgeError::Open(crate::transport::OpenError::OverCapacity))?;
         tunnel.touch();
         tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
-        let (status, next) = self.proxy(&head, &tunnel).await?;
+        let (status, next) = self.proxy(&head, &tunnel, &forwarded).await?;
         let (read, written) = self.stream.counts();
         let bytes = (read - before.0 + head.len as u64, written - before.1);
-        self.record(&head, &tunnel.info.name, status, started, bytes);
+        let request = Exchanged {
+            tunnel: &tunnel.info.name,
+            visitor: forwarded.visitor,
+            status,
+            started,
+            bytes,
+        };
+        self.record(&head, request);
         Ok(next)
     }
 
     /// Records a finished request: status class, duration, bytes, access log line.
-    fn record(
-        &self,
-        head: &RequestHead,
-        tunnel: &str,
-        status: u16,
-        started: Instant,
-        bytes: (u64, u64),
-    ) {
+    fn record(&self, head: &RequestHead, request: Exchanged<'_>) {
+        let Exchanged {
+            tunnel,
+            visitor,
+            status,
+            started,
+            bytes,
+        } = request;
         let took = started.elapsed();
         let stats = &self.shared.stats;
         stats.http_request(tunnel, status, took);
@@ -201,7 +237,7 @@ impl Conn {
                 duration_ms = took.as_secs_f64() * 1000.0,
                 bytes_in = bytes.0,
                 bytes_out = bytes.1,
-                visitor = %self.peer.ip(),
+                %visitor,
                 "request"
             );
         }
@@ -211,15 +247,16 @@ impl Conn {
         &mut self,
         head: &RequestHead,
         tunnel: &Tunnel,
+        forwarded: &Forwarded,
     ) -> Result<(u16, Next), EdgeError> {
         if head.expect_continue && head.framing != Framing::Empty {
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let meta = StreamMeta {
             tunnel: tunnel.info.name.clone(),
-            visitor_addr: self.peer,
+            visitor_addr: SocketAddr::new(forwarded.visitor, self.peer.port()),
         };
-        let request = encode_request(head, &tunnel.spec, self.peer);
+        let request = encode_request(head, &tunnel.spec, forwarded);
         let (mut up, mut resp, body_done) = self.send(tunnel, &meta, head, &request).await?;
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).await;
@@ -631,7 +668,11 @@ async fn timed_write<W: AsyncWrite + Unpin>(
 }
 
 /// The request head sent to the target.
-pub(crate) fn encode_request(head: &RequestHead, spec: &TunnelSpec, peer: SocketAddr) -> BytesMut {
+pub(crate) fn encode_request(
+    head: &RequestHead,
+    spec: &TunnelSpec,
+    forwarded: &Forwarded,
+) -> BytesMut {
     let mut out = BytesMut::with_capacity(head.len + 128);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -656,13 +697,13 @@ pub(crate) fn encode_request(head: &RequestHead, spec: &TunnelSpec, peer: Socket
         _ => head.raw_host.as_bytes(),
     };
     put_header(&mut out, "host", host);
-    put_header(
-        &mut out,
-        "x-forwarded-for",
-        peer.ip().to_string().as_bytes(),
-    );
-    put_header(&mut out, "x-forwarded-proto", b"http");
-    put_header(&mut out, "x-forwarded-host", head.raw_host.as_bytes());
+    put_header(&mut out, "x-forwarded-for", forwarded.chain.as_bytes());
+    put_header(&mut out, "x-forwarded-proto", forwarded.proto.as_bytes());
+    let forwarded_host = match &forwarded.host {
+        Some(host) => host.as_bytes(),
+        None => head.raw_host.as_bytes(),
+    };
+    put_header(&mut out, "x-forwarded-host", forwarded_host);
     match head.framing {
         Framing::Empty => {}
         Framing::Length(n) => put_header(&mut out, "content-length", n.to_string().as_bytes()),
@@ -788,13 +829,18 @@ mod tests {
         }
     }
 
-    fn peer() -> SocketAddr {
-        "203.0.113.7:5555".parse().expect("addr")
+    fn peer() -> Forwarded {
+        forwarded(
+            &http::HeaderMap::new(),
+            "203.0.113.7".parse().expect("ip"),
+            "http",
+            &crate::config::ProxyConfig::default(),
+        )
     }
 
     /// The encoded request as (request line, lowercase headers).
     fn sent(h: &RequestHead, policy: HostHeader) -> (String, Vec<(String, String)>) {
-        let bytes = encode_request(h, &spec(policy), peer());
+        let bytes = encode_request(h, &spec(policy), &peer());
         let text = String::from_utf8(bytes.to_vec()).expect("utf8");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         let mut lines = text.trim_end().split("\r\n");

@@ -1,11 +1,15 @@
 //! Raw TCP tunnels: each tunnel owns one public listener; every visitor connection gets a fresh
-//! stream to the client and the two are spliced until either side closes.
+//! stream to the client and the two are spliced until either side closes. A trusted PROXY
+//! protocol header (when configured) names the visitor; the client can pass it on to its
+//! target in a header of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info};
 
+use crate::edge::proxy_protocol;
 use crate::server::{Shared, accept_loop};
 use crate::stats::GaugeGuard;
 use crate::transport::{StreamMeta, splice};
@@ -41,6 +45,17 @@ async fn serve_visitor(
 ) {
     let stats = shared.clone();
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
+    let config = &shared.config;
+    let arrival =
+        proxy_protocol::arrive(&mut visitor, peer, &config.proxy, config.head_timeout).await;
+    let (peer, prefix) = match arrival {
+        Ok(arrival) => (arrival.peer, arrival.prefix),
+        Err(error) => {
+            debug!(%peer, tunnel = %tunnel.info.name, code = error.code(), "tcp visitor refused by the PROXY protocol policy");
+            shared.stats.error(error.code());
+            return;
+        }
+    };
     if !tunnel.access.ip_allowed(peer.ip()) {
         debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused by the tunnel's IP rules");
         shared.stats.error("ip_forbidden");
@@ -66,6 +81,9 @@ async fn serve_visitor(
             return;
         }
     };
+    if !prefix.is_empty() && stream.write_all(&prefix).await.is_err() {
+        return;
+    }
     tokio::select! {
         (inbound, outbound) = splice(&mut visitor, &mut stream) => shared.stats.bytes(inbound, outbound),
         _ = tunnel.closed.cancelled() => {}
