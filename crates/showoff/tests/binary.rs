@@ -325,3 +325,75 @@ async fn a_minted_token_works_until_the_token_file_drops_it() {
     }
     let _ = std::fs::remove_file(&audit);
 }
+
+#[tokio::test]
+async fn a_signed_token_works_without_a_token_file() {
+    const SECRET: &str = "binary-test-signing-secret-32by";
+    let signed = Command::new(BIN)
+        .args([
+            "token", "sign", "--name", "ci", "--names", "ci-*", "--ttl", "10m",
+        ])
+        .env("SHOWOFF_SIGNED_TOKEN_SECRET", SECRET)
+        .output()
+        .expect("token sign");
+    assert!(signed.status.success(), "{signed:?}");
+    let token = String::from_utf8_lossy(&signed.stdout).trim().to_string();
+    assert!(token.starts_with("so1."), "{token}");
+    // Without the secret, signing refuses and says what to set.
+    let unsigned = Command::new(BIN)
+        .args(["token", "sign", "--name", "ci"])
+        .env_remove("SHOWOFF_SIGNED_TOKEN_SECRET")
+        .output()
+        .expect("token sign");
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("SHOWOFF_SIGNED_TOKEN_SECRET"));
+
+    let target = spawn_target("signed").await;
+    let (_server, _log, listening) =
+        spawn_server(&["--signed-token-secret".as_ref(), SECRET.as_ref()]);
+    let control = field(&listening, "control=").to_string();
+    let mut client = Command::new(BIN)
+        .args([
+            "http",
+            &target.addr.port().to_string(),
+            "--server",
+            &control,
+        ])
+        .args(["--token", &token, "--name", "ci-build"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    let out = lines(client.stdout.take().expect("stdout"));
+    let _client = Reaper(client);
+    let line = wait_for(&out, "the tunnel line", |l| l.contains(" -> "));
+    assert!(line.starts_with("http://ci-build."), "{line}");
+}
+
+#[test]
+fn check_config_refuses_a_broken_policy_or_key_with_the_reason() {
+    let dir = std::env::temp_dir();
+    let policy = dir.join(format!("showoff-policy-{}.rego", std::process::id()));
+    std::fs::write(&policy, "package showoff\nauthz if {").expect("policy");
+    let key = dir.join(format!("showoff-key-{}.pem", std::process::id()));
+    std::fs::write(&key, "not a key").expect("key");
+    for (flag, path, want) in [
+        ("--policy-file", &policy, "showoff-policy-"),
+        (
+            "--jwt-public-key",
+            &key,
+            "neither an RSA nor an EC P-256 public key",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["server", "--check-config", flag])
+            .arg(path)
+            .output()
+            .expect("check-config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: {err}");
+        assert!(err.contains(want), "{flag}: {err}");
+    }
+    let _ = std::fs::remove_file(&policy);
+    let _ = std::fs::remove_file(&key);
+}
