@@ -95,6 +95,9 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
     if let Err(wait) = shared.limits.control(peer.ip()) {
         let secs = crate::limits::retry_secs(wait);
         let message = format!("too many connections from this address; retry in {secs}s");
+        shared
+            .stats
+            .session_refused(RefusedCode::RateLimited.as_str());
         shared.audit(
             AuditEvent::new("session_refused")
                 .peer(peer)
@@ -117,6 +120,7 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
         Ok(Err(refusal)) => {
             if let ServerMessage::Refused { code, message } = &refusal {
                 info!(%peer, %code, message, "session refused");
+                shared.stats.session_refused(code.as_str());
                 let kind = if matches!(code, RefusedCode::AuthFailed | RefusedCode::AuthUnavailable)
                 {
                     "auth_failed"
@@ -181,7 +185,9 @@ async fn handshake(
                 peer,
             };
             shared.authenticate(&request).await.map_err(|error| {
-                shared.stats.auth_failures.inc();
+                if error.code() == RefusedCode::AuthFailed {
+                    shared.stats.auth_failures.inc();
+                }
                 refused(error.code(), error.to_string())
             })?
         }

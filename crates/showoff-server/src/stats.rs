@@ -95,6 +95,7 @@ pub struct Stats {
     tunnel_lifetime: Histogram,
     bytes: Family<DirectionLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
+    sessions_refused: Family<CodeLabel, Counter>,
     pub(crate) auth_failures: Counter,
     data_rejected: Family<ReasonLabel, Counter>,
     pub(crate) pool_hits: Counter,
@@ -164,6 +165,7 @@ impl Stats {
             tunnel_lifetime: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
             bytes: Family::default(),
             errors: Family::default(),
+            sessions_refused: Family::default(),
             auth_failures: Counter::default(),
             data_rejected: Family::default(),
             pool_hits: Counter::default(),
@@ -243,6 +245,11 @@ impl Stats {
             "errors",
             "Requests and connections that ended in an error, by code",
             self.errors.clone(),
+        );
+        r.register(
+            "sessions_refused",
+            "Control connections refused, by refusal code (auth, limits, rates, names)",
+            self.sessions_refused.clone(),
         );
         r.register(
             "auth_failures",
@@ -334,6 +341,12 @@ impl Stats {
     }
 
     /// Counts an error by its stable code.
+    pub(crate) fn session_refused(&self, code: &'static str) {
+        self.sessions_refused
+            .get_or_create(&CodeLabel { code })
+            .inc();
+    }
+
     pub(crate) fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }
