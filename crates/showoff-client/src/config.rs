@@ -42,6 +42,8 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// Time in-flight streams get when the client stops.
     pub shutdown_grace: Duration,
+    /// TLS towards the server's control and data listeners; `None` speaks plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -53,6 +55,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("tunnels", &self.tunnels)
             .field("reconnect", &self.reconnect)
             .field("backoff", &self.backoff)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -68,6 +71,7 @@ impl ClientConfig {
             reconnect: true,
             backoff: Backoff::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls: None,
         }
     }
 

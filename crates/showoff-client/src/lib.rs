@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod proxy_header;
 mod session;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 
 pub use config::{ClientConfig, TunnelConfig};
 pub use proxy_header::ProxyVersion;
+pub use tls::ClientTls;
 
 /// What the client reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

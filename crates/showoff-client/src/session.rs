@@ -26,9 +26,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::CONNECT_TIMEOUT;
 use crate::proxy_header::{self, ProxyVersion};
+use crate::tls::{ClientIo, Connector};
 use crate::{ClientConfig, ClientError, ClientEvent, SessionEnd};
+use tokio_util::either::Either;
 
-type Conn = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
+type Conn = Framed<ClientIo, FrameCodec<ServerMessage, ClientMessage>>;
 
 /// Buffer per direction when splicing a data connection with the target. 64 KiB was measured
 /// slower for short connections and no faster for 1 MiB bodies (docs/benchmarks.md).
@@ -46,12 +48,25 @@ struct Ctx {
     /// Tunnel name → local target.
     targets: HashMap<String, Target>,
     control: mpsc::Sender<ClientMessage>,
+    /// TLS towards the data listener, as for the control connection.
+    tls: Option<Connector>,
 }
 
 /// Where a tunnel's streams go.
 struct Target {
     addr: String,
     proxy_protocol: Option<ProxyVersion>,
+}
+
+/// Connects to the server's control or data listener, with TLS when configured.
+async fn dial_server(addr: &str, tls: Option<&Connector>) -> Result<ClientIo, String> {
+    let stream = connect(addr).await?;
+    match tls {
+        Some(tls) => timeout(CONNECT_TIMEOUT, tls.connect(stream, addr))
+            .await
+            .map_err(|_| format!("TLS handshake with {addr} timed out"))?,
+        None => Ok(Either::Left(stream)),
+    }
 }
 
 async fn connect(addr: &str) -> Result<TcpStream, String> {
@@ -71,7 +86,13 @@ pub(crate) async fn run(
     streams: &TaskTracker,
     welcomed: &mut bool,
 ) -> Result<SessionEnd, ClientError> {
-    let stream = connect(&config.server).await.map_err(ClientError::Failed)?;
+    let tls = match &config.tls {
+        Some(settings) => Some(Connector::new(settings).map_err(ClientError::Failed)?),
+        None => None,
+    };
+    let stream = dial_server(&config.server, tls.as_ref())
+        .await
+        .map_err(ClientError::Failed)?;
     let mut conn = Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
     let specs: Vec<TunnelSpec> = config.tunnels.iter().map(|t| t.spec.clone()).collect();
     let welcome = timeout(
@@ -87,7 +108,7 @@ pub(crate) async fn run(
         warm_pool,
         rx,
         heartbeat,
-    } = accept_welcome(config, welcome)?;
+    } = accept_welcome(config, welcome, tls)?;
     let _ = events.send(ClientEvent::Connected { tunnels });
     let session_stop = shutdown.child_token();
     let _stop_pool = session_stop.clone().drop_guard();
@@ -122,7 +143,11 @@ struct Welcomed {
     heartbeat: Duration,
 }
 
-fn accept_welcome(config: &ClientConfig, welcome: ServerMessage) -> Result<Welcomed, ClientError> {
+fn accept_welcome(
+    config: &ClientConfig,
+    welcome: ServerMessage,
+    tls: Option<Connector>,
+) -> Result<Welcomed, ClientError> {
     let ServerMessage::Welcome {
         session,
         data_key,
@@ -153,6 +178,7 @@ fn accept_welcome(config: &ClientConfig, welcome: ServerMessage) -> Result<Welco
         data_addr: config.data_addr(data_port),
         targets,
         control,
+        tls,
     });
     Ok(Welcomed {
         tunnels,
@@ -349,7 +375,7 @@ async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
 
 /// Dials the data listener and introduces the connection.
 async fn open_data(ctx: &Ctx, id: Option<String>) -> Result<Conn, String> {
-    let stream = connect(&ctx.data_addr).await?;
+    let stream = dial_server(&ctx.data_addr, ctx.tls.as_ref()).await?;
     let mut conn = Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,

@@ -150,6 +150,8 @@ pub struct AuthRequest<'a> {
     pub token: &'a str,
     /// The client's TCP address.
     pub peer: SocketAddr,
+    /// The identity of the client's verified TLS certificate (mTLS), when it presented one.
+    pub certificate: Option<&'a str>,
 }
 
 /// Why authentication failed. The display text is what the client is told.
@@ -218,6 +220,21 @@ impl Authenticator for Open {
             "open:{}",
             &token_hash(request.token)[..16]
         )))
+    }
+}
+
+/// Clients identified by a verified TLS client certificate (mTLS); the principal is
+/// `cert:<identity>`. Tokens are not looked at: the certificate is the credential.
+#[derive(Debug, Default)]
+pub struct Certificate;
+
+#[async_trait]
+impl Authenticator for Certificate {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
+        match request.certificate {
+            Some(identity) => Ok(Principal::unrestricted(format!("cert:{identity}"))),
+            None => Err(AuthError::Rejected),
+        }
     }
 }
 
@@ -340,6 +357,7 @@ mod tests {
         AuthRequest {
             token,
             peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            certificate: None,
         }
     }
 

@@ -149,6 +149,9 @@ pub enum ConfigError {
     /// A limit that must be positive is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// A certificate, key or CA is unusable.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// An authenticator's key, policy or URL is unusable.
     #[error("authentication setup: {0}")]
     Auth(String),
@@ -333,6 +336,8 @@ pub struct ServerConfig {
     pub domain: String,
     /// Port shown in public HTTP URLs; defaults to the HTTP listener's port (omitted when 80).
     pub public_http_port: Option<u16>,
+    /// Port shown in public HTTPS URLs; defaults to the HTTPS listener's (omitted when 443).
+    pub public_https_port: Option<u16>,
     /// Ports handed to TCP tunnels; bound on the public HTTP listener's IP.
     pub tcp_ports: PortRange,
     /// Accepted shared tokens (unrestricted principals `token:<index>`).
@@ -343,6 +348,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// PROXY protocol and trusted proxies for real visitor addresses.
     pub proxy: ProxyConfig,
+    /// Certificates, mTLS, the HTTPS listener.
+    pub tls: crate::tls::TlsConfig,
     /// Server-wide name rules.
     pub names: NamePolicy,
     /// Cap on a request head in bytes (431 above it).
@@ -394,11 +401,13 @@ impl Default for ServerConfig {
             http_addr: addr(DEFAULT_HTTP_ADDR),
             domain: DEFAULT_DOMAIN.into(),
             public_http_port: None,
+            public_https_port: None,
             tcp_ports: DEFAULT_TCP_PORTS,
             tokens: Vec::new(),
             token_table: None,
             auth: AuthConfig::default(),
             proxy: ProxyConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             names: NamePolicy::default(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
@@ -469,12 +478,16 @@ impl ServerConfig {
             self.check_loopback_only()?;
         }
         crate::server::authenticator(self)?;
+        crate::tls::Tls::new(&self.tls).map_err(ConfigError::Tls)?;
         Ok(())
     }
 
     /// True when no token of any kind is configured: every client is accepted.
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty() && self.token_table.is_none() && !self.auth.any()
+        self.tokens.is_empty()
+            && self.token_table.is_none()
+            && !self.auth.any()
+            && self.tls.client_ca.is_none()
     }
 
     fn check_loopback_only(&self) -> Result<(), ConfigError> {
@@ -482,6 +495,7 @@ impl ServerConfig {
             ("the control listener", Some(self.control_addr)),
             ("the data listener", Some(self.data_addr)),
             ("the public HTTP listener", Some(self.http_addr)),
+            ("the public HTTPS listener", self.tls.https_addr),
             ("the admin listener", self.admin.addr),
         ];
         for (listener, addr) in listeners.into_iter().filter_map(|(l, a)| Some((l, a?))) {

@@ -23,6 +23,7 @@
 //! - [`tunnel`]: one registered tunnel and its pooled upstream connections.
 //! - [`edge`]: HTTP reverse proxy, TCP splicing, error pages.
 //! - [`stats`]: Prometheus metrics, also read by tests through snapshots.
+//! - [`tls`]: certificates by SNI (reloadable), TLS acceptors, client-certificate identities.
 
 mod admin;
 pub mod audit;
@@ -35,6 +36,7 @@ pub mod registry;
 pub mod server;
 mod session;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 mod tunnel;
 
@@ -48,3 +50,4 @@ pub use registry::{MemoryRegistry, Registry};
 pub use server::{DrainReport, Server, ServerAddrs, ServerError, ServerHandle};
 pub use session::MAX_TUNNELS_PER_SESSION;
 pub use stats::StatsSnapshot;
+pub use tls::{PemPair, TlsConfig};

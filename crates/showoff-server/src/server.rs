@@ -61,6 +61,8 @@ pub struct ServerAddrs {
     pub http: SocketAddr,
     /// Admin listener, when enabled.
     pub admin: Option<SocketAddr>,
+    /// Public HTTPS listener, when enabled.
+    pub https: Option<SocketAddr>,
 }
 
 /// How the drain ended.
@@ -76,6 +78,7 @@ pub struct Server {
     control: TcpListener,
     data: TcpListener,
     http: TcpListener,
+    https: Option<TcpListener>,
     admin: Option<TcpListener>,
 }
 
@@ -94,6 +97,17 @@ impl ServerHandle {
     /// Whether a drain has begun.
     pub fn is_draining(&self) -> bool {
         self.shared.drain.is_cancelled()
+    }
+
+    /// Replaces the TLS certificates (file change or SIGHUP); new handshakes use them at once,
+    /// open connections are untouched. On error the previous certificates stay in force.
+    pub fn reload_certificates(&self, pairs: &[crate::tls::PemPair]) -> Result<usize, String> {
+        if !self.shared.config.tls.enabled() {
+            return Err("the server started without TLS; restart it to turn TLS on".into());
+        }
+        let count = self.shared.tls.store.replace(pairs)?;
+        info!(count, names = ?self.shared.tls.store.names(), "certificates reloaded");
+        Ok(count)
     }
 
     /// Closes every session of a principal whose token was revoked; returns how many. Their
@@ -118,6 +132,10 @@ impl Server {
         let control = bind("control", config.control_addr).await?;
         let data = bind("data", config.data_addr).await?;
         let http = bind("public HTTP", config.http_addr).await?;
+        let https = match config.tls.https_addr {
+            Some(addr) => Some(bind("public HTTPS", addr).await?),
+            None => None,
+        };
         let admin = match config.admin.addr {
             Some(addr) => Some(bind("admin", addr).await?),
             None => None,
@@ -127,8 +145,15 @@ impl Server {
         let stats = Stats::new(&config.build, config.admin.tunnel_metrics);
         let authenticator = authenticator(&config)?;
         let limits = RateLimits::new(&config.rates);
+        let tls = crate::tls::Tls::new(&config.tls).map_err(ConfigError::Tls)?;
+        let https_port = https
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
         let shared = Arc::new(Shared {
             public_http_port: config.public_http_port.unwrap_or(http_port),
+            public_https_port: config.public_https_port.or(https_port),
+            tls,
             tunnel_ip: config.http_addr.ip(),
             data_port,
             config,
@@ -150,6 +175,7 @@ impl Server {
             control,
             data,
             http,
+            https,
             admin,
         })
     }
@@ -162,6 +188,7 @@ impl Server {
             data: addr(&self.data),
             http: addr(&self.http),
             admin: self.admin.as_ref().map(addr),
+            https: self.https.as_ref().map(addr),
         }
     }
 
@@ -289,10 +316,14 @@ async fn forget_full_buckets(shared: Arc<Shared>) {
     }
 }
 
-/// The authenticators the configuration asks for, in order: shared tokens, the token table,
+/// The authenticators the configuration asks for, in order: client certificates (mTLS),
+/// shared tokens, the token table,
 /// signed tokens, JWT, Rego policy, decision webhook; with none, the server runs open.
 pub(crate) fn authenticator(config: &ServerConfig) -> Result<Arc<dyn Authenticator>, ConfigError> {
     let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+    if config.tls.client_ca.is_some() {
+        chain.push(Arc::new(crate::auth::Certificate));
+    }
     if !config.tokens.is_empty() {
         chain.push(Arc::new(SharedTokens(config.tokens.clone())));
     }
@@ -356,6 +387,10 @@ pub(crate) async fn accept_loop<F>(
 /// State shared by every task of one server.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
+    /// Certificates and TLS acceptors.
+    pub(crate) tls: crate::tls::Tls,
+    /// HTTPS port shown in public URLs (`None`: no HTTPS listener).
+    pub(crate) public_https_port: Option<u16>,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) routes: Routes,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -570,6 +605,12 @@ impl Shared {
     pub(crate) fn public_url(&self, kind: TunnelKind, name: &str, port: Option<u16>) -> String {
         let domain = &self.config.domain;
         match (kind, port) {
+            (TunnelKind::Http, _) if self.public_https_port.is_some() => {
+                match self.public_https_port {
+                    Some(443) | None => format!("https://{name}.{domain}"),
+                    Some(port) => format!("https://{name}.{domain}:{port}"),
+                }
+            }
             (TunnelKind::Http, _) if self.public_http_port == 80 => {
                 format!("http://{name}.{domain}")
             }

@@ -38,7 +38,7 @@ const CONTROL_BUFFER: usize = 512;
 /// Frames queued towards one client before `Dial` senders wait.
 const CONTROL_QUEUE: usize = 256;
 
-type ControlFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>;
+type ControlFramed = Framed<crate::tls::ServerIo, FrameCodec<ClientMessage, ServerMessage>>;
 
 /// One authenticated client.
 pub(crate) struct Session {
@@ -92,6 +92,14 @@ pub(crate) fn check_version(version: u16) -> Result<(), ServerMessage> {
 
 /// Serves one control connection until the session ends.
 pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let (stream, certificate) = match shared.tls.accept_control(stream, HANDSHAKE_TIMEOUT).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            info!(%peer, %error, "control connection failed the TLS handshake");
+            shared.stats.session_refused("tls_handshake");
+            return;
+        }
+    };
     if let Err(wait) = shared.limits.control(peer.ip()) {
         let secs = crate::limits::retry_secs(wait);
         let message = format!("too many connections from this address; retry in {secs}s");
@@ -114,7 +122,14 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
     let mut framed = Framed::with_capacity(stream, codec, CONTROL_BUFFER);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, peer, &shared));
+    let client = Client {
+        peer,
+        certificate: certificate.as_deref(),
+    };
+    let setup = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut framed, tx, client, &shared),
+    );
     let guard = match setup.await {
         Ok(Ok(guard)) => guard,
         Ok(Err(refusal)) => {
@@ -157,12 +172,21 @@ pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: A
     drop(guard);
 }
 
+/// Who is on the other end of a control connection.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    peer: SocketAddr,
+    /// The verified client certificate's identity (mTLS).
+    certificate: Option<&'a str>,
+}
+
 async fn handshake(
     framed: &mut ControlFramed,
     tx: mpsc::Sender<ServerMessage>,
-    peer: SocketAddr,
+    client: Client<'_>,
     shared: &Arc<Shared>,
 ) -> Result<SessionGuard, ServerMessage> {
+    let peer = client.peer;
     match framed.next().await {
         Some(Ok(ClientMessage::Hello { version, role })) => {
             check_version(version)?;
@@ -183,6 +207,7 @@ async fn handshake(
             let request = crate::auth::AuthRequest {
                 token: &token,
                 peer,
+                certificate: client.certificate,
             };
             shared.authenticate(&request).await.map_err(|error| {
                 if error.code() == RefusedCode::AuthFailed {

@@ -1,8 +1,9 @@
 //! Test helpers for Showoff's end-to-end tests (in `tests/`): a real HTTP target
 //! ([`target`]), a server and a client started for real on `127.0.0.1:0` ([`TestServer`],
 //! [`TestClient`]), HTTP and raw-socket visitors ([`visitor`]), and polling with a deadline
-//! ([`eventually`]) instead of sleeps.
+//! ([`eventually`]) instead of sleeps; test certificates ([`pki`]).
 
+pub mod pki;
 pub mod target;
 pub mod visitor;
 

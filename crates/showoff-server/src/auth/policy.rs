@@ -4,7 +4,8 @@
 //! Both see the same input document and return the same decision shape:
 //!
 //! ```json
-//! input:  {"token": "...", "token_sha256": "<hex>", "peer": {"ip": "203.0.113.7", "port": 51234}}
+//! input:  {"token": "...", "token_sha256": "<hex>", "peer": {"ip": "203.0.113.7", "port": 51234},
+//!          "certificate": "<client certificate identity>" | null}
 //! result: true | false | {"allow": true, "id": "alice", "names": ["alice-*"], "kinds": ["http"],
 //!                         "max_tunnels": 3, "reason": "..."}
 //! ```
@@ -41,6 +42,7 @@ pub fn input(request: &AuthRequest<'_>) -> Value {
         "token": request.token,
         "token_sha256": token_hash(request.token),
         "peer": {"ip": request.peer.ip().to_string(), "port": request.peer.port()},
+        "certificate": request.certificate,
     })
 }
 
@@ -322,6 +324,7 @@ authz := {"allow": false, "reason": "this network is blocked"} if {
         let blocked = AuthRequest {
             token: "x",
             peer: "10.1.2.3:5000".parse().expect("addr"),
+            certificate: None,
         };
         assert_eq!(
             policy.authenticate(&blocked).await,

@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use showoff_proto::{ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, Role, ServerMessage};
 use tokio::net::TcpStream;
+
+use crate::tls::ServerIo;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
@@ -28,7 +30,7 @@ use crate::stats::DataRejectReason;
 const DATA_BUFFER: usize = 256;
 
 /// A data connection still speaking frames.
-pub(crate) type DataFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>;
+pub(crate) type DataFramed = Framed<ServerIo, FrameCodec<ClientMessage, ServerMessage>>;
 
 /// The dial-back opener of one session.
 pub(crate) struct DialBack {
@@ -174,6 +176,14 @@ impl StreamOpener for DialBack {
 
 /// Handles one connection on the data listener: `Hello`, `DataHello`, then pairing.
 pub(crate) async fn accept_data(stream: TcpStream, shared: Arc<Shared>) {
+    let stream = match shared.tls.accept_control(stream, HANDSHAKE_TIMEOUT).await {
+        Ok((stream, _)) => stream,
+        Err(error) => {
+            tracing::debug!(%error, "data connection failed the TLS handshake");
+            shared.stats.reject(DataRejectReason::BadHandshake);
+            return;
+        }
+    };
     // Handshake frames are small; an idle pooled connection should not hold 16 KiB of buffers.
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
     let mut framed = Framed::with_capacity(stream, codec, DATA_BUFFER);

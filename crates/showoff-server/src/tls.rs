@@ -1,0 +1,359 @@
+//! TLS with rustls (one crypto provider, aws-lc-rs): the certificate store every TLS listener
+//! chooses from by SNI, the acceptors of the control, data and public HTTPS listeners, and the
+//! identity of a client certificate (mTLS).
+//!
+//! Certificates arrive as PEM text ([`PemPair`]); the binary reads the files and hands new
+//! text to [`crate::ServerHandle::reload_certificates`] when they change, which swaps the store
+//! atomically: handshakes in progress and established connections keep what they have, the next
+//! handshake sees the new certificates.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
+
+/// A connection on a listener that may speak TLS. Boxed: a TLS session is a few KiB, and plain
+/// connections should not pay for it.
+pub(crate) type ServerIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// A certificate chain and its private key, PEM text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemPair {
+    /// The chain, leaf first.
+    pub cert: String,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PemPair(***)")
+    }
+}
+
+/// TLS settings; everything is off while `certificates` is empty.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// Certificates served by SNI (wildcards for `*.<domain>`, explicit ones for custom names);
+    /// the first is the default for names none covers. With any certificate, the control and
+    /// data listeners speak TLS only.
+    pub certificates: Vec<PemPair>,
+    /// CA certificates (PEM) client certificates must chain to; when set, control and data
+    /// connections must present one, and its identity is the principal (`cert:<name>`).
+    pub client_ca: Option<String>,
+    /// Public HTTPS listener (visitors); `None` turns it off.
+    pub https_addr: Option<SocketAddr>,
+    /// Answer plain-HTTP visitors with a redirect to HTTPS.
+    pub redirect_http: bool,
+}
+
+impl TlsConfig {
+    /// Whether the control and data listeners speak TLS.
+    pub fn enabled(&self) -> bool {
+        !self.certificates.is_empty()
+    }
+}
+
+/// The crypto provider of every TLS context Showoff builds.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// One loaded certificate and the names it covers.
+struct Entry {
+    key: Arc<CertifiedKey>,
+    /// Lowercase DNS names from the leaf's subjectAltName (`*.example.com` included).
+    names: Vec<String>,
+}
+
+/// The certificates of a server, chosen by SNI; replaced as a whole on reload.
+#[derive(Default)]
+pub(crate) struct CertStore {
+    entries: RwLock<Arc<Vec<Entry>>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertStore")
+    }
+}
+
+impl CertStore {
+    /// Replaces every certificate; on error nothing changes.
+    pub(crate) fn replace(&self, pairs: &[PemPair]) -> Result<usize, String> {
+        let provider = provider();
+        let mut entries = Vec::with_capacity(pairs.len());
+        for (index, pair) in pairs.iter().enumerate() {
+            let entry =
+                load(pair, &provider).map_err(|e| format!("certificate {}: {e}", index + 1))?;
+            entries.push(entry);
+        }
+        let count = entries.len();
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(entries);
+        Ok(count)
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The certificate for `name`: an exact name first, then a wildcard, else the default.
+    fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let entries = self.snapshot();
+        if let Some(name) = name.map(str::to_ascii_lowercase) {
+            let exact = entries.iter().find(|e| e.names.iter().any(|n| *n == name));
+            let wildcard = || {
+                entries
+                    .iter()
+                    .find(|e| e.names.iter().any(|n| wildcard_matches(n, &name)))
+            };
+            if let Some(entry) = exact.or_else(wildcard) {
+                return Some(entry.key.clone());
+            }
+        }
+        entries.first().map(|e| e.key.clone())
+    }
+
+    /// The names the certificates cover, for logs.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.snapshot()
+            .iter()
+            .flat_map(|e| e.names.iter().cloned())
+            .collect()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.for_name(hello.server_name())
+    }
+}
+
+/// `*.example.com` covers exactly one label in front of `example.com`.
+fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    let Some(suffix) = pattern.strip_prefix("*.") else {
+        return false;
+    };
+    match name.split_once('.') {
+        Some((label, rest)) => !label.is_empty() && rest == suffix,
+        None => false,
+    }
+}
+
+fn load(pair: &PemPair, provider: &CryptoProvider) -> Result<Entry, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate PEM does not parse: {e}"))?;
+    let leaf = chain
+        .first()
+        .ok_or("the certificate PEM holds no certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes())
+        .map_err(|e| format!("the key PEM does not parse: {e}"))?;
+    let names = dns_names(leaf)?;
+    let key = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
+    Ok(Entry {
+        key: Arc::new(key),
+        names,
+    })
+}
+
+/// The DNS names of a certificate's subjectAltName, lowercase.
+fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The identity a client certificate carries: its first DNS subjectAltName, else its subject
+/// common name.
+pub(crate) fn identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                return Some(dns.to_string());
+            }
+        }
+    }
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// The TLS side of a server: its store and acceptors.
+pub(crate) struct Tls {
+    pub(crate) store: Arc<CertStore>,
+    /// Control and data listeners (mTLS when a client CA is set); `None` without certificates.
+    control: Option<TlsAcceptor>,
+    /// Public HTTPS listener.
+    pub(crate) https: Option<TlsAcceptor>,
+}
+
+/// ALPN protocols offered to visitors.
+pub(crate) const VISITOR_ALPN: &[&[u8]] = &[b"http/1.1"];
+
+impl Tls {
+    /// Builds the acceptors a configuration asks for.
+    pub(crate) fn new(config: &TlsConfig) -> Result<Self, String> {
+        let store = Arc::new(CertStore::default());
+        if !config.enabled() {
+            if config.https_addr.is_some() || config.client_ca.is_some() {
+                return Err(
+                    "the HTTPS listener and client certificates need a certificate (--tls-cert)"
+                        .into(),
+                );
+            }
+            return Ok(Self {
+                store,
+                control: None,
+                https: None,
+            });
+        }
+        store.replace(&config.certificates)?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let control = match &config.client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    let cert =
+                        cert.map_err(|e| format!("the client CA PEM does not parse: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("the client CA is not usable: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("the client CA PEM holds no certificate".into());
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| format!("the client CA is not usable: {e}"))?;
+                builder.clone().with_client_cert_verifier(verifier)
+            }
+            None => builder.clone().with_no_client_auth(),
+        }
+        .with_cert_resolver(store.clone());
+        let mut https = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(store.clone());
+        https.alpn_protocols = VISITOR_ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(Self {
+            store,
+            control: Some(TlsAcceptor::from(Arc::new(control))),
+            https: Some(TlsAcceptor::from(Arc::new(https))),
+        })
+    }
+
+    /// Completes the TLS handshake of a control or data connection (plain when TLS is off);
+    /// returns the stream and the client certificate's identity.
+    pub(crate) async fn accept_control(
+        &self,
+        stream: TcpStream,
+        deadline: Duration,
+    ) -> io::Result<(ServerIo, Option<String>)> {
+        let Some(acceptor) = &self.control else {
+            return Ok((Either::Left(stream), None));
+        };
+        let tls = tokio::time::timeout(deadline, acceptor.accept(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(identity);
+        Ok((Either::Right(Box::new(tls)), identity))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(names: &[&str]) -> PemPair {
+        let cert = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("cert");
+        PemPair {
+            cert: cert.cert.pem(),
+            key: cert.signing_key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn certificates_are_chosen_by_exact_name_then_wildcard_then_default() {
+        let store = CertStore::default();
+        let wildcard = pair(&["*.tunnel.test", "tunnel.test"]);
+        let custom = pair(&["app.customer.test"]);
+        assert_eq!(store.replace(&[wildcard.clone(), custom]), Ok(2));
+        let leaf = |name: Option<&str>| {
+            dns_names(&store.for_name(name).expect("a certificate").cert[0]).expect("names")
+        };
+        assert_eq!(leaf(Some("demo.tunnel.test"))[0], "*.tunnel.test");
+        assert_eq!(leaf(Some("APP.customer.test"))[0], "app.customer.test");
+        assert_eq!(leaf(Some("a.b.tunnel.test"))[0], "*.tunnel.test", "default");
+        assert_eq!(leaf(None)[0], "*.tunnel.test");
+        assert!(wildcard_matches("*.tunnel.test", "x.tunnel.test"));
+        assert!(!wildcard_matches("*.tunnel.test", "tunnel.test"));
+        assert!(!wildcard_matches("*.tunnel.test", "a.b.tunnel.test"));
+        assert!(!wildcard_matches("tunnel.test", "x.tunnel.test"));
+    }
+
+    #[test]
+    fn bad_pem_is_refused_and_keeps_the_old_certificates() {
+        let store = CertStore::default();
+        let good = pair(&["a.test"]);
+        store.replace(std::slice::from_ref(&good)).expect("good");
+        let mismatched = PemPair {
+            cert: good.cert.clone(),
+            key: pair(&["b.test"]).key,
+        };
+        for bad in [
+            PemPair {
+                cert: "garbage".into(),
+                key: good.key.clone(),
+            },
+            PemPair {
+                cert: good.cert.clone(),
+                key: "garbage".into(),
+            },
+            mismatched,
+        ] {
+            assert!(store.replace(&[bad]).is_err());
+        }
+        assert_eq!(store.names(), vec!["a.test".to_string()]);
+    }
+
+    #[test]
+    fn client_identities_come_from_the_certificate() {
+        let cert = rcgen::generate_simple_self_signed(vec!["ci-runner".to_string()]).expect("cert");
+        assert_eq!(identity(cert.cert.der()), Some("ci-runner".into()));
+    }
+}
