@@ -245,6 +245,20 @@ impl Server {
                 );
             },
         ));
+        if let Some(https) = self.https {
+            shared.tasks.spawn(accept_loop(
+                https,
+                s.drain.clone().cancelled_owned(),
+                s.clone(),
+                |stream, peer, s| {
+                    s.visitors.spawn(
+                        crate::edge::https::serve_visitor(stream, peer, s.clone()).instrument(
+                            tracing::info_span!("visitor", %peer, tunnel = tracing::field::Empty),
+                        ),
+                    );
+                },
+            ));
+        }
         if let Some(admin) = self.admin {
             shared
                 .tasks

@@ -93,6 +93,81 @@ async fn read_reply(resp: http::Response<hyper::body::Incoming>) -> Reply {
     }
 }
 
+/// What an HTTPS visitor saw: the reply and the protocol ALPN settled on.
+#[derive(Debug)]
+pub struct TlsReply {
+    /// The response.
+    pub reply: Reply,
+    /// The negotiated ALPN protocol (`http/1.1`, `h2`), if any.
+    pub alpn: Option<String>,
+}
+
+/// One `GET` over TLS to `addr`, verifying the server as `sni` against `ca_pem`; offers
+/// `alpn` protocols. Errors (handshake refused) come back as text.
+pub async fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    alpn: &[&str],
+    path: &str,
+) -> Result<TlsReply, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let tls = within("TLS handshake", connector.connect(name, stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let req = Request::get(path)
+        .header("host", sni)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let reply = if alpn.as_deref() == Some("h2") {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{sni}{path}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        within("h2 response", async {
+            read_reply(sender.send_request(req).await.expect("response")).await
+        })
+        .await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        within("response", async {
+            read_reply(sender.send_request(req).await.expect("response")).await
+        })
+        .await
+    };
+    Ok(TlsReply { reply, alpn })
+}
+
 /// One `GET` on a fresh connection.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     HttpConn::open(addr).await.get(host, path).await

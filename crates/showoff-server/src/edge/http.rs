@@ -74,28 +74,43 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
     let config = &shared.config;
     let arrival =
         proxy_protocol::arrive(&mut stream, peer, &config.proxy, config.head_timeout).await;
-    let (peer, mut buf, refused) = match arrival {
+    let (peer, buf, refused) = match arrival {
         Ok(arrival) => (arrival.peer, arrival.prefix, None),
         Err(error) => (peer, BytesMut::new(), Some(error)),
     };
-    buf.reserve(READ_CHUNK);
-    let mut conn = Conn {
-        stream: Metered::new(stream),
-        peer,
-        buf,
-        shared,
-    };
+    let mut conn = Conn::new(stream, peer, buf, Scheme::Http, shared);
     match refused {
         Some(error) => conn.fail(EdgeError::Proxy(error), "").await,
         None => conn.run().await,
     }
 }
 
-struct Conn {
-    stream: Metered<TcpStream>,
+/// Which public listener a visitor came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS, terminated by Showoff.
+    Https,
+}
+
+impl Scheme {
+    /// The scheme's name, as in `X-Forwarded-Proto`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// One visitor connection, plain or TLS.
+pub(crate) struct Conn<S> {
+    stream: Metered<S>,
     /// The visitor's address: the TCP peer, or the source a trusted PROXY header named.
     peer: SocketAddr,
     buf: BytesMut,
+    scheme: Scheme,
     shared: Arc<Shared>,
 }
 
@@ -124,8 +139,26 @@ enum SendError {
     Failed(EdgeError),
 }
 
-impl Conn {
-    async fn run(&mut self) {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    /// A connection whose first bytes (read while looking for a PROXY header) are `buf`.
+    pub(crate) fn new(
+        stream: S,
+        peer: SocketAddr,
+        mut buf: BytesMut,
+        scheme: Scheme,
+        shared: Arc<Shared>,
+    ) -> Self {
+        buf.reserve(READ_CHUNK);
+        Self {
+            stream: Metered::new(stream),
+            peer,
+            buf,
+            scheme,
+            shared,
+        }
+    }
+
+    pub(crate) async fn run(&mut self) {
         loop {
             let head = match self.next_head().await {
                 Ok(Some(head)) => head,
@@ -173,13 +206,16 @@ impl Conn {
 
     /// Proxies one request and its response, then records it (metrics, access log).
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+        if self.scheme == Scheme::Http && self.shared.config.tls.redirect_http {
+            return self.redirect_to_https(&head).await;
+        }
         let started = Instant::now();
         let before = self.stream.counts();
         let tunnel = self.route(&head)?;
         let forwarded = forwarded(
             &head.headers,
             self.peer.ip(),
-            "http",
+            self.scheme.as_str(),
             &self.shared.config.proxy,
         );
         if !tunnel.access.ip_allowed(forwarded.visitor) {
@@ -211,6 +247,31 @@ impl Conn {
         };
         self.record(&head, request);
         Ok(next)
+    }
+
+    /// Answers `308 Permanent Redirect` to the same URL over HTTPS (the method and body are kept
+    /// by the visitor on 308).
+    async fn redirect_to_https(&mut self, head: &RequestHead) -> Result<Next, EdgeError> {
+        let port = match self.shared.public_https_port {
+            Some(443) | None => String::new(),
+            Some(port) => format!(":{port}"),
+        };
+        let target = if head.target.starts_with('/') {
+            head.target.as_str()
+        } else {
+            "/"
+        };
+        let response = format!(
+            "HTTP/1.1 308 Permanent Redirect\r\nlocation: https://{}{port}{target}\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n",
+            head.host.name
+        );
+        self.write(response.as_bytes()).await?;
+        Ok(if head.framing == Framing::Empty {
+            Next::Close
+        } else {
+            Next::CloseLingering
+        })
     }
 
     /// Records a finished request: status class, duration, bytes, access log line.
@@ -472,7 +533,7 @@ impl Conn {
     }
 
     /// Sends an error page, logs it once by origin, and closes after draining the visitor.
-    async fn fail(&mut self, error: EdgeError, host: &str) {
+    pub(crate) async fn fail(&mut self, error: EdgeError, host: &str) {
         let page = error.page(host);
         self.shared.stats.error(page.code);
         match page.origin {

@@ -1,0 +1,325 @@
+//! The public HTTPS listener: TLS terminated with the certificate the visitor's SNI names, then
+//! the same HTTP edge as plain visitors (with `X-Forwarded-Proto: https`).
+//!
+//! The ClientHello is read before the handshake so the server name is known first; the bytes
+//! read are replayed into the TLS acceptor ([`Prefixed`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::edge::http::{Conn, Scheme};
+use crate::edge::proxy_protocol;
+use crate::server::Shared;
+use crate::stats::GaugeGuard;
+
+/// Longest ClientHello read before giving up (real ones are under 2 KiB; post-quantum key
+/// shares push some towards 2 KiB more).
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Serves one HTTPS visitor connection.
+pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let stats = shared.clone();
+    let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
+    let config = &shared.config;
+    let deadline = config.head_timeout;
+    let arrival = proxy_protocol::arrive(&mut stream, peer, &config.proxy, deadline).await;
+    let Ok(arrival) = arrival else {
+        shared.stats.error("bad_proxy_header");
+        return;
+    };
+    let peer = arrival.peer;
+    let mut buf = arrival.prefix;
+    let hello = tokio::time::timeout(deadline, read_client_hello(&mut stream, &mut buf)).await;
+    let sni = match hello {
+        Ok(Ok(sni)) => sni,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "not a TLS ClientHello");
+            shared.stats.error("bad_tls_hello");
+            return;
+        }
+        Err(_) => {
+            shared.stats.error("header_timeout");
+            return;
+        }
+    };
+    let _ = sni;
+    let Some(acceptor) = shared.tls.https.clone() else {
+        return;
+    };
+    let prefixed = Prefixed {
+        prefix: buf,
+        io: stream,
+    };
+    let accepted = tokio::time::timeout(deadline, acceptor.accept(prefixed)).await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "TLS handshake failed");
+            shared.stats.error("tls_handshake");
+            return;
+        }
+        Err(_) => {
+            shared.stats.error("header_timeout");
+            return;
+        }
+    };
+    let mut conn = Conn::new(tls, peer, BytesMut::new(), Scheme::Https, shared);
+    conn.run().await;
+}
+
+/// Reads until `buf` holds a whole ClientHello record; returns its SNI, if any.
+async fn read_client_hello(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> io::Result<Option<String>> {
+    loop {
+        match client_hello_sni(buf) {
+            Hello::Complete(sni) => return Ok(sni),
+            Hello::NotTls => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "not TLS"));
+            }
+            Hello::Incomplete if buf.len() >= MAX_HELLO => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "ClientHello too large",
+                ));
+            }
+            Hello::Incomplete => {}
+        }
+        buf.reserve(2048);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the ClientHello",
+            ));
+        }
+    }
+}
+
+/// What the bytes read so far hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Hello {
+    /// A whole ClientHello, with its server name.
+    Complete(Option<String>),
+    /// The start of one.
+    Incomplete,
+    /// Not a TLS handshake.
+    NotTls,
+}
+
+/// Finds the server name of a ClientHello that may span several TLS records.
+pub(crate) fn client_hello_sni(buf: &[u8]) -> Hello {
+    // Reassemble the handshake message from consecutive handshake records.
+    let mut handshake = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(header) = buf.get(at..at + 5) else {
+            return if buf.first().is_some_and(|&b| b != 0x16) {
+                Hello::NotTls
+            } else {
+                Hello::Incomplete
+            };
+        };
+        if header[0] != 0x16 || header[1] != 0x03 {
+            return Hello::NotTls;
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let Some(body) = buf.get(at + 5..at + 5 + len) else {
+            return Hello::Incomplete;
+        };
+        handshake.extend_from_slice(body);
+        at += 5 + len;
+        if handshake.len() >= 4 {
+            if handshake[0] != 0x01 {
+                return Hello::NotTls;
+            }
+            let need = 4
+                + ((usize::from(handshake[1]) << 16)
+                    | (usize::from(handshake[2]) << 8)
+                    | usize::from(handshake[3]));
+            if handshake.len() >= need {
+                return match parse_sni(&handshake[4..need]) {
+                    Some(sni) => Hello::Complete(sni),
+                    None => Hello::NotTls,
+                };
+            }
+        }
+    }
+}
+
+/// The server_name extension of a ClientHello body; `None` when the body is malformed,
+/// `Some(None)` when it has no server name.
+fn parse_sni(body: &[u8]) -> Option<Option<String>> {
+    let mut r = Reader(body);
+    r.skip(2 + 32)?; // version, random
+    let session = r.u8()?;
+    r.skip(usize::from(session))?;
+    let suites = r.u16()?;
+    r.skip(usize::from(suites))?;
+    let compression = r.u8()?;
+    r.skip(usize::from(compression))?;
+    if r.0.is_empty() {
+        return Some(None);
+    }
+    let extensions = r.u16()?;
+    let mut ext = Reader(r.take(usize::from(extensions))?);
+    while !ext.0.is_empty() {
+        let kind = ext.u16()?;
+        let len = ext.u16()?;
+        let data = ext.take(usize::from(len))?;
+        if kind != 0 {
+            continue;
+        }
+        let mut names = Reader(data);
+        let list = names.u16()?;
+        let mut list = Reader(names.take(usize::from(list))?);
+        while !list.0.is_empty() {
+            let name_type = list.u8()?;
+            let len = list.u16()?;
+            let name = list.take(usize::from(len))?;
+            if name_type == 0 {
+                let name = std::str::from_utf8(name).ok()?;
+                return Some(Some(name.to_ascii_lowercase()));
+            }
+        }
+    }
+    Some(None)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+/// A stream that yields `prefix` before reading from `io`; writes go straight to `io`.
+pub(crate) struct Prefixed<S> {
+    pub(crate) prefix: BytesMut,
+    pub(crate) io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real ClientHello, as rustls writes it for `name`.
+    fn client_hello(name: &str) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        let cert = rcgen::generate_simple_self_signed(vec!["x.test".to_string()]).expect("cert");
+        roots.add(cert.cert.der().clone()).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(config), server_name).expect("connection");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("hello");
+        out
+    }
+
+    #[test]
+    fn the_server_name_is_read_from_whole_and_partial_hellos() {
+        let hello = client_hello("Demo.Tunnel.Test");
+        assert_eq!(
+            client_hello_sni(&hello),
+            Hello::Complete(Some("demo.tunnel.test".into()))
+        );
+        for cut in [0, 3, 5, 40, hello.len() - 1] {
+            assert_eq!(
+                client_hello_sni(&hello[..cut]),
+                Hello::Incomplete,
+                "cut {cut}"
+            );
+        }
+        let ip = client_hello("127.0.0.1");
+        assert_eq!(
+            client_hello_sni(&ip),
+            Hello::Complete(None),
+            "no SNI for addresses"
+        );
+        assert_eq!(client_hello_sni(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
+        let mut server_hello = hello.clone();
+        server_hello[5] = 0x02;
+        assert_eq!(client_hello_sni(&server_hello), Hello::NotTls);
+        // The session-id length points past the end of the message.
+        let mut broken = hello.clone();
+        broken[5 + 4 + 34] = 0xff;
+        assert_eq!(client_hello_sni(&broken), Hello::NotTls);
+    }
+}

@@ -1,0 +1,133 @@
+//! The public HTTPS listener: certificates chosen by SNI (the wildcard for tunnel names, an
+//! explicit one for another name), `X-Forwarded-Proto: https`, the redirect from HTTP, reloads.
+
+use showoff_proto::TunnelKind;
+use showoff_server::{ServerConfig, TlsConfig};
+use showoff_testkit::pki::TestCa;
+use showoff_testkit::target::spawn_target;
+use showoff_testkit::visitor::{get, https_get};
+use showoff_testkit::{TestClient, TestServer, tunnel};
+
+async fn https_server(ca: &TestCa, redirect_http: bool) -> TestServer {
+    TestServer::start(ServerConfig {
+        tls: TlsConfig {
+            certificates: vec![
+                ca.server(&["*.tunnel.test", "tunnel.test", "127.0.0.1"]),
+                ca.server(&["app.customer.test"]),
+            ],
+            https_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            redirect_http,
+            ..TlsConfig::default()
+        },
+        domain: "tunnel.test".into(),
+        ..ServerConfig::ephemeral()
+    })
+    .await
+}
+
+async fn client(server: &TestServer, ca: &TestCa, name: &str) -> TestClient {
+    let target = spawn_target("secure").await;
+    let mut config = TestClient::config(
+        server,
+        vec![tunnel(TunnelKind::Http, Some(name), target.addr)],
+    );
+    std::mem::forget(target);
+    config.tls = Some(showoff_client::ClientTls {
+        ca: Some(ca.cert_pem.clone()),
+        ..Default::default()
+    });
+    TestClient::start(config).await.expect("session")
+}
+
+#[tokio::test]
+async fn visitors_get_https_with_the_certificate_their_name_selects() {
+    let ca = TestCa::new("https CA");
+    let server = https_server(&ca, false).await;
+    let client = client(&server, &ca, "shop").await;
+    let https = server.addrs.https.expect("https listener");
+    assert_eq!(
+        client.tunnels[0].public_url,
+        format!("https://shop.tunnel.test:{}", https.port())
+    );
+
+    let seen = https_get(
+        https,
+        "shop.tunnel.test",
+        &ca.cert_pem,
+        &["http/1.1"],
+        "/cart",
+    )
+    .await
+    .expect("the wildcard certificate verifies for the tunnel name");
+    assert_eq!(seen.reply.status, 200);
+    assert_eq!(seen.alpn.as_deref(), Some("http/1.1"));
+    let echo = seen.reply.echo();
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(echo["path"], "/cart");
+    // The explicit certificate answers its own name (no tunnel there: 404 over TLS).
+    let custom = https_get(https, "app.customer.test", &ca.cert_pem, &[], "/")
+        .await
+        .expect("the explicit certificate verifies");
+    assert_eq!(custom.reply.status, 404);
+    assert_eq!(custom.reply.error_code(), Some("tunnel_not_found"));
+    // A client that trusts another CA refuses the server.
+    let stranger = TestCa::new("stranger");
+    let refused = https_get(https, "shop.tunnel.test", &stranger.cert_pem, &[], "/").await;
+    assert!(refused.is_err_and(|e| e.contains("UnknownIssuer")));
+    // Plain HTTP still works when no redirect is asked for.
+    assert_eq!(
+        get(server.addrs.http, &server.host("shop"), "/")
+            .await
+            .status,
+        200
+    );
+    // Not TLS at all on the HTTPS port: the connection is closed, nothing else breaks.
+    let junk =
+        showoff_testkit::visitor::raw(https, b"GET / HTTP/1.1\r\nhost: shop.tunnel.test\r\n\r\n")
+            .await;
+    assert!(junk.is_empty(), "{junk}");
+    assert_eq!(
+        https_get(https, "shop.tunnel.test", &ca.cert_pem, &[], "/")
+            .await
+            .expect("still serving")
+            .reply
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn plain_http_redirects_to_https_when_asked() {
+    let ca = TestCa::new("https CA");
+    let server = https_server(&ca, true).await;
+    let _client = client(&server, &ca, "shop").await;
+    let https = server.addrs.https.expect("https listener");
+    let reply = get(server.addrs.http, &server.host("shop"), "/a?b=c").await;
+    assert_eq!(reply.status, 308);
+    assert_eq!(
+        reply.headers["location"],
+        format!("https://shop.tunnel.test:{}/a?b=c", https.port()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn https_certificates_reload_for_new_handshakes() {
+    let ca = TestCa::new("first CA");
+    let server = https_server(&ca, false).await;
+    let _client = client(&server, &ca, "shop").await;
+    let https = server.addrs.https.expect("https listener");
+    let next = TestCa::new("second CA");
+    server
+        .handle
+        .reload_certificates(&[next.server(&["*.tunnel.test", "127.0.0.1"])])
+        .expect("reload");
+    let reply = https_get(https, "shop.tunnel.test", &next.cert_pem, &[], "/")
+        .await
+        .expect("the new certificate");
+    assert_eq!(reply.reply.status, 200);
+    assert!(
+        https_get(https, "shop.tunnel.test", &ca.cert_pem, &[], "/")
+            .await
+            .is_err()
+    );
+}
