@@ -71,6 +71,9 @@ pub enum ClientError {
     /// The session failed and reconnecting is off.
     #[error("{0}")]
     Failed(String),
+    /// The TLS settings are unusable (a CA or certificate file that does not parse).
+    #[error("TLS settings: {0}")]
+    Tls(String),
     /// The configuration names no tunnel.
     #[error("no tunnel is configured")]
     NoTunnels,
@@ -88,7 +91,7 @@ impl ClientError {
                     | RefusedCode::RateLimited
                     | RefusedCode::Unknown
             ),
-            Self::Failed(_) | Self::NoTunnels => false,
+            Self::Failed(_) | Self::NoTunnels | Self::Tls(_) => false,
         }
     }
 }
@@ -110,6 +113,9 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     if config.tunnels.is_empty() {
         return Err(ClientError::NoTunnels);
+    }
+    if let Some(tls) = &config.tls {
+        tls::Connector::new(tls).map_err(ClientError::Tls)?;
     }
     let streams = tokio_util::task::TaskTracker::new();
     let result = reconnect_loop(&config, &events, &shutdown, &streams).await;

@@ -205,8 +205,12 @@ impl Server {
         let shared = self.shared;
         let admin = self.admin.as_ref().and_then(|l| l.local_addr().ok());
         let admin = admin.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let https = self.https.as_ref().and_then(|l| l.local_addr().ok());
+        let https = https.map_or_else(|| "off".to_string(), |a| a.to_string());
         info!(
             addrs = ?ServerAddrsDisplay(&shared, &self.control, &self.data, &self.http),
+            https = %https,
+            tls = shared.config.tls.enabled(),
             admin = %admin,
             "server listening"
         );

@@ -114,7 +114,7 @@ impl CertStore {
     fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let entries = self.snapshot();
         if let Some(name) = name.map(str::to_ascii_lowercase) {
-            let exact = entries.iter().find(|e| e.names.iter().any(|n| *n == name));
+            let exact = entries.iter().find(|e| e.names.contains(&name));
             let wildcard = || {
                 entries
                     .iter()

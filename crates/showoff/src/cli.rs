@@ -102,6 +102,29 @@ pub struct TokenNewArgs {
     pub max_tunnels: Option<usize>,
 }
 
+/// How a client speaks TLS to the server.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Connect to the server over TLS (implied by the other --tls options)
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificate PEM file to verify the server with, instead of the webpki roots
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify the server's certificate for [default: the server address's host]
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// Client certificate PEM file, for servers that require one (mTLS)
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key PEM file of --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept any server certificate: for tests only, warns on every connection
+    #[arg(long)]
+    pub dangerously_skip_tls_verify: bool,
+}
+
 /// `showoff client` flags; they win over `SHOWOFF_*` variables, which win over the file.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -117,9 +140,9 @@ pub struct ClientArgs {
     /// Token to authenticate with [env: SHOWOFF_TOKEN] [default: the file's]
     #[arg(long)]
     pub token: Option<String>,
-    /// Send each visitor's address to the target in a PROXY protocol header, v1 or v2 (tcp only)
-    #[arg(long)]
-    pub proxy_protocol: Option<showoff_client::ProxyVersion>,
+    /// TLS towards the server (flags win over the file's `tls*` keys)
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,
@@ -251,6 +274,9 @@ pub struct TunnelArgs {
     /// Send each visitor's address to the target in a PROXY protocol header, v1 or v2 (tcp only)
     #[arg(long)]
     pub proxy_protocol: Option<showoff_client::ProxyVersion>,
+    /// TLS towards the server
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,

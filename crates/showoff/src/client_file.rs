@@ -4,7 +4,7 @@
 //! the file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use showoff_client::{ClientConfig, TunnelConfig};
@@ -30,6 +30,18 @@ pub struct ClientFile {
     pub log_level: Option<String>,
     /// Runtime worker threads.
     pub threads: Option<usize>,
+    /// Connect over TLS (implied by the other `tls_*` keys).
+    pub tls: Option<bool>,
+    /// CA PEM file that verifies the server.
+    pub tls_ca: Option<PathBuf>,
+    /// Name verified instead of the server's host.
+    pub tls_server_name: Option<String>,
+    /// Client certificate PEM file (mTLS).
+    pub tls_cert: Option<PathBuf>,
+    /// Key PEM file of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Accept any server certificate (tests only).
+    pub dangerously_skip_tls_verify: Option<bool>,
     /// The tunnels to open, at least one.
     pub tunnels: Vec<FileTunnel>,
 }
@@ -114,6 +126,22 @@ impl ClientFile {
             server: BTreeMap::new(),
             global,
         }
+    }
+}
+
+/// TLS options: each flag wins over the file's key.
+pub fn tls_args(file: &ClientFile, flags: &crate::cli::TlsArgs) -> crate::cli::TlsArgs {
+    crate::cli::TlsArgs {
+        tls: flags.tls || file.tls.unwrap_or(false),
+        tls_ca: flags.tls_ca.clone().or_else(|| file.tls_ca.clone()),
+        tls_server_name: flags
+            .tls_server_name
+            .clone()
+            .or_else(|| file.tls_server_name.clone()),
+        tls_cert: flags.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+        tls_key: flags.tls_key.clone().or_else(|| file.tls_key.clone()),
+        dangerously_skip_tls_verify: flags.dangerously_skip_tls_verify
+            || file.dangerously_skip_tls_verify.unwrap_or(false),
     }
 }
 

@@ -43,7 +43,9 @@ pub async fn run(
                 token: args.token,
                 no_reconnect: args.no_reconnect,
             };
-            run_client(client_file::resolve(&file, &overrides, &env), args.json).await
+            let mut config = client_file::resolve(&file, &overrides, &env);
+            config.tls = load_tls(&client_file::tls_args(&file, &args.tls))?;
+            run_client(config, args.json).await
         }
     }
 }
@@ -115,6 +117,14 @@ async fn server(
     let audit_path = resolved.path("audit_log");
     let mut config = resolved.config;
     attach_auth_files(&mut config, &resolved.values)?;
+    let tls_files = settings::tls_files(&resolved.values).map_err(anyhow::Error::msg)?;
+    config.tls.certificates = read_pem_pairs(&tls_files)?;
+    if let Some(path) = settings::text_of(&resolved.values, "tls_client_ca") {
+        config.tls.client_ca = Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read tls_client_ca {path}"))?,
+        );
+    }
     let table = match &token_path {
         Some(path) => Some(TokenTable::new(token_file::load(path)?)),
         None => None,
@@ -148,11 +158,78 @@ async fn server(
             shutdown.clone(),
         ));
     }
+    if !tls_files.is_empty() {
+        let handle = server.handle();
+        let watched = tls_files
+            .iter()
+            .flat_map(|(c, k)| [c.clone(), k.clone()])
+            .collect();
+        tokio::spawn(crate::watch::on_change(
+            watched,
+            "certificates",
+            shutdown.clone(),
+            move || match read_pem_pairs(&tls_files).map_err(|e| format!("{e:#}")) {
+                Ok(pairs) => {
+                    if let Err(error) = handle.reload_certificates(&pairs) {
+                        tracing::error!(%error, "certificates not reloaded; the previous ones stay in force");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "certificates not reloaded; the previous ones stay in force")
+                }
+            },
+        ));
+    }
     let report = server.run(shutdown).await;
     if !report.clean {
         tracing::warn!("shutdown grace expired before every visitor finished");
     }
     Ok(())
+}
+
+/// The client's TLS settings, with the files they name read; `None` for plain TCP.
+fn load_tls(args: &crate::cli::TlsArgs) -> anyhow::Result<Option<showoff_client::ClientTls>> {
+    let wanted = args.tls
+        || args.tls_ca.is_some()
+        || args.tls_cert.is_some()
+        || args.tls_server_name.is_some()
+        || args.dangerously_skip_tls_verify;
+    if !wanted {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    Ok(Some(showoff_client::ClientTls {
+        ca: args.tls_ca.as_deref().map(read).transpose()?,
+        server_name: args.tls_server_name.clone(),
+        identity,
+        dangerously_skip_verify: args.dangerously_skip_tls_verify,
+    }))
+}
+
+/// Reads certificate/key PEM files, paired in order.
+fn read_pem_pairs(
+    files: &[(std::path::PathBuf, std::path::PathBuf)],
+) -> anyhow::Result<Vec<showoff_server::PemPair>> {
+    files
+        .iter()
+        .map(|(cert, key)| {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            Ok(showoff_server::PemPair {
+                cert: read(cert)?,
+                key: read(key)?,
+            })
+        })
+        .collect()
 }
 
 /// Reads the JWT public key and the Rego policy the settings name.
@@ -225,6 +302,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
     config.data_server = args.data_server.clone();
     config.token = args.token.clone();
     config.reconnect = !args.no_reconnect;
+    config.tls = load_tls(&args.tls)?;
     run_client(config, args.json).await
 }
 

@@ -14,6 +14,7 @@ mod logging;
 mod settings;
 mod signals;
 mod token_file;
+mod watch;
 
 use std::collections::HashMap;
 use std::process::ExitCode;

@@ -98,6 +98,42 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "20000-20999",
         "port range for TCP tunnels, FIRST-LAST (0-0: the OS picks)",
     ),
+    setting(
+        "tls_cert",
+        "SHOWOFF_TLS_CERT",
+        "",
+        "certificate chain PEM files, comma-separated; with any, control and data speak TLS",
+    ),
+    setting(
+        "tls_key",
+        "SHOWOFF_TLS_KEY",
+        "",
+        "private key PEM files, one per --tls-cert, same order",
+    ),
+    setting(
+        "tls_client_ca",
+        "SHOWOFF_TLS_CLIENT_CA",
+        "",
+        "CA PEM file: control/data clients must present a certificate it signed (mTLS)",
+    ),
+    setting(
+        "https_addr",
+        "SHOWOFF_HTTPS_ADDR",
+        "",
+        "public HTTPS listener, IP:PORT (default: off; needs --tls-cert)",
+    ),
+    setting(
+        "public_https_port",
+        "SHOWOFF_PUBLIC_HTTPS_PORT",
+        "",
+        "port shown in public https URLs (default: the HTTPS listener's; omitted when 443)",
+    ),
+    setting(
+        "redirect_http",
+        "SHOWOFF_REDIRECT_HTTP",
+        "false",
+        "answer plain-HTTP visitors with 308 to the same URL over HTTPS",
+    ),
     secret(
         "token",
         "SHOWOFF_TOKEN",
@@ -634,6 +670,17 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             "admin_token" => admin.token = (!empty).then(|| Secret::new(text.trim())),
             // Opened by the binary after resolution (files are I/O; this function is pure).
             "token_file" | "audit_log" | "jwt_public_key" | "policy_file" => {}
+            "tls_cert" | "tls_key" | "tls_client_ca" => {}
+            "https_addr" if empty => c.tls.https_addr = None,
+            "https_addr" => c.tls.https_addr = Some(addr()?),
+            "public_https_port" if empty => c.public_https_port = None,
+            "public_https_port" => {
+                c.public_https_port = Some(
+                    text.parse()
+                        .map_err(|_| invalid("expected a port".into()))?,
+                )
+            }
+            "redirect_http" => c.tls.redirect_http = parse_bool(text).map_err(invalid)?,
             // Read together below.
             "jwt_secret" | "jwt_issuer" | "jwt_audience" | "jwt_names_claim" | "policy_rule" => {}
             "signed_token_secret" => {
@@ -699,6 +746,30 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
         c.auth.jwt = Some(jwt_config(JwtKey::Secret(Secret::new(secret)), values));
     }
     Ok(c)
+}
+
+/// The certificate and key files `tls_cert` and `tls_key` name, paired in order.
+pub fn tls_files(
+    values: &[(Setting, String, Source)],
+) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>, String> {
+    let certs: Vec<&str> = text_of(values, "tls_cert")
+        .map(|t| list(t).collect())
+        .unwrap_or_default();
+    let keys: Vec<&str> = text_of(values, "tls_key")
+        .map(|t| list(t).collect())
+        .unwrap_or_default();
+    if certs.len() != keys.len() {
+        return Err(format!(
+            "--tls-cert names {} file(s) and --tls-key {}; give one key per certificate",
+            certs.len(),
+            keys.len()
+        ));
+    }
+    Ok(certs
+        .into_iter()
+        .zip(keys)
+        .map(|(c, k)| (c.into(), k.into()))
+        .collect())
 }
 
 /// The trimmed value of `key`, when set.

@@ -15,19 +15,14 @@
 //! replaces its token table, and closes at once the sessions of every id that disappeared.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use showoff_proto::TunnelKind;
 use showoff_server::ServerHandle;
 use showoff_server::auth::{NamePattern, Principal, TokenEntry, TokenTable, token_hash};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::SettingsError;
-
-/// How often the file's modification time is checked.
-const POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,32 +123,11 @@ pub async fn watch(
     server: ServerHandle,
     stop: CancellationToken,
 ) {
-    let mut hangup = signal(SignalKind::hangup()).ok();
-    let mut seen = modified(&path);
-    loop {
-        let hup = async {
-            match hangup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = hup => tracing::info!(path = %path.display(), "SIGHUP: reloading the token file"),
-            _ = tokio::time::sleep(POLL) => {
-                let now = modified(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-            }
-        }
-        reload(&path, &table, &server);
-    }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    let watched = vec![path.clone()];
+    crate::watch::on_change(watched, "token file", stop, || {
+        reload(&path, &table, &server)
+    })
+    .await;
 }
 
 fn reload(path: &Path, table: &TokenTable, server: &ServerHandle) {

@@ -397,3 +397,70 @@ fn check_config_refuses_a_broken_policy_or_key_with_the_reason() {
     let _ = std::fs::remove_file(&policy);
     let _ = std::fs::remove_file(&key);
 }
+
+#[tokio::test]
+async fn tls_flags_give_verified_control_and_an_https_url() {
+    let dir = std::env::temp_dir().join(format!("showoff-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = showoff_testkit::pki::TestCa::new("binary test CA");
+    let cert = ca.server(&["*.tunnel.test", "127.0.0.1"]);
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let (cert_path, key_path) = (write("cert.pem", &cert.cert), write("key.pem", &cert.key));
+    let ca_path = write("ca.pem", &ca.cert_pem);
+    let target = spawn_target("tls").await;
+    let (_server, _log, listening) = spawn_server(&[
+        "--tls-cert".as_ref(),
+        cert_path.as_os_str(),
+        "--tls-key".as_ref(),
+        key_path.as_os_str(),
+        "--https-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--domain".as_ref(),
+        "tunnel.test".as_ref(),
+    ]);
+    let control = field(&listening, "control=").to_string();
+    let https: std::net::SocketAddr = field(&listening, "https\":\"")
+        .parse()
+        .unwrap_or_else(|e| panic!("https address in {listening}: {e}"));
+    let mut client = Command::new(BIN)
+        .args([
+            "http",
+            &target.addr.port().to_string(),
+            "--server",
+            &control,
+        ])
+        .args(["--name", "secure", "--tls-ca"])
+        .arg(&ca_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    let out = lines(client.stdout.take().expect("stdout"));
+    let _client = Reaper(client);
+    let line = wait_for(&out, "the tunnel line", |l| l.contains(" -> "));
+    assert!(
+        line.starts_with(&format!("https://secure.tunnel.test:{}", https.port())),
+        "{line}"
+    );
+    let seen =
+        showoff_testkit::visitor::https_get(https, "secure.tunnel.test", &ca.cert_pem, &[], "/")
+            .await
+            .expect("https visit");
+    assert_eq!(seen.reply.status, 200);
+    // A client without the CA cannot connect and says why.
+    let refused = Command::new(BIN)
+        .args(["http", "1", "--server", &control, "--tls", "--no-reconnect"])
+        .output()
+        .expect("client");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("invalid peer certificate"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
