@@ -190,6 +190,8 @@ pub enum TunnelKind {
     Tcp,
     /// Raw UDP on a public port of its own.
     Udp,
+    /// TLS passed through unterminated, routed by SNI on the public HTTPS listener.
+    Tls,
 }
 
 impl TunnelKind {
@@ -199,6 +201,7 @@ impl TunnelKind {
             Self::Http => "http",
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Tls => "tls",
         }
     }
 }

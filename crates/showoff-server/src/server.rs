@@ -623,6 +623,10 @@ impl Shared {
     pub(crate) fn public_url(&self, kind: TunnelKind, name: &str, port: Option<u16>) -> String {
         let domain = &self.config.domain;
         match (kind, port) {
+            (TunnelKind::Tls, _) => match self.public_https_port {
+                Some(443) | None => format!("tls://{name}.{domain}"),
+                Some(port) => format!("tls://{name}.{domain}:{port}"),
+            },
             (TunnelKind::Http, _) if self.public_https_port.is_some() => {
                 match self.public_https_port {
                     Some(443) | None => format!("https://{name}.{domain}"),

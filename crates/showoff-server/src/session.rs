@@ -331,8 +331,14 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
         ));
     }
     let name = claim_name(guard, spec.name.as_deref()).await?;
+    if spec.kind == TunnelKind::Tls && shared.public_https_port.is_none() {
+        return Err(refused(
+            RefusedCode::KindNotAllowed,
+            "TLS tunnels need the server's HTTPS listener (--https-addr), which is off",
+        ));
+    }
     let listener = match spec.kind {
-        TunnelKind::Http => None,
+        TunnelKind::Http | TunnelKind::Tls => None,
         TunnelKind::Tcp => Some(shared.bind_tunnel_port(spec.port).await?),
         TunnelKind::Udp => {
             return Err(refused(

@@ -218,9 +218,10 @@ impl Tls {
     pub(crate) fn new(config: &TlsConfig) -> Result<Self, String> {
         let store = Arc::new(CertStore::default());
         if !config.enabled() {
-            if config.https_addr.is_some() || config.client_ca.is_some() {
+            // Without certificates the HTTPS listener only passes TLS tunnels through.
+            if config.client_ca.is_some() || config.redirect_http {
                 return Err(
-                    "the HTTPS listener and client certificates need a certificate (--tls-cert)"
+                    "client certificates and the HTTPS redirect need a certificate (--tls-cert)"
                         .into(),
                 );
             }

@@ -48,6 +48,8 @@ pub enum Command {
     Http(TunnelArgs),
     /// Expose a local TCP service on a public port: `showoff tcp 5432`.
     Tcp(TunnelArgs),
+    /// Expose a local TLS service by name, unterminated (SNI routing): `showoff tls 8443`.
+    Tls(TunnelArgs),
     /// Run every tunnel named in a client config file: `showoff client -c showoff.toml`.
     Client(ClientArgs),
     /// Manage per-client tokens: `showoff token new --name alice --names 'alice-*'`.

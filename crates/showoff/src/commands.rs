@@ -26,6 +26,7 @@ pub async fn run(
         Command::Server(args) => server(args, &env, &file, log_control).await,
         Command::Http(args) => client(TunnelKind::Http, args).await,
         Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
+        Command::Tls(args) => client(TunnelKind::Tls, args).await,
         Command::Token(TokenCommand::Sign(args)) => sign_token(&args, &env),
         Command::Token(TokenCommand::New(args)) => {
             check_kinds(&args.kinds)?;
@@ -53,8 +54,8 @@ pub async fn run(
 fn check_kinds(kinds: &[String]) -> anyhow::Result<()> {
     for kind in kinds {
         anyhow::ensure!(
-            kind == "http" || kind == "tcp",
-            "unknown tunnel kind {kind:?}: use http or tcp"
+            matches!(kind.as_str(), "http" | "tcp" | "tls"),
+            "unknown tunnel kind {kind:?}: use http, tcp or tls"
         );
     }
     Ok(())

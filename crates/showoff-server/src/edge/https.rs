@@ -1,8 +1,11 @@
-//! The public HTTPS listener: TLS terminated with the certificate the visitor's SNI names, then
-//! the same HTTP edge as plain visitors (with `X-Forwarded-Proto: https`).
-//!
-//! The ClientHello is read before the handshake so the server name is known first; the bytes
-//! read are replayed into the TLS acceptor ([`Prefixed`]).
+//! The public HTTPS listener. The ClientHello is read first, so the server name is known before
+//! anything else happens:
+//! - a name that routes to a TLS passthrough tunnel (`showoff tls`) is spliced to the client
+//!   unterminated, ClientHello included: only the client's service holds keys and sees
+//!   plaintext;
+//! - any other name gets TLS terminated with the certificate its SNI selects, then the same HTTP
+//!   edge as plain visitors (with `X-Forwarded-Proto: https`); the bytes read are replayed into
+//!   the TLS acceptor ([`Prefixed`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,8 +53,14 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
             return;
         }
     };
-    let _ = sni;
+    if let Some(tunnel) = passthrough(&shared, sni.as_deref()) {
+        tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
+        crate::edge::tcp::relay_visitor(stream, peer, buf, tunnel, shared).await;
+        return;
+    }
     let Some(acceptor) = shared.tls.https.clone() else {
+        debug!(%peer, sni, "no TLS tunnel for this name and no certificate to terminate with");
+        shared.stats.error("tunnel_not_found");
         return;
     };
     let prefixed = Prefixed {
@@ -73,6 +82,13 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
     };
     let mut conn = Conn::new(tls, peer, BytesMut::new(), Scheme::Https, shared);
     conn.run().await;
+}
+
+/// The TLS passthrough tunnel the server name routes to, if any.
+fn passthrough(shared: &Shared, sni: Option<&str>) -> Option<Arc<crate::tunnel::Tunnel>> {
+    let name = showoff_proto::host::route_name(sni?, &shared.config.domain)?;
+    let tunnel = shared.routes.get(name)?;
+    (tunnel.info.kind == showoff_proto::TunnelKind::Tls).then_some(tunnel)
 }
 
 /// Reads until `buf` holds a whole ClientHello record; returns its SNI, if any.

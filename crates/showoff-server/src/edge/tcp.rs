@@ -56,6 +56,19 @@ async fn serve_visitor(
             return;
         }
     };
+    relay_visitor(visitor, peer, prefix, tunnel, shared).await;
+}
+
+/// Splices one visitor with a fresh stream to the tunnel's client, after the tunnel's IP rules
+/// and visitor cap; `prefix` (bytes already read from the visitor) goes first. Also serves TLS
+/// passthrough visitors, whose prefix is their ClientHello.
+pub(crate) async fn relay_visitor(
+    mut visitor: TcpStream,
+    peer: SocketAddr,
+    prefix: bytes::BytesMut,
+    tunnel: Arc<Tunnel>,
+    shared: Arc<Shared>,
+) {
     if !tunnel.access.ip_allowed(peer.ip()) {
         debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused by the tunnel's IP rules");
         shared.stats.error("ip_forbidden");
