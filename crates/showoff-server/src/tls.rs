@@ -210,8 +210,8 @@ pub(crate) struct Tls {
     pub(crate) https: Option<TlsAcceptor>,
 }
 
-/// ALPN protocols offered to visitors.
-pub(crate) const VISITOR_ALPN: &[&[u8]] = &[b"http/1.1"];
+/// ALPN protocols offered to visitors, preferred first.
+pub(crate) const VISITOR_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 impl Tls {
     /// Builds the acceptors a configuration asks for.

@@ -112,22 +112,56 @@ async fn plain_http_redirects_to_https_when_asked() {
 
 #[tokio::test]
 async fn https_certificates_reload_for_new_handshakes() {
-    let ca = TestCa::new("first CA");
+    let ca = TestCa::new("rotating CA");
     let server = https_server(&ca, false).await;
     let _client = client(&server, &ca, "shop").await;
     let https = server.addrs.https.expect("https listener");
-    let next = TestCa::new("second CA");
+    let before = https_get(https, "added.example", &ca.cert_pem, &[], "/").await;
+    assert!(before.is_err_and(|e| e.contains("not valid for name")));
     server
         .handle
-        .reload_certificates(&[next.server(&["*.tunnel.test", "127.0.0.1"])])
+        .reload_certificates(&[ca.server(&["*.tunnel.test", "127.0.0.1", "added.example"])])
         .expect("reload");
-    let reply = https_get(https, "shop.tunnel.test", &next.cert_pem, &[], "/")
+    // The new certificate covers the added name (no tunnel there: 404, over verified TLS).
+    let after = https_get(https, "added.example", &ca.cert_pem, &[], "/")
         .await
-        .expect("the new certificate");
-    assert_eq!(reply.reply.status, 200);
-    assert!(
-        https_get(https, "shop.tunnel.test", &ca.cert_pem, &[], "/")
+        .expect("the reloaded certificate");
+    assert_eq!(after.reply.status, 404);
+    // Tunnels keep working through the reload.
+    for _ in 0..3 {
+        let reply = https_get(https, "shop.tunnel.test", &ca.cert_pem, &[], "/")
             .await
-            .is_err()
-    );
+            .expect("tunnel");
+        assert_eq!(reply.reply.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn http2_visitors_are_served_by_alpn() {
+    let ca = TestCa::new("h2 CA");
+    let server = https_server(&ca, false).await;
+    let _client = client(&server, &ca, "fast").await;
+    let https = server.addrs.https.expect("https listener");
+    let seen = https_get(
+        https,
+        "fast.tunnel.test",
+        &ca.cert_pem,
+        &["h2", "http/1.1"],
+        "/h2?x=1",
+    )
+    .await
+    .expect("h2");
+    assert_eq!(seen.alpn.as_deref(), Some("h2"));
+    assert_eq!(seen.reply.status, 200);
+    let echo = seen.reply.echo();
+    assert_eq!(echo["path"], "/h2?x=1");
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(echo["headers"]["host"][0], "fast.tunnel.test");
+    // Error pages keep their status and code over h2.
+    let missing = https_get(https, "nobody.tunnel.test", &ca.cert_pem, &["h2"], "/")
+        .await
+        .expect("h2 404");
+    assert_eq!(missing.alpn.as_deref(), Some("h2"));
+    assert_eq!(missing.reply.status, 404);
+    assert_eq!(missing.reply.error_code(), Some("tunnel_not_found"));
 }

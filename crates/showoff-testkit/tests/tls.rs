@@ -161,11 +161,16 @@ async fn mutual_tls_admits_the_configured_ca_and_names_the_principal() {
 #[tokio::test]
 async fn certificates_reload_without_dropping_sessions() {
     let old_ca = TestCa::new("old CA");
+    let new_ca = TestCa::new("new CA");
     let server = tls_server(&old_ca, None).await;
-    let client = TestClient::start(client_config(&server, "steady", Some(trusting(&old_ca))).await)
+    // A client that trusts both CAs, as during a planned CA rotation.
+    let both = ClientTls {
+        ca: Some(format!("{}{}", old_ca.cert_pem, new_ca.cert_pem)),
+        ..ClientTls::default()
+    };
+    let client = TestClient::start(client_config(&server, "steady", Some(both)).await)
         .await
         .expect("session");
-    let new_ca = TestCa::new("new CA");
     // A broken reload is refused and changes nothing.
     let broken = PemPair {
         cert: "garbage".into(),

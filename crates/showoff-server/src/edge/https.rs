@@ -80,6 +80,9 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return crate::edge::h2::serve(tls, peer, shared).await;
+    }
     let mut conn = Conn::new(tls, peer, BytesMut::new(), Scheme::Https, shared);
     conn.run().await;
 }
