@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`ServerConfig`], defaults, validation (open mode only on loopback).
+//! - [`acme`]: certificates obtained and renewed by ACME (HTTP-01, TLS-ALPN-01), persisted.
 //! - `admin`: the admin listener: probes, version, metrics, sessions and tunnels API, pprof.
 //! - [`server`]: bind, accept loops, drain; the shared state of all tasks.
 //! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
@@ -25,6 +26,7 @@
 //! - [`stats`]: Prometheus metrics, also read by tests through snapshots.
 //! - [`tls`]: certificates by SNI (reloadable), TLS acceptors, client-certificate identities.
 
+pub mod acme;
 mod admin;
 pub mod audit;
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod tls;
 pub mod transport;
 mod tunnel;
 
+pub use acme::{AcmeChallenge, AcmeConfig};
 pub use config::{
     AdminConfig, AuthConfig, BuildInfo, ConfigError, LogControl, NamePolicy, PolicyConfig,
     PortRange, ProxyConfig, ProxyProtocol, Secret, ServerConfig, WebhookConfig,

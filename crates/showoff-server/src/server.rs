@@ -75,6 +75,8 @@ pub struct DrainReport {
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     shared: Arc<Shared>,
+    /// The ACME task's request queue, handed to it by `run`.
+    acme_rx: Option<tokio::sync::mpsc::Receiver<String>>,
     control: TcpListener,
     data: TcpListener,
     http: TcpListener,
@@ -150,7 +152,17 @@ impl Server {
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
+        let acme = config.tls.acme.as_ref().map(|acme| {
+            let (tx, rx) = tokio::sync::mpsc::channel(ACME_QUEUE);
+            (acme.on_demand.then_some(tx), rx)
+        });
+        let (acme_requests, acme_rx) = match acme {
+            Some((tx, rx)) => (tx, Some(rx)),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
+            acme_http01: Default::default(),
+            acme_requests,
             public_http_port: config.public_http_port.unwrap_or(http_port),
             public_https_port: config.public_https_port.or(https_port),
             tls,
@@ -172,6 +184,7 @@ impl Server {
         });
         Ok(Self {
             shared,
+            acme_rx,
             control,
             data,
             http,
@@ -269,6 +282,9 @@ impl Server {
                 .spawn(crate::admin::serve(admin, shared.clone()));
         }
         shared.tasks.spawn(forget_full_buckets(shared.clone()));
+        if let Some(rx) = self.acme_rx {
+            shared.tasks.spawn(crate::acme::run(shared.clone(), rx));
+        }
         // Every listener accepts and the metrics registry exists: ready.
         shared.ready.store(true, Ordering::Release);
         shutdown.cancelled().await;
@@ -373,6 +389,10 @@ pub(crate) fn authenticator(config: &ServerConfig) -> Result<Arc<dyn Authenticat
     Ok(Arc::new(Chain(chain)))
 }
 
+/// On-demand certificate requests queued for the ACME task; more are dropped (the name is asked
+/// for again when its tunnel next registers).
+const ACME_QUEUE: usize = 256;
+
 /// Accepts connections until `until` completes; hands each to `spawn` with nodelay and
 /// keepalive set. Every listener of the server, TCP tunnel ports included, runs this loop.
 pub(crate) async fn accept_loop<F>(
@@ -407,6 +427,10 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     /// Certificates and TLS acceptors.
     pub(crate) tls: crate::tls::Tls,
+    /// Pending HTTP-01 answers (ACME).
+    pub(crate) acme_http01: crate::acme::Http01Answers,
+    /// Hostnames of new tunnels for the ACME task (on-demand certificates).
+    pub(crate) acme_requests: Option<tokio::sync::mpsc::Sender<String>>,
     /// HTTPS port shown in public URLs (`None`: no HTTPS listener).
     pub(crate) public_https_port: Option<u16>,
     pub(crate) registry: Arc<dyn Registry>,

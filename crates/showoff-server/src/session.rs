@@ -368,6 +368,14 @@ async fn open_tunnel(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInf
     ));
     session.tunnels().push(tunnel.clone());
     shared.routes.insert(tunnel.clone());
+    if let Some(acme) = &shared.acme_requests
+        && tunnel.info.kind == TunnelKind::Http
+    {
+        let host = format!("{}.{}", tunnel.info.name, shared.config.domain);
+        if !shared.tls.store.has_acme(&host) {
+            let _ = acme.try_send(host);
+        }
+    }
     shared.stats.tunnel_opened(tunnel.info.kind.as_str());
     let opened = AuditEvent::new("tunnel_opened")
         .principal(&session.principal.id)

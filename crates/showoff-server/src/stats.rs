@@ -96,6 +96,7 @@ pub struct Stats {
     bytes: Family<DirectionLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     sessions_refused: Family<CodeLabel, Counter>,
+    acme_orders: Family<CodeLabel, Counter>,
     pub(crate) auth_failures: Counter,
     data_rejected: Family<ReasonLabel, Counter>,
     pub(crate) pool_hits: Counter,
@@ -166,6 +167,7 @@ impl Stats {
             bytes: Family::default(),
             errors: Family::default(),
             sessions_refused: Family::default(),
+            acme_orders: Family::default(),
             auth_failures: Counter::default(),
             data_rejected: Family::default(),
             pool_hits: Counter::default(),
@@ -245,6 +247,11 @@ impl Stats {
             "errors",
             "Requests and connections that ended in an error, by code",
             self.errors.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders, by outcome (ok, failed, account_failed, rate_guarded)",
+            self.acme_orders.clone(),
         );
         r.register(
             "sessions_refused",
@@ -341,6 +348,10 @@ impl Stats {
     }
 
     /// Counts an error by its stable code.
+    pub(crate) fn acme_order(&self, code: &'static str) {
+        self.acme_orders.get_or_create(&CodeLabel { code }).inc();
+    }
+
     pub(crate) fn session_refused(&self, code: &'static str) {
         self.sessions_refused
             .get_or_create(&CodeLabel { code })

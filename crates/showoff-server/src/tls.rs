@@ -7,6 +7,7 @@
 //! atomically: handshakes in progress and established connections keep what they have, the next
 //! handshake sees the new certificates.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -55,12 +56,14 @@ pub struct TlsConfig {
     pub https_addr: Option<SocketAddr>,
     /// Answer plain-HTTP visitors with a redirect to HTTPS.
     pub redirect_http: bool,
+    /// Certificates obtained and renewed automatically.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl TlsConfig {
     /// Whether the control and data listeners speak TLS.
     pub fn enabled(&self) -> bool {
-        !self.certificates.is_empty()
+        !self.certificates.is_empty() || self.acme.is_some()
     }
 }
 
@@ -76,10 +79,15 @@ struct Entry {
     names: Vec<String>,
 }
 
-/// The certificates of a server, chosen by SNI; replaced as a whole on reload.
+/// The certificates of a server, chosen by SNI: configured ones (replaced as a whole on reload),
+/// ACME ones by exact name, and TLS-ALPN-01 challenge answers.
 #[derive(Default)]
 pub(crate) struct CertStore {
     entries: RwLock<Arc<Vec<Entry>>>,
+    /// Certificates obtained by ACME, by exact name.
+    acme: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01 challenge certificates, by name, served only to `acme-tls/1` handshakes.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -110,10 +118,46 @@ impl CertStore {
             .clone()
     }
 
-    /// The certificate for `name`: an exact name first, then a wildcard, else the default.
+    /// Installs (or replaces) an ACME certificate for `name`.
+    pub(crate) fn install_acme(&self, name: &str, pair: &PemPair) -> Result<(), String> {
+        let entry = load(pair, &provider())?;
+        self.acme
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_ascii_lowercase(), entry.key);
+        Ok(())
+    }
+
+    /// Whether an ACME certificate for `name` is installed.
+    pub(crate) fn has_acme(&self, name: &str) -> bool {
+        self.acme
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    /// Serves `key` to TLS-ALPN-01 validation handshakes for `name` (`None` removes it).
+    pub(crate) fn set_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        let mut challenges = self.challenges.write().unwrap_or_else(|p| p.into_inner());
+        match key {
+            Some(key) => challenges.insert(name.to_ascii_lowercase(), key),
+            None => challenges.remove(name),
+        };
+    }
+
+    /// The certificate for `name`: a configured exact name, an ACME one, a configured wildcard,
+    /// else the default.
     fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let entries = self.snapshot();
         if let Some(name) = name.map(str::to_ascii_lowercase) {
+            let exact = entries.iter().find(|e| e.names.contains(&name));
+            if let Some(entry) = exact {
+                return Some(entry.key.clone());
+            }
+            let acme = self.acme.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(key) = acme.get(&name) {
+                return Some(key.clone());
+            }
             let exact = entries.iter().find(|e| e.names.contains(&name));
             let wildcard = || {
                 entries
@@ -136,8 +180,19 @@ impl CertStore {
     }
 }
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if validating {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            let challenges = self.challenges.read().unwrap_or_else(|p| p.into_inner());
+            return challenges.get(&name).cloned();
+        }
         self.for_name(hello.server_name())
     }
 }
@@ -210,8 +265,9 @@ pub(crate) struct Tls {
     pub(crate) https: Option<TlsAcceptor>,
 }
 
-/// ALPN protocols offered to visitors, preferred first.
-pub(crate) const VISITOR_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN protocols offered to visitors, preferred first (`acme-tls/1` only ever matches an ACME
+/// validator, which offers nothing else).
+pub(crate) const VISITOR_ALPN: &[&[u8]] = &[b"h2", b"http/1.1", ACME_TLS_ALPN];
 
 impl Tls {
     /// Builds the acceptors a configuration asks for.

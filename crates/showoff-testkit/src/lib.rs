@@ -3,6 +3,7 @@
 //! [`TestClient`]), HTTP and raw-socket visitors ([`visitor`]), and polling with a deadline
 //! ([`eventually`]) instead of sleeps; test certificates ([`pki`]).
 
+pub mod pebble;
 pub mod pki;
 pub mod target;
 pub mod visitor;

@@ -206,6 +206,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     /// Proxies one request and its response, then records it (metrics, access log).
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+        if let Some(token) = head.target.strip_prefix(crate::acme::HTTP01_PREFIX)
+            && let Some(answer) = self.shared.acme_http01.get(token)
+        {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            self.write(response.as_bytes()).await?;
+            return Ok(Next::KeepAlive);
+        }
         if self.scheme == Scheme::Http && self.shared.config.tls.redirect_http {
             return self.redirect_to_https(&head).await;
         }

@@ -80,6 +80,10 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the whole answer.
+        return;
+    }
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         return crate::edge::h2::serve(tls, peer, shared).await;
     }
