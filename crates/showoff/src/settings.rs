@@ -134,6 +134,60 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "false",
         "answer plain-HTTP visitors with 308 to the same URL over HTTPS",
     ),
+    setting(
+        "acme_directory",
+        "SHOWOFF_ACME_DIRECTORY",
+        "",
+        "ACME directory URL: certificates obtained and renewed automatically (default: off)",
+    ),
+    setting(
+        "acme_email",
+        "SHOWOFF_ACME_EMAIL",
+        "",
+        "contact e-mail for the ACME account",
+    ),
+    setting(
+        "acme_storage",
+        "SHOWOFF_ACME_STORAGE",
+        "showoff-acme",
+        "directory for the ACME account and certificates",
+    ),
+    setting(
+        "acme_ca",
+        "SHOWOFF_ACME_CA",
+        "",
+        "CA PEM file that verifies the ACME server itself (private or test ACME servers)",
+    ),
+    setting(
+        "acme_challenge",
+        "SHOWOFF_ACME_CHALLENGE",
+        "http-01",
+        "http-01 (public HTTP listener, port 80) or tls-alpn-01 (HTTPS listener, port 443)",
+    ),
+    setting(
+        "acme_names",
+        "SHOWOFF_ACME_NAMES",
+        "",
+        "names certified at start, comma-separated (e.g. the control listener's name)",
+    ),
+    setting(
+        "acme_on_demand",
+        "SHOWOFF_ACME_ON_DEMAND",
+        "true",
+        "also certify <tunnel>.<domain> when an HTTP tunnel registers",
+    ),
+    setting(
+        "acme_orders_per_hour",
+        "SHOWOFF_ACME_ORDERS_PER_HOUR",
+        "30",
+        "most on-demand orders per hour (0: no guard)",
+    ),
+    setting(
+        "acme_renew_before",
+        "SHOWOFF_ACME_RENEW_BEFORE",
+        "720h",
+        "renew certificates this long before they expire",
+    ),
     secret(
         "token",
         "SHOWOFF_TOKEN",
@@ -615,6 +669,18 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
     let mut c = ServerConfig::default();
     let mut admin = AdminConfig::default();
     let mut webhook_timeout = showoff_server::config::DEFAULT_WEBHOOK_TIMEOUT;
+    let mut acme = showoff_server::AcmeConfig {
+        directory: String::new(),
+        contact: Vec::new(),
+        storage: "showoff-acme".into(),
+        directory_ca: None,
+        challenge: showoff_server::AcmeChallenge::Http01,
+        names: Vec::new(),
+        on_demand: true,
+        orders_per_hour: 30,
+        renew_before: showoff_server::acme::DEFAULT_RENEW_BEFORE,
+        retry_after: std::time::Duration::from_secs(60),
+    };
     for (setting, text, source) in values {
         let invalid = |reason: String| SettingsError::Invalid {
             key: setting.key,
@@ -671,6 +737,12 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             // Opened by the binary after resolution (files are I/O; this function is pure).
             "token_file" | "audit_log" | "jwt_public_key" | "policy_file" => {}
             "tls_cert" | "tls_key" | "tls_client_ca" => {}
+            // Read together below.
+            "acme_directory" | "acme_email" | "acme_storage" | "acme_ca" | "acme_names" => {}
+            "acme_challenge" => acme.challenge = text.trim().parse().map_err(invalid)?,
+            "acme_on_demand" => acme.on_demand = parse_bool(text).map_err(invalid)?,
+            "acme_orders_per_hour" => acme.orders_per_hour = rate()?,
+            "acme_renew_before" => acme.renew_before = duration()?,
             "https_addr" if empty => c.tls.https_addr = None,
             "https_addr" => c.tls.https_addr = Some(addr()?),
             "public_https_port" if empty => c.public_https_port = None,
@@ -741,6 +813,20 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
     c.admin = admin;
     if let Some(webhook) = &mut c.auth.webhook {
         webhook.timeout = webhook_timeout;
+    }
+    if let Some(directory) = text_of(values, "acme_directory") {
+        acme.directory = directory.to_string();
+        acme.contact = text_of(values, "acme_email")
+            .map(|e| vec![format!("mailto:{e}")])
+            .unwrap_or_default();
+        acme.storage = text_of(values, "acme_storage")
+            .unwrap_or("showoff-acme")
+            .into();
+        acme.directory_ca = text_of(values, "acme_ca").map(Into::into);
+        acme.names = text_of(values, "acme_names")
+            .map(|t| list(t).map(str::to_ascii_lowercase).collect())
+            .unwrap_or_default();
+        c.tls.acme = Some(acme);
     }
     if let Some(secret) = text_of(values, "jwt_secret") {
         c.auth.jwt = Some(jwt_config(JwtKey::Secret(Secret::new(secret)), values));
