@@ -412,7 +412,7 @@ async fn tls_flags_give_verified_control_and_an_https_url() {
     let (cert_path, key_path) = (write("cert.pem", &cert.cert), write("key.pem", &cert.key));
     let ca_path = write("ca.pem", &ca.cert_pem);
     let target = spawn_target("tls").await;
-    let (_server, _log, listening) = spawn_server(&[
+    let (_server, server_log, listening) = spawn_server(&[
         "--tls-cert".as_ref(),
         cert_path.as_os_str(),
         "--tls-key".as_ref(),
@@ -451,6 +451,17 @@ async fn tls_flags_give_verified_control_and_an_https_url() {
             .await
             .expect("https visit");
     assert_eq!(seen.reply.status, 200);
+    // Rotating the files is picked up without a restart: the new certificate adds a name.
+    let rotated = ca.server(&["*.tunnel.test", "127.0.0.1", "added.example"]);
+    std::fs::write(&key_path, &rotated.key).expect("key");
+    std::fs::write(&cert_path, &rotated.cert).expect("cert");
+    wait_for(&server_log, "the reload", |l| {
+        l.contains("certificates reloaded")
+    });
+    let added = showoff_testkit::visitor::https_get(https, "added.example", &ca.cert_pem, &[], "/")
+        .await
+        .expect("the rotated certificate");
+    assert_eq!(added.reply.status, 404);
     // A client without the CA cannot connect and says why.
     let refused = Command::new(BIN)
         .args(["http", "1", "--server", &control, "--tls", "--no-reconnect"])
