@@ -26,3 +26,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "showoff.secretName" -}}
 {{- default (include "showoff.fullname" .) .Values.existingSecret -}}
 {{- end -}}
+
+{{/* Whether the HTTPS listener is on. */}}
+{{- define "showoff.https" -}}
+{{- if or .Values.tls.secretName .Values.acme.enabled -}}true{{- end -}}
+{{- end -}}
