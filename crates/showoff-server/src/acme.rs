@@ -339,6 +339,43 @@ async fn obtain(
         .await
         .map_err(|e| format!("new order: {e}"))?;
     let mut tokens = Vec::new();
+    let validated = answer_challenges(&mut order, name, config, shared, &mut tokens).await;
+    // Answers are withdrawn whatever happened, so no stale token or certificate lingers.
+    for token in &tokens {
+        shared.acme_http01.set(token, None);
+    }
+    shared.tls.store.set_challenge(name, None);
+    let status = validated?;
+    if status != OrderStatus::Ready {
+        return Err(format!("the order ended {status:?} instead of ready"));
+    }
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let csr = CertificateParams::new(vec![name.to_string()])
+        .and_then(|params| params.serialize_request(&key))
+        .map_err(|e| format!("certificate request: {e}"))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    let chain = order
+        .poll_certificate(&retry_policy())
+        .await
+        .map_err(|e| format!("certificate download: {e}"))?;
+    Ok(PemPair {
+        cert: chain,
+        key: key.serialize_pem(),
+    })
+}
+
+/// Sets up and readies each pending challenge of `order`, then waits for validation; the HTTP-01
+/// tokens it published are pushed to `tokens` for the caller to withdraw.
+async fn answer_challenges(
+    order: &mut instant_acme::Order,
+    name: &str,
+    config: &AcmeConfig,
+    shared: &Shared,
+    tokens: &mut Vec<String>,
+) -> Result<OrderStatus, String> {
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
@@ -356,10 +393,8 @@ async fn obtain(
         let key_authorization = challenge.key_authorization();
         match config.challenge {
             AcmeChallenge::Http01 => {
-                shared.acme_http01.set(
-                    &challenge.token,
-                    Some(key_authorization.as_str().to_string()),
-                );
+                let answer = key_authorization.as_str().to_string();
+                shared.acme_http01.set(&challenge.token, Some(answer));
                 tokens.push(challenge.token.clone());
             }
             AcmeChallenge::TlsAlpn01 => {
@@ -372,35 +407,18 @@ async fn obtain(
             .await
             .map_err(|e| format!("challenge ready: {e}"))?;
     }
-    let retries = RetryPolicy::new()
+    order
+        .poll_ready(&retry_policy())
+        .await
+        .map_err(|e| format!("waiting for validation: {e}"))
+}
+
+/// How long and how often order states are polled.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .backoff(2.0)
-        .timeout(Duration::from_secs(120));
-    let status = order.poll_ready(&retries).await;
-    for token in &tokens {
-        shared.acme_http01.set(token, None);
-    }
-    shared.tls.store.set_challenge(name, None);
-    let status = status.map_err(|e| format!("waiting for validation: {e}"))?;
-    if status != OrderStatus::Ready {
-        return Err(format!("the order ended {status:?} instead of ready"));
-    }
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let csr = CertificateParams::new(vec![name.to_string()])
-        .and_then(|params| params.serialize_request(&key))
-        .map_err(|e| format!("certificate request: {e}"))?;
-    order
-        .finalize_csr(csr.der())
-        .await
-        .map_err(|e| format!("finalize: {e}"))?;
-    let chain = order
-        .poll_certificate(&retries)
-        .await
-        .map_err(|e| format!("certificate download: {e}"))?;
-    Ok(PemPair {
-        cert: chain,
-        key: key.serialize_pem(),
-    })
+        .timeout(Duration::from_secs(120))
 }
 
 /// The self-signed TLS-ALPN-01 certificate for `name` carrying the key authorization digest.

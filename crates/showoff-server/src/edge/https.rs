@@ -34,9 +34,13 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
     let config = &shared.config;
     let deadline = config.head_timeout;
     let arrival = proxy_protocol::arrive(&mut stream, peer, &config.proxy, deadline).await;
-    let Ok(arrival) = arrival else {
-        shared.stats.error("bad_proxy_header");
-        return;
+    let arrival = match arrival {
+        Ok(arrival) => arrival,
+        Err(error) => {
+            debug!(%peer, code = error.code(), "HTTPS visitor refused by the PROXY protocol policy");
+            shared.stats.error(error.code());
+            return;
+        }
     };
     let peer = arrival.peer;
     let mut buf = arrival.prefix;
