@@ -273,6 +273,16 @@ impl Tls {
     /// Builds the acceptors a configuration asks for.
     pub(crate) fn new(config: &TlsConfig) -> Result<Self, String> {
         let store = Arc::new(CertStore::default());
+        if config.redirect_http && config.https_addr.is_none() {
+            return Err("the HTTPS redirect needs the HTTPS listener (--https-addr)".into());
+        }
+        let alpn_challenge = config
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == crate::acme::AcmeChallenge::TlsAlpn01);
+        if alpn_challenge && config.https_addr.is_none() {
+            return Err("the tls-alpn-01 challenge needs the HTTPS listener (--https-addr)".into());
+        }
         if !config.enabled() {
             // Without certificates the HTTPS listener only passes TLS tunnels through.
             if config.client_ca.is_some() || config.redirect_http {
@@ -406,6 +416,39 @@ mod tests {
             assert!(store.replace(&[bad]).is_err());
         }
         assert_eq!(store.names(), vec!["a.test".to_string()]);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_with_the_reason() {
+        let refused = |config: TlsConfig| Tls::new(&config).err().expect("refused");
+        let with_cert = TlsConfig {
+            certificates: vec![pair(&["a.test"])],
+            ..TlsConfig::default()
+        };
+        let redirect = refused(TlsConfig {
+            redirect_http: true,
+            ..with_cert.clone()
+        });
+        assert!(redirect.contains("--https-addr"), "{redirect}");
+        let mtls_without_cert = refused(TlsConfig {
+            client_ca: Some(pair(&["ca.test"]).cert),
+            ..TlsConfig::default()
+        });
+        assert!(
+            mtls_without_cert.contains("--tls-cert"),
+            "{mtls_without_cert}"
+        );
+        let bad_ca = refused(TlsConfig {
+            client_ca: Some("nothing".into()),
+            ..with_cert.clone()
+        });
+        assert!(bad_ca.contains("client CA"), "{bad_ca}");
+        assert!(Tls::new(&with_cert).is_ok());
+        let passthrough_only = TlsConfig {
+            https_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            ..TlsConfig::default()
+        };
+        assert!(Tls::new(&passthrough_only).is_ok_and(|t| t.https.is_none()));
     }
 
     #[test]
