@@ -346,7 +346,10 @@ impl Tls {
         let Some(acceptor) = &self.control else {
             return Ok((Either::Left(stream), None));
         };
-        let tls = tokio::time::timeout(deadline, acceptor.accept(stream))
+        // Boxed: the handshake future holds a whole rustls connection, and inline it would
+        // enlarge every control task for the session's lifetime, TLS or not.
+        let handshake = Box::pin(tokio::time::timeout(deadline, acceptor.accept(stream)));
+        let tls = handshake
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let identity = tls

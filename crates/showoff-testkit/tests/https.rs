@@ -6,7 +6,7 @@ use showoff_server::{ServerConfig, TlsConfig};
 use showoff_testkit::pki::TestCa;
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{get, https_get};
-use showoff_testkit::{TestClient, TestServer, tunnel};
+use showoff_testkit::{TestClient, TestServer, tunnel, within};
 
 async fn https_server(ca: &TestCa, redirect_http: bool) -> TestServer {
     TestServer::start(ServerConfig {
@@ -164,4 +164,56 @@ async fn http2_visitors_are_served_by_alpn() {
     assert_eq!(missing.alpn.as_deref(), Some("h2"));
     assert_eq!(missing.reply.status, 404);
     assert_eq!(missing.reply.error_code(), Some("tunnel_not_found"));
+}
+
+#[tokio::test]
+async fn hostile_hellos_are_cut_off_without_hurting_other_visitors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("https CA");
+    let server = TestServer::start(ServerConfig {
+        tls: TlsConfig {
+            certificates: vec![ca.server(&["*.tunnel.test", "127.0.0.1"])],
+            https_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            ..TlsConfig::default()
+        },
+        domain: "tunnel.test".into(),
+        head_timeout: std::time::Duration::from_millis(300),
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let _client = client(&server, &ca, "shop").await;
+    let https = server.addrs.https.expect("https listener");
+    // A handshake record that never ends (claims 16 KiB, then goes quiet): closed at the
+    // deadline.
+    let mut slow = tokio::net::TcpStream::connect(https).await.expect("connect");
+    slow.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).await.expect("write");
+    let mut rest = Vec::new();
+    within("the slow hello is closed", slow.read_to_end(&mut rest))
+        .await
+        .expect("closed, not reset");
+    assert!(rest.is_empty());
+    // An oversized hello (records chained past 16 KiB) is refused as soon as it is too large.
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+    record.resize(5 + 0x4000, 0);
+    let mut big = tokio::net::TcpStream::connect(https).await.expect("connect");
+    let _ = big.write_all(&record).await;
+    let _ = big.write_all(&record).await;
+    let mut rest = Vec::new();
+    let _ = within("the oversized hello is closed", big.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    // Meanwhile a real visitor is served.
+    let reply = https_get(https, "shop.tunnel.test", &ca.cert_pem, &[], "/")
+        .await
+        .expect("served");
+    assert_eq!(reply.reply.status, 200);
+    let admin = server.addrs.admin.expect("admin");
+    let metrics = get(admin, "localhost", "/metrics").await.body;
+    assert_eq!(
+        showoff_testkit::visitor::metric(&metrics, "showoff_errors_total{code=\"header_timeout\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        showoff_testkit::visitor::metric(&metrics, "showoff_errors_total{code=\"bad_tls_hello\"}"),
+        Some(1.0)
+    );
 }
