@@ -229,8 +229,10 @@ impl std::str::FromStr for ProxyProtocol {
 /// Which peers may say who the visitor really is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyConfig {
-    /// PROXY protocol v1/v2 on the public HTTP listener and TCP tunnel ports.
+    /// PROXY protocol v1/v2 on the public HTTP and HTTPS listeners and TCP tunnel ports.
     pub protocol: ProxyProtocol,
+    /// PROXY protocol on the control listener (client addresses for rate limits and policies).
+    pub control: ProxyProtocol,
     /// Load balancers and proxies trusted for PROXY headers and incoming `X-Forwarded-*`.
     pub trusted: Vec<ipnet::IpNet>,
 }

@@ -91,8 +91,29 @@ pub(crate) fn check_version(version: u16) -> Result<(), ServerMessage> {
 }
 
 /// Serves one control connection until the session ends.
-pub(crate) async fn serve_control(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let (stream, certificate) = match shared.tls.accept_control(stream, HANDSHAKE_TIMEOUT).await {
+pub(crate) async fn serve_control(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let proxy = &shared.config.proxy;
+    let arrival = crate::edge::proxy_protocol::arrive(
+        &mut stream,
+        peer,
+        proxy.control,
+        proxy,
+        HANDSHAKE_TIMEOUT,
+    )
+    .await;
+    let (peer, prefix) = match arrival {
+        Ok(arrival) => (arrival.peer, arrival.prefix),
+        Err(error) => {
+            info!(%peer, code = error.code(), "control connection refused by the PROXY protocol policy");
+            shared.stats.session_refused(error.code());
+            return;
+        }
+    };
+    let accepted = shared
+        .tls
+        .accept_control(stream, prefix, HANDSHAKE_TIMEOUT)
+        .await;
+    let (stream, certificate) = match accepted {
         Ok(accepted) => accepted,
         Err(error) => {
             info!(%peer, %error, "control connection failed the TLS handshake");

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,9 +24,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 
+use crate::transport::Prefixed;
+
 /// A connection on a listener that may speak TLS. Boxed: a TLS session is a few KiB, and plain
 /// connections should not pay for it.
-pub(crate) type ServerIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+/// Bytes read before the handshake (a PROXY header's tail) come first ([`Prefixed`]).
+pub(crate) type ServerIo = Either<Prefixed<TcpStream>, Box<TlsStream<Prefixed<TcpStream>>>>;
 
 /// A certificate chain and its private key, PEM text.
 #[derive(Clone, PartialEq, Eq)]
@@ -341,8 +345,10 @@ impl Tls {
     pub(crate) async fn accept_control(
         &self,
         stream: TcpStream,
+        prefix: BytesMut,
         deadline: Duration,
     ) -> io::Result<(ServerIo, Option<String>)> {
+        let stream = Prefixed { prefix, io: stream };
         let Some(acceptor) = &self.control else {
             return Ok((Either::Left(stream), None));
         };

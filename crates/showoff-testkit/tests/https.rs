@@ -185,8 +185,12 @@ async fn hostile_hellos_are_cut_off_without_hurting_other_visitors() {
     let https = server.addrs.https.expect("https listener");
     // A handshake record that never ends (claims 16 KiB, then goes quiet): closed at the
     // deadline.
-    let mut slow = tokio::net::TcpStream::connect(https).await.expect("connect");
-    slow.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).await.expect("write");
+    let mut slow = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
+    slow.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01])
+        .await
+        .expect("write");
     let mut rest = Vec::new();
     within("the slow hello is closed", slow.read_to_end(&mut rest))
         .await
@@ -195,7 +199,9 @@ async fn hostile_hellos_are_cut_off_without_hurting_other_visitors() {
     // An oversized hello (records chained past 16 KiB) is refused as soon as it is too large.
     let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
     record.resize(5 + 0x4000, 0);
-    let mut big = tokio::net::TcpStream::connect(https).await.expect("connect");
+    let mut big = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
     let _ = big.write_all(&record).await;
     let _ = big.write_all(&record).await;
     let mut rest = Vec::new();

@@ -21,6 +21,7 @@ async fn server(protocol: ProxyProtocol, trusted: &[&str]) -> TestServer {
         proxy: ProxyConfig {
             protocol,
             trusted: trusted.iter().map(|t| t.parse().expect("cidr")).collect(),
+            ..ProxyConfig::default()
         },
         ..ServerConfig::ephemeral()
     })
@@ -267,4 +268,102 @@ async fn tcp_tunnels_take_proxy_headers_in_and_send_them_on() {
     let _ = within("close", bad.read_to_end(&mut rest)).await;
     assert!(rest.is_empty());
     assert!(seen.try_recv().is_err(), "the target saw nothing");
+}
+
+/// Opens a control session by hand, after sending `preface` (a PROXY header, or nothing).
+async fn control_session(
+    addr: SocketAddr,
+    preface: &[u8],
+    name: &str,
+) -> Option<showoff_proto::ServerMessage> {
+    use futures_util::{SinkExt, StreamExt};
+    use showoff_proto::{ClientMessage, FrameCodec, PROTOCOL_VERSION, Role, ServerMessage};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(preface).await.expect("preface");
+    let mut conn =
+        tokio_util::codec::Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
+    let target = "127.0.0.1:9".to_string();
+    let spec = showoff_proto::TunnelSpec {
+        kind: TunnelKind::Http,
+        name: Some(name.into()),
+        port: None,
+        host_header: Default::default(),
+        target,
+        visitors: VisitorRules::default(),
+    };
+    for msg in [
+        ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Control,
+        },
+        ClientMessage::Auth { token: name.into() },
+        ClientMessage::Open {
+            tunnels: vec![spec],
+        },
+    ] {
+        if conn.send(msg).await.is_err() {
+            return None;
+        }
+    }
+    let answer = within("the server's answer", conn.next()).await;
+    // Keep the session open while the test looks at it.
+    std::mem::forget(conn);
+    answer.and_then(Result::ok)
+}
+
+#[tokio::test]
+async fn the_control_listener_takes_client_addresses_from_trusted_proxies() {
+    use showoff_proto::ServerMessage;
+    let server = TestServer::start(ServerConfig {
+        proxy: ProxyConfig {
+            control: ProxyProtocol::Required,
+            trusted: vec!["127.0.0.0/8".parse().expect("cidr")],
+            ..ProxyConfig::default()
+        },
+        rates: showoff_server::RateConfig {
+            control_per_ip: 1,
+            ..Default::default()
+        },
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let control = server.addrs.control;
+    let header = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 40000 7000\r\n").into_bytes();
+    // Two clients behind the balancer, each with its own address and its own rate budget.
+    let first = control_session(control, &header("203.0.113.1"), "first").await;
+    assert!(
+        matches!(first, Some(ServerMessage::Welcome { .. })),
+        "{first:?}"
+    );
+    let second = control_session(control, &header("203.0.113.2"), "second").await;
+    assert!(
+        matches!(second, Some(ServerMessage::Welcome { .. })),
+        "{second:?}"
+    );
+    let again = control_session(control, &header("203.0.113.1"), "again").await;
+    assert!(
+        matches!(&again, Some(ServerMessage::Refused { code, .. }) if *code == showoff_proto::RefusedCode::RateLimited),
+        "{again:?}"
+    );
+    // The admin API shows the addresses the headers named.
+    let admin = server.addrs.admin.expect("admin");
+    let sessions = showoff_testkit::visitor::get(admin, "localhost", "/api/v1/sessions")
+        .await
+        .body;
+    assert!(
+        sessions.contains("203.0.113.1:40000") && sessions.contains("203.0.113.2:40000"),
+        "{sessions}"
+    );
+    // Without a header the connection is refused before anything else.
+    assert_eq!(control_session(control, b"", "direct").await, None);
+    let metrics = showoff_testkit::visitor::get(admin, "localhost", "/metrics")
+        .await
+        .body;
+    assert_eq!(
+        showoff_testkit::visitor::metric(
+            &metrics,
+            "showoff_sessions_refused_total{code=\"proxy_header_required\"}"
+        ),
+        Some(1.0)
+    );
 }

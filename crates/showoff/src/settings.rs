@@ -264,6 +264,12 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "PROXY protocol v1/v2 on public listeners: off, optional or required (trusted peers only)",
     ),
     setting(
+        "control_proxy_protocol",
+        "SHOWOFF_CONTROL_PROXY_PROTOCOL",
+        "off",
+        "PROXY protocol v1/v2 on the control listener: off, optional or required (trusted peers only)",
+    ),
+    setting(
         "trusted_proxies",
         "SHOWOFF_TRUSTED_PROXIES",
         "",
@@ -767,6 +773,7 @@ fn build(values: &[(Setting, String, Source)]) -> Result<ServerConfig, SettingsE
             }
             "auth_webhook_timeout" => webhook_timeout = duration()?,
             "proxy_protocol" => c.proxy.protocol = text.trim().parse().map_err(invalid)?,
+            "control_proxy_protocol" => c.proxy.control = text.trim().parse().map_err(invalid)?,
             "trusted_proxies" => {
                 c.proxy.trusted = list(text)
                     .map(|net| {

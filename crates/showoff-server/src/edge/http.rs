@@ -72,8 +72,14 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
     let stats = shared.clone();
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
     let config = &shared.config;
-    let arrival =
-        proxy_protocol::arrive(&mut stream, peer, &config.proxy, config.head_timeout).await;
+    let arrival = proxy_protocol::arrive(
+        &mut stream,
+        peer,
+        config.proxy.protocol,
+        &config.proxy,
+        config.head_timeout,
+    )
+    .await;
     let (peer, buf, refused) = match arrival {
         Ok(arrival) => (arrival.peer, arrival.prefix, None),
         Err(error) => (peer, BytesMut::new(), Some(error)),

@@ -5,16 +5,14 @@
 //!   plaintext;
 //! - any other name gets TLS terminated with the certificate its SNI selects, then the same HTTP
 //!   edge as plain visitors (with `X-Forwarded-Proto: https`); the bytes read are replayed into
-//!   the TLS acceptor ([`Prefixed`]).
+//!   the TLS acceptor ([`Prefixed`](crate::transport::Prefixed)).
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -22,6 +20,7 @@ use crate::edge::http::{Conn, Scheme};
 use crate::edge::proxy_protocol;
 use crate::server::Shared;
 use crate::stats::GaugeGuard;
+use crate::transport::Prefixed;
 
 /// Longest ClientHello read before giving up (real ones are under 2 KiB; post-quantum key
 /// shares push some towards 2 KiB more).
@@ -33,7 +32,8 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
     let config = &shared.config;
     let deadline = config.head_timeout;
-    let arrival = proxy_protocol::arrive(&mut stream, peer, &config.proxy, deadline).await;
+    let policy = config.proxy.protocol;
+    let arrival = proxy_protocol::arrive(&mut stream, peer, policy, &config.proxy, deadline).await;
     let arrival = match arrival {
         Ok(arrival) => arrival,
         Err(error) => {
@@ -243,58 +243,6 @@ impl<'a> Reader<'a> {
 
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-}
-
-/// A stream that yields `prefix` before reading from `io`; writes go straight to `io`.
-pub(crate) struct Prefixed<S> {
-    pub(crate) prefix: BytesMut,
-    pub(crate) io: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
     }
 }
 

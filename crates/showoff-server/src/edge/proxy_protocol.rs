@@ -55,23 +55,25 @@ pub(crate) struct Arrival {
     pub(crate) prefix: BytesMut,
 }
 
-/// Reads the PROXY header the policy calls for.
+/// Reads the PROXY header `policy` calls for (public listeners use `config.protocol`, the
+/// control listener `config.control`).
 pub(crate) async fn arrive(
     stream: &mut TcpStream,
     peer: SocketAddr,
+    policy: ProxyProtocol,
     config: &ProxyConfig,
     deadline: Duration,
 ) -> Result<Arrival, ProxyError> {
     let plain = |prefix| Arrival { peer, prefix };
     let trusted = config.trusts(peer.ip());
-    match (config.protocol, trusted) {
+    match (policy, trusted) {
         (ProxyProtocol::Off, _) | (ProxyProtocol::Optional, false) => {
             return Ok(plain(BytesMut::new()));
         }
         (ProxyProtocol::Required, false) => return Err(ProxyError::Required),
         _ => {}
     }
-    let required = config.protocol == ProxyProtocol::Required;
+    let required = policy == ProxyProtocol::Required;
     let mut buf = BytesMut::with_capacity(512);
     let read = async {
         loop {

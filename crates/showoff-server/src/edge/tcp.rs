@@ -46,8 +46,14 @@ async fn serve_visitor(
     let stats = shared.clone();
     let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
     let config = &shared.config;
-    let arrival =
-        proxy_protocol::arrive(&mut visitor, peer, &config.proxy, config.head_timeout).await;
+    let arrival = proxy_protocol::arrive(
+        &mut visitor,
+        peer,
+        config.proxy.protocol,
+        &config.proxy,
+        config.head_timeout,
+    )
+    .await;
     let (peer, prefix) = match arrival {
         Ok(arrival) => (arrival.peer, arrival.prefix),
         Err(error) => {

@@ -176,7 +176,11 @@ impl StreamOpener for DialBack {
 
 /// Handles one connection on the data listener: `Hello`, `DataHello`, then pairing.
 pub(crate) async fn accept_data(stream: TcpStream, shared: Arc<Shared>) {
-    let stream = match shared.tls.accept_control(stream, HANDSHAKE_TIMEOUT).await {
+    let accepted = shared
+        .tls
+        .accept_control(stream, bytes::BytesMut::new(), HANDSHAKE_TIMEOUT)
+        .await;
+    let stream = match accepted {
         Ok((stream, _)) => stream,
         Err(error) => {
             tracing::debug!(%error, "data connection failed the TLS handshake");
