@@ -170,23 +170,6 @@ pub(crate) fn tune_socket(stream: &tokio::net::TcpStream) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn prefix_is_read_before_the_socket() {
-        let (a, mut b) = tokio::io::duplex(64);
-        let mut stream = TunnelStream::with_prefix(Bytes::from_static(b"hello "), a);
-        b.write_all(b"world").await.expect("write");
-        drop(b);
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.expect("read");
-        assert_eq!(out, "hello world");
-    }
-}
-
 /// A stream that yields `prefix` before reading from `io`; writes go straight to `io`.
 pub(crate) struct Prefixed<S> {
     pub(crate) prefix: BytesMut,
@@ -236,5 +219,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn prefix_is_read_before_the_socket() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut stream = TunnelStream::with_prefix(Bytes::from_static(b"hello "), a);
+        b.write_all(b"world").await.expect("write");
+        drop(b);
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "hello world");
     }
 }
