@@ -5,9 +5,10 @@
 //! ([`session`]), the session's transport ([`transport`]) opens a stream to the client, and
 //! bytes flow to the client's local target.
 //!
-//! The library never reads the environment, files or signals and never exits the process:
-//! the binary builds a [`ServerConfig`], calls [`Server::bind`], then [`Server::run`] with a
-//! cancellation token it cancels on SIGTERM.
+//! The library never reads the environment or signals and never exits the process: the binary
+//! builds a [`ServerConfig`] (reading every file it names), calls [`Server::bind`], then
+//! [`Server::run`] with a cancellation token it cancels on SIGTERM. The one exception to "no
+//! files" is [`acme`], whose job is to keep its account and certificates on disk.
 //!
 //! # Layout
 //! - [`config`]: [`ServerConfig`], defaults, validation (open mode only on loopback).
