@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     fn stream() -> TunnelStream {
-        TunnelStream::new(tokio::io::duplex(8).0)
+        TunnelStream::boxed(bytes::BytesMut::new(), tokio::io::duplex(8).0)
     }
 
     #[tokio::test]

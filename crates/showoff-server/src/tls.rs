@@ -348,7 +348,7 @@ impl Tls {
         prefix: BytesMut,
         deadline: Duration,
     ) -> io::Result<(ServerIo, Option<String>)> {
-        let stream = Prefixed { prefix, io: stream };
+        let stream = Prefixed::new(prefix, stream);
         let Some(acceptor) = &self.control else {
             return Ok((Either::Left(stream), None));
         };

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Anything a tunnel stream can run over.
@@ -22,83 +22,12 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> StreamIo for T {}
 
 /// A bidirectional byte stream to a client's local target. Bytes the handshake read past its
 /// last frame are replayed first, so nothing the client sent is lost.
-pub struct TunnelStream {
-    prefix: Bytes,
-    io: Box<dyn StreamIo>,
-}
+pub type TunnelStream = Prefixed<Box<dyn StreamIo>>;
 
 impl TunnelStream {
-    /// A stream with nothing buffered ahead of `io`.
-    pub fn new(io: impl StreamIo) -> Self {
-        Self::with_prefix(Bytes::new(), io)
-    }
-
-    /// A stream that yields `prefix` before reading from `io`. An empty prefix is dropped so
-    /// it does not pin the handshake's read buffer for the stream's lifetime.
-    pub fn with_prefix(prefix: Bytes, io: impl StreamIo) -> Self {
-        let prefix = if prefix.is_empty() {
-            Bytes::new()
-        } else {
-            prefix
-        };
-        Self {
-            prefix,
-            io: Box::new(io),
-        }
-    }
-}
-
-impl std::fmt::Debug for TunnelStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelStream")
-            .field("prefix_len", &self.prefix.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl AsyncRead for TunnelStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TunnelStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    /// A tunnel stream over `io` that yields `prefix` first.
+    pub fn boxed(prefix: BytesMut, io: impl StreamIo) -> Self {
+        Prefixed::new(prefix, Box::new(io))
     }
 }
 
@@ -170,10 +99,33 @@ pub(crate) fn tune_socket(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// A stream that yields `prefix` before reading from `io`; writes go straight to `io`.
-pub(crate) struct Prefixed<S> {
-    pub(crate) prefix: BytesMut,
-    pub(crate) io: S,
+/// A stream that yields `prefix` before reading from `io`; writes go straight to `io`. Used
+/// wherever bytes were read ahead of the stream's owner: a handshake's last frame, a PROXY
+/// header's tail, a ClientHello read for its SNI.
+pub struct Prefixed<S> {
+    prefix: BytesMut,
+    io: S,
+}
+
+impl<S> Prefixed<S> {
+    /// A stream over `io` that yields `prefix` first. An empty prefix is dropped so it does not
+    /// pin the buffer it was split from for the stream's lifetime.
+    pub fn new(prefix: BytesMut, io: S) -> Self {
+        let prefix = if prefix.is_empty() {
+            BytesMut::new()
+        } else {
+            prefix
+        };
+        Self { prefix, io }
+    }
+}
+
+impl<S> std::fmt::Debug for Prefixed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefixed")
+            .field("prefix_len", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
@@ -230,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn prefix_is_read_before_the_socket() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut stream = TunnelStream::with_prefix(Bytes::from_static(b"hello "), a);
+        let mut stream = TunnelStream::boxed(BytesMut::from(&b"hello "[..]), a);
         b.write_all(b"world").await.expect("write");
         drop(b);
         let mut out = String::new();

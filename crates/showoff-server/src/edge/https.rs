@@ -67,10 +67,7 @@ pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, share
         shared.stats.error("tunnel_not_found");
         return;
     };
-    let prefixed = Prefixed {
-        prefix: buf,
-        io: stream,
-    };
+    let prefixed = Prefixed::new(buf, stream);
     let accepted = tokio::time::timeout(deadline, acceptor.accept(prefixed)).await;
     let tls = match accepted {
         Ok(Ok(tls)) => tls,

@@ -109,7 +109,7 @@ impl DialBack {
         match reply {
             Some(Ok(ClientMessage::StreamReady { id: got })) if got == id => {
                 let parts = conn.into_parts();
-                Pooled::Ready(TunnelStream::with_prefix(parts.read_buf.freeze(), parts.io))
+                Pooled::Ready(TunnelStream::boxed(parts.read_buf, parts.io))
             }
             Some(Ok(ClientMessage::StreamError { reason, .. })) => {
                 Pooled::Failed(OpenError::TargetUnreachable(reason))
@@ -207,7 +207,7 @@ pub(crate) async fn accept_data(stream: TcpStream, shared: Arc<Shared>) {
     let result = match id {
         Some(id) => {
             let parts = framed.into_parts();
-            let stream = TunnelStream::with_prefix(parts.read_buf.freeze(), parts.io);
+            let stream = TunnelStream::boxed(parts.read_buf, parts.io);
             shared.pending.complete(&id, &session, &key, stream)
         }
         None => file_pooled(framed, &session, &key, &shared),
