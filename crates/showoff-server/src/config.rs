@@ -451,8 +451,18 @@ impl ServerConfig {
         }
     }
 
-    /// Checks the rules a configuration must satisfy before anything is bound.
+    /// Checks the rules a configuration must satisfy before anything is bound, including that
+    /// its keys, certificates and policies load.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_rules()?;
+        crate::server::authenticator(self)?;
+        crate::tls::Tls::new(&self.tls).map_err(ConfigError::Tls)?;
+        Ok(())
+    }
+
+    /// The rules that need nothing loaded; `Server::bind` checks these, then loads keys,
+    /// certificates and policies once, for use.
+    pub(crate) fn check_rules(&self) -> Result<(), ConfigError> {
         let domain = showoff_proto::host::parse_host(self.domain.as_bytes()).map_err(|e| {
             ConfigError::BadDomain {
                 domain: self.domain.clone(),
@@ -479,8 +489,6 @@ impl ServerConfig {
         if self.is_open() {
             self.check_loopback_only()?;
         }
-        crate::server::authenticator(self)?;
-        crate::tls::Tls::new(&self.tls).map_err(ConfigError::Tls)?;
         Ok(())
     }
 

@@ -130,7 +130,10 @@ impl Server {
         config: ServerConfig,
         registry: Arc<dyn Registry>,
     ) -> Result<Self, ServerError> {
-        config.validate()?;
+        config.check_rules()?;
+        // Keys, certificates and policies load once, before anything is bound.
+        let authenticator = authenticator(&config)?;
+        let tls = crate::tls::Tls::new(&config.tls).map_err(ConfigError::Tls)?;
         let control = bind("control", config.control_addr).await?;
         let data = bind("data", config.data_addr).await?;
         let http = bind("public HTTP", config.http_addr).await?;
@@ -145,9 +148,7 @@ impl Server {
         let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
         let data_port = data.local_addr().map(|a| a.port()).unwrap_or(0);
         let stats = Stats::new(&config.build, config.admin.tunnel_metrics);
-        let authenticator = authenticator(&config)?;
         let limits = RateLimits::new(&config.rates);
-        let tls = crate::tls::Tls::new(&config.tls).map_err(ConfigError::Tls)?;
         let https_port = https
             .as_ref()
             .and_then(|l| l.local_addr().ok())
