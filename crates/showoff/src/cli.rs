@@ -61,47 +61,39 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Mint a token: prints it once, and the entry for the server's token file.
-    New(TokenNewArgs),
+    New(GrantArgs),
     /// Sign a self-contained token with SHOWOFF_SIGNED_TOKEN_SECRET (no token file needed).
     Sign(TokenSignArgs),
+}
+
+/// What a minted or signed token grants: its principal and permissions.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// Id of the principal the token stands for (shown in logs and the admin API; signed
+    /// tokens appear as `signed:<id>`)
+    #[arg(long)]
+    pub name: String,
+    /// Name patterns the token may register, comma-separated (`alice-*`) [default: any]
+    #[arg(long, value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Tunnel kinds the token may open, comma-separated (`http,tcp,tls`) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Most tunnels open at once [default: no limit]
+    #[arg(long)]
+    pub max_tunnels: Option<usize>,
 }
 
 /// `showoff token sign` flags; the secret comes from `SHOWOFF_SIGNED_TOKEN_SECRET` only, so it
 /// never shows in the process list.
 #[derive(Debug, Args)]
 pub struct TokenSignArgs {
-    /// Id of the principal (the server names it `signed:<id>`)
-    #[arg(long)]
-    pub name: String,
-    /// Name patterns the token may register, comma-separated (`alice-*`) [default: any]
-    #[arg(long, value_delimiter = ',')]
-    pub names: Vec<String>,
-    /// Tunnel kinds the token may open, comma-separated (`http,tcp`) [default: all]
-    #[arg(long, value_delimiter = ',')]
-    pub kinds: Vec<String>,
-    /// Most tunnels open at once [default: no limit]
-    #[arg(long)]
-    pub max_tunnels: Option<usize>,
+    /// The token's principal and permissions
+    #[command(flatten)]
+    pub grant: GrantArgs,
     /// How long the token is valid: 90m, 12h, 30d
     #[arg(long, default_value = "24h")]
     pub ttl: String,
-}
-
-/// `showoff token new` flags.
-#[derive(Debug, Args)]
-pub struct TokenNewArgs {
-    /// Id of the principal the token stands for (shown in logs and the admin API)
-    #[arg(long)]
-    pub name: String,
-    /// Name patterns the token may register, comma-separated (`alice-*`) [default: any]
-    #[arg(long, value_delimiter = ',')]
-    pub names: Vec<String>,
-    /// Tunnel kinds the token may open, comma-separated (`http,tcp`) [default: all]
-    #[arg(long, value_delimiter = ',')]
-    pub kinds: Vec<String>,
-    /// Most tunnels open at once [default: no limit]
-    #[arg(long)]
-    pub max_tunnels: Option<usize>,
 }
 
 /// How a client speaks TLS to the server.

@@ -29,7 +29,7 @@ pub async fn run(
         Command::Tls(args) => client(TunnelKind::Tls, args).await,
         Command::Token(TokenCommand::Sign(args)) => sign_token(&args, &env),
         Command::Token(TokenCommand::New(args)) => {
-            check_kinds(&args.kinds)?;
+            parse_kinds(&args.kinds)?;
             let (token, entry) =
                 token_file::new_token(&args.name, &args.names, &args.kinds, args.max_tunnels);
             println!("token (shown once; give it to the client):\n  {token}\n");
@@ -51,21 +51,25 @@ pub async fn run(
     }
 }
 
-fn check_kinds(kinds: &[String]) -> anyhow::Result<()> {
-    for kind in kinds {
-        anyhow::ensure!(
-            matches!(kind.as_str(), "http" | "tcp" | "tls"),
-            "unknown tunnel kind {kind:?}: use http, tcp or tls"
-        );
-    }
-    Ok(())
+/// `--kinds` values as tunnel kinds; only the kinds a server opens are accepted.
+fn parse_kinds(kinds: &[String]) -> anyhow::Result<Vec<TunnelKind>> {
+    kinds
+        .iter()
+        .map(|kind| match kind.as_str() {
+            "http" => Ok(TunnelKind::Http),
+            "tcp" => Ok(TunnelKind::Tcp),
+            "tls" => Ok(TunnelKind::Tls),
+            _ => anyhow::bail!("unknown tunnel kind {kind:?}: use http, tcp or tls"),
+        })
+        .collect()
 }
 
 /// `showoff token sign`: prints a signed token valid for `--ttl`.
 fn sign_token(args: &TokenSignArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     use showoff_server::auth::Grant;
     use showoff_server::auth::signed::{SignedClaims, sign};
-    check_kinds(&args.kinds)?;
+    let grant = &args.grant;
+    let kinds = parse_kinds(&grant.kinds)?;
     let secret = env
         .get("SHOWOFF_SIGNED_TOKEN_SECRET")
         .filter(|s| !s.is_empty())
@@ -77,22 +81,18 @@ fn sign_token(args: &TokenSignArgs, env: &HashMap<String, String>) -> anyhow::Re
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?;
     let claims = SignedClaims {
-        sub: args.name.clone(),
+        sub: grant.name.clone(),
         exp: (now + ttl).as_secs(),
         grant: Grant {
-            names: args.names.clone(),
-            kinds: args
-                .kinds
-                .iter()
-                .map(|k| serde_json::from_value(serde_json::Value::String(k.clone())))
-                .collect::<Result<_, _>>()?,
-            max_tunnels: args.max_tunnels,
+            names: grant.names.clone(),
+            kinds,
+            max_tunnels: grant.max_tunnels,
         },
     };
     println!("{}", sign(&showoff_server::Secret::new(secret), &claims));
     eprintln!(
         "signed token for {} (principal signed:{}), valid for {}",
-        args.name, args.name, args.ttl
+        grant.name, grant.name, args.ttl
     );
     Ok(())
 }
