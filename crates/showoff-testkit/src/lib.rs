@@ -88,6 +88,27 @@ impl TestServer {
         format!("{name}.{}:{}", self.domain, self.addrs.http.port())
     }
 
+    /// One sample of the admin listener's `/metrics`, e.g.
+    /// `showoff_errors_total{code="tunnel_not_found"}`; `None` when absent.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let admin = self.addrs.admin.expect("the admin listener is on");
+        let text = visitor::get(admin, "localhost", "/metrics").await.body;
+        visitor::metric(&text, sample)
+    }
+
+    /// The principal of the oldest session, from the admin API.
+    pub async fn first_principal(&self) -> String {
+        let admin = self.addrs.admin.expect("the admin listener is on");
+        let body = visitor::get(admin, "localhost", "/api/v1/sessions")
+            .await
+            .body;
+        let sessions: serde_json::Value = serde_json::from_str(&body).expect("sessions JSON");
+        sessions[0]["principal"]
+            .as_str()
+            .expect("a session with a principal")
+            .to_string()
+    }
+
     /// Starts the drain without waiting for it.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();

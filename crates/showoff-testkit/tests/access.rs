@@ -658,15 +658,9 @@ async fn new_tunnels_per_principal_are_rate_limited() {
         .await,
     );
     assert_eq!(code, RefusedCode::LimitReached);
-    let admin = server.addrs.admin.expect("admin listener");
-    let metrics = get(admin, "localhost", "/metrics").await.body;
     for (code, want) in [("rate_limited", 1.0), ("limit_reached", 1.0)] {
         let sample = format!("showoff_sessions_refused_total{{code=\"{code}\"}}");
-        assert_eq!(
-            showoff_testkit::visitor::metric(&metrics, &sample),
-            Some(want),
-            "{sample}"
-        );
+        assert_eq!(server.metric(&sample).await, Some(want), "{sample}");
     }
     // Another tenant is served meanwhile.
     let bob = start(&server, "bob-token", vec![http("bobs")])

@@ -12,7 +12,7 @@ use showoff_server::{AcmeChallenge, AcmeConfig, ServerConfig, TlsConfig};
 use showoff_testkit::pebble::{Pebble, free_port};
 use showoff_testkit::pki::TestCa;
 use showoff_testkit::target::spawn_target;
-use showoff_testkit::visitor::{get, https_get, metric};
+use showoff_testkit::visitor::{get, https_get};
 use showoff_testkit::{TestClient, TestServer, tunnel, within};
 
 fn storage(tag: &str) -> std::path::PathBuf {
@@ -53,12 +53,8 @@ fn acme(directory: String, pebble_ca: std::path::PathBuf, store: std::path::Path
 }
 
 async fn orders(server: &TestServer, code: &str) -> Option<f64> {
-    let admin = server.addrs.admin.expect("admin");
-    let text = get(admin, "localhost", "/metrics").await.body;
-    metric(
-        &text,
-        &format!("showoff_acme_orders_total{{code=\"{code}\"}}"),
-    )
+    let sample = format!("showoff_acme_orders_total{{code=\"{code}\"}}");
+    server.metric(&sample).await
 }
 
 async fn wait_for_order(server: &TestServer, code: &str) {

@@ -48,18 +48,6 @@ async fn start(server: &TestServer, token: &str, name: &str) -> Result<TestClien
     Ok(client)
 }
 
-/// The principal of the only session, from the admin API.
-async fn principal(server: &TestServer) -> String {
-    let admin = server.addrs.admin.expect("admin listener");
-    let sessions: Value =
-        serde_json::from_str(&get(admin, "localhost", "/api/v1/sessions").await.body)
-            .expect("json");
-    sessions[0]["principal"]
-        .as_str()
-        .expect("principal")
-        .to_string()
-}
-
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
@@ -112,10 +100,8 @@ async fn signed_tokens_carry_their_grant_and_cannot_be_forged() {
             (RefusedCode::AuthFailed, "the token was not accepted")
         );
     }
-    let admin = server.addrs.admin.expect("admin listener");
-    let metrics = get(admin, "localhost", "/metrics").await.body;
     assert_eq!(
-        showoff_testkit::visitor::metric(&metrics, "showoff_auth_failures_total"),
+        server.metric("showoff_auth_failures_total").await,
         Some(3.0)
     );
 }
@@ -147,7 +133,7 @@ async fn jwts_are_checked_for_signature_issuer_audience_and_expiry() {
     let client = start(&server, &jwt(good.clone(), SECRET), "carol-api")
         .await
         .expect("valid JWT");
-    assert_eq!(principal(&server).await, "jwt:carol");
+    assert_eq!(server.first_principal().await, "jwt:carol");
     client.stop().await.expect("stop");
 
     let (code, _) = refusal(start(&server, &jwt(good.clone(), SECRET), "dave-api").await);
@@ -228,7 +214,7 @@ async fn rego_policies_decide_who_gets_in_and_with_which_names() {
     let client = start(&server, "team-red-token", "red-app")
         .await
         .expect("allowed");
-    assert_eq!(principal(&server).await, "policy:red");
+    assert_eq!(server.first_principal().await, "policy:red");
     client.stop().await.expect("stop");
     let (code, _) = refusal(start(&server, "team-red-token", "blue-app").await);
     assert_eq!(code, RefusedCode::NameNotAllowed);
@@ -342,7 +328,7 @@ async fn a_decision_webhook_admits_denies_and_fails_closed() {
     let client = start(&server, "dana-token", "dana-site")
         .await
         .expect("admitted");
-    assert_eq!(principal(&server).await, "policy:dana");
+    assert_eq!(server.first_principal().await, "policy:dana");
     client.stop().await.expect("stop");
     let input = hook.inputs.lock().expect("lock")[0].clone();
     assert_eq!(input["token"], "dana-token");

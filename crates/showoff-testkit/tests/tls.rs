@@ -3,7 +3,6 @@
 //! configured CA (the certificate names the principal) and refuses other CAs, expired and
 //! missing certificates; certificates reload without dropping sessions.
 
-use serde_json::Value;
 use showoff_client::{ClientConfig, ClientError, ClientTls};
 use showoff_proto::TunnelKind;
 use showoff_server::{PemPair, ServerConfig, TlsConfig};
@@ -100,17 +99,6 @@ async fn control_and_data_connections_speak_verified_tls() {
     client.stop().await.expect("stop");
 }
 
-async fn principal(server: &TestServer) -> String {
-    let admin = server.addrs.admin.expect("admin");
-    let sessions: Value =
-        serde_json::from_str(&get(admin, "localhost", "/api/v1/sessions").await.body)
-            .expect("json");
-    sessions[0]["principal"]
-        .as_str()
-        .expect("principal")
-        .to_string()
-}
-
 fn with_identity(ca: &TestCa, identity: &PemPair) -> ClientTls {
     ClientTls {
         identity: Some((identity.cert.clone(), identity.key.clone())),
@@ -134,7 +122,7 @@ async fn mutual_tls_admits_the_configured_ca_and_names_the_principal() {
         get(server.addrs.http, &server.host("ci"), "/").await.status,
         200
     );
-    assert_eq!(principal(&server).await, "cert:ci-runner");
+    assert_eq!(server.first_principal().await, "cert:ci-runner");
     client.stop().await.expect("stop");
 
     let other_ca = TestCa::new("other CA").client("ci-runner");
@@ -147,13 +135,10 @@ async fn mutual_tls_admits_the_configured_ca_and_names_the_principal() {
         let result = TestClient::start(client_config(&server, "ci", Some(tls)).await).await;
         assert!(result.is_err(), "{what} must be refused");
     }
-    let admin = server.addrs.admin.expect("admin");
-    let metrics = get(admin, "localhost", "/metrics").await.body;
     assert_eq!(
-        showoff_testkit::visitor::metric(
-            &metrics,
-            "showoff_sessions_refused_total{code=\"tls_handshake\"}"
-        ),
+        server
+            .metric("showoff_sessions_refused_total{code=\"tls_handshake\"}")
+            .await,
         Some(3.0)
     );
 }
