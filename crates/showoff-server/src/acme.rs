@@ -147,7 +147,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<String
     let guard = std::num::NonZeroU32::new(config.orders_per_hour)
         .map(|n| governor::RateLimiter::direct(governor::Quota::per_hour(n)));
     let mut account: Option<Account> = None;
-    let mut account_retry = Backoff::new(config.retry_after);
+    let mut account_failures = 0;
     let tick = config.retry_after.min(Duration::from_secs(60));
     // Without on-demand certificates nobody sends requests; the closed queue is then ignored.
     let mut queue_open = true;
@@ -189,7 +189,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<String
             match load_or_create_account(&config).await {
                 Ok(created) => account = Some(created),
                 Err(error) => {
-                    let wait = account_retry.next();
+                    account_failures += 1;
+                    let wait = backoff(config.retry_after, account_failures);
                     warn!(%error, retry_in = ?wait, "ACME account unavailable");
                     shared.stats.acme_order("account_failed");
                     for name in &due {
@@ -248,23 +249,6 @@ fn needs_certificate(
 fn backoff(retry_after: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     retry_after.saturating_mul(factor).min(MAX_BACKOFF)
-}
-
-/// Exponential waits for the account itself.
-struct Backoff {
-    base: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    fn new(base: Duration) -> Self {
-        Self { base, failures: 0 }
-    }
-
-    fn next(&mut self) -> Duration {
-        self.failures += 1;
-        backoff(self.base, self.failures)
-    }
 }
 
 /// Whether `host` is `<name>.<domain>` of a registered HTTP tunnel.
