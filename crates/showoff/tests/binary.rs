@@ -66,6 +66,18 @@ fn spawn_server(extra: &[&std::ffi::OsStr]) -> (Reaper, mpsc::Receiver<String>, 
     (Reaper(server), log, listening)
 }
 
+/// Runs a client subcommand; its stdout arrives line by line, stderr is dropped.
+fn spawn_client(args: &[&std::ffi::OsStr]) -> (Reaper, mpsc::Receiver<String>) {
+    let mut client = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    let out = lines(client.stdout.take().expect("stdout"));
+    (Reaper(client), out)
+}
+
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
     let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
     line[start..].split([' ', '"']).next().expect("value")
@@ -206,15 +218,12 @@ async fn a_client_config_file_opens_every_tunnel_it_names() {
         ),
     )
     .expect("write config");
-    let mut client = Command::new(BIN)
-        .args(["client", "--json", "-c"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("client starts");
-    let out = lines(client.stdout.take().expect("stdout"));
-    let _client = Reaper(client);
+    let (_client, out) = spawn_client(&[
+        "client".as_ref(),
+        "--json".as_ref(),
+        "-c".as_ref(),
+        path.as_os_str(),
+    ]);
     let events: Vec<serde_json::Value> = (0..2)
         .map(|_| wait_for(&out, "a connected event", |l| l.contains("\"connected\"")))
         .map(|l| serde_json::from_str(&l).expect("json event"))
@@ -352,20 +361,17 @@ async fn a_signed_token_works_without_a_token_file() {
     let (_server, _log, listening) =
         spawn_server(&["--signed-token-secret".as_ref(), SECRET.as_ref()]);
     let control = field(&listening, "control=").to_string();
-    let mut client = Command::new(BIN)
-        .args([
-            "http",
-            &target.addr.port().to_string(),
-            "--server",
-            &control,
-        ])
-        .args(["--token", &token, "--name", "ci-build"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("client starts");
-    let out = lines(client.stdout.take().expect("stdout"));
-    let _client = Reaper(client);
+    let port = target.addr.port().to_string();
+    let (_client, out) = spawn_client(&[
+        "http".as_ref(),
+        port.as_ref(),
+        "--server".as_ref(),
+        control.as_ref(),
+        "--token".as_ref(),
+        token.as_ref(),
+        "--name".as_ref(),
+        "ci-build".as_ref(),
+    ]);
     let line = wait_for(&out, "the tunnel line", |l| l.contains(" -> "));
     assert!(line.starts_with("http://ci-build."), "{line}");
 }
@@ -426,21 +432,17 @@ async fn tls_flags_give_verified_control_and_an_https_url() {
     let https: std::net::SocketAddr = field(&listening, "https\":\"")
         .parse()
         .unwrap_or_else(|e| panic!("https address in {listening}: {e}"));
-    let mut client = Command::new(BIN)
-        .args([
-            "http",
-            &target.addr.port().to_string(),
-            "--server",
-            &control,
-        ])
-        .args(["--name", "secure", "--tls-ca"])
-        .arg(&ca_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("client starts");
-    let out = lines(client.stdout.take().expect("stdout"));
-    let _client = Reaper(client);
+    let port = target.addr.port().to_string();
+    let (_client, out) = spawn_client(&[
+        "http".as_ref(),
+        port.as_ref(),
+        "--server".as_ref(),
+        control.as_ref(),
+        "--name".as_ref(),
+        "secure".as_ref(),
+        "--tls-ca".as_ref(),
+        ca_path.as_os_str(),
+    ]);
     let line = wait_for(&out, "the tunnel line", |l| l.contains(" -> "));
     assert!(
         line.starts_with(&format!("https://secure.tunnel.test:{}", https.port())),
