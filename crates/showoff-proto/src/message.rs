@@ -123,6 +123,49 @@ pub enum ServerMessage {
     },
 }
 
+impl ServerMessage {
+    /// A refusal with its code and a message for a person.
+    pub fn refused(code: RefusedCode, message: impl Into<String>) -> Self {
+        Self::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A `bad_request` refusal.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::refused(RefusedCode::BadRequest, message)
+    }
+}
+
+/// The one check of a connection's first frame, on the control and data listeners alike:
+/// it must be a `Hello` of a supported version announcing `expected`. The refusal to send
+/// otherwise says which versions this build speaks.
+pub fn check_hello(first: Option<&ClientMessage>, expected: Role) -> Result<(), ServerMessage> {
+    let Some(ClientMessage::Hello { version, role }) = first else {
+        return Err(ServerMessage::bad_request("expected hello"));
+    };
+    if !crate::SUPPORTED_VERSIONS.contains(version) {
+        return Err(ServerMessage::refused(
+            RefusedCode::VersionMismatch,
+            format!(
+                "protocol version {version} is not supported; this server speaks {:?}",
+                crate::SUPPORTED_VERSIONS
+            ),
+        ));
+    }
+    if *role != expected {
+        let expected = match expected {
+            Role::Control => "control",
+            Role::Data => "data",
+        };
+        return Err(ServerMessage::bad_request(format!(
+            "expected role {expected}"
+        )));
+    }
+    Ok(())
+}
+
 /// Stable refusal codes; clients may branch on them, so they never change meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -314,6 +357,36 @@ pub struct TunnelInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_frame_must_be_a_supported_hello_of_the_right_role() {
+        let hello = |version, role| ClientMessage::Hello { version, role };
+        assert_eq!(
+            check_hello(
+                Some(&hello(crate::PROTOCOL_VERSION, Role::Data)),
+                Role::Data
+            ),
+            Ok(())
+        );
+        let refusal = |first: Option<&ClientMessage>, role| match check_hello(first, role) {
+            Err(ServerMessage::Refused { code, message }) => (code, message),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let (code, message) = refusal(Some(&hello(99, Role::Control)), Role::Control);
+        assert_eq!(code, RefusedCode::VersionMismatch);
+        assert!(
+            message.contains("99") && message.contains("[1]"),
+            "{message}"
+        );
+        let (code, message) = refusal(Some(&hello(1, Role::Data)), Role::Control);
+        assert_eq!(
+            (code, message.as_str()),
+            (RefusedCode::BadRequest, "expected role control")
+        );
+        let pong = ClientMessage::Pong;
+        assert_eq!(refusal(Some(&pong), Role::Data).1, "expected hello");
+        assert_eq!(refusal(None, Role::Data).1, "expected hello");
+    }
 
     #[test]
     fn messages_round_trip_with_type_tags() {

@@ -96,18 +96,22 @@ pub trait AuditSink: Send + Sync + 'static {
     fn record(&self, event: &AuditEvent);
 }
 
-/// A cloneable handle to an [`AuditSink`], for [`crate::ServerConfig`].
-#[derive(Clone)]
-pub struct AuditLog(Arc<dyn AuditSink>);
+/// A cloneable handle to an [`AuditSink`], handed to the server with its services; the
+/// default records nothing.
+#[derive(Clone, Default)]
+pub struct AuditLog(Option<Arc<dyn AuditSink>>);
 
 impl AuditLog {
     /// Wraps a sink.
     pub fn new(sink: impl AuditSink) -> Self {
-        Self(Arc::new(sink))
+        Self(Some(Arc::new(sink)))
     }
 
+    /// Hands `event` to the sink, if there is one.
     pub(crate) fn record(&self, event: AuditEvent) {
-        self.0.record(&event);
+        if let Some(sink) = &self.0 {
+            sink.record(&event);
+        }
     }
 }
 
@@ -117,48 +121,11 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// `2026-11-26T01:02:03.456Z` for a system time.
-pub fn rfc3339(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
+pub use showoff_core::time::rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let at = |secs: u64, millis: u64| {
-            rfc3339(
-                SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis),
-            )
-        };
-        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(at(1_795_654_800, 999), "2026-11-26T01:00:00.999Z");
-    }
 
     #[test]
     fn events_serialise_without_empty_fields() {

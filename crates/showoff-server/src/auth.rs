@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use showoff_proto::TunnelKind;
 
+pub use crate::config::NamePattern;
 use crate::config::Secret;
 
 /// An authenticated identity and its permissions.
@@ -61,60 +62,6 @@ impl Principal {
     pub fn may_open(&self, kind: TunnelKind) -> bool {
         self.kinds.is_empty() || self.kinds.contains(&kind)
     }
-}
-
-/// A name pattern: literal text with `*` matching any run of characters (`alice-*`, `*-dev`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamePattern(String);
-
-impl NamePattern {
-    /// A pattern from its text; `*` is the only wildcard.
-    pub fn new(pattern: impl Into<String>) -> Self {
-        Self(pattern.into().to_ascii_lowercase())
-    }
-
-    /// The pattern's text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `name` matches the whole pattern.
-    pub fn matches(&self, name: &str) -> bool {
-        glob(self.0.as_bytes(), name.as_bytes())
-    }
-
-    /// A name this pattern allows, when it has exactly one `*`: the wildcard becomes `filler`.
-    pub fn fill(&self, filler: &str) -> Option<String> {
-        (self.0.matches('*').count() == 1).then(|| self.0.replace('*', filler))
-    }
-}
-
-impl std::fmt::Display for NamePattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Matches `text` against `pattern` where `*` matches any run (iterative, linear backtracking).
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// The permissions a self-contained credential (signed token, JWT, policy decision) carries.
@@ -198,6 +145,47 @@ impl AuthError {
 pub trait Authenticator: Send + Sync + 'static {
     /// Authenticates the request's token.
     async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError>;
+}
+
+/// The authenticators the configuration asks for, in order: client certificates (mTLS),
+/// shared tokens, the token table, signed tokens, JWT, Rego policy, decision webhook; with
+/// none, the server runs open. Keys and policies are loaded here, once.
+pub(crate) fn from_config(
+    config: &crate::config::ServerConfig,
+    table: Option<&TokenTable>,
+) -> Result<Arc<dyn Authenticator>, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+    if config.tls.client_ca.is_some() {
+        chain.push(Arc::new(Certificate));
+    }
+    if !config.tokens.is_empty() {
+        chain.push(Arc::new(SharedTokens(config.tokens.clone())));
+    }
+    if let Some(table) = table {
+        chain.push(Arc::new(table.clone()));
+    }
+    let auth = &config.auth;
+    if let Some(secret) = &auth.signed_secret {
+        chain.push(Arc::new(signed::SignedTokens::new(secret)));
+    }
+    if let Some(jwt) = &auth.jwt {
+        chain.push(Arc::new(jwt::Jwt::new(jwt).map_err(ConfigError::Auth)?));
+    }
+    if let Some(policy) = &auth.policy {
+        let rego = policy::RegoPolicy::new(&policy.path, &policy.rego, &policy.rule)
+            .map_err(ConfigError::Auth)?;
+        chain.push(Arc::new(rego));
+    }
+    if let Some(webhook) = &auth.webhook {
+        let webhook =
+            policy::Webhook::new(&webhook.url, webhook.timeout).map_err(ConfigError::Auth)?;
+        chain.push(Arc::new(webhook));
+    }
+    if chain.is_empty() {
+        return Ok(Arc::new(Open));
+    }
+    Ok(Arc::new(Chain(chain)))
 }
 
 /// SHA-256 of a token, lowercase hex: what token files store.

@@ -3,9 +3,21 @@
 //! The binary resolves flags, environment and files into a [`ServerConfig`]; this module only
 //! holds the values, their defaults and the rules that make a configuration unsafe to run.
 
+mod acme;
+mod auth;
+mod tls;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+pub use self::acme::{AcmeChallenge, AcmeConfig, DEFAULT_RENEW_BEFORE};
+pub use self::auth::{
+    AuthConfig, DEFAULT_WEBHOOK_TIMEOUT, JwtConfig, JwtKey, NamePattern, PolicyConfig,
+    WebhookConfig,
+};
+pub use self::tls::{PemPair, TlsConfig};
+pub use showoff_core::Secret;
 
 /// Default control listener.
 pub const DEFAULT_CONTROL_ADDR: &str = "127.0.0.1:7000";
@@ -45,34 +57,6 @@ pub const DEFAULT_MAX_SESSIONS: usize = 50_000;
 pub const DEFAULT_MAX_VISITORS_PER_TUNNEL: usize = 1_000;
 /// Default number of pre-dialled data connections a client keeps per session.
 pub const DEFAULT_WARM_POOL: u16 = 8;
-
-/// A secret string whose `Debug` and `Display` print `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is compared or sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// An inclusive range of ports; `0-0` lets the operating system pick (tests use it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,48 +141,17 @@ pub enum ConfigError {
     Auth(String),
 }
 
-/// Authenticators beyond shared tokens and the token table; each is off when `None`. Chained
-/// after those two, in this order: signed tokens, JWT, Rego policy, decision webhook.
-#[derive(Debug, Clone, Default)]
-pub struct AuthConfig {
-    /// Secret that HMAC-signed tokens (`so1.…`) are verified with.
-    pub signed_secret: Option<Secret>,
-    /// JWT verification.
-    pub jwt: Option<crate::auth::jwt::JwtConfig>,
-    /// A Rego policy evaluated in-process.
-    pub policy: Option<PolicyConfig>,
-    /// An external decision service (OPA data API).
-    pub webhook: Option<WebhookConfig>,
-}
-
-impl AuthConfig {
-    /// True when any of these authenticators is configured.
-    pub fn any(&self) -> bool {
-        self.signed_secret.is_some()
-            || self.jwt.is_some()
-            || self.policy.is_some()
-            || self.webhook.is_some()
-    }
-}
-
-/// A Rego policy and the rule whose value is the decision.
-#[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    /// Where the policy came from (shown in errors).
-    pub path: String,
-    /// The policy text.
-    pub rego: String,
-    /// The rule evaluated per client, e.g. `data.showoff.authz`.
-    pub rule: String,
-}
-
-/// An OPA-shaped decision webhook.
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// `http://host:port/path` the input is POSTed to.
-    pub url: String,
-    /// Deadline for one decision (connect, request, answer).
-    pub timeout: Duration,
+/// Configured rates; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateConfig {
+    /// HTTP requests per second from one visitor address (burst: the same number).
+    pub visitor_per_ip: u32,
+    /// HTTP requests per second to one tunnel (burst: the same number).
+    pub tunnel_requests: u32,
+    /// Control connections per minute from one client address (burst: the same number).
+    pub control_per_ip: u32,
+    /// Tunnels opened per minute by one principal, reconnects included (burst: the same).
+    pub tunnels_per_principal: u32,
 }
 
 /// Whether public listeners read a PROXY protocol header before the traffic.
@@ -249,15 +202,12 @@ impl ProxyConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamePolicy {
     /// When not empty, every name must match one of these patterns.
-    pub allow: Vec<crate::auth::NamePattern>,
+    pub allow: Vec<NamePattern>,
     /// Names kept for the operator (`www`, `admin`); nobody may register them.
     pub reserved: Vec<String>,
     /// Names refused outright (abuse, trademarks).
     pub banned: Vec<String>,
 }
-
-/// Default deadline for one decision-webhook answer.
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Default admin listener.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -299,32 +249,6 @@ pub struct BuildInfo {
     pub rustc: String,
 }
 
-/// Changes the process's log filter at run time (`PUT /api/v1/log-level`). The binary owns the
-/// logger and hands this in; the library never touches global state itself.
-#[derive(Clone)]
-pub struct LogControl(std::sync::Arc<SetFilter>);
-
-/// Applies a log filter, or says why it is not one.
-type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
-
-impl LogControl {
-    /// Wraps a function that applies a filter such as `debug` or `showoff_server=trace`.
-    pub fn new(set: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
-        Self(std::sync::Arc::new(set))
-    }
-
-    /// Applies `filter`.
-    pub fn set(&self, filter: &str) -> Result<(), String> {
-        (self.0)(filter)
-    }
-}
-
-impl fmt::Debug for LogControl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LogControl")
-    }
-}
-
 /// Everything the server needs to run. Build with [`ServerConfig::default`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -344,14 +268,12 @@ pub struct ServerConfig {
     pub tcp_ports: PortRange,
     /// Accepted shared tokens (unrestricted principals `token:<index>`).
     pub tokens: Vec<Secret>,
-    /// Per-client tokens with permissions (filled from a token file by the binary).
-    pub token_table: Option<crate::auth::TokenTable>,
     /// Signed tokens, JWT, Rego policy, decision webhook.
     pub auth: AuthConfig,
     /// PROXY protocol and trusted proxies for real visitor addresses.
     pub proxy: ProxyConfig,
     /// Certificates, mTLS, the HTTPS listener.
-    pub tls: crate::tls::TlsConfig,
+    pub tls: TlsConfig,
     /// Server-wide name rules.
     pub names: NamePolicy,
     /// Cap on a request head in bytes (431 above it).
@@ -379,7 +301,7 @@ pub struct ServerConfig {
     /// Concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above).
     pub max_visitors_per_tunnel: usize,
     /// Rate limits (all off by default).
-    pub rates: crate::limits::RateConfig,
+    pub rates: RateConfig,
     /// Time in-flight requests and streams get to finish on shutdown.
     pub shutdown_grace: Duration,
     /// Pre-dialled data connections each client keeps (0 turns the warm pool off).
@@ -388,10 +310,6 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     /// Reported by `/version` and `showoff_build_info`.
     pub build: BuildInfo,
-    /// Run-time log level changes, when the binary supports them.
-    pub log_control: Option<LogControl>,
-    /// Where audit events go (off when `None`).
-    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl Default for ServerConfig {
@@ -406,10 +324,9 @@ impl Default for ServerConfig {
             public_https_port: None,
             tcp_ports: DEFAULT_TCP_PORTS,
             tokens: Vec::new(),
-            token_table: None,
             auth: AuthConfig::default(),
             proxy: ProxyConfig::default(),
-            tls: crate::tls::TlsConfig::default(),
+            tls: TlsConfig::default(),
             names: NamePolicy::default(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
@@ -423,13 +340,11 @@ impl Default for ServerConfig {
             tunnel_lifetime: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_visitors_per_tunnel: DEFAULT_MAX_VISITORS_PER_TUNNEL,
-            rates: crate::limits::RateConfig::default(),
+            rates: RateConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             warm_pool: DEFAULT_WARM_POOL,
             admin: AdminConfig::default(),
             build: BuildInfo::default(),
-            log_control: None,
-            audit: None,
         }
     }
 }
@@ -451,18 +366,10 @@ impl ServerConfig {
         }
     }
 
-    /// Checks the rules a configuration must satisfy before anything is bound, including that
-    /// its keys, certificates and policies load.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check_rules()?;
-        crate::server::authenticator(self)?;
-        crate::tls::Tls::new(&self.tls).map_err(ConfigError::Tls)?;
-        Ok(())
-    }
-
-    /// The rules that need nothing loaded; `Server::bind` checks these, then loads keys,
-    /// certificates and policies once, for use.
-    pub(crate) fn check_rules(&self) -> Result<(), ConfigError> {
+    /// The rules that need nothing loaded. `token_table` says whether a token table stands
+    /// beside this configuration (the embedder hands it to the server as a service); with no
+    /// credential of any kind, every listener must be on loopback.
+    pub fn check_rules(&self, token_table: bool) -> Result<(), ConfigError> {
         let domain = showoff_proto::host::parse_host(self.domain.as_bytes()).map_err(|e| {
             ConfigError::BadDomain {
                 domain: self.domain.clone(),
@@ -486,18 +393,16 @@ impl ServerConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if self.is_open() {
+        if self.is_open() && !token_table {
             self.check_loopback_only()?;
         }
         Ok(())
     }
 
-    /// True when no token of any kind is configured: every client is accepted.
+    /// True when no credential of any kind is configured here (a token table is a service
+    /// the embedder adds beside the configuration).
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty()
-            && self.token_table.is_none()
-            && !self.auth.any()
-            && self.tls.client_ca.is_none()
+        self.tokens.is_empty() && !self.auth.any() && self.tls.client_ca.is_none()
     }
 
     fn check_loopback_only(&self) -> Result<(), ConfigError> {
@@ -524,10 +429,10 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_loopback() {
         ServerConfig::default()
-            .validate()
+            .check_rules(false)
             .expect("defaults validate");
         ServerConfig::ephemeral()
-            .validate()
+            .check_rules(false)
             .expect("ephemeral validates");
     }
 
@@ -537,14 +442,19 @@ mod tests {
             http_addr: "0.0.0.0:8080".parse().expect("addr"),
             ..ServerConfig::default()
         };
-        let err = config.validate().expect_err("must refuse").to_string();
+        let err = config
+            .check_rules(false)
+            .expect_err("must refuse")
+            .to_string();
         assert!(err.contains("0.0.0.0:8080"), "{err}");
         assert!(err.contains("SHOWOFF_TOKEN"), "{err}");
         let with_token = ServerConfig {
             tokens: vec![Secret::new("t")],
             ..config
         };
-        with_token.validate().expect("a token makes it safe");
+        with_token
+            .check_rules(false)
+            .expect("a token makes it safe");
     }
 
     #[test]
@@ -567,19 +477,13 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?} {s}"), "*** ***");
-    }
-
-    #[test]
     fn bad_domains_are_refused() {
         for domain in ["", "Example.com", "a..b", "x.test:80"] {
             let config = ServerConfig {
                 domain: domain.into(),
                 ..ServerConfig::default()
             };
-            assert!(config.validate().is_err(), "{domain:?}");
+            assert!(config.check_rules(false).is_err(), "{domain:?}");
         }
     }
 }

@@ -3,17 +3,69 @@
 //! - [`http`]: HTTP/1.1 reverse proxy routed by `Host`, per request.
 //! - [`https`]: the HTTPS listener: ClientHello (SNI) first, then TLS, then [`http`].
 //! - [`h2`]: HTTP/2 visitors, each request handed to [`http`] as HTTP/1.1.
-//! - [`proxy_protocol`]: PROXY v1/v2 headers from trusted load balancers.
 //! - [`forwarded`]: `X-Forwarded-*` and which proxies are believed.
-//! - [`tcp`]: raw TCP tunnels, one public port each.
-//! - [`access`]: per-tunnel visitor rules (IP lists, basic auth).
-//! - [`error`]: the one mapping from edge failures to status codes and `X-Showoff-Error` codes.
+//! - [`tcp`]: raw TCP tunnels, one public port each; also TLS passthrough visitors.
+//! - [`error`]: the one mapping from edge failures to status codes and stable error codes,
+//!   used by every edge.
+//!
+//! Every edge gets the same narrow [`EdgeContext`]: routes, limits, the exchange sinks, the
+//! drain, URLs, TLS acceptors and ACME answers, and the settings it reads. Each finished
+//! request or connection is reported once, as an exchange event.
 
-pub(crate) mod access;
 pub(crate) mod error;
 pub(crate) mod forwarded;
 pub(crate) mod h2;
 pub(crate) mod http;
 pub(crate) mod https;
-pub(crate) mod proxy_protocol;
 pub(crate) mod tcp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use showoff_core::Exchanges;
+
+use crate::config::ProxyConfig;
+use crate::drain::Drain;
+use crate::limits::RateLimits;
+use crate::state::{PublicUrls, Routes};
+use crate::stats::{GaugeGuard, Stats};
+use crate::tls::{Http01Answers, Tls};
+
+/// The settings the edges read.
+#[derive(Debug, Clone)]
+pub(crate) struct EdgeSettings {
+    /// Base domain tunnel names are routed under.
+    pub(crate) domain: String,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) head_timeout: Duration,
+    pub(crate) io_idle_timeout: Duration,
+    pub(crate) max_visitors_per_tunnel: usize,
+    /// Plain-HTTP visitors are redirected to HTTPS.
+    pub(crate) redirect_http: bool,
+    /// Which peers' `X-Forwarded-*` and PROXY headers are believed.
+    pub(crate) proxy: ProxyConfig,
+}
+
+/// What the edges use, and nothing else.
+pub(crate) struct EdgeContext {
+    pub(crate) settings: EdgeSettings,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) limits: Arc<RateLimits>,
+    /// Gauges of open visitor connections.
+    pub(crate) stats: Arc<Stats>,
+    /// Where every finished request and connection is reported.
+    pub(crate) exchanges: Exchanges,
+    pub(crate) drain: Drain,
+    pub(crate) urls: PublicUrls,
+    /// The HTTPS acceptor and certificate store.
+    pub(crate) tls: Arc<Tls>,
+    /// Pending ACME HTTP-01 answers.
+    pub(crate) acme_http01: Http01Answers,
+}
+
+impl EdgeContext {
+    /// Counts one open visitor connection for as long as the guard lives.
+    pub(crate) fn visitor_gauge(&self) -> GaugeGuard<'_> {
+        GaugeGuard::new(&self.stats.visitor_connections_active)
+    }
+}

@@ -1,57 +1,65 @@
 //! The Showoff server: control, data and public listeners; sessions; the HTTP and TCP edges.
 //!
-//! A visitor's path through this crate reads in one direction: a public listener accepts it,
-//! the edge ([`edge`]) routes it by `Host` or port to a tunnel ([`tunnel`]) of a session
-//! ([`session`]), the session's transport ([`transport`]) opens a stream to the client, and
-//! bytes flow to the client's local target.
+//! The crate is layered, and imports point one way only (a test in `tests/layers.rs` fails on
+//! an import that points up):
+//!
+//! ```text
+//! config → {stats, audit, limits, tls, auth, listen, drain} → state → transport → control
+//!        → edge → ops → server (composition root)
+//! ```
+//!
+//! A visitor's path reads in the same direction: a listener ([`listen`]) accepts it and runs
+//! the arrival prelude, the edge ([`edge`]) routes it by `Host` or port to a tunnel of the
+//! routing table ([`state`]), the tunnel's opener ([`transport`]) gives a stream to the client,
+//! and bytes flow to the client's local target; the finished exchange is reported once as an
+//! event to the metrics ([`stats`]) and the access log. Only [`server`] sees every layer: it
+//! builds each one a narrow context of what it uses.
 //!
 //! The library never reads the environment or signals and never exits the process: the binary
-//! builds a [`ServerConfig`] (reading every file it names), calls [`Server::bind`], then
-//! [`Server::run`] with a cancellation token it cancels on SIGTERM. The one exception to "no
-//! files" is [`acme`], whose job is to keep its account and certificates on disk.
+//! builds a [`ServerConfig`] (plain data, reading every file it names) and [`Services`], calls
+//! [`Server::bind_with`], then [`Server::run`] with a cancellation token it cancels on
+//! SIGTERM. The one exception to "no files" is [`ops::acme`], whose job is to keep its account
+//! and certificates on disk.
 //!
 //! # Layout
-//! - [`config`]: [`ServerConfig`], defaults, validation (open mode only on loopback).
-//! - [`acme`]: certificates obtained and renewed by ACME (HTTP-01, TLS-ALPN-01), persisted.
-//! - `admin`: the admin listener: probes, version, metrics, sessions and tunnels API, pprof.
-//! - [`server`]: bind, accept loops, drain; the shared state of all tasks.
-//! - [`session`]: control connections: handshake, heartbeats, `GoAway`, teardown.
-//! - [`audit`]: audit events and the sink they go to.
-//! - [`auth`]: the `Authenticator` interface, principals, name patterns, token tables.
-//! - [`limits`]: rate limits per visitor address, tunnel and client address.
-//! - [`registry`]: name ownership ([`Registry`], [`MemoryRegistry`]) and the routing table.
-//! - [`pending`]: dial-back waiters (`id → oneshot`), guards and caps.
-//! - [`transport`]: the stream-opening interface and the dial-back transport with warm pool.
-//! - [`tunnel`]: one registered tunnel and its pooled upstream connections.
-//! - [`edge`]: HTTP reverse proxy, TCP splicing, error pages.
-//! - [`stats`]: Prometheus metrics, also read by tests through snapshots.
-//! - [`tls`]: certificates by SNI (reloadable), TLS acceptors, client-certificate identities.
+//! - [`config`]: [`ServerConfig`] and its parts, defaults, the rules checked before binding.
+//! - [`stats`], [`audit`], [`limits`], [`tls`], [`auth`], `listen`, `drain`: services every
+//!   layer above may use (metrics, audit sink, rate limits, certificates and acceptors,
+//!   authenticators, sockets and the arrival prelude, the lifecycle).
+//! - `state`: sessions, tunnels, routes, naming rules, ports, public URLs.
+//! - [`transport`]: the server side of each transport (dial-back today).
+//! - `control`: handshake, admission, registration, the control loop.
+//! - `edge`: HTTP, HTTPS, HTTP/2 and TCP edges, forwarded headers, error pages.
+//! - [`ops`]: admin listener, ACME, access log.
+//! - [`server`]: the composition root.
 
-pub mod acme;
-mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
+mod control;
+mod drain;
 mod edge;
 pub mod limits;
-mod pending;
-pub mod registry;
+mod listen;
+pub mod ops;
 pub mod server;
-mod session;
+mod state;
 pub mod stats;
 pub mod tls;
 pub mod transport;
-mod tunnel;
 
-pub use acme::{AcmeChallenge, AcmeConfig};
 pub use config::{
-    AdminConfig, AuthConfig, BuildInfo, ConfigError, LogControl, NamePolicy, PolicyConfig,
-    PortRange, ProxyConfig, ProxyProtocol, Secret, ServerConfig, WebhookConfig,
+    AcmeChallenge, AcmeConfig, AdminConfig, AuthConfig, BuildInfo, ConfigError, NamePolicy,
+    PemPair, PolicyConfig, PortRange, ProxyConfig, ProxyProtocol, RateConfig, Secret, ServerConfig,
+    TlsConfig, WebhookConfig,
 };
+pub use control::MAX_TUNNELS_PER_SESSION;
+pub use drain::DrainReport;
 pub use edge::error::ERROR_HEADER;
-pub use limits::RateConfig;
-pub use registry::{MemoryRegistry, Registry};
-pub use server::{DrainReport, Server, ServerAddrs, ServerError, ServerHandle};
-pub use session::MAX_TUNNELS_PER_SESSION;
+pub use ops::admin::LogControl;
+pub use server::{Server, ServerAddrs, ServerError, ServerHandle, Services, validate};
+pub use showoff_core::{MemoryRegistry, Registry};
 pub use stats::StatsSnapshot;
-pub use tls::{PemPair, TlsConfig};
+
+/// The ACME settings and task (kept at `showoff_server::acme` for embedders).
+pub use ops::acme;

@@ -9,18 +9,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// Configured rates; 0 turns a limit off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateConfig {
-    /// HTTP requests per second from one visitor address (burst: the same number).
-    pub visitor_per_ip: u32,
-    /// HTTP requests per second to one tunnel (burst: the same number).
-    pub tunnel_requests: u32,
-    /// Control connections per minute from one client address (burst: the same number).
-    pub control_per_ip: u32,
-    /// Tunnels opened per minute by one principal, reconnects included (burst: the same).
-    pub tunnels_per_principal: u32,
-}
+pub use crate::config::RateConfig;
 
 /// The limiters of one server.
 pub(crate) struct RateLimits {

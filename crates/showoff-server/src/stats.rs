@@ -1,5 +1,10 @@
 //! Counters, gauges and histograms the server keeps about itself, exported as Prometheus
-//! metrics by the admin listener and readable in tests through [`crate::Server::stats`].
+//! metrics by the admin listener and readable in tests through
+//! [`crate::ServerHandle::stats`].
+//!
+//! Per-request and per-connection figures arrive as exchange events ([`Stats`] is an
+//! [`ExchangeSink`]); gauges of live things (sessions, pending streams, open visitor
+//! connections, idle pool connections) are moved by the layer that owns the thing.
 //!
 //! Every metric is a prometheus-client type (atomics behind an `Arc`), registered in a registry
 //! of this server's own (no global registry). Names follow `showoff_<subsystem>_<thing>_<unit>`;
@@ -15,6 +20,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use showoff_core::{Exchange, ExchangeSink, Protocol};
 
 use crate::config::BuildInfo;
 
@@ -410,6 +417,22 @@ impl Stats {
     }
 }
 
+impl ExchangeSink for Stats {
+    /// Errors by code; relayed HTTP requests by status class, duration and tunnel; bytes.
+    fn record(&self, exchange: &Exchange<'_>) {
+        if let Some(code) = exchange.error {
+            self.error(code);
+            return;
+        }
+        if exchange.protocol == Protocol::Http
+            && let (Some(tunnel), Some(status)) = (exchange.tunnel, exchange.status)
+        {
+            self.http_request(tunnel, status, exchange.duration);
+        }
+        self.bytes(exchange.bytes_in, exchange.bytes_out);
+    }
+}
+
 /// Increments a gauge for as long as it lives.
 #[derive(Debug)]
 pub(crate) struct GaugeGuard<'a>(&'a Gauge);
@@ -482,6 +505,43 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("tunnel=\"c\""), "{text}");
+    }
+
+    #[test]
+    fn exchange_events_feed_the_same_counters() {
+        let stats = Stats::new(&build(), 0);
+        let relayed = Exchange {
+            protocol: Protocol::Http,
+            tunnel: Some("demo"),
+            visitor: "192.0.2.1".parse().expect("ip"),
+            http: None,
+            status: Some(200),
+            error: None,
+            bytes_in: 5,
+            bytes_out: 7,
+            duration: Duration::from_millis(1),
+        };
+        stats.record(&relayed);
+        stats.record(&Exchange {
+            error: Some("rate_limited"),
+            status: Some(429),
+            ..relayed
+        });
+        stats.record(&Exchange {
+            protocol: Protocol::Tcp,
+            status: None,
+            ..relayed
+        });
+        assert_eq!(stats.snapshot().http_requests, 1, "errors are not requests");
+        let text = stats.encode().expect("encode");
+        assert!(
+            text.contains("showoff_errors_total{code=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("showoff_tunnel_bytes_total{direction=\"in\"} 10"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! TLS with rustls (one crypto provider, aws-lc-rs): the certificate store every TLS listener
 //! chooses from by SNI, the acceptors of the control, data and public HTTPS listeners, and the
-//! identity of a client certificate (mTLS).
+//! identity of a client certificate (mTLS); and the ACME challenge answers the listeners give
+//! ([`Http01Answers`] on plain HTTP, validation certificates in the store for TLS-ALPN-01).
 //!
 //! Certificates arrive as PEM text ([`PemPair`]); the binary reads the files and hands new
 //! text to [`crate::ServerHandle::reload_certificates`] when they change, which swaps the store
@@ -9,8 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,52 +24,41 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 
-use crate::transport::Prefixed;
+pub use crate::config::{PemPair, TlsConfig};
+use showoff_core::Prefixed;
 
 /// A connection on a listener that may speak TLS. Boxed: a TLS session is a few KiB, and plain
 /// connections should not pay for it.
 /// Bytes read before the handshake (a PROXY header's tail) come first ([`Prefixed`]).
 pub(crate) type ServerIo = Either<Prefixed<TcpStream>, Box<TlsStream<Prefixed<TcpStream>>>>;
 
-/// A certificate chain and its private key, PEM text.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PemPair {
-    /// The chain, leaf first.
-    pub cert: String,
-    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: String,
-}
+/// Key authorizations for pending HTTP-01 challenges, by token.
+/// Shared by the ACME task (which sets them) and the HTTP edge (which answers with them).
+#[derive(Clone, Default)]
+pub(crate) struct Http01Answers(Arc<Mutex<HashMap<String, String>>>);
 
-impl std::fmt::Debug for PemPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PemPair(***)")
+impl Http01Answers {
+    /// The key authorization for `token`, while its challenge is pending.
+    pub(crate) fn get(&self, token: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    /// Sets (or, with `None`, withdraws) the answer for `token`.
+    pub(crate) fn set(&self, token: &str, answer: Option<String>) {
+        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Some(answer) => answers.insert(token.to_string(), answer),
+            None => answers.remove(token),
+        };
     }
 }
 
-/// TLS settings; everything is off while `certificates` is empty.
-#[derive(Debug, Clone, Default)]
-pub struct TlsConfig {
-    /// Certificates served by SNI (wildcards for `*.<domain>`, explicit ones for custom names);
-    /// the first is the default for names none covers. With any certificate, the control and
-    /// data listeners speak TLS only.
-    pub certificates: Vec<PemPair>,
-    /// CA certificates (PEM) client certificates must chain to; when set, control and data
-    /// connections must present one, and its identity is the principal (`cert:<name>`).
-    pub client_ca: Option<String>,
-    /// Public HTTPS listener (visitors); `None` turns it off.
-    pub https_addr: Option<SocketAddr>,
-    /// Answer plain-HTTP visitors with a redirect to HTTPS.
-    pub redirect_http: bool,
-    /// Certificates obtained and renewed automatically.
-    pub acme: Option<crate::acme::AcmeConfig>,
-}
-
-impl TlsConfig {
-    /// Whether the control and data listeners speak TLS.
-    pub fn enabled(&self) -> bool {
-        !self.certificates.is_empty() || self.acme.is_some()
-    }
-}
+/// The HTTP-01 path prefix.
+pub(crate) const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The crypto provider of every TLS context Showoff builds.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -283,7 +272,7 @@ impl Tls {
         let alpn_challenge = config
             .acme
             .as_ref()
-            .is_some_and(|a| a.challenge == crate::acme::AcmeChallenge::TlsAlpn01);
+            .is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01);
         if alpn_challenge && config.https_addr.is_none() {
             return Err("the tls-alpn-01 challenge needs the HTTPS listener (--https-addr)".into());
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use showoff_client::{ClientConfig, ClientError, ClientEvent, TunnelConfig};
 use showoff_proto::{HostHeader, TunnelInfo, TunnelKind, TunnelSpec};
-use showoff_server::{DrainReport, Server, ServerAddrs, ServerConfig, ServerHandle};
+use showoff_server::{DrainReport, Server, ServerAddrs, ServerConfig, ServerHandle, Services};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,9 +62,16 @@ pub struct TestServer {
 impl TestServer {
     /// Binds and runs a server with `config` (use [`ServerConfig::ephemeral`] as a base).
     pub async fn start(config: ServerConfig) -> Self {
+        Self::start_with(config, Services::default()).await
+    }
+
+    /// Like [`start`](Self::start), with a token table, audit sink or other services.
+    pub async fn start_with(config: ServerConfig, services: Services) -> Self {
         init_logs();
         let domain = config.domain.clone();
-        let server = Server::bind(config).await.expect("server binds");
+        let server = Server::bind_with(config, services)
+            .await
+            .expect("server binds");
         let addrs = server.addrs();
         let handle = server.handle();
         let shutdown = CancellationToken::new();

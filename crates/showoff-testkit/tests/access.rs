@@ -3,7 +3,7 @@
 use showoff_client::ClientError;
 use showoff_proto::{RefusedCode, TunnelKind};
 use showoff_server::auth::{NamePattern, Principal, TokenEntry, TokenTable, token_hash};
-use showoff_server::{NamePolicy, ServerConfig};
+use showoff_server::{NamePolicy, ServerConfig, Services};
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::get;
 use showoff_testkit::{TestClient, TestServer, eventually, refusal, tunnel};
@@ -27,13 +27,19 @@ fn bob() -> TokenEntry {
     }
 }
 
-async fn server_with(table: TokenTable, names: NamePolicy) -> TestServer {
-    TestServer::start(ServerConfig {
+fn with_table(table: TokenTable) -> Services {
+    Services {
         token_table: Some(table),
+        ..Services::default()
+    }
+}
+
+async fn server_with(table: TokenTable, names: NamePolicy) -> TestServer {
+    let config = ServerConfig {
         names,
         ..ServerConfig::ephemeral()
-    })
-    .await
+    };
+    TestServer::start_with(config, with_table(table)).await
 }
 
 async fn start(
@@ -380,12 +386,11 @@ impl Collected {
 async fn the_audit_log_records_who_did_what_and_how_it_ended() {
     let audit = Collected::default();
     let table = TokenTable::new(vec![alice(), bob()]);
-    let server = TestServer::start(ServerConfig {
-        token_table: Some(table.clone()),
-        audit: Some(showoff_server::audit::AuditLog::new(audit.clone())),
-        ..ServerConfig::ephemeral()
-    })
-    .await;
+    let services = Services {
+        audit: showoff_server::audit::AuditLog::new(audit.clone()),
+        ..with_table(table.clone())
+    };
+    let server = TestServer::start_with(ServerConfig::ephemeral(), services).await;
     let target = spawn_target("a").await;
     let http = |name: &str| tunnel(TunnelKind::Http, Some(name), target.addr);
     let first = start(&server, "alice-token", vec![http("alice-web")])
@@ -622,15 +627,15 @@ async fn visitor_rate_limits_are_per_address() {
 
 #[tokio::test]
 async fn new_tunnels_per_principal_are_rate_limited() {
-    let server = TestServer::start(ServerConfig {
-        token_table: Some(TokenTable::new(vec![alice(), bob()])),
+    let config = ServerConfig {
         rates: showoff_server::RateConfig {
             tunnels_per_principal: 2,
             ..Default::default()
         },
         ..ServerConfig::ephemeral()
-    })
-    .await;
+    };
+    let table = TokenTable::new(vec![alice(), bob()]);
+    let server = TestServer::start_with(config, with_table(table)).await;
     let target = spawn_target("a").await;
     let http = |name: &str| tunnel(TunnelKind::Http, Some(name), target.addr);
     let first = start(&server, "alice-token", vec![http("alice-1")])

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use showoff_proto::TunnelKind;
-use showoff_server::{AdminConfig, BuildInfo, LogControl, Secret, ServerConfig};
+use showoff_server::{AdminConfig, BuildInfo, LogControl, Secret, ServerConfig, Services};
 use showoff_testkit::visitor::{get, metric, request};
 use showoff_testkit::{TestClient, TestServer, eventually, serve_http, tunnel, within};
 
@@ -168,7 +168,7 @@ async fn auth_failures_are_counted() {
 async fn guarded_endpoints_need_the_admin_token() {
     let applied = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = applied.clone();
-    let config = ServerConfig {
+    let services = Services {
         log_control: Some(LogControl::new(move |filter| {
             if filter.contains('!') {
                 return Err("not a filter".into());
@@ -176,9 +176,9 @@ async fn guarded_endpoints_need_the_admin_token() {
             seen.lock().expect("lock").push(filter.to_string());
             Ok(())
         })),
-        ..admin_config(Some("admin-secret"))
+        ..Services::default()
     };
-    let server = TestServer::start(config).await;
+    let server = TestServer::start_with(admin_config(Some("admin-secret")), services).await;
     let admin = server.addrs.admin.expect("admin listener");
     let bearer = ("authorization", "Bearer admin-secret");
 

@@ -6,7 +6,7 @@ use anyhow::Context;
 use showoff_client::{ClientConfig, ClientEvent, TunnelConfig};
 use showoff_proto::{HostHeader, TunnelKind, TunnelSpec, VisitorRules};
 use showoff_server::auth::TokenTable;
-use showoff_server::{BuildInfo, LogControl, Server};
+use showoff_server::{BuildInfo, LogControl, Server, ServerConfig, Services};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ServerArgs, TokenCommand, TokenSignArgs, TunnelArgs};
@@ -107,12 +107,22 @@ pub fn build_info() -> BuildInfo {
     }
 }
 
-async fn server(
-    args: ServerArgs,
+/// The server's configuration with every file it names read, and its services.
+struct Loaded {
+    config: ServerConfig,
+    services: Services,
+    values: Vec<(settings::Setting, String, settings::Source)>,
+    token_path: Option<std::path::PathBuf>,
+    tls_files: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Resolves the settings and reads the files they name (keys, policies, certificates, the
+/// token file, the audit log).
+fn load_server(
+    args: &ServerArgs,
     env: &HashMap<String, String>,
     file: &FileValues,
-    log_control: LogControl,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Loaded> {
     let resolved = settings::resolve(&args.values, env, file)?;
     let token_path = resolved.path("token_file");
     let audit_path = resolved.path("audit_log");
@@ -126,27 +136,48 @@ async fn server(
                 .with_context(|| format!("cannot read tls_client_ca {path}"))?,
         );
     }
-    let table = match &token_path {
-        Some(path) => Some(TokenTable::new(token_file::load(path)?)),
-        None => None,
-    };
-    if let Some(path) = &audit_path {
-        config.audit = Some(crate::audit_file::open(path)?);
+    let mut services = Services::default();
+    if let Some(path) = &token_path {
+        services.token_table = Some(TokenTable::new(token_file::load(path)?));
     }
-    config.token_table = table.clone();
+    if let Some(path) = audit_path {
+        services.audit = crate::audit_file::open(&path)?;
+    }
+    Ok(Loaded {
+        config,
+        services,
+        values: resolved.values,
+        token_path,
+        tls_files,
+    })
+}
+
+async fn server(
+    args: ServerArgs,
+    env: &HashMap<String, String>,
+    file: &FileValues,
+    log_control: LogControl,
+) -> anyhow::Result<()> {
+    let Loaded {
+        mut config,
+        mut services,
+        values,
+        token_path,
+        tls_files,
+    } = load_server(&args, env, file)?;
     if args.check_config {
-        print!("{}", settings::describe(&resolved.values));
-        if let Some(table) = &table {
+        print!("{}", settings::describe(&values));
+        if let Some(table) = &services.token_table {
             println!("# token file: {} token(s)", table.len());
         }
-        config
-            .validate()
+        showoff_server::validate(&config, &services)
             .context("the resolved configuration cannot run")?;
         return Ok(());
     }
     config.build = build_info();
-    config.log_control = Some(log_control);
-    let server = Server::bind(config)
+    services.log_control = Some(log_control);
+    let table = services.token_table.clone();
+    let server = Server::bind_with(config, services)
         .await
         .context("failed to start the server")?;
     let shutdown = CancellationToken::new();
@@ -160,32 +191,40 @@ async fn server(
         ));
     }
     if !tls_files.is_empty() {
-        let handle = server.handle();
-        let watched = tls_files
-            .iter()
-            .flat_map(|(c, k)| [c.clone(), k.clone()])
-            .collect();
-        tokio::spawn(crate::watch::on_change(
-            watched,
-            "certificates",
-            shutdown.clone(),
-            move || match read_pem_pairs(&tls_files).map_err(|e| format!("{e:#}")) {
-                Ok(pairs) => {
-                    if let Err(error) = handle.reload_certificates(&pairs) {
-                        tracing::error!(%error, "certificates not reloaded; the previous ones stay in force");
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "certificates not reloaded; the previous ones stay in force")
-                }
-            },
-        ));
+        watch_certificates(tls_files, server.handle(), shutdown.clone());
     }
     let report = server.run(shutdown).await;
     if !report.clean {
         tracing::warn!("shutdown grace expired before every visitor finished");
     }
     Ok(())
+}
+
+/// Reloads the certificates whenever one of their files changes.
+fn watch_certificates(
+    tls_files: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    handle: showoff_server::ServerHandle,
+    shutdown: CancellationToken,
+) {
+    let watched = tls_files
+        .iter()
+        .flat_map(|(c, k)| [c.clone(), k.clone()])
+        .collect();
+    tokio::spawn(crate::watch::on_change(
+        watched,
+        "certificates",
+        shutdown,
+        move || match read_pem_pairs(&tls_files).map_err(|e| format!("{e:#}")) {
+            Ok(pairs) => {
+                if let Err(error) = handle.reload_certificates(&pairs) {
+                    tracing::error!(%error, "certificates not reloaded; the previous ones stay in force");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "certificates not reloaded; the previous ones stay in force")
+            }
+        },
+    ));
 }
 
 /// The client's TLS settings, with the files they name read; `None` for plain TCP.

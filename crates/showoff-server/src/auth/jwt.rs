@@ -14,44 +14,13 @@ use serde_json::Value;
 use showoff_proto::TunnelKind;
 
 use super::{AuthError, AuthRequest, Authenticator, Grant, Principal};
-use crate::config::Secret;
+pub use crate::config::{JwtConfig, JwtKey};
 
 /// Prefix of the principal ids JWTs produce (`jwt:alice`).
 pub const PRINCIPAL_PREFIX: &str = "jwt:";
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;
-
-/// The key JWTs are verified with.
-#[derive(Clone)]
-pub enum JwtKey {
-    /// HS256 shared secret.
-    Secret(Secret),
-    /// RS256 (RSA) or ES256 (EC P-256) public key, PEM text.
-    PublicPem(String),
-}
-
-impl std::fmt::Debug for JwtKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Secret(_) => f.write_str("Secret(***)"),
-            Self::PublicPem(_) => f.write_str("PublicPem(..)"),
-        }
-    }
-}
-
-/// JWT settings.
-#[derive(Debug, Clone)]
-pub struct JwtConfig {
-    /// Verification key.
-    pub key: JwtKey,
-    /// Accepted `iss`; `None` skips the check.
-    pub issuer: Option<String>,
-    /// Required `aud`; `None` skips the check.
-    pub audience: Option<String>,
-    /// Claim holding the name patterns.
-    pub names_claim: String,
-}
 
 /// Verifies JWTs.
 pub struct Jwt {
@@ -175,6 +144,7 @@ impl Authenticator for Jwt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
 

@@ -4,6 +4,7 @@
 //! and, later, metrics label them the same way.
 
 use crate::edge::http::head::HeadError;
+use crate::listen::ProxyError;
 use crate::transport::OpenError;
 
 /// Response header carrying the stable error code.
@@ -47,7 +48,11 @@ pub(crate) enum EdgeError {
     /// The tunnel wants basic auth and the request lacks the right credentials.
     AuthRequired,
     /// The PROXY protocol policy refused the connection.
-    Proxy(crate::edge::proxy_protocol::ProxyError),
+    Proxy(ProxyError),
+    /// An HTTPS visitor's first bytes are not a TLS ClientHello (or one too large).
+    BadTlsHello,
+    /// The TLS handshake with an HTTPS visitor failed.
+    TlsHandshake,
 }
 
 /// What to send for an [`EdgeError`].
@@ -107,8 +112,19 @@ impl EdgeError {
                 Visitor,
             ),
             Self::BadBody => page(400, "bad_request", "malformed request body".into(), Visitor),
+            Self::BadTlsHello => page(
+                400,
+                "bad_tls_hello",
+                "the connection did not start with a TLS ClientHello".into(),
+                Visitor,
+            ),
+            Self::TlsHandshake => page(
+                400,
+                "tls_handshake",
+                "the TLS handshake failed".into(),
+                Visitor,
+            ),
             Self::Proxy(error) => {
-                use crate::edge::proxy_protocol::ProxyError;
                 let (status, message) = match error {
                     ProxyError::Required => (
                         400,
@@ -186,6 +202,14 @@ impl EdgeError {
                 )
             },
         }
+    }
+}
+
+impl EdgeError {
+    /// The stable code alone, for edges that cannot send a page (TCP, TLS before the
+    /// handshake): the same code an HTTP visitor would see in `X-Showoff-Error`.
+    pub(crate) fn code(&self) -> &'static str {
+        self.page("").code
     }
 }
 

@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use crate::edge::EdgeContext;
 use crate::edge::http::{Conn, Scheme};
-use crate::server::Shared;
 
 /// Bytes buffered in each direction of a request's pipe.
 const PIPE: usize = 64 * 1024;
@@ -24,14 +24,14 @@ const PIPE: usize = 64 * 1024;
 type Body = BoxBody<bytes::Bytes, hyper::Error>;
 
 /// Serves one HTTP/2 connection until the visitor or the server closes it.
-pub(crate) async fn serve<S>(io: S, peer: SocketAddr, shared: Arc<Shared>)
+pub(crate) async fn serve<S>(io: S, peer: SocketAddr, ctx: Arc<EdgeContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let drain = shared.drain.clone();
+    let drain = ctx.drain.draining().clone();
     let service = hyper::service::service_fn(move |request| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(exchange(request, peer, shared).await) }
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(exchange(request, peer, ctx).await) }
     });
     let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), service);
@@ -54,11 +54,11 @@ where
 async fn exchange(
     request: Request<Incoming>,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    ctx: Arc<EdgeContext>,
 ) -> Response<Body> {
     let (client_side, edge_side) = tokio::io::duplex(PIPE);
     let edge = tokio::spawn(async move {
-        Conn::new(edge_side, peer, BytesMut::new(), Scheme::Https, shared)
+        Conn::new(edge_side, peer, BytesMut::new(), Scheme::Https, ctx)
             .run()
             .await;
     });

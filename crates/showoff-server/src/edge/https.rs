@@ -5,97 +5,94 @@
 //!   plaintext;
 //! - any other name gets TLS terminated with the certificate its SNI selects, then the same HTTP
 //!   edge as plain visitors (with `X-Forwarded-Proto: https`); the bytes read are replayed into
-//!   the TLS acceptor ([`Prefixed`](crate::transport::Prefixed)).
+//!   the TLS acceptor ([`Prefixed`]).
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use showoff_core::{Exchange, Prefixed, Protocol};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::edge::EdgeContext;
+use crate::edge::error::EdgeError;
 use crate::edge::http::{Conn, Scheme};
-use crate::edge::proxy_protocol;
-use crate::server::Shared;
-use crate::stats::GaugeGuard;
-use crate::transport::Prefixed;
+use crate::listen::{Arrival, Arrived};
 
 /// Longest ClientHello read before giving up (real ones are under 2 KiB; post-quantum key
 /// shares push some towards 2 KiB more).
 const MAX_HELLO: usize = 16 * 1024;
 
 /// Serves one HTTPS visitor connection.
-pub(crate) async fn serve_visitor(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let stats = shared.clone();
-    let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
-    let config = &shared.config;
-    let deadline = config.head_timeout;
-    let policy = config.proxy.protocol;
-    let arrival = proxy_protocol::arrive(&mut stream, peer, policy, &config.proxy, deadline).await;
-    let arrival = match arrival {
+pub(crate) async fn serve_visitor(arrived: Arrived, ctx: Arc<EdgeContext>) {
+    let gauge = ctx.clone();
+    let _gauge = gauge.visitor_gauge();
+    let arrival = match arrived {
         Ok(arrival) => arrival,
-        Err(error) => {
-            debug!(%peer, code = error.code(), "HTTPS visitor refused by the PROXY protocol policy");
-            shared.stats.error(error.code());
-            return;
+        Err(refusal) => {
+            let (peer, code) = (refusal.peer, refusal.error.code());
+            debug!(%peer, code, "HTTPS visitor refused by the PROXY protocol policy");
+            return ctx
+                .exchanges
+                .emit(&Exchange::failed(Protocol::Tls, peer.ip(), code));
         }
     };
     let peer = arrival.peer;
-    let mut buf = arrival.prefix;
+    if let Err(error) = serve(arrival, &ctx).await {
+        ctx.exchanges
+            .emit(&Exchange::failed(Protocol::Tls, peer.ip(), error.code()));
+    }
+}
+
+/// SNI first: passthrough, or TLS termination and the HTTP edge.
+async fn serve(arrival: Arrival, ctx: &Arc<EdgeContext>) -> Result<(), EdgeError> {
+    let (mut stream, peer, mut buf) = (arrival.stream, arrival.peer, arrival.prefix);
+    let deadline = ctx.settings.head_timeout;
     let hello = tokio::time::timeout(deadline, read_client_hello(&mut stream, &mut buf)).await;
     let sni = match hello {
         Ok(Ok(sni)) => sni,
         Ok(Err(error)) => {
             debug!(%peer, %error, "not a TLS ClientHello");
-            shared.stats.error("bad_tls_hello");
-            return;
+            return Err(EdgeError::BadTlsHello);
         }
-        Err(_) => {
-            shared.stats.error("header_timeout");
-            return;
-        }
+        Err(_) => return Err(EdgeError::HeadTimeout),
     };
-    if let Some(tunnel) = passthrough(&shared, sni.as_deref()) {
+    if let Some(tunnel) = passthrough(ctx, sni.as_deref()) {
         tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
-        crate::edge::tcp::relay_visitor(stream, peer, buf, tunnel, shared).await;
-        return;
+        crate::edge::tcp::relay_visitor(stream, peer, buf, tunnel, ctx).await;
+        return Ok(());
     }
-    let Some(acceptor) = shared.tls.https.clone() else {
+    let Some(acceptor) = ctx.tls.https.clone() else {
         debug!(%peer, sni, "no TLS tunnel for this name and no certificate to terminate with");
-        shared.stats.error("tunnel_not_found");
-        return;
+        return Err(EdgeError::NotFound);
     };
     let prefixed = Prefixed::new(buf, stream);
-    let accepted = tokio::time::timeout(deadline, acceptor.accept(prefixed)).await;
-    let tls = match accepted {
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(prefixed)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             debug!(%peer, %error, "TLS handshake failed");
-            shared.stats.error("tls_handshake");
-            return;
+            return Err(EdgeError::TlsHandshake);
         }
-        Err(_) => {
-            shared.stats.error("header_timeout");
-            return;
-        }
+        Err(_) => return Err(EdgeError::HeadTimeout),
     };
-    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+    match tls.get_ref().1.alpn_protocol() {
         // A TLS-ALPN-01 validation: the handshake was the whole answer.
-        return;
+        Some(crate::tls::ACME_TLS_ALPN) => {}
+        Some(b"h2") => crate::edge::h2::serve(tls, peer, ctx.clone()).await,
+        _ => {
+            let mut conn = Conn::new(tls, peer, BytesMut::new(), Scheme::Https, ctx.clone());
+            conn.run().await;
+        }
     }
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        return crate::edge::h2::serve(tls, peer, shared).await;
-    }
-    let mut conn = Conn::new(tls, peer, BytesMut::new(), Scheme::Https, shared);
-    conn.run().await;
+    Ok(())
 }
 
 /// The TLS passthrough tunnel the server name routes to, if any.
-fn passthrough(shared: &Shared, sni: Option<&str>) -> Option<Arc<crate::tunnel::Tunnel>> {
-    let name = showoff_proto::host::route_name(sni?, &shared.config.domain)?;
-    let tunnel = shared.routes.get(name)?;
+fn passthrough(ctx: &EdgeContext, sni: Option<&str>) -> Option<Arc<crate::state::Tunnel>> {
+    let name = showoff_proto::host::route_name(sni?, &ctx.settings.domain)?;
+    let tunnel = ctx.routes.get(name)?;
     (tunnel.info.kind == showoff_proto::TunnelKind::Tls).then_some(tunnel)
 }
 

@@ -1,112 +1,142 @@
 //! Raw TCP tunnels: each tunnel owns one public listener; every visitor connection gets a fresh
 //! stream to the client and the two are spliced until either side closes. A trusted PROXY
 //! protocol header (when configured) names the visitor; the client can pass it on to its
-//! target in a header of its own.
+//! target in a header of its own. Each connection is reported once as an exchange event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::BytesMut;
+use showoff_core::{Exchange, Protocol, StreamMeta, splice};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, info};
+use tokio::time::Instant;
+use tracing::{debug, info};
 
-use crate::edge::proxy_protocol;
-use crate::server::{Shared, accept_loop};
-use crate::stats::GaugeGuard;
-use crate::transport::{StreamMeta, splice};
-use crate::tunnel::Tunnel;
+use crate::control::TcpTunnels;
+use crate::edge::EdgeContext;
+use crate::edge::error::EdgeError;
+use crate::listen::{Arrived, Prelude};
+use crate::state::Tunnel;
+
+/// The TCP edge, as the control layer starts it for each TCP tunnel.
+pub(crate) struct TcpEdge(pub(crate) Arc<EdgeContext>);
+
+impl TcpTunnels for TcpEdge {
+    fn serve(&self, listener: TcpListener, tunnel: Arc<Tunnel>) {
+        let ctx = self.0.clone();
+        ctx.drain
+            .tasks()
+            .spawn(serve_tunnel(listener, tunnel, ctx.clone()));
+    }
+}
 
 /// Accepts visitors on a TCP tunnel's port until the tunnel closes or the server drains.
-pub(crate) async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, shared: Arc<Shared>) {
-    let (closed, drain) = (tunnel.closed.clone(), shared.drain.clone());
+async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, ctx: Arc<EdgeContext>) {
+    let (closed, drain) = (tunnel.closed.clone(), ctx.drain.draining().clone());
     let until = async move {
         tokio::select! {
             _ = closed.cancelled() => {}
             _ = drain.cancelled() => {}
         }
     };
-    accept_loop(listener, until, shared.clone(), |stream, peer, shared| {
-        let span = tracing::info_span!(
-            "visitor",
-            %peer,
-            tunnel = %tunnel.info.name,
-            session = %tunnel.session_id
-        );
-        let task = serve_visitor(stream, peer, tunnel.clone(), shared.clone());
-        shared.visitors.spawn(task.instrument(span));
-    })
-    .await;
+    let settings = &ctx.settings;
+    let prelude = Prelude {
+        policy: settings.proxy.protocol,
+        proxy: settings.proxy.clone(),
+        deadline: settings.head_timeout,
+    };
+    let (name, session) = (tunnel.info.name.clone(), tunnel.session_id.clone());
+    let span = move |peer: SocketAddr| tracing::info_span!("visitor", %peer, tunnel = %name, session = %session);
+    let tracker = ctx.drain.visitors().clone();
+    let handle = move |arrived: Arrived| serve_visitor(arrived, tunnel.clone(), ctx.clone());
+    crate::listen::serve(listener, until, prelude, tracker, span, handle).await;
 }
 
-async fn serve_visitor(
-    mut visitor: TcpStream,
-    peer: SocketAddr,
-    tunnel: Arc<Tunnel>,
-    shared: Arc<Shared>,
-) {
-    let stats = shared.clone();
-    let _gauge = GaugeGuard::new(&stats.stats.visitor_connections_active);
-    let config = &shared.config;
-    let arrival = proxy_protocol::arrive(
-        &mut visitor,
-        peer,
-        config.proxy.protocol,
-        &config.proxy,
-        config.head_timeout,
-    )
-    .await;
-    let (peer, prefix) = match arrival {
-        Ok(arrival) => (arrival.peer, arrival.prefix),
-        Err(error) => {
-            debug!(%peer, tunnel = %tunnel.info.name, code = error.code(), "tcp visitor refused by the PROXY protocol policy");
-            shared.stats.error(error.code());
-            return;
+async fn serve_visitor(arrived: Arrived, tunnel: Arc<Tunnel>, ctx: Arc<EdgeContext>) {
+    let gauge = ctx.clone();
+    let _gauge = gauge.visitor_gauge();
+    match arrived {
+        Ok(arrival) => {
+            relay_visitor(arrival.stream, arrival.peer, arrival.prefix, tunnel, &ctx).await
         }
-    };
-    relay_visitor(visitor, peer, prefix, tunnel, shared).await;
+        Err(refusal) => {
+            let (peer, code) = (refusal.peer, refusal.error.code());
+            debug!(%peer, tunnel = %tunnel.info.name, code, "tcp visitor refused by the PROXY protocol policy");
+            let failed = Exchange::failed(Protocol::Tcp, peer.ip(), code);
+            ctx.exchanges.emit(&Exchange {
+                tunnel: Some(&tunnel.info.name),
+                ..failed
+            });
+        }
+    }
 }
 
 /// Splices one visitor with a fresh stream to the tunnel's client, after the tunnel's IP rules
 /// and visitor cap; `prefix` (bytes already read from the visitor) goes first. Also serves TLS
 /// passthrough visitors, whose prefix is their ClientHello.
 pub(crate) async fn relay_visitor(
+    visitor: TcpStream,
+    peer: SocketAddr,
+    prefix: BytesMut,
+    tunnel: Arc<Tunnel>,
+    ctx: &EdgeContext,
+) {
+    let protocol = match tunnel.info.kind {
+        showoff_proto::TunnelKind::Tls => Protocol::Tls,
+        _ => Protocol::Tcp,
+    };
+    let started = Instant::now();
+    let (bytes_in, bytes_out, error) = match relay(visitor, peer, prefix, &tunnel, ctx).await {
+        Ok((bytes_in, bytes_out)) => (bytes_in, bytes_out, None),
+        Err(error) => (0, 0, Some(error.code())),
+    };
+    ctx.exchanges.emit(&Exchange {
+        protocol,
+        tunnel: Some(&tunnel.info.name),
+        visitor: peer.ip(),
+        http: None,
+        status: None,
+        error,
+        bytes_in,
+        bytes_out,
+        duration: started.elapsed(),
+    });
+}
+
+/// The checks, the stream and the splice; the bytes moved each way.
+async fn relay(
     mut visitor: TcpStream,
     peer: SocketAddr,
-    prefix: bytes::BytesMut,
-    tunnel: Arc<Tunnel>,
-    shared: Arc<Shared>,
-) {
+    prefix: BytesMut,
+    tunnel: &Tunnel,
+    ctx: &EdgeContext,
+) -> Result<(u64, u64), EdgeError> {
     if !tunnel.access.ip_allowed(peer.ip()) {
         debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused by the tunnel's IP rules");
-        shared.stats.error("ip_forbidden");
-        return;
+        return Err(EdgeError::IpForbidden);
     }
-    let Some(_slot) = tunnel.visitor_slot(shared.config.max_visitors_per_tunnel) else {
+    let Some(_slot) = tunnel.visitor_slot(ctx.settings.max_visitors_per_tunnel) else {
         debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused: tunnel at its visitor cap");
-        shared.stats.error("over_capacity");
-        return;
+        return Err(EdgeError::Open(showoff_core::OpenError::OverCapacity));
     };
     tunnel.touch();
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),
         visitor_addr: peer,
     };
-    let mut stream = match tunnel.opener.open(&meta).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            info!(%peer, tunnel = %meta.tunnel, %error, "tcp visitor dropped");
-            shared
-                .stats
-                .error(crate::edge::error::EdgeError::Open(error).page("").code);
-            return;
-        }
-    };
+    let mut stream = tunnel.opener.open(&meta).await.map_err(|error| {
+        info!(%peer, tunnel = %meta.tunnel, %error, "tcp visitor dropped");
+        EdgeError::Open(error)
+    })?;
     if !prefix.is_empty() && stream.write_all(&prefix).await.is_err() {
-        return;
+        return Ok((0, 0));
     }
-    tokio::select! {
-        (inbound, outbound) = splice(&mut visitor, &mut stream) => shared.stats.bytes(inbound, outbound),
-        _ = tunnel.closed.cancelled() => {}
-        _ = shared.stop.cancelled() => {}
-    }
+    let moved = tokio::select! {
+        moved = splice(&mut visitor, &mut stream) => moved,
+        _ = tunnel.closed.cancelled() => (0, 0),
+        _ = ctx.drain.stopping().cancelled() => (0, 0),
+    };
     tunnel.touch();
+    Ok(moved)
 }

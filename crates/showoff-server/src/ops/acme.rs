@@ -14,8 +14,8 @@
 //! all written atomically (temporary file, then rename) with mode 0600 for secrets.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use instant_acme::{
@@ -28,86 +28,15 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::server::Shared;
-use crate::tls::PemPair;
+use tokio_util::sync::CancellationToken;
 
-/// How ACME challenges are answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcmeChallenge {
-    /// `http://<name>/.well-known/acme-challenge/<token>` on the public HTTP listener.
-    Http01,
-    /// A self-signed validation certificate for `acme-tls/1` handshakes on the HTTPS listener.
-    TlsAlpn01,
-}
-
-impl std::str::FromStr for AcmeChallenge {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "http-01" => Ok(Self::Http01),
-            "tls-alpn-01" => Ok(Self::TlsAlpn01),
-            _ => Err("expected http-01 or tls-alpn-01".into()),
-        }
-    }
-}
-
-/// ACME settings.
-#[derive(Debug, Clone)]
-pub struct AcmeConfig {
-    /// The ACME server's directory URL.
-    pub directory: String,
-    /// Contact URIs for the account (`mailto:ops@example.com`).
-    pub contact: Vec<String>,
-    /// Where the account and certificates are kept.
-    pub storage: PathBuf,
-    /// PEM CA certificates that verify the ACME server itself (test or private ACME servers).
-    pub directory_ca: Option<PathBuf>,
-    /// How challenges are answered.
-    pub challenge: AcmeChallenge,
-    /// Names certified at start and kept renewed (e.g. the server's own name).
-    pub names: Vec<String>,
-    /// Also certify `<tunnel>.<domain>` for HTTP tunnels as they register.
-    pub on_demand: bool,
-    /// Most on-demand orders per hour (a guard against name churn exhausting the CA's limits).
-    pub orders_per_hour: u32,
-    /// Renew certificates this long before they expire.
-    pub renew_before: Duration,
-    /// First wait after a failure; doubles per failure up to an hour.
-    pub retry_after: Duration,
-}
-
-/// Default renewal margin: 30 days.
-pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use crate::config::{AcmeChallenge, AcmeConfig, DEFAULT_RENEW_BEFORE, PemPair};
+use crate::state::Routes;
+use crate::stats::Stats;
+use crate::tls::{Http01Answers, Tls};
 
 /// Longest wait between attempts for a failing name.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-
-/// Key authorizations for pending HTTP-01 challenges, by token.
-#[derive(Default)]
-pub(crate) struct Http01Answers(Mutex<HashMap<String, String>>);
-
-impl Http01Answers {
-    /// The key authorization for `token`, while its challenge is pending.
-    pub(crate) fn get(&self, token: &str) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .cloned()
-    }
-
-    fn set(&self, token: &str, answer: Option<String>) {
-        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match answer {
-            Some(answer) => answers.insert(token.to_string(), answer),
-            None => answers.remove(token),
-        };
-    }
-}
-
-/// The HTTP-01 path prefix.
-pub(crate) const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Per-name bookkeeping of the ordering task.
 #[derive(Default)]
@@ -121,111 +50,179 @@ struct NameState {
     configured: bool,
 }
 
+/// What the ACME task uses.
+pub(crate) struct AcmeContext {
+    pub(crate) config: AcmeConfig,
+    /// Base domain: on-demand names are `<tunnel>.<domain>`.
+    pub(crate) domain: String,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) tls: Arc<Tls>,
+    pub(crate) http01: Http01Answers,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) stop: CancellationToken,
+}
+
 /// Orders, renews and installs certificates until the server stops. `requests` carries
 /// hostnames of tunnels that just registered.
-pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<String>) {
-    let Some(config) = shared.config.tls.acme.clone() else {
-        return;
-    };
-    let mut names: HashMap<String, NameState> = HashMap::new();
-    for name in &config.names {
-        names
-            .entry(name.to_ascii_lowercase())
-            .or_default()
-            .configured = true;
-    }
-    // Certificates on disk serve at once, before the ACME server is even reachable.
-    for (name, pair) in stored_certificates(&config.storage) {
-        match install(&shared, &name, &pair) {
-            Ok(not_after) => {
-                info!(name, ?not_after, "certificate loaded from storage");
-                names.entry(name).or_default().not_after = Some(not_after);
-            }
-            Err(error) => warn!(name, %error, "stored certificate not usable; ordering a new one"),
-        }
-    }
-    let guard = std::num::NonZeroU32::new(config.orders_per_hour)
-        .map(|n| governor::RateLimiter::direct(governor::Quota::per_hour(n)));
-    let mut account: Option<Account> = None;
-    let mut account_failures = 0;
-    let tick = config.retry_after.min(Duration::from_secs(60));
+pub(crate) async fn run(ctx: AcmeContext, mut requests: mpsc::Receiver<String>) {
+    let mut orderer = Orderer::new(&ctx);
+    orderer.load_stored();
+    let tick = ctx.config.retry_after.min(Duration::from_secs(60));
     // Without on-demand certificates nobody sends requests; the closed queue is then ignored.
     let mut queue_open = true;
     loop {
         tokio::select! {
-            _ = shared.stop.cancelled() => return,
+            _ = ctx.stop.cancelled() => return,
             request = requests.recv(), if queue_open => match request {
-                Some(name) if !names.contains_key(&name) => {
-                    if guard.as_ref().is_none_or(|g| g.check().is_ok()) {
-                        names.insert(name, NameState::default());
-                    } else {
-                        warn!(name, "on-demand certificate refused by the hourly order guard");
-                        shared.stats.acme_order("rate_guarded");
-                        continue;
-                    }
-                }
-                Some(_) => continue,
-                None => {
-                    queue_open = false;
-                    continue;
-                }
+                // A new name is ordered at once, not at the next tick.
+                Some(name) => if orderer.requested(name) {
+                    orderer.order_due().await;
+                },
+                None => queue_open = false,
             },
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(tick) => orderer.order_due().await,
         }
-        let now = tokio::time::Instant::now();
-        let due: Vec<String> = names
-            .iter()
-            .filter(|(name, state)| {
-                state.next_attempt.is_none_or(|t| t <= now)
-                    && needs_certificate(state.not_after, SystemTime::now(), config.renew_before)
-                    && (state.configured || registered(&shared, name))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        if due.is_empty() {
-            continue;
+    }
+}
+
+/// The ordering task's state: every name it looks after, the hourly guard, the account.
+struct Orderer<'a> {
+    ctx: &'a AcmeContext,
+    names: HashMap<String, NameState>,
+    guard: Option<governor::DefaultDirectRateLimiter>,
+    account: Option<Account>,
+    account_failures: u32,
+}
+
+impl<'a> Orderer<'a> {
+    fn new(ctx: &'a AcmeContext) -> Self {
+        let mut names: HashMap<String, NameState> = HashMap::new();
+        for name in &ctx.config.names {
+            names
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .configured = true;
         }
-        if account.is_none() {
-            match load_or_create_account(&config).await {
-                Ok(created) => account = Some(created),
+        let guard = std::num::NonZeroU32::new(ctx.config.orders_per_hour)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_hour(n)));
+        Self {
+            ctx,
+            names,
+            guard,
+            account: None,
+            account_failures: 0,
+        }
+    }
+
+    /// Certificates on disk serve at once, before the ACME server is even reachable.
+    fn load_stored(&mut self) {
+        for (name, pair) in stored_certificates(&self.ctx.config.storage) {
+            match install(self.ctx, &name, &pair) {
+                Ok(not_after) => {
+                    info!(name, ?not_after, "certificate loaded from storage");
+                    self.names.entry(name).or_default().not_after = Some(not_after);
+                }
                 Err(error) => {
-                    account_failures += 1;
-                    let wait = backoff(config.retry_after, account_failures);
-                    warn!(%error, retry_in = ?wait, "ACME account unavailable");
-                    shared.stats.acme_order("account_failed");
-                    for name in &due {
-                        if let Some(state) = names.get_mut(name) {
-                            state.next_attempt = Some(now + wait);
-                        }
-                    }
-                    continue;
+                    warn!(name, %error, "stored certificate not usable; ordering a new one")
                 }
             }
         }
-        let Some(acct) = &account else { continue };
+    }
+
+    /// An on-demand request for a tunnel hostname, under the hourly guard; true when the
+    /// name is new and admitted.
+    fn requested(&mut self, name: String) -> bool {
+        if self.names.contains_key(&name) {
+            return false;
+        }
+        if self.guard.as_ref().is_some_and(|g| g.check().is_err()) {
+            warn!(
+                name,
+                "on-demand certificate refused by the hourly order guard"
+            );
+            self.ctx.stats.acme_order("rate_guarded");
+            return false;
+        }
+        self.names.insert(name, NameState::default());
+        true
+    }
+
+    /// Names whose certificate is missing or due for renewal and whose wait is over.
+    fn due(&self, now: tokio::time::Instant) -> Vec<String> {
+        let renew_before = self.ctx.config.renew_before;
+        self.names
+            .iter()
+            .filter(|(name, state)| {
+                state.next_attempt.is_none_or(|t| t <= now)
+                    && needs_certificate(state.not_after, SystemTime::now(), renew_before)
+                    && (state.configured || registered(self.ctx, name))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Orders every due name, one at a time.
+    async fn order_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due = self.due(now);
+        if due.is_empty() || !self.ensure_account(&due, now).await {
+            return;
+        }
         for name in due {
-            let result = obtain(acct, &name, &config, &shared).await;
-            let Some(state) = names.get_mut(&name) else {
-                continue;
-            };
-            match result.and_then(|pair| {
-                store_certificate(&config.storage, &name, &pair)?;
-                install(&shared, &name, &pair)
-            }) {
-                Ok(not_after) => {
-                    info!(name, ?not_after, "certificate obtained");
-                    shared.stats.acme_order("ok");
-                    state.not_after = Some(not_after);
-                    state.failures = 0;
-                    state.next_attempt = None;
+            self.order(&name).await;
+        }
+    }
+
+    /// Loads or creates the account; on failure, every due name waits with backoff.
+    async fn ensure_account(&mut self, due: &[String], now: tokio::time::Instant) -> bool {
+        if self.account.is_some() {
+            return true;
+        }
+        match load_or_create_account(&self.ctx.config).await {
+            Ok(created) => {
+                self.account = Some(created);
+                true
+            }
+            Err(error) => {
+                self.account_failures += 1;
+                let wait = backoff(self.ctx.config.retry_after, self.account_failures);
+                warn!(%error, retry_in = ?wait, "ACME account unavailable");
+                self.ctx.stats.acme_order("account_failed");
+                for name in due {
+                    if let Some(state) = self.names.get_mut(name) {
+                        state.next_attempt = Some(now + wait);
+                    }
                 }
-                Err(error) => {
-                    state.failures += 1;
-                    let wait = backoff(config.retry_after, state.failures);
-                    warn!(name, %error, failures = state.failures, retry_in = ?wait, "certificate order failed");
-                    shared.stats.acme_order("failed");
-                    state.next_attempt = Some(tokio::time::Instant::now() + wait);
-                }
+                false
+            }
+        }
+    }
+
+    /// One order for `name`, stored and installed; failures back off.
+    async fn order(&mut self, name: &str) {
+        let (ctx, config) = (self.ctx, &self.ctx.config);
+        let Some(account) = &self.account else { return };
+        let result = obtain(account, name, ctx).await.and_then(|pair| {
+            store_certificate(&config.storage, name, &pair)?;
+            install(ctx, name, &pair)
+        });
+        let Some(state) = self.names.get_mut(name) else {
+            return;
+        };
+        match result {
+            Ok(not_after) => {
+                info!(name, ?not_after, "certificate obtained");
+                ctx.stats.acme_order("ok");
+                state.not_after = Some(not_after);
+                state.failures = 0;
+                state.next_attempt = None;
+            }
+            Err(error) => {
+                state.failures += 1;
+                let wait = backoff(config.retry_after, state.failures);
+                warn!(name, %error, failures = state.failures, retry_in = ?wait, "certificate order failed");
+                ctx.stats.acme_order("failed");
+                state.next_attempt = Some(tokio::time::Instant::now() + wait);
             }
         }
     }
@@ -252,15 +249,15 @@ fn backoff(retry_after: Duration, failures: u32) -> Duration {
 }
 
 /// Whether `host` is `<name>.<domain>` of a registered HTTP tunnel.
-fn registered(shared: &Shared, host: &str) -> bool {
-    showoff_proto::host::route_name(host, &shared.config.domain)
-        .and_then(|name| shared.routes.get(name))
+fn registered(ctx: &AcmeContext, host: &str) -> bool {
+    showoff_proto::host::route_name(host, &ctx.domain)
+        .and_then(|name| ctx.routes.get(name))
         .is_some_and(|t| t.info.kind == showoff_proto::TunnelKind::Http)
 }
 
-fn install(shared: &Shared, name: &str, pair: &PemPair) -> Result<SystemTime, String> {
+fn install(ctx: &AcmeContext, name: &str, pair: &PemPair) -> Result<SystemTime, String> {
     let not_after = not_after(&pair.cert)?;
-    shared.tls.store.install_acme(name, pair)?;
+    ctx.tls.store.install_acme(name, pair)?;
     Ok(not_after)
 }
 
@@ -311,24 +308,19 @@ async fn load_or_create_account(config: &AcmeConfig) -> Result<Account, String> 
 }
 
 /// Runs one order for `name` through its challenge to a certificate chain and key.
-async fn obtain(
-    account: &Account,
-    name: &str,
-    config: &AcmeConfig,
-    shared: &Shared,
-) -> Result<PemPair, String> {
+async fn obtain(account: &Account, name: &str, ctx: &AcmeContext) -> Result<PemPair, String> {
     let identifiers = [Identifier::Dns(name.to_string())];
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
         .await
         .map_err(|e| format!("new order: {e}"))?;
     let mut tokens = Vec::new();
-    let validated = answer_challenges(&mut order, name, config, shared, &mut tokens).await;
+    let validated = answer_challenges(&mut order, name, ctx, &mut tokens).await;
     // Answers are withdrawn whatever happened, so no stale token or certificate lingers.
     for token in &tokens {
-        shared.acme_http01.set(token, None);
+        ctx.http01.set(token, None);
     }
-    shared.tls.store.set_challenge(name, None);
+    ctx.tls.store.set_challenge(name, None);
     let status = validated?;
     if status != OrderStatus::Ready {
         return Err(format!("the order ended {status:?} instead of ready"));
@@ -356,8 +348,7 @@ async fn obtain(
 async fn answer_challenges(
     order: &mut instant_acme::Order,
     name: &str,
-    config: &AcmeConfig,
-    shared: &Shared,
+    ctx: &AcmeContext,
     tokens: &mut Vec<String>,
 ) -> Result<OrderStatus, String> {
     let mut authorizations = order.authorizations();
@@ -366,7 +357,7 @@ async fn answer_challenges(
         if authz.status != AuthorizationStatus::Pending {
             continue;
         }
-        let kind = match config.challenge {
+        let kind = match ctx.config.challenge {
             AcmeChallenge::Http01 => ChallengeType::Http01,
             AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         };
@@ -375,15 +366,15 @@ async fn answer_challenges(
             .challenge(kind)
             .ok_or_else(|| format!("the ACME server offers no {wanted} challenge"))?;
         let key_authorization = challenge.key_authorization();
-        match config.challenge {
+        match ctx.config.challenge {
             AcmeChallenge::Http01 => {
                 let answer = key_authorization.as_str().to_string();
-                shared.acme_http01.set(&challenge.token, Some(answer));
+                ctx.http01.set(&challenge.token, Some(answer));
                 tokens.push(challenge.token.clone());
             }
             AcmeChallenge::TlsAlpn01 => {
                 let key = validation_certificate(name, key_authorization.digest().as_ref())?;
-                shared.tls.store.set_challenge(name, Some(key));
+                ctx.tls.store.set_challenge(name, Some(key));
             }
         }
         challenge

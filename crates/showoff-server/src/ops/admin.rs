@@ -26,15 +26,56 @@ use axum::routing::{get, put};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::server::Shared;
+use crate::config::{BuildInfo, Secret};
+use crate::drain::Drain;
+use crate::state::{Routes, Sessions};
+use crate::stats::Stats;
+
+/// What the admin endpoints read, and nothing else.
+pub(crate) struct AdminContext {
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) build: BuildInfo,
+    /// Bearer token of the guarded endpoints; `None` turns them off.
+    pub(crate) token: Option<Secret>,
+    pub(crate) log_control: Option<LogControl>,
+    pub(crate) drain: Drain,
+}
+
+/// Changes the process's log filter at run time (`PUT /api/v1/log-level`). The binary owns the
+/// logger and hands this in; the library never touches global state itself.
+#[derive(Clone)]
+pub struct LogControl(std::sync::Arc<SetFilter>);
+
+/// Applies a log filter, or says why it is not one.
+type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl LogControl {
+    /// Wraps a function that applies a filter such as `debug` or `showoff_server=trace`.
+    pub fn new(set: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(set))
+    }
+
+    /// Applies `filter`.
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        (self.0)(filter)
+    }
+}
+
+impl std::fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogControl")
+    }
+}
 
 /// Longest CPU profile one request may ask for.
 pub const MAX_PROFILE_SECS: u64 = 60;
 
 /// Serves the admin endpoints until the server stops.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let stop = shared.stop.clone();
-    let app = router(shared);
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
+    let stop = ctx.drain.stopping().clone();
+    let app = router(ctx);
     let served =
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     if let Err(error) = served.await {
@@ -42,7 +83,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(ctx: Arc<AdminContext>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -52,25 +93,25 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tunnels", get(tunnels))
         .route("/api/v1/log-level", put(log_level))
         .route("/debug/pprof/profile", get(profile))
-        .with_state(shared)
+        .with_state(ctx)
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.drain.is_cancelled() {
+async fn readyz(State(ctx): State<Arc<AdminContext>>) -> Response {
+    if ctx.drain.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if !shared.is_ready() {
+    if !ctx.drain.is_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }
 
-async fn version(State(shared): State<Arc<Shared>>) -> Response {
-    axum::Json(&shared.config.build).into_response()
+async fn version(State(ctx): State<Arc<AdminContext>>) -> Response {
+    axum::Json(&ctx.build).into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.stats.encode() {
+async fn metrics(State(ctx): State<Arc<AdminContext>>) -> Response {
+    match ctx.stats.encode() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -97,9 +138,10 @@ struct SessionView {
     tunnels: Vec<String>,
 }
 
-async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
-    let views: Vec<SessionView> = shared
-        .all_sessions()
+async fn sessions(State(ctx): State<Arc<AdminContext>>) -> Response {
+    let views: Vec<SessionView> = ctx
+        .sessions
+        .all()
         .iter()
         .map(|s| SessionView {
             id: s.id.clone(),
@@ -125,8 +167,8 @@ struct TunnelView {
     idle_secs: u64,
 }
 
-async fn tunnels(State(shared): State<Arc<Shared>>) -> Response {
-    let mut views: Vec<TunnelView> = shared
+async fn tunnels(State(ctx): State<Arc<AdminContext>>) -> Response {
+    let mut views: Vec<TunnelView> = ctx
         .routes
         .all()
         .iter()
@@ -145,8 +187,8 @@ async fn tunnels(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Checks `Authorization: Bearer <admin token>`; `Err` is the response to send instead.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let Some(token) = &shared.config.admin.token else {
+fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &ctx.token else {
         let off = (
             StatusCode::UNAUTHORIZED,
             "disabled: no admin token is configured\n",
@@ -169,11 +211,15 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> 
     Err(Box::new(denied))
 }
 
-async fn log_level(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(denied) = authorize(&shared, &headers) {
+async fn log_level(
+    State(ctx): State<Arc<AdminContext>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(denied) = authorize(&ctx, &headers) {
         return *denied;
     }
-    let Some(control) = &shared.config.log_control else {
+    let Some(control) = &ctx.log_control else {
         return (
             StatusCode::NOT_IMPLEMENTED,
             "this server cannot change its log level\n",
@@ -201,11 +247,11 @@ struct ProfileQuery {
 }
 
 async fn profile(
-    State(shared): State<Arc<Shared>>,
+    State(ctx): State<Arc<AdminContext>>,
     headers: HeaderMap,
     Query(query): Query<ProfileQuery>,
 ) -> Response {
-    if let Err(denied) = authorize(&shared, &headers) {
+    if let Err(denied) = authorize(&ctx, &headers) {
         return *denied;
     }
     let seconds = query.seconds.unwrap_or(10);

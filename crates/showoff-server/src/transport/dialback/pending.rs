@@ -1,7 +1,8 @@
 //! Streams waiting for a client's dial-back: `id → oneshot::Sender`, with caps and guards.
 //!
-//! The edge inserts an entry and awaits its receiver under `pending_timeout`; the data listener
-//! completes it when a connection shows the id and the session's key. No polling and no task per
+//! [`DialBack::open`](super::DialBack) inserts an entry and awaits its receiver under
+//! `pending_timeout`; the data listener ([`super::accept`]) completes it when a connection shows
+//! the id and the session's key. No polling and no task per
 //! entry: a [`PendingGuard`] removes the entry on every exit path (answered, timed out, visitor
 //! gone), and [`Permit`]s bound how many streams a session and the server set up at once.
 
@@ -14,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
 use crate::stats::DataRejectReason;
-use crate::transport::TunnelStream;
+use showoff_core::TunnelStream;
 
 /// What a waiter receives: the client's stream, or the reason it could not make one.
 pub(crate) type Outcome = Result<TunnelStream, String>;
@@ -93,7 +94,7 @@ impl Pending {
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries().len()
     }
 }

@@ -47,24 +47,17 @@ impl ProxyError {
     }
 }
 
-/// A connection's visitor address and the bytes read past the header.
-pub(crate) struct Arrival {
-    /// The visitor: the header's source address, or the TCP peer.
-    pub(crate) peer: SocketAddr,
-    /// Traffic read while looking for the header; it comes first.
-    pub(crate) prefix: BytesMut,
-}
-
 /// Reads the PROXY header `policy` calls for (public listeners use `config.protocol`, the
-/// control listener `config.control`).
-pub(crate) async fn arrive(
+/// control listener `config.control`); returns the visitor's address (the header's source, or
+/// the TCP peer) and the traffic read past the header.
+pub(crate) async fn read_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
     policy: ProxyProtocol,
     config: &ProxyConfig,
     deadline: Duration,
-) -> Result<Arrival, ProxyError> {
-    let plain = |prefix| Arrival { peer, prefix };
+) -> Result<(SocketAddr, BytesMut), ProxyError> {
+    let plain = |prefix| (peer, prefix);
     let trusted = config.trusts(peer.ip());
     match (policy, trusted) {
         (ProxyProtocol::Off, _) | (ProxyProtocol::Optional, false) => {
@@ -83,11 +76,8 @@ pub(crate) async fn arrive(
                 Scan::Malformed => return Err(ProxyError::Malformed),
                 Scan::Header { len, source } => {
                     let _ = buf.split_to(len);
-                    return Ok(Arrival {
-                        // LOCAL commands and UNKNOWN addresses keep the TCP peer.
-                        peer: source.unwrap_or(peer),
-                        prefix: buf,
-                    });
+                    // LOCAL commands and UNKNOWN addresses keep the TCP peer.
+                    return Ok((source.unwrap_or(peer), buf));
                 }
                 Scan::Incomplete if buf.len() >= MAX_HEADER => return Err(ProxyError::Malformed),
                 Scan::Incomplete => {}

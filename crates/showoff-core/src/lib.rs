@@ -1,0 +1,35 @@
+//! What every side of Showoff shares, so that the server, the client and backend crates (a
+//! clustered registry, later transports) meet on one set of types instead of importing each
+//! other.
+//!
+//! # Layout
+//! - [`stream`]: [`TunnelStream`] (a boxed byte stream with replayed prefix bytes), [`Prefixed`],
+//!   [`splice`], socket tuning.
+//! - [`opener`]: the transport seams: [`StreamOpener`] ("open a stream to this session") and
+//!   [`DatagramOpener`] (UDP flows), with [`StreamMeta`] and [`OpenError`].
+//! - [`datagram`]: the bounded, lossy datagram queue every non-QUIC transport carries UDP in.
+//! - [`registry`]: fenced leases on names and public ports ([`Registry`], [`MemoryRegistry`]) and
+//!   the conformance suite every backend runs (feature `conformance`).
+//! - [`exchange`]: one [`Exchange`] event per HTTP request and TCP connection, and the
+//!   [`ExchangeSink`]s that consume it (metrics, access log; inspector and tracing later).
+//! - [`secret`]: [`Secret`], a string that never prints.
+//! - [`time`]: civil dates and RFC 3339 timestamps without a date crate.
+//!
+//! Nothing here reads files, the environment or signals.
+
+pub mod datagram;
+pub mod exchange;
+pub mod opener;
+pub mod registry;
+pub mod secret;
+pub mod stream;
+pub mod time;
+
+pub use datagram::{DatagramDrop, DatagramQueue};
+pub use exchange::{Exchange, ExchangeSink, Exchanges, HttpExchange, Protocol};
+pub use opener::{DatagramOpener, FlowMeta, OpenError, StreamMeta, StreamOpener};
+pub use registry::{
+    Claim, Claimed, Lease, LeaseKey, MemoryRegistry, Owner, Registry, RegistryError,
+};
+pub use secret::Secret;
+pub use stream::{Prefixed, SPLICE_BUF, StreamIo, TunnelStream, splice, tune_socket};

@@ -1,0 +1,199 @@
+//! The steady state of a control connection: one task per session that forwards `Dial`s from
+//! the transport, pings and watches for silence, handles `Close` and `StreamError`, closes
+//! idle and expired tunnels, renews the session's leases when the registry's leases expire,
+//! and says `GoAway` when the server drains. Each `select!` arm calls one method.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use showoff_proto::{ClientMessage, ServerMessage};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::ControlContext;
+use super::handshake::ControlFramed;
+use super::registration::release_tunnel;
+use crate::state::{Session, Tunnel};
+
+/// Why a session ended, for the log.
+type End = &'static str;
+
+/// The steady state of a control connection.
+pub(crate) struct ControlLoop {
+    framed: ControlFramed,
+    rx: mpsc::Receiver<ServerMessage>,
+    session: Arc<Session>,
+    ctx: Arc<ControlContext>,
+    last_seen: Instant,
+    said_goaway: bool,
+}
+
+impl ControlLoop {
+    pub(crate) fn new(
+        framed: ControlFramed,
+        rx: mpsc::Receiver<ServerMessage>,
+        session: Arc<Session>,
+        ctx: Arc<ControlContext>,
+    ) -> Self {
+        Self {
+            framed,
+            rx,
+            session,
+            ctx,
+            last_seen: Instant::now(),
+            said_goaway: false,
+        }
+    }
+
+    /// Runs until the session ends; returns why, for the log.
+    pub(crate) async fn run(mut self) -> End {
+        let period = self.ctx.settings.heartbeat_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let session_cancel = self.session.cancel.clone();
+        let drain = self.ctx.drain.draining().clone();
+        loop {
+            let step = tokio::select! {
+                _ = session_cancel.cancelled() => self.closing().await,
+                _ = drain.cancelled(), if !self.said_goaway => self.go_away().await,
+                Some(msg) = self.rx.recv() => self.send(msg).await,
+                frame = self.framed.next() => self.on_frame(frame),
+                _ = ticker.tick() => self.heartbeat().await,
+            };
+            if let Err(reason) = step {
+                return reason;
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: ServerMessage) -> Result<(), End> {
+        self.framed.send(msg).await.map_err(|_| "write failed")
+    }
+
+    /// The session is being closed by the server; during a drain the client still hears why.
+    async fn closing(&mut self) -> Result<(), End> {
+        if self.ctx.drain.is_draining() && !self.said_goaway {
+            let _ = self.go_away().await;
+        }
+        Err("closed by the server")
+    }
+
+    async fn go_away(&mut self) -> Result<(), End> {
+        self.said_goaway = true;
+        let msg = ServerMessage::GoAway {
+            reason: "server shutting down".into(),
+            reconnect_after_ms: 1000,
+        };
+        self.send(msg).await
+    }
+
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<ClientMessage, showoff_proto::ProtocolError>>,
+    ) -> Result<(), End> {
+        let msg = match frame {
+            None => return Err("client disconnected"),
+            Some(Err(error)) => {
+                debug!(%error, "bad frame from client");
+                return Err("protocol error");
+            }
+            Some(Ok(msg)) => msg,
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            ClientMessage::Pong => {}
+            ClientMessage::StreamError { id, reason } => {
+                self.ctx.dialback.fail(&id, &self.session.id, reason);
+            }
+            ClientMessage::Close { tunnel } => {
+                self.close_tunnel(&tunnel);
+            }
+            other => {
+                debug!(?other, "unexpected frame on control connection");
+                return Err("protocol error");
+            }
+        }
+        Ok(())
+    }
+
+    fn close_tunnel(&self, name: &str) -> Option<Arc<Tunnel>> {
+        let tunnel = self.session.take_tunnel(name)?;
+        release_tunnel(&self.ctx, &tunnel);
+        Some(tunnel)
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), End> {
+        if self.last_seen.elapsed() > self.ctx.settings.heartbeat_timeout {
+            return Err("heartbeat timeout");
+        }
+        self.renew_leases().await?;
+        self.close_idle_tunnels().await?;
+        self.send(ServerMessage::Ping).await
+    }
+
+    /// Renews every lease of the session's tunnels when leases expire; a tunnel whose lease
+    /// was lost (another instance holds it now) is closed and the client told.
+    async fn renew_leases(&mut self) -> Result<(), End> {
+        if self.ctx.registry.ttl().is_none() {
+            return Ok(());
+        }
+        let tunnels: Vec<Arc<Tunnel>> = self.session.tunnels().clone();
+        let mut lost = Vec::new();
+        for tunnel in &tunnels {
+            for lease in &tunnel.leases {
+                match self.ctx.registry.renew(lease).await {
+                    Ok(()) => {}
+                    Err(showoff_core::RegistryError::Lost) => lost.push(tunnel.info.name.clone()),
+                    // A backend that cannot be reached keeps the tunnel; the next tick retries.
+                    Err(error) => warn!(%error, key = %lease.key, "lease renewal failed"),
+                }
+            }
+        }
+        lost.dedup();
+        for name in lost {
+            self.tunnel_closed(name, "its lease was lost".into())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn close_idle_tunnels(&mut self) -> Result<(), End> {
+        let settings = &self.ctx.settings;
+        let (idle_limit, lifetime) = (settings.tunnel_idle_timeout, settings.tunnel_lifetime);
+        if idle_limit.is_none() && lifetime.is_none() {
+            return Ok(());
+        }
+        let expired: Vec<(String, String)> = self
+            .session
+            .tunnels()
+            .iter()
+            .filter_map(|t| {
+                if let Some(max) = lifetime.filter(|max| t.age() >= *max) {
+                    let reason = format!("reached its lifetime of {}s", max.as_secs());
+                    return Some((t.info.name.clone(), reason));
+                }
+                let limit = idle_limit.filter(|limit| t.idle_for() >= *limit)?;
+                Some((
+                    t.info.name.clone(),
+                    format!("idle for {}s", limit.as_secs()),
+                ))
+            })
+            .collect();
+        for (name, reason) in expired {
+            self.tunnel_closed(name, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes one tunnel on the server's initiative and tells the client why.
+    async fn tunnel_closed(&mut self, name: String, reason: String) -> Result<(), End> {
+        self.close_tunnel(&name);
+        info!(tunnel = %name, reason, "tunnel closed");
+        self.send(ServerMessage::TunnelClosed {
+            tunnel: name,
+            reason,
+        })
+        .await
+    }
+}

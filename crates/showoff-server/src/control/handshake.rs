@@ -1,0 +1,198 @@
+//! The control listener's handler: what the PROXY prelude decided, TLS, the control rate
+//! limit, then the frames `Hello`, `Auth`, `Open` under [`HANDSHAKE_TIMEOUT`], answered with
+//! `Welcome` or `Refused`; then the session's [`ControlLoop`] until it ends. Every refusal is
+//! logged, counted by code and audited once, here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use showoff_proto::{
+    ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, RefusedCode, Role, ServerMessage,
+};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tracing::{debug, info};
+
+use super::ControlContext;
+use super::admission::{Load, admit};
+use super::control_loop::ControlLoop;
+use super::registration::{SessionGuard, open_tunnel};
+use crate::audit::AuditEvent;
+use crate::auth::{AuthRequest, Principal};
+use crate::listen::Arrived;
+
+/// Initial read buffer of a control connection: control frames are small, so buffers start at
+/// 512 bytes and grow only when a frame needs it (tokio-util's default of 8 KiB each was half
+/// of an idle session's memory).
+const CONTROL_BUFFER: usize = 512;
+
+/// Frames queued towards one client before `Dial` senders wait.
+const CONTROL_QUEUE: usize = 256;
+
+/// A control connection speaking frames.
+pub(crate) type ControlFramed =
+    Framed<crate::tls::ServerIo, FrameCodec<ClientMessage, ServerMessage>>;
+
+/// Serves one control connection until the session ends.
+pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
+    let arrival = match arrived {
+        Ok(arrival) => arrival,
+        Err(refusal) => {
+            let (peer, code) = (refusal.peer, refusal.error.code());
+            info!(%peer, code, "control connection refused by the PROXY protocol policy");
+            ctx.stats.session_refused(code);
+            return;
+        }
+    };
+    let peer = arrival.peer;
+    let accepted = ctx
+        .tls
+        .accept_control(arrival.stream, arrival.prefix, HANDSHAKE_TIMEOUT)
+        .await;
+    let (stream, certificate) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            info!(%peer, %error, "control connection failed the TLS handshake");
+            ctx.stats.session_refused("tls_handshake");
+            return;
+        }
+    };
+    let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
+    let mut framed = Framed::with_capacity(stream, codec, CONTROL_BUFFER);
+    if let Err(wait) = ctx.limits.control(peer.ip()) {
+        let secs = crate::limits::retry_secs(wait);
+        let message = format!("too many connections from this address; retry in {secs}s");
+        let refusal = ServerMessage::refused(RefusedCode::RateLimited, message);
+        return refuse(&ctx, &mut framed, peer, refusal).await;
+    }
+    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    let client = Client {
+        peer,
+        certificate: certificate.as_deref(),
+    };
+    let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, client, &ctx));
+    let guard = match setup.await {
+        Ok(Ok(guard)) => guard,
+        Ok(Err(refusal)) => return refuse(&ctx, &mut framed, peer, refusal).await,
+        Err(_) => return debug!(%peer, "control handshake timed out"),
+    };
+    let session = guard.session.clone();
+    let span = tracing::Span::current();
+    span.record("session", session.id.as_str());
+    span.record("principal", session.principal.id.as_str());
+    info!(%peer, session = %session.id, principal = %session.principal.id, "session up");
+    let up = AuditEvent::new("auth_ok")
+        .principal(&session.principal.id)
+        .peer(peer);
+    ctx.audit
+        .record(up.session(&session.id).names(session.tunnel_names()));
+    let end = ControlLoop::new(framed, rx, session.clone(), ctx.clone())
+        .run()
+        .await;
+    info!(%peer, session = %session.id, reason = end, "session ended");
+    drop(guard);
+}
+
+/// Logs, counts and audits a refusal, then tells the client.
+async fn refuse(
+    ctx: &ControlContext,
+    framed: &mut ControlFramed,
+    peer: SocketAddr,
+    refusal: ServerMessage,
+) {
+    if let ServerMessage::Refused { code, message } = &refusal {
+        info!(%peer, %code, message, "session refused");
+        ctx.stats.session_refused(code.as_str());
+        let kind = match code {
+            RefusedCode::AuthFailed | RefusedCode::AuthUnavailable => "auth_failed",
+            _ => "session_refused",
+        };
+        let event = AuditEvent::new(kind).peer(peer);
+        ctx.audit.record(event.refused(code.as_str(), message));
+    }
+    let _ = framed.send(refusal).await;
+}
+
+/// Who is on the other end of a control connection.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    peer: SocketAddr,
+    /// The verified client certificate's identity (mTLS).
+    certificate: Option<&'a str>,
+}
+
+async fn handshake(
+    framed: &mut ControlFramed,
+    tx: mpsc::Sender<ServerMessage>,
+    client: Client<'_>,
+    ctx: &Arc<ControlContext>,
+) -> Result<SessionGuard, ServerMessage> {
+    let first = framed.next().await.and_then(Result::ok);
+    showoff_proto::check_hello(first.as_ref(), Role::Control)?;
+    if ctx.drain.is_draining() {
+        return Err(ServerMessage::refused(
+            RefusedCode::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    let principal = authenticate(framed, client, ctx).await?;
+    let specs = match framed.next().await {
+        Some(Ok(ClientMessage::Open { tunnels })) => tunnels,
+        _ => return Err(ServerMessage::bad_request("expected open")),
+    };
+    let renamed: Vec<String> = specs.iter().filter_map(|s| s.name.clone()).collect();
+    let load = Load {
+        held_by_principal: ctx.routes.count_of(&principal.id, &renamed),
+        sessions: ctx.sessions.count(),
+        max_sessions: ctx.settings.max_sessions,
+    };
+    let rate = || ctx.limits.new_tunnels(&principal.id, specs.len());
+    let per_minute = ctx.settings.tunnels_per_principal;
+    admit(&principal, &specs, load, rate, per_minute)?;
+    let guard = SessionGuard::new(principal, client.peer, tx, ctx.clone());
+    let opener = guard.opener();
+    let mut infos = Vec::with_capacity(specs.len());
+    for spec in specs {
+        infos.push(open_tunnel(&guard, spec, opener.clone()).await?);
+    }
+    ctx.sessions.add(guard.session.clone());
+    let welcome = ServerMessage::Welcome {
+        session: guard.session.id.clone(),
+        data_key: guard.data_key().to_string(),
+        data_port: ctx.settings.data_port,
+        heartbeat_interval_secs: ctx.settings.heartbeat_interval.as_secs().max(1),
+        warm_pool: ctx.settings.warm_pool,
+        tunnels: infos,
+    };
+    framed
+        .send(welcome)
+        .await
+        .map_err(|_| ServerMessage::bad_request("connection lost"))?;
+    Ok(guard)
+}
+
+/// Reads `Auth` and asks the authenticators who the client is.
+async fn authenticate(
+    framed: &mut ControlFramed,
+    client: Client<'_>,
+    ctx: &ControlContext,
+) -> Result<Principal, ServerMessage> {
+    let Some(Ok(ClientMessage::Auth { token })) = framed.next().await else {
+        return Err(ServerMessage::bad_request("expected auth"));
+    };
+    let request = AuthRequest {
+        token: &token,
+        peer: client.peer,
+        certificate: client.certificate,
+    };
+    ctx.authenticator
+        .authenticate(&request)
+        .await
+        .map_err(|error| {
+            if error.code() == RefusedCode::AuthFailed {
+                ctx.stats.auth_failures.inc();
+            }
+            ServerMessage::refused(error.code(), error.to_string())
+        })
+}

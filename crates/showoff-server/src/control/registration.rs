@@ -1,0 +1,312 @@
+//! Registering what a session asked for: names and public ports claimed as registry leases,
+//! tunnels built and put in the routing table, on-demand certificates asked for; and the
+//! [`SessionGuard`] that undoes every registration of a session however it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use showoff_core::{Claim, Lease, LeaseKey, Owner, RegistryError};
+use showoff_proto::{RefusedCode, ServerMessage, TunnelInfo, TunnelKind, TunnelSpec};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::ControlContext;
+use super::admission::check_kind;
+use crate::audit::AuditEvent;
+use crate::auth::Principal;
+use crate::state::access::Access;
+use crate::state::names::{check_name, random_name};
+use crate::state::tunnel::TunnelParts;
+use crate::state::{Session, Tunnel};
+use crate::transport::dialback::DialBackGuard;
+
+/// Undoes a session's registrations when dropped: routes, leases, pending streams, warm pool.
+pub(crate) struct SessionGuard {
+    pub(crate) session: Arc<Session>,
+    dialback: DialBackGuard,
+    ctx: Arc<ControlContext>,
+}
+
+impl SessionGuard {
+    /// A new session of `principal` whose control connection takes frames from `tx`.
+    pub(crate) fn new(
+        principal: Principal,
+        peer: SocketAddr,
+        tx: mpsc::Sender<ServerMessage>,
+        ctx: Arc<ControlContext>,
+    ) -> Self {
+        let id = showoff_proto::id::random_id();
+        let dialback = ctx.dialback.attach(&id, tx);
+        let cancel = ctx.drain.stopping().child_token();
+        let session = Arc::new(Session::new(id, principal, peer, cancel));
+        ctx.stats.sessions_active.inc();
+        Self {
+            session,
+            dialback,
+            ctx,
+        }
+    }
+
+    /// The opener the session's tunnels reach the client through.
+    pub(crate) fn opener(&self) -> Arc<dyn showoff_core::StreamOpener> {
+        self.dialback.opener()
+    }
+
+    /// The key the session's data connections must show.
+    pub(crate) fn data_key(&self) -> &str {
+        self.dialback.data_key()
+    }
+
+    fn owner(&self) -> Owner {
+        Owner {
+            principal: self.session.principal.id.clone(),
+            session: self.session.id.clone(),
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let session = &self.session;
+        session.cancel.cancel();
+        self.ctx.sessions.remove(&session.id);
+        // Detach from dial-back first: waiters see the client gone before routes go.
+        self.dialback.detach();
+        let tunnels = std::mem::take(&mut *session.tunnels());
+        for tunnel in &tunnels {
+            release_tunnel(&self.ctx, tunnel);
+        }
+        self.ctx.stats.sessions_active.dec();
+    }
+}
+
+/// Unregisters a tunnel: route, listener, upstream connections, leases.
+pub(crate) fn release_tunnel(ctx: &ControlContext, tunnel: &Arc<Tunnel>) {
+    tunnel.closed.cancel();
+    ctx.routes.remove(&tunnel.info.name, &tunnel.session_id);
+    ctx.stats
+        .tunnel_closed(tunnel.info.kind.as_str(), tunnel.age());
+    let closed = AuditEvent::new("tunnel_closed")
+        .principal(&tunnel.principal)
+        .session(&tunnel.session_id)
+        .names(vec![tunnel.info.name.clone()]);
+    ctx.audit
+        .record(closed.message(format!("open for {}s", tunnel.age().as_secs())));
+    release_leases(ctx, tunnel.leases.clone());
+}
+
+/// Gives leases back to the registry in the background: registry calls are async (a cluster
+/// backend may be remote) and the caller can be a `Drop`, which must not wait.
+fn release_leases(ctx: &ControlContext, leases: Vec<Lease>) {
+    let registry = ctx.registry.clone();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            for lease in leases {
+                if let Err(error) = registry.release(&lease).await {
+                    warn!(%error, key = %lease.key, "failed to release lease");
+                }
+            }
+        });
+    }
+}
+
+/// Registers one tunnel of the session: checks, name and port leases, route.
+pub(crate) async fn open_tunnel(
+    guard: &SessionGuard,
+    spec: TunnelSpec,
+    opener: Arc<dyn showoff_core::StreamOpener>,
+) -> Result<TunnelInfo, ServerMessage> {
+    let ctx = &guard.ctx;
+    let session = &guard.session;
+    check_kind(&session.principal, spec.kind)?;
+    let access = Access::parse(&spec.visitors).map_err(ServerMessage::bad_request)?;
+    if access.wants_basic_auth() && spec.kind != TunnelKind::Http {
+        return Err(ServerMessage::bad_request(
+            "basic auth applies to HTTP tunnels only",
+        ));
+    }
+    let (name, name_lease) = claim_name(guard, spec.name.as_deref()).await?;
+    let mut leases = vec![name_lease];
+    let listener = match bind_for(guard, &spec, &mut leases).await {
+        Ok(listener) => listener,
+        Err(refusal) => {
+            // Nothing holds these leases now: give them back rather than strand the name.
+            release_leases(ctx, leases);
+            return Err(refusal);
+        }
+    };
+    let port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let info = TunnelInfo {
+        public_url: ctx.urls.tunnel(spec.kind, &name, port),
+        name,
+        kind: spec.kind,
+        port,
+    };
+    let tunnel = Arc::new(Tunnel::new(TunnelParts {
+        info: info.clone(),
+        spec,
+        principal: session.principal.id.clone(),
+        session_id: session.id.clone(),
+        opener,
+        access,
+        leases,
+        closed: session.cancel.child_token(),
+    }));
+    session.tunnels().push(tunnel.clone());
+    ctx.routes.insert(tunnel.clone());
+    announce(guard, &tunnel);
+    if let Some(listener) = listener {
+        ctx.tcp_tunnels.serve(listener, tunnel);
+    }
+    Ok(info)
+}
+
+/// The public listener a tunnel of this kind needs: a leased port for TCP, none for HTTP and
+/// TLS (served by the shared listeners), a refusal for what this server cannot serve.
+async fn bind_for(
+    guard: &SessionGuard,
+    spec: &TunnelSpec,
+    leases: &mut Vec<Lease>,
+) -> Result<Option<tokio::net::TcpListener>, ServerMessage> {
+    match spec.kind {
+        TunnelKind::Tls if guard.ctx.urls.https_port.is_none() => Err(ServerMessage::refused(
+            RefusedCode::KindNotAllowed,
+            "TLS tunnels need the server's HTTPS listener (--https-addr), which is off",
+        )),
+        TunnelKind::Http | TunnelKind::Tls => Ok(None),
+        TunnelKind::Tcp => Ok(Some(claim_port(guard, spec.port, leases).await?)),
+        TunnelKind::Udp => Err(ServerMessage::bad_request(
+            "UDP tunnels are not supported by this server yet",
+        )),
+    }
+}
+
+/// Metrics, audit and the on-demand certificate request of a tunnel that just registered.
+fn announce(guard: &SessionGuard, tunnel: &Tunnel) {
+    let ctx = &guard.ctx;
+    let session = &guard.session;
+    if let Some(acme) = &ctx.acme_requests
+        && tunnel.info.kind == TunnelKind::Http
+    {
+        let host = format!("{}.{}", tunnel.info.name, ctx.urls.domain);
+        if !ctx.tls.store.has_acme(&host) {
+            let _ = acme.try_send(host);
+        }
+    }
+    ctx.stats.tunnel_opened(tunnel.info.kind.as_str());
+    let opened = AuditEvent::new("tunnel_opened")
+        .principal(&session.principal.id)
+        .peer(session.peer)
+        .session(&session.id);
+    ctx.audit.record(
+        opened
+            .names(vec![tunnel.info.name.clone()])
+            .message(tunnel.info.public_url.clone()),
+    );
+}
+
+/// Binds a public port and claims its lease; a port leased elsewhere is refused (requested)
+/// or skipped (picked from the range, a few tries).
+async fn claim_port(
+    guard: &SessionGuard,
+    requested: Option<u16>,
+    leases: &mut Vec<Lease>,
+) -> Result<tokio::net::TcpListener, ServerMessage> {
+    let plan = guard.ctx.settings.ports;
+    for _ in 0..8 {
+        let listener = plan.bind(requested).await?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        match guard
+            .ctx
+            .registry
+            .claim(&LeaseKey::Port(port), &guard.owner())
+            .await
+        {
+            Ok(claimed) => {
+                leases.push(claimed.lease);
+                return Ok(listener);
+            }
+            Err(RegistryError::Taken) if requested.is_none() => continue,
+            Err(RegistryError::Taken) => return Err(plan.unavailable(port)),
+            Err(error) => return Err(registry_failed(&error)),
+        }
+    }
+    Err(ServerMessage::refused(
+        RefusedCode::LimitReached,
+        "no free port found; ask for one",
+    ))
+}
+
+fn registry_failed(error: &RegistryError) -> ServerMessage {
+    warn!(%error, "registry failed");
+    ServerMessage::refused(
+        RefusedCode::LimitReached,
+        "the name registry is unavailable",
+    )
+}
+
+/// Claims the requested name (or a fresh readable one) for the session.
+async fn claim_name(
+    guard: &SessionGuard,
+    requested: Option<&str>,
+) -> Result<(String, Lease), ServerMessage> {
+    let owner = guard.owner();
+    let ctx = &guard.ctx;
+    let (policy, principal) = (&ctx.settings.names, &guard.session.principal);
+    let Some(name) = requested else {
+        // ~10 million readable names: a handful of tries always finds a free one in practice.
+        for _ in 0..16 {
+            let name = random_name(policy, principal)?;
+            if check_name(policy, principal, &name).is_err() {
+                continue;
+            }
+            let key = LeaseKey::Name(name.clone());
+            if let Ok(claimed) = ctx.registry.claim(&key, &owner).await
+                && claimed.claim == Claim::Fresh
+            {
+                return Ok((name, claimed.lease));
+            }
+        }
+        return Err(ServerMessage::refused(
+            RefusedCode::LimitReached,
+            "no free name found; ask for one",
+        ));
+    };
+    check_name(policy, principal, name)?;
+    let claimed = match ctx
+        .registry
+        .claim(&LeaseKey::Name(name.into()), &owner)
+        .await
+    {
+        Ok(claimed) => claimed,
+        Err(RegistryError::Taken) => {
+            return Err(ServerMessage::refused(
+                RefusedCode::NameTaken,
+                format!("{name:?} is in use by another client; pick another name"),
+            ));
+        }
+        Err(error) => return Err(registry_failed(&error)),
+    };
+    match claimed.claim {
+        Claim::Fresh => {}
+        Claim::TakenOver { previous_session } => {
+            info!(name, previous = %previous_session, "name taken over by the same principal");
+            let event = AuditEvent::new("takeover")
+                .principal(&owner.principal)
+                .session(&owner.session)
+                .names(vec![name.to_string()]);
+            ctx.audit
+                .record(event.message(format!("from session {previous_session}")));
+            ctx.sessions.close(&previous_session);
+        }
+        Claim::AlreadyHeld => {
+            return Err(ServerMessage::bad_request(format!(
+                "{name:?} is requested twice"
+            )));
+        }
+    }
+    Ok((name.to_string(), claimed.lease))
+}

@@ -1,0 +1,152 @@
+//! The server's lifecycle: starting → ready → draining → stopped, as one cheap handle
+//! ([`Drain`]) every layer holds instead of the tokens themselves.
+//!
+//! Two cancellation tokens and two task trackers: `drain` (stop accepting, say `GoAway`, let
+//! keep-alive visitors go) and `stop` (everything ends); `tasks` (sessions, data connections,
+//! accept loops, background jobs) and `visitors` (what the drain waits for). [`Drain::run`] is
+//! the whole procedure: cancel `drain`, wait for visitors within the grace, cancel `stop`, wait
+//! briefly for the rest, and report whether it was clean.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Longest the server waits for background tasks after the hard stop.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// How the drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// True when every in-flight visitor finished within the grace period.
+    pub clean: bool,
+}
+
+/// The lifecycle handle; clones share one lifecycle.
+#[derive(Clone, Default)]
+pub(crate) struct Drain {
+    drain: CancellationToken,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    visitors: TaskTracker,
+    ready: Arc<AtomicBool>,
+}
+
+impl Drain {
+    /// Cancelled when the drain begins.
+    pub(crate) fn draining(&self) -> &CancellationToken {
+        &self.drain
+    }
+
+    /// Whether the drain has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// Cancelled when everything must end.
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Sessions, data connections, upstream connections, accept loops, background jobs.
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Visitor connections: what the drain waits for.
+    pub(crate) fn visitors(&self) -> &TaskTracker {
+        &self.visitors
+    }
+
+    /// Every listener accepts: `/readyz` may say ready.
+    pub(crate) fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the server has started serving.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Drains within `grace`, then stops everything; says whether visitors finished in time.
+    pub(crate) async fn run(&self, grace: Duration) -> DrainReport {
+        info!(grace_secs = grace.as_secs(), "draining");
+        self.drain.cancel();
+        self.visitors.close();
+        let clean = tokio::time::timeout(grace, self.visitors.wait())
+            .await
+            .is_ok();
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(STOP_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("background tasks did not stop in time");
+        }
+        if clean {
+            info!("drain finished cleanly");
+        } else {
+            warn!(
+                cut = self.visitors.len(),
+                "drain cut short: visitors still connected after the grace period"
+            );
+        }
+        DrainReport { clean }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_for_visitors_then_stops_the_rest() {
+        let drain = Drain::default();
+        let d = drain.clone();
+        drain.visitors().spawn(async move {
+            d.draining().cancelled().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        });
+        let d = drain.clone();
+        drain
+            .tasks()
+            .spawn(async move { d.stopping().cancelled().await });
+        assert!(!drain.is_draining());
+        let report = drain.run(Duration::from_secs(10)).await;
+        assert!(report.clean, "the visitor finished inside the grace");
+        assert!(drain.is_draining() && drain.stopping().is_cancelled());
+        assert!(
+            drain.tasks().is_empty(),
+            "background tasks ended at the stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_visitor_past_the_grace_makes_the_drain_unclean() {
+        let drain = Drain::default();
+        let d = drain.clone();
+        drain.visitors().spawn(async move {
+            d.stopping().cancelled().await;
+        });
+        let started = tokio::time::Instant::now();
+        let report = drain.run(Duration::from_secs(5)).await;
+        assert!(!report.clean);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "cut at the grace"
+        );
+    }
+
+    #[test]
+    fn readiness_is_a_latch() {
+        let drain = Drain::default();
+        assert!(!drain.is_ready());
+        drain.clone().mark_ready();
+        assert!(drain.is_ready());
+    }
+}

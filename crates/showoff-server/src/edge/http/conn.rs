@@ -1,0 +1,188 @@
+//! One visitor connection: read each request head under the head deadline, hand it to the
+//! exchange, and on failure send the error page, log it once by origin, report it as an
+//! exchange event and linger briefly so the visitor can read it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use showoff_core::{Exchange, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use super::head::{RequestHead, parse_head};
+use super::meter::Metered;
+use super::{LINGER, LINGER_BYTES, READ_CHUNK, Scheme};
+use crate::edge::EdgeContext;
+use crate::edge::error::{EdgeError, Origin};
+
+/// One visitor connection, plain or TLS.
+pub(crate) struct Conn<S> {
+    pub(super) stream: Metered<S>,
+    /// The visitor's address: the TCP peer, or the source a trusted PROXY header named.
+    pub(super) peer: SocketAddr,
+    pub(super) buf: BytesMut,
+    pub(super) scheme: Scheme,
+    pub(super) ctx: Arc<EdgeContext>,
+}
+
+/// How an exchange left the connection.
+pub(super) enum Next {
+    KeepAlive,
+    Close,
+    /// Close, but the visitor may still be sending a request body we did not read: drain it
+    /// briefly first, or the close resets the connection and the response can be lost.
+    CloseLingering,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    /// A connection whose first bytes (read while looking for a PROXY header) are `buf`.
+    pub(crate) fn new(
+        stream: S,
+        peer: SocketAddr,
+        mut buf: BytesMut,
+        scheme: Scheme,
+        ctx: Arc<EdgeContext>,
+    ) -> Self {
+        buf.reserve(READ_CHUNK);
+        Self {
+            stream: Metered::new(stream),
+            peer,
+            buf,
+            scheme,
+            ctx,
+        }
+    }
+
+    pub(crate) async fn run(&mut self) {
+        loop {
+            let head = match self.next_head().await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(error) => return self.fail(error, "").await,
+            };
+            let host = head.host.name.clone();
+            match self.exchange(head).await {
+                Ok(Next::KeepAlive) => continue,
+                Ok(Next::Close) => return,
+                Ok(Next::CloseLingering) => return self.close_lingering().await,
+                Err(error) => return self.fail(error, &host).await,
+            }
+        }
+    }
+
+    /// Reads the next request head; `None` when the visitor is done (or idle at drain).
+    async fn next_head(&mut self) -> Result<Option<RequestHead>, EdgeError> {
+        let settings = &self.ctx.settings;
+        let deadline = Instant::now() + settings.head_timeout;
+        let mut scanned = 0;
+        loop {
+            if head_end(&self.buf, &mut scanned) || self.buf.len() > settings.max_header_bytes {
+                let head =
+                    parse_head(&self.buf, settings.max_header_bytes).map_err(EdgeError::Head)?;
+                if let Some(head) = head {
+                    self.buf.advance(head.len);
+                    return Ok(Some(head));
+                }
+            }
+            let idle = self.buf.is_empty();
+            self.buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
+                _ = self.ctx.drain.draining().cancelled(), if idle => return Ok(None),
+            };
+            match read {
+                Err(_) if idle => return Ok(None),
+                Err(_) => return Err(EdgeError::HeadTimeout),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<(), EdgeError> {
+        match timeout(
+            self.ctx.settings.io_idle_timeout,
+            self.stream.write_all(bytes),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(EdgeError::TunnelBroken),
+        }
+    }
+
+    /// Sends an error page, logs it once by origin, and closes after draining the visitor.
+    pub(crate) async fn fail(&mut self, error: EdgeError, host: &str) {
+        let page = error.page(host);
+        self.ctx.exchanges.emit(&Exchange {
+            status: Some(page.status),
+            ..Exchange::failed(Protocol::Http, self.peer.ip(), page.code)
+        });
+        match page.origin {
+            Origin::Visitor => {
+                debug!(peer = %self.peer, host, status = page.status, code = page.code, "request refused")
+            }
+            Origin::Tunnel => {
+                info!(peer = %self.peer, host, status = page.status, code = page.code, message = %page.message, "tunnel failed")
+            }
+            Origin::Showoff => {
+                warn!(peer = %self.peer, host, status = page.status, code = page.code, "request refused by a limit")
+            }
+        }
+        if self.write(&page.to_bytes()).await.is_err() {
+            return;
+        }
+        self.close_lingering().await;
+    }
+
+    pub(super) async fn close_lingering(&mut self) {
+        let _ = self.stream.shutdown().await;
+        linger(&mut self.stream).await;
+    }
+}
+
+/// Reads and discards what the visitor still sends, briefly, so closing does not reset the
+/// connection before the error page is read.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let deadline = Instant::now() + LINGER;
+    while drained < LINGER_BYTES {
+        match timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+/// Whether the buffer holds a complete head terminator (`\n\n` or `\n\r\n`); `scanned` keeps the
+/// search linear across reads of a slow head.
+fn head_end(buf: &[u8], scanned: &mut usize) -> bool {
+    let start = scanned.saturating_sub(2);
+    let found = buf[start..].windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'\n'
+            && (w[1] == b'\n' || (w[1] == b'\r' && buf.get(start + i + 2) == Some(&b'\n')))
+    });
+    *scanned = buf.len();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_finds_terminators_across_reads() {
+        let mut scanned = 0;
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        assert!(!head_end(&buf, &mut scanned));
+        buf.extend_from_slice(b"\r");
+        assert!(!head_end(&buf, &mut scanned));
+        buf.extend_from_slice(b"\n");
+        assert!(head_end(&buf, &mut scanned));
+        let mut scanned = 0;
+        assert!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", &mut scanned));
+    }
+}

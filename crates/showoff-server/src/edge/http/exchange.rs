@@ -1,0 +1,159 @@
+//! One request's policy, in order: ACME HTTP-01 answers, the HTTPS redirect, routing by
+//! `Host`, the tunnel's visitor rules (IP lists, basic auth), rate limits and the visitor cap;
+//! then the proxied exchange, reported once as an [`Exchange`] event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use showoff_core::{Exchange, HttpExchange, Protocol, StreamMeta};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::Scheme;
+use super::body::Framing;
+use super::conn::{Conn, Next};
+use super::encode::encode_request;
+use super::head::RequestHead;
+use crate::edge::error::EdgeError;
+use crate::edge::forwarded::{Forwarded, forwarded};
+use crate::state::Tunnel;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    /// Applies the request's policy, proxies it and reports it once as an exchange event.
+    pub(super) async fn exchange(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+        if let Some(token) = head.target.strip_prefix(crate::tls::HTTP01_PREFIX)
+            && let Some(answer) = self.ctx.acme_http01.get(token)
+        {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            self.write(response.as_bytes()).await?;
+            return Ok(Next::KeepAlive);
+        }
+        if self.scheme == Scheme::Http && self.ctx.settings.redirect_http {
+            return self.redirect_to_https(&head).await;
+        }
+        let started = Instant::now();
+        let before = self.stream.counts();
+        let tunnel = self.route(&head)?;
+        let forwarded = forwarded(
+            &head.headers,
+            self.peer.ip(),
+            self.scheme.as_str(),
+            &self.ctx.settings.proxy,
+        );
+        self.admit(&tunnel, &head, &forwarded)?;
+        let max = self.ctx.settings.max_visitors_per_tunnel;
+        let _slot = tunnel
+            .visitor_slot(max)
+            .ok_or(EdgeError::Open(showoff_core::OpenError::OverCapacity))?;
+        tunnel.touch();
+        tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
+        let (status, next) = self.proxy(&head, &tunnel, &forwarded).await?;
+        let (read, written) = self.stream.counts();
+        self.ctx.exchanges.emit(&Exchange {
+            protocol: Protocol::Http,
+            tunnel: Some(&tunnel.info.name),
+            visitor: forwarded.visitor,
+            http: Some(HttpExchange {
+                host: &head.host.name,
+                method: head.method.as_str(),
+                path: &head.target,
+            }),
+            status: Some(status),
+            error: None,
+            bytes_in: read - before.0 + head.len as u64,
+            bytes_out: written - before.1,
+            duration: started.elapsed(),
+        });
+        Ok(next)
+    }
+
+    /// The tunnel's visitor rules and the rate limits, for this visitor.
+    fn admit(
+        &self,
+        tunnel: &Tunnel,
+        head: &RequestHead,
+        forwarded: &Forwarded,
+    ) -> Result<(), EdgeError> {
+        if !tunnel.access.ip_allowed(forwarded.visitor) {
+            return Err(EdgeError::IpForbidden);
+        }
+        if !tunnel.access.basic_ok(&head.headers) {
+            return Err(EdgeError::AuthRequired);
+        }
+        let rated = self
+            .ctx
+            .limits
+            .visitor(forwarded.visitor, &tunnel.info.name);
+        rated.map_err(|wait| EdgeError::RateLimited(crate::limits::retry_secs(wait)))
+    }
+
+    /// Answers `308 Permanent Redirect` to the same URL over HTTPS (the method and body are kept
+    /// by the visitor on 308).
+    async fn redirect_to_https(&mut self, head: &RequestHead) -> Result<Next, EdgeError> {
+        let target = if head.target.starts_with('/') {
+            head.target.as_str()
+        } else {
+            "/"
+        };
+        let response = format!(
+            "HTTP/1.1 308 Permanent Redirect\r\nlocation: {}{target}\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n",
+            self.ctx.urls.https_origin(&head.host.name)
+        );
+        self.write(response.as_bytes()).await?;
+        Ok(if head.framing == Framing::Empty {
+            Next::Close
+        } else {
+            Next::CloseLingering
+        })
+    }
+
+    async fn proxy(
+        &mut self,
+        head: &RequestHead,
+        tunnel: &Tunnel,
+        forwarded: &Forwarded,
+    ) -> Result<(u16, Next), EdgeError> {
+        if head.expect_continue && head.framing != Framing::Empty {
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let meta = StreamMeta {
+            tunnel: tunnel.info.name.clone(),
+            visitor_addr: SocketAddr::new(forwarded.visitor, self.peer.port()),
+        };
+        let request = encode_request(head, &tunnel.spec, forwarded);
+        let (mut up, mut resp, body_done) = self.send(tunnel, &meta, head, &request).await?;
+        if resp.status == 101 && head.upgrade {
+            self.splice_upgrade(up, resp).await;
+            return Ok((101, Next::Close));
+        }
+        let delivered = self.relay(&mut up, &mut resp).await;
+        if delivered
+            && body_done
+            && resp.upstream_reusable
+            && let Some(pool) = super::client::pool(tunnel)
+        {
+            pool.put_back(up);
+        }
+        let keep_alive = delivered && body_done && resp.keep_alive && !self.ctx.drain.is_draining();
+        let next = match (keep_alive, body_done) {
+            (true, _) => Next::KeepAlive,
+            (false, true) => Next::Close,
+            (false, false) => Next::CloseLingering,
+        };
+        Ok((resp.status, next))
+    }
+
+    fn route(&self, head: &RequestHead) -> Result<Arc<Tunnel>, EdgeError> {
+        let name = showoff_proto::host::route_name(&head.host.name, &self.ctx.settings.domain)
+            .ok_or(EdgeError::NotFound)?;
+        let tunnel = self.ctx.routes.get(name).ok_or(EdgeError::NotFound)?;
+        if tunnel.info.kind != showoff_proto::TunnelKind::Http {
+            return Err(EdgeError::NotFound);
+        }
+        Ok(tunnel)
+    }
+}

@@ -1,0 +1,245 @@
+//! Bodies both ways: the response relayed to the visitor as it arrives (known length,
+//! chunked, until close; re-framed for the visitor), the request body pumped to the target
+//! (validated, re-chunked), upgrades spliced after the `101`. Every read and write that waits
+//! on a peer has the idle deadline.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use showoff_core::splice;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+use tracing::debug;
+
+use super::body::{ChunkedDecoder, Decoded, Framing};
+use super::client::UpstreamConn;
+use super::conn::Conn;
+use super::encode::{encode_body, finish_body};
+use super::response::{BodyFraming, Response, VisitorFraming};
+use super::{BODY_CHUNK, READ_CHUNK, WRITE_COALESCE};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    /// Writes the response head and relays its body; true when delivered completely.
+    pub(super) async fn relay(&mut self, up: &mut UpstreamConn, resp: &mut Response) -> bool {
+        let mut out = std::mem::take(&mut resp.visitor_head);
+        let idle = self.ctx.settings.io_idle_timeout;
+        match resp.body {
+            BodyFraming::None => self.write(&out).await.is_ok(),
+            BodyFraming::Length(n) => self.relay_length(up, out, n).await,
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                loop {
+                    match decoder.decode(&mut up.buf) {
+                        Err(error) => {
+                            debug!(%error, "bad chunked body from the target");
+                            return false;
+                        }
+                        Ok(Decoded::Data(data)) => encode_body(&mut out, &data, resp.visitor),
+                        Ok(Decoded::End) => break,
+                        Ok(Decoded::NeedMore) => {
+                            if !self.flush(&mut out).await
+                                || read_up_to(&mut up.io, &mut up.buf, BODY_CHUNK, idle)
+                                    .await
+                                    .is_err()
+                            {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                finish_body(&mut out, resp.visitor);
+                self.write(&out).await.is_ok()
+            }
+            BodyFraming::UntilClose => {
+                loop {
+                    let data = up.buf.split();
+                    encode_body(&mut out, &data, resp.visitor);
+                    if !self.flush(&mut out).await {
+                        return false;
+                    }
+                    match read_up_to(&mut up.io, &mut up.buf, BODY_CHUNK, idle).await {
+                        Ok(()) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(_) => return false,
+                    }
+                }
+                finish_body(&mut out, resp.visitor);
+                self.write(&out).await.is_ok()
+            }
+        }
+    }
+
+    /// Relays a body of known length: what is buffered goes out with the head in one write.
+    async fn relay_length(
+        &mut self,
+        up: &mut UpstreamConn,
+        mut out: BytesMut,
+        mut left: u64,
+    ) -> bool {
+        let idle = self.ctx.settings.io_idle_timeout;
+        let first = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(up.buf.len());
+        out.extend_from_slice(&up.buf[..first]);
+        up.buf.advance(first);
+        left -= first as u64;
+        if self.write(&out).await.is_err() {
+            return false;
+        }
+        while left > 0 {
+            if read_up_to(&mut up.io, &mut up.buf, BODY_CHUNK, idle)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let n = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(up.buf.len());
+            if self.write(&up.buf[..n]).await.is_err() {
+                return false;
+            }
+            up.buf.advance(n);
+            left -= n as u64;
+        }
+        true
+    }
+
+    /// Writes `out` once it is large enough, or when more input must be awaited.
+    async fn flush(&mut self, out: &mut BytesMut) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        let ok = self.write(out).await.is_ok();
+        out.clear();
+        ok
+    }
+
+    pub(super) async fn splice_upgrade(&mut self, mut up: UpstreamConn, resp: Response) {
+        let mut to_visitor = resp.visitor_head;
+        to_visitor.extend_from_slice(&up.buf);
+        if self.write(&to_visitor).await.is_err() {
+            return;
+        }
+        if !self.buf.is_empty() && up.io.write_all(&self.buf).await.is_err() {
+            return;
+        }
+        self.buf.clear();
+        let stop = self.ctx.drain.stopping().clone();
+        tokio::select! {
+            _ = splice(&mut self.stream, &mut up.io) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Reads at least one more byte into `buf` within `idle`; end of stream is `UnexpectedEof`.
+pub(super) async fn read_more<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> std::io::Result<()> {
+    read_up_to(stream, buf, READ_CHUNK, idle).await
+}
+
+/// Like [`read_more`] with room for `want` bytes: body relays read 64 KiB at a time, so a
+/// 1 MiB body takes 16 reads rather than 64.
+pub(super) async fn read_up_to<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+    idle: Duration,
+) -> std::io::Result<()> {
+    buf.reserve(want);
+    match timeout(idle, stream.read_buf(buf)).await {
+        Ok(Ok(0)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Copies the visitor's request body to the target: `Content-Length` bytes as they are, chunked
+/// bodies decoded (validated) and re-chunked. False if the visitor broke the framing or left.
+pub(super) async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    framing: Framing,
+    up: &mut W,
+    idle: Duration,
+) -> bool {
+    let result = match framing {
+        Framing::Empty => Ok(()),
+        Framing::Length(n) => pump_length(stream, buf, n, up, idle).await,
+        Framing::Chunked => pump_chunked(stream, buf, up, idle).await,
+    };
+    if let Err(error) = &result {
+        debug!(%error, "request body not delivered");
+    }
+    result.is_ok()
+}
+
+async fn pump_length<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    mut left: u64,
+    up: &mut W,
+    idle: Duration,
+) -> std::io::Result<()> {
+    while left > 0 {
+        if buf.is_empty() {
+            read_up_to(stream, buf, BODY_CHUNK, idle).await?;
+        }
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        timed_write(up, &buf[..n], idle).await?;
+        buf.advance(n);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+async fn pump_chunked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    up: &mut W,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let mut decoder = ChunkedDecoder::default();
+    let mut out = BytesMut::new();
+    loop {
+        let step = decoder
+            .decode(buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        match step {
+            Decoded::End => {
+                finish_body(&mut out, VisitorFraming::Chunked);
+                return timed_write(up, &out, idle).await;
+            }
+            Decoded::NeedMore => {
+                if !out.is_empty() {
+                    timed_write(up, &out, idle).await?;
+                    out.clear();
+                }
+                read_more(stream, buf, idle).await?;
+            }
+            Decoded::Data(chunk) => {
+                encode_body(&mut out, &chunk, VisitorFraming::Chunked);
+                if out.len() >= WRITE_COALESCE {
+                    timed_write(up, &out, idle).await?;
+                    out.clear();
+                }
+            }
+        }
+    }
+}
+
+async fn timed_write<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    idle: Duration,
+) -> std::io::Result<()> {
+    match timeout(idle, w.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
