@@ -10,12 +10,16 @@
 //! - [`config`]: [`ClientConfig`], [`TunnelConfig`].
 //! - [`backoff`]: the reconnect delay schedule (pure).
 //! - [`session`]: one connected session: handshake, control loop, warm pool, streams.
+//! - [`target`]: where a tunnel's streams end ([`Target`]; local TCP services today).
+//! - [`transport`]: how the server is reached ([`Transport`]; TCP with optional TLS today).
 
 pub mod backoff;
 pub mod config;
 pub mod proxy_header;
 mod session;
+pub mod target;
 pub mod tls;
+pub mod transport;
 
 use std::time::Duration;
 
@@ -26,7 +30,9 @@ use tracing::{info, warn};
 
 pub use config::{ClientConfig, TunnelConfig};
 pub use proxy_header::ProxyVersion;
+pub use target::{Target, TcpTarget, local_address};
 pub use tls::ClientTls;
+pub use transport::Transport;
 
 /// What the client reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

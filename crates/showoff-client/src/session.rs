@@ -16,7 +16,6 @@ use showoff_proto::{
     TunnelInfo, TunnelSpec,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
@@ -24,13 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::CONNECT_TIMEOUT;
-use crate::proxy_header::{self, ProxyVersion};
-use crate::tls::{ClientIo, Connector};
+use crate::target::{Target, TcpTarget};
+use crate::tls::Connector;
+use crate::transport::{ServerStream, TcpTransport, Transport};
 use crate::{ClientConfig, ClientError, ClientEvent, SessionEnd};
-use tokio_util::either::Either;
 
-type Conn = Framed<ClientIo, FrameCodec<ServerMessage, ClientMessage>>;
+type Conn = Framed<ServerStream, FrameCodec<ServerMessage, ClientMessage>>;
 
 /// Buffer per direction when splicing a data connection with the target. 64 KiB was measured
 /// slower for short connections and no faster for 1 MiB bodies (docs/benchmarks.md).
@@ -45,37 +43,11 @@ struct Ctx {
     session: String,
     key: String,
     data_addr: String,
-    /// Tunnel name → local target.
-    targets: HashMap<String, Target>,
+    /// Tunnel name → where its streams go.
+    targets: HashMap<String, Arc<dyn Target>>,
     control: mpsc::Sender<ClientMessage>,
-    /// TLS towards the data listener, as for the control connection.
-    tls: Option<Connector>,
-}
-
-/// Where a tunnel's streams go.
-struct Target {
-    addr: String,
-    proxy_protocol: Option<ProxyVersion>,
-}
-
-/// Connects to the server's control or data listener, with TLS when configured.
-async fn dial_server(addr: &str, tls: Option<&Connector>) -> Result<ClientIo, String> {
-    let stream = connect(addr).await?;
-    match tls {
-        Some(tls) => timeout(CONNECT_TIMEOUT, tls.connect(stream, addr))
-            .await
-            .map_err(|_| format!("TLS handshake with {addr} timed out"))?,
-        None => Ok(Either::Left(stream)),
-    }
-}
-
-async fn connect(addr: &str) -> Result<TcpStream, String> {
-    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("connecting to {addr} failed: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    Ok(stream)
+    /// How the data listener is reached, as the control listener was.
+    transport: Arc<dyn Transport>,
 }
 
 /// Runs one session; `welcomed` is set once the server accepted it.
@@ -90,7 +62,9 @@ pub(crate) async fn run(
         Some(settings) => Some(Connector::new(settings).map_err(ClientError::Failed)?),
         None => None,
     };
-    let stream = dial_server(&config.server, tls.as_ref())
+    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(tls));
+    let stream = transport
+        .dial(&config.server)
         .await
         .map_err(ClientError::Failed)?;
     let mut conn = Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
@@ -108,7 +82,7 @@ pub(crate) async fn run(
         warm_pool,
         rx,
         heartbeat,
-    } = accept_welcome(config, welcome, tls)?;
+    } = accept_welcome(config, welcome, transport)?;
     let _ = events.send(ClientEvent::Connected { tunnels });
     let session_stop = shutdown.child_token();
     let _stop_pool = session_stop.clone().drop_guard();
@@ -146,7 +120,7 @@ struct Welcomed {
 fn accept_welcome(
     config: &ClientConfig,
     welcome: ServerMessage,
-    tls: Option<Connector>,
+    transport: Arc<dyn Transport>,
 ) -> Result<Welcomed, ClientError> {
     let ServerMessage::Welcome {
         session,
@@ -164,11 +138,11 @@ fn accept_welcome(
     let mut tunnels: Vec<(TunnelInfo, String)> = Vec::with_capacity(granted.len());
     for (index, info) in granted.into_iter().enumerate() {
         let asked = config.tunnel_at(index);
-        let target = Target {
-            addr: asked.map(|t| t.local.clone()).unwrap_or_default(),
-            proxy_protocol: asked.and_then(|t| t.proxy_protocol),
-        };
-        tunnels.push((info.clone(), target.addr.clone()));
+        let target: Arc<dyn Target> = Arc::new(TcpTarget::new(
+            asked.map(|t| t.local.clone()).unwrap_or_default(),
+            asked.and_then(|t| t.proxy_protocol),
+        ));
+        tunnels.push((info.clone(), target.address().to_string()));
         targets.insert(info.name, target);
     }
     let (control, rx) = mpsc::channel(64);
@@ -178,7 +152,7 @@ fn accept_welcome(
         data_addr: config.data_addr(data_port),
         targets,
         control,
-        tls,
+        transport,
     });
     Ok(Welcomed {
         tunnels,
@@ -329,22 +303,13 @@ struct Dial {
     visitor_addr: String,
 }
 
-/// Connects to the local target of the dial's tunnel; sends the PROXY header it asks for.
-async fn dial_target(ctx: &Ctx, dial: &Dial) -> Result<TcpStream, String> {
+/// Opens the target end of the dial's tunnel.
+async fn dial_target(ctx: &Ctx, dial: &Dial) -> Result<crate::target::TargetStream, String> {
     let target = ctx
         .targets
         .get(&dial.tunnel)
         .ok_or_else(|| format!("unknown tunnel {:?}", dial.tunnel))?;
-    let mut stream = connect(&target.addr).await?;
-    if let Some(version) = target.proxy_protocol {
-        let destination = stream.peer_addr().map_err(|e| e.to_string())?;
-        let header = proxy_header::encode(version, dial.visitor_addr.parse().ok(), destination);
-        stream
-            .write_all(&header)
-            .await
-            .map_err(|e| format!("sending the PROXY header to {} failed: {e}", target.addr))?;
-    }
-    Ok(stream)
+    target.open(dial.visitor_addr.parse().ok()).await
 }
 
 /// Answers a `Dial` from the control connection: target first, then the data connection.
@@ -375,7 +340,7 @@ async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
 
 /// Dials the data listener and introduces the connection.
 async fn open_data(ctx: &Ctx, id: Option<String>) -> Result<Conn, String> {
-    let stream = dial_server(&ctx.data_addr, ctx.tls.as_ref()).await?;
+    let stream = ctx.transport.dial(&ctx.data_addr).await?;
     let mut conn = Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,

@@ -14,10 +14,6 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::either::Either;
-
-/// A connection to the server, TLS or not. Boxed so plain connections stay small.
-pub(crate) type ClientIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// How the client speaks TLS to the server.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -99,7 +95,11 @@ impl Connector {
     }
 
     /// Runs the handshake over `stream` to the server at `addr` (`host:port`).
-    pub(crate) async fn connect(&self, stream: TcpStream, addr: &str) -> Result<ClientIo, String> {
+    pub(crate) async fn connect(
+        &self,
+        stream: TcpStream,
+        addr: &str,
+    ) -> Result<TlsStream<TcpStream>, String> {
         let host = match &self.settings.server_name {
             Some(name) => name.clone(),
             None => host_of(addr).to_string(),
@@ -118,7 +118,7 @@ impl Connector {
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
-        Ok(Either::Right(Box::new(tls)))
+        Ok(tls)
     }
 }
 

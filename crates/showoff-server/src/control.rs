@@ -35,6 +35,12 @@ use crate::stats::Stats;
 use crate::tls::Tls;
 use crate::transport::dialback::DialBackHub;
 
+/// A control connection speaking frames.
+pub(crate) type ControlFramed = tokio_util::codec::Framed<
+    crate::tls::ServerIo,
+    showoff_proto::FrameCodec<showoff_proto::ClientMessage, showoff_proto::ServerMessage>,
+>;
+
 /// Most tunnels one session may open.
 pub const MAX_TUNNELS_PER_SESSION: usize = 64;
 

@@ -180,7 +180,7 @@ pub fn resolve(
 }
 
 fn tunnel(entry: &FileTunnel) -> TunnelConfig {
-    let local = crate::commands::local_target(&entry.local);
+    let local = showoff_client::local_address(&entry.local);
     TunnelConfig {
         spec: TunnelSpec {
             kind: entry.kind,

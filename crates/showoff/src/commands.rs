@@ -301,22 +301,13 @@ fn attach_auth_files(
     Ok(())
 }
 
-/// `3000` → `127.0.0.1:3000`; anything with a colon is used as given.
-pub fn local_target(target: &str) -> String {
-    if target.contains(':') {
-        target.to_string()
-    } else {
-        format!("127.0.0.1:{target}")
-    }
-}
-
 async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
     if args.proxy_protocol.is_some() && kind != TunnelKind::Tcp {
         anyhow::bail!(
             "--proxy-protocol applies to tcp tunnels; HTTP targets get X-Forwarded-For instead"
         );
     }
-    let local = local_target(&args.target);
+    let local = showoff_client::local_address(&args.target);
     let spec = TunnelSpec {
         kind,
         name: args.name.clone(),
@@ -405,12 +396,6 @@ fn print_event(event: &ClientEvent, json: bool) {
 mod tests {
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn bare_ports_mean_loopback() {
-        assert_eq!(local_target("3000"), "127.0.0.1:3000");
-        assert_eq!(local_target("10.0.0.2:80"), "10.0.0.2:80");
-    }
 
     fn server_args(argv: &[&str]) -> ServerArgs {
         let mut full = vec!["showoff", "server"];

@@ -11,9 +11,8 @@ use showoff_proto::{ClientMessage, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::ControlContext;
-use super::handshake::ControlFramed;
 use super::registration::release_tunnel;
+use super::{ControlContext, ControlFramed};
 use crate::state::{Session, Tunnel};
 
 /// Why a session ended, for the log.

@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tracing::{debug, info};
 
-use super::ControlContext;
 use super::admission::{Load, admit};
 use super::control_loop::ControlLoop;
 use super::registration::{SessionGuard, open_tunnel};
+use super::{ControlContext, ControlFramed};
 use crate::audit::AuditEvent;
 use crate::auth::{AuthRequest, Principal};
 use crate::listen::Arrived;
@@ -29,10 +29,6 @@ const CONTROL_BUFFER: usize = 512;
 
 /// Frames queued towards one client before `Dial` senders wait.
 const CONTROL_QUEUE: usize = 256;
-
-/// A control connection speaking frames.
-pub(crate) type ControlFramed =
-    Framed<crate::tls::ServerIo, FrameCodec<ClientMessage, ServerMessage>>;
 
 /// Serves one control connection until the session ends.
 pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {

@@ -134,7 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if delivered
             && body_done
             && resp.upstream_reusable
-            && let Some(pool) = super::client::pool(tunnel)
+            && let Some(pool) = super::pool::pool(tunnel)
         {
             pool.put_back(up);
         }

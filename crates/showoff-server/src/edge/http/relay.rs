@@ -12,9 +12,9 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use super::body::{ChunkedDecoder, Decoded, Framing};
-use super::client::UpstreamConn;
 use super::conn::Conn;
 use super::encode::{encode_body, finish_body};
+use super::pool::UpstreamConn;
 use super::response::{BodyFraming, Response, VisitorFraming};
 use super::{BODY_CHUNK, READ_CHUNK, WRITE_COALESCE};
 
