@@ -85,3 +85,71 @@ pub(crate) struct ControlContext {
     pub(crate) tcp_tunnels: Arc<dyn TcpTunnels>,
     pub(crate) drain: Drain,
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::PortRange;
+    use crate::transport::dialback::DialBackSettings;
+
+    /// Records the TCP tunnels registration asks the edge to serve.
+    #[derive(Default)]
+    pub(crate) struct Served(pub(crate) std::sync::Mutex<Vec<String>>);
+
+    impl TcpTunnels for Served {
+        fn serve(&self, _listener: TcpListener, tunnel: Arc<Tunnel>) {
+            let mut served = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            served.push(tunnel.info.name.clone());
+        }
+    }
+
+    /// A control context over in-memory parts only: no listener, no socket.
+    pub(crate) fn context(https_port: Option<u16>) -> Arc<ControlContext> {
+        let stats = Arc::new(Stats::new(&Default::default(), 0));
+        let tls = Arc::new(Tls::new(&Default::default()).expect("no TLS"));
+        let dialback = DialBackHub::new(
+            DialBackSettings {
+                warm_pool: 0,
+                pending_timeout: Duration::from_secs(10),
+                max_pending_per_session: 8,
+                max_pending_total: 8,
+            },
+            stats.clone(),
+            tls.clone(),
+        );
+        Arc::new(ControlContext {
+            settings: ControlSettings {
+                heartbeat_interval: Duration::from_secs(15),
+                heartbeat_timeout: Duration::from_secs(45),
+                tunnel_idle_timeout: None,
+                tunnel_lifetime: None,
+                max_sessions: 10,
+                warm_pool: 0,
+                tunnels_per_principal: 0,
+                names: NamePolicy::default(),
+                ports: PortPlan {
+                    ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                    range: PortRange { first: 0, last: 0 },
+                },
+                data_port: 7001,
+            },
+            sessions: Arc::default(),
+            routes: Arc::default(),
+            registry: Arc::new(showoff_core::MemoryRegistry::default()),
+            dialback,
+            authenticator: Arc::new(crate::auth::Open),
+            limits: Arc::new(RateLimits::new(&Default::default())),
+            stats,
+            audit: AuditLog::default(),
+            tls,
+            urls: PublicUrls {
+                domain: "localhost".into(),
+                http_port: 8080,
+                https_port,
+            },
+            acme_requests: None,
+            tcp_tunnels: Arc::new(Served::default()),
+            drain: Drain::default(),
+        })
+    }
+}

@@ -51,7 +51,8 @@ impl Drain {
         &self.stop
     }
 
-    /// Sessions, data connections, upstream connections, accept loops, background jobs.
+    /// Sessions, data connections, accept loops, background jobs. (Upstream connections are
+    /// not tasks: they belong to the visitor task using them, or idle in their tunnel's pool.)
     pub(crate) fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }

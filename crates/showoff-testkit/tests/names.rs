@@ -109,3 +109,36 @@ async fn the_same_token_reconnecting_takes_its_name_over_at_once() {
         "new"
     );
 }
+
+#[tokio::test]
+async fn a_refused_tunnel_does_not_keep_its_name_from_others() {
+    // A TLS tunnel on a server without the HTTPS listener is refused after its name was
+    // claimed; the name must not stay held by the session that never got it.
+    let server = TestServer::start(ServerConfig {
+        tokens: vec![Secret::new("alice-token"), Secret::new("bob-token")],
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let mut alice = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Tls, Some("shared"), target.addr)],
+    );
+    alice.token = "alice-token".into();
+    let (code, _) = refusal(TestClient::start(alice).await);
+    assert_eq!(code, RefusedCode::KindNotAllowed);
+    let mut bob = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+    );
+    bob.token = "bob-token".into();
+    let _bob = TestClient::start(bob)
+        .await
+        .expect("the name is free for bob");
+    assert_eq!(
+        get(server.addrs.http, &server.host("shared"), "/")
+            .await
+            .status,
+        200
+    );
+}

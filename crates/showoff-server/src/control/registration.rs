@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use showoff_core::{Claim, Lease, LeaseKey, Owner, RegistryError};
 use showoff_proto::{RefusedCode, ServerMessage, TunnelInfo, TunnelKind, TunnelSpec};
 use tokio::sync::mpsc;
@@ -80,7 +81,8 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Unregisters a tunnel: route, listener, upstream connections, leases.
+/// Unregisters a tunnel: route, leases, and through `closed` its TCP listener and spliced
+/// visitors; its idle upstream connections go with the tunnel's last reference.
 pub(crate) fn release_tunnel(ctx: &ControlContext, tunnel: &Arc<Tunnel>) {
     tunnel.closed.cancel();
     ctx.routes.remove(&tunnel.info.name, &tunnel.session_id);
@@ -95,13 +97,26 @@ pub(crate) fn release_tunnel(ctx: &ControlContext, tunnel: &Arc<Tunnel>) {
     release_leases(ctx, tunnel.leases.clone());
 }
 
-/// Gives leases back to the registry in the background: registry calls are async (a cluster
-/// backend may be remote) and the caller can be a `Drop`, which must not wait.
+/// Gives leases back to the registry. A registry that answers at once (in memory) is done
+/// before this returns, so a refused or closed tunnel's name is free for the next claim; a
+/// remote one is finished in a spawned task, because the caller can be a `Drop`, which must
+/// not wait. Releases are fenced by generation, so a repeated one frees nothing.
 fn release_leases(ctx: &ControlContext, leases: Vec<Lease>) {
     let registry = ctx.registry.clone();
+    let mut later = Vec::new();
+    for lease in leases {
+        match registry.release(&lease).now_or_never() {
+            Some(Ok(_)) => {}
+            Some(Err(error)) => warn!(%error, key = %lease.key, "failed to release lease"),
+            None => later.push(lease),
+        }
+    }
+    if later.is_empty() {
+        return;
+    }
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            for lease in leases {
+            for lease in later {
                 if let Err(error) = registry.release(&lease).await {
                     warn!(%error, key = %lease.key, "failed to release lease");
                 }
@@ -309,4 +324,145 @@ async fn claim_name(
         }
     }
     Ok((name.to_string(), claimed.lease))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::tests::context;
+
+    fn spec(kind: TunnelKind, name: &str) -> TunnelSpec {
+        TunnelSpec {
+            kind,
+            name: Some(name.into()),
+            port: None,
+            host_header: Default::default(),
+            target: "127.0.0.1:3000".into(),
+            visitors: Default::default(),
+        }
+    }
+
+    fn guard(ctx: &Arc<ControlContext>, principal: &str) -> SessionGuard {
+        let peer = "127.0.0.1:5000".parse().expect("addr");
+        let (tx, _rx) = mpsc::channel(4);
+        let guard = SessionGuard::new(Principal::unrestricted(principal), peer, tx, ctx.clone());
+        ctx.sessions.add(guard.session.clone());
+        guard
+    }
+
+    async fn open(guard: &SessionGuard, spec: TunnelSpec) -> Result<TunnelInfo, ServerMessage> {
+        open_tunnel(guard, spec, guard.opener()).await
+    }
+
+    fn code(result: Result<TunnelInfo, ServerMessage>) -> RefusedCode {
+        match result {
+            Err(ServerMessage::Refused { code, .. }) => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    async fn lease_of(ctx: &ControlContext, name: &str) -> Option<Lease> {
+        // The memory registry releases at once: no yielding, no waiting.
+        let key = LeaseKey::Name(name.into());
+        ctx.registry.lookup(&key).await.expect("memory registry")
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_leased_routed_and_undone_by_the_guard() {
+        let ctx = context(None);
+        let alice = guard(&ctx, "alice");
+        let info = open(&alice, spec(TunnelKind::Http, "demo"))
+            .await
+            .expect("opened");
+        assert_eq!(info.public_url, "http://demo.localhost:8080");
+        let routed = ctx.routes.get("demo").expect("routed");
+        assert_eq!(routed.session_id, alice.session.id);
+        let lease = lease_of(&ctx, "demo").await.expect("leased");
+        assert_eq!(lease.owner.principal, "alice");
+        assert_eq!(ctx.stats.snapshot().tunnels_active, 1);
+        assert_eq!(ctx.stats.snapshot().sessions_active, 1);
+        drop(alice);
+        assert!(ctx.routes.get("demo").is_none(), "unrouted");
+        assert_eq!(lease_of(&ctx, "demo").await, None, "released");
+        assert_eq!(ctx.stats.snapshot().tunnels_active, 0);
+        assert_eq!(ctx.stats.snapshot().sessions_active, 0);
+        assert_eq!(ctx.sessions.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_same_principal_takes_a_name_over_and_others_are_refused() {
+        let ctx = context(None);
+        let first = guard(&ctx, "alice");
+        open(&first, spec(TunnelKind::Http, "demo"))
+            .await
+            .expect("first");
+        let second = guard(&ctx, "alice");
+        open(&second, spec(TunnelKind::Http, "demo"))
+            .await
+            .expect("taken over");
+        assert!(
+            first.session.cancel.is_cancelled(),
+            "the stale session is closed"
+        );
+        let bob = guard(&ctx, "bob");
+        assert_eq!(
+            code(open(&bob, spec(TunnelKind::Http, "demo")).await),
+            RefusedCode::NameTaken
+        );
+        assert_eq!(
+            code(open(&second, spec(TunnelKind::Http, "demo")).await),
+            RefusedCode::BadRequest,
+            "asked twice by one session"
+        );
+        drop(first);
+        let routed = ctx.routes.get("demo").expect("still routed");
+        assert_eq!(
+            routed.session_id, second.session.id,
+            "the old guard removed nothing"
+        );
+        let lease = lease_of(&ctx, "demo").await.expect("still leased");
+        assert_eq!(
+            lease.owner.session, second.session.id,
+            "fenced by generation"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_that_cannot_open_gives_its_name_back() {
+        let ctx = context(None);
+        let alice = guard(&ctx, "alice");
+        let refused = open(&alice, spec(TunnelKind::Tls, "db")).await;
+        assert_eq!(
+            code(refused),
+            RefusedCode::KindNotAllowed,
+            "no HTTPS listener"
+        );
+        assert_eq!(lease_of(&ctx, "db").await, None, "the name was given back");
+        assert!(ctx.routes.get("db").is_none());
+        let udp = open(&alice, spec(TunnelKind::Udp, "dns")).await;
+        assert_eq!(code(udp), RefusedCode::BadRequest);
+        assert_eq!(lease_of(&ctx, "dns").await, None);
+    }
+
+    #[tokio::test]
+    async fn kinds_and_rules_refuse_before_anything_is_claimed() {
+        let ctx = context(Some(443));
+        let peer = "127.0.0.1:5000".parse().expect("addr");
+        let (tx, _rx) = mpsc::channel(4);
+        let mut bob = Principal::unrestricted("bob");
+        bob.kinds = vec![TunnelKind::Http];
+        let guard = SessionGuard::new(bob, peer, tx, ctx.clone());
+        let refused = open(&guard, spec(TunnelKind::Tls, "db")).await;
+        assert_eq!(code(refused), RefusedCode::KindNotAllowed);
+        assert_eq!(lease_of(&ctx, "db").await, None);
+        let mut basic = spec(TunnelKind::Tls, "x");
+        basic.visitors.basic_auth = Some("u:p".into());
+        let (alice_tx, _alice_rx) = mpsc::channel(4);
+        let alice = SessionGuard::new(Principal::unrestricted("a"), peer, alice_tx, ctx.clone());
+        assert_eq!(code(open(&alice, basic).await), RefusedCode::BadRequest);
+        let tls = open(&alice, spec(TunnelKind::Tls, "db"))
+            .await
+            .expect("with HTTPS");
+        assert_eq!(tls.public_url, "tls://db.localhost");
+    }
 }

@@ -1,17 +1,17 @@
 //! The HTTP edge: one task per visitor connection, one exchange per request.
 //!
 //! Each request head is read under the head deadline and validated on its own
-//! ([`head::parse_head`]), so a keep-alive connection is routed request by request. The request is
-//! re-encoded for the target (hop-by-hop headers out, `X-Forwarded-*` set, `Host` per tunnel
-//! policy) and sent on a pooled upstream connection ([`pool`], [`client`]); the response head is parsed
-//! ([`response`]) and the body relayed as it arrives, both ways through fixed buffers. Upgrades
-//! (WebSocket) are spliced after the `101`. Failures before the response head become the error
-//! pages of [`crate::edge::error`].
+//! ([`head::parse_head`]), so a keep-alive connection is routed request by request. The
+//! request is re-encoded for the target (hop-by-hop headers out, `X-Forwarded-*` set, `Host`
+//! per tunnel policy) and sent on a pooled upstream connection ([`pool`], [`client`]); the
+//! response head is parsed ([`response`]) and the body relayed as it arrives, both ways through
+//! fixed buffers. Upgrades (WebSocket) are spliced after the `101`. Failures before the response
+//! head become the error pages of [`crate::edge::error`].
 //!
-//! Layout: [`conn`] (the connection loop and error pages), [`exchange`] (per-request policy),
-//! [`client`] (the upstream request/response turn), [`pool`] (idle upstream connections), [`relay`] (bodies and upgrades), [`encode`] (what
-//! is written towards the target), [`head`], [`body`] and [`response`] (parsers), [`meter`]
-//! (byte counts).
+//! Layout: [`conn`] (the connection loop and error pages), [`exchange`] (per-request
+//! policy), [`client`] (the upstream request/response turn), [`pool`] (idle upstream
+//! connections), [`relay`] (bodies and upgrades), [`encode`] (what is written towards the
+//! target), [`head`], [`body`] and [`response`] (parsers), [`meter`] (byte counts).
 
 pub(crate) mod body;
 pub(crate) mod client;

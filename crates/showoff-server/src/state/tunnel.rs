@@ -34,7 +34,7 @@ pub(crate) struct Tunnel {
     pub(crate) access: Access,
     /// The leases on its name and, for TCP tunnels, its public port.
     pub(crate) leases: Vec<Lease>,
-    /// Cancelled when the tunnel closes; its TCP listener and upstream connections stop.
+    /// Cancelled when the tunnel closes; its TCP listener and spliced TCP visitors stop.
     pub(crate) closed: CancellationToken,
     epoch: Instant,
     last_active_ms: AtomicU64,
