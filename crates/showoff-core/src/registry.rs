@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,8 +52,9 @@ pub struct Lease {
     pub key: LeaseKey,
     /// Who holds it.
     pub owner: Owner,
-    /// The instance that granted it (clusters forward visitors there).
-    pub instance: String,
+    /// The instance that granted it (clusters forward visitors there); shared, not copied,
+    /// across the leases of one instance.
+    pub instance: Arc<str>,
     /// Changes on every grant of this key; renew and release must show the current one.
     pub generation: u64,
 }
@@ -116,7 +117,7 @@ pub const LOCAL_INSTANCE: &str = "local";
 /// In-process leases: the default for a single server.
 #[derive(Debug)]
 pub struct MemoryRegistry {
-    instance: String,
+    instance: Arc<str>,
     ttl: Option<Duration>,
     leases: Mutex<HashMap<LeaseKey, Held>>,
     generations: AtomicU64,
@@ -138,7 +139,7 @@ impl Default for MemoryRegistry {
 impl MemoryRegistry {
     /// A registry for `instance` whose leases expire `ttl` after their last renewal (`None`:
     /// never; a single server releases its leases itself).
-    pub fn new(instance: impl Into<String>, ttl: Option<Duration>) -> Self {
+    pub fn new(instance: &str, ttl: Option<Duration>) -> Self {
         Self {
             instance: instance.into(),
             ttl,
@@ -378,7 +379,7 @@ mod tests {
             .claim(&LeaseKey::Port(1), &owner)
             .await
             .expect("claim");
-        assert_eq!(claimed.lease.instance, "node-1");
+        assert_eq!(&*claimed.lease.instance, "node-1");
         assert_eq!(registry.ttl(), None);
         assert_eq!(LeaseKey::Port(1).to_string(), "port:1");
     }

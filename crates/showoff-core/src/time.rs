@@ -1,5 +1,6 @@
 //! Civil dates and RFC 3339 timestamps, without a date crate: audit events stamp their time with
-//! [`rfc3339`], and the binary's build script dates its build with [`civil_from_days`].
+//! [`rfc3339`], and the binary's build script dates its build with [`civil_from_days`] (it
+//! includes this file, so it must keep to `std`).
 
 use std::time::SystemTime;
 

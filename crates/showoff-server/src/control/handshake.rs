@@ -137,9 +137,12 @@ async fn handshake(
         Some(Ok(ClientMessage::Open { tunnels })) => tunnels,
         _ => return Err(ServerMessage::bad_request("expected open")),
     };
-    let renamed: Vec<String> = specs.iter().filter_map(|s| s.name.clone()).collect();
+    let held = || {
+        let renamed: Vec<String> = specs.iter().filter_map(|s| s.name.clone()).collect();
+        ctx.routes.count_of(&principal.id, &renamed)
+    };
     let load = Load {
-        held_by_principal: ctx.routes.count_of(&principal.id, &renamed),
+        held_by_principal: held,
         sessions: ctx.sessions.count(),
         max_sessions: ctx.settings.max_sessions,
     };

@@ -17,7 +17,7 @@ use crate::audit::AuditEvent;
 use crate::auth::Principal;
 use crate::state::access::Access;
 use crate::state::names::{check_name, random_name};
-use crate::state::tunnel::TunnelParts;
+use crate::state::tunnel::Activity;
 use crate::state::{Session, Tunnel};
 use crate::transport::dialback::DialBackGuard;
 
@@ -160,7 +160,7 @@ pub(crate) async fn open_tunnel(
         kind: spec.kind,
         port,
     };
-    let tunnel = Arc::new(Tunnel::new(TunnelParts {
+    let tunnel = Arc::new(Tunnel {
         info: info.clone(),
         spec,
         principal: session.principal.id.clone(),
@@ -169,7 +169,8 @@ pub(crate) async fn open_tunnel(
         access,
         leases,
         closed: session.cancel.child_token(),
-    }));
+        activity: Activity::default(),
+    });
     session.tunnels().push(tunnel.clone());
     ctx.routes.insert(tunnel.clone());
     announce(guard, &tunnel);

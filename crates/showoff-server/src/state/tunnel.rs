@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::Access;
 
-/// One live tunnel of one session.
+/// One live tunnel of one session: what registration decided, and its [`Activity`].
 pub(crate) struct Tunnel {
     /// What the client was told (name, public URL, port).
     pub(crate) info: TunnelInfo,
@@ -36,11 +36,28 @@ pub(crate) struct Tunnel {
     pub(crate) leases: Vec<Lease>,
     /// Cancelled when the tunnel closes; its TCP listener and spliced TCP visitors stop.
     pub(crate) closed: CancellationToken,
+    /// Visitor bookkeeping, from the moment the tunnel is built.
+    pub(crate) activity: Activity,
+}
+
+/// When a tunnel was registered and last visited, its visitors now, and its edge's state.
+pub(crate) struct Activity {
     epoch: Instant,
     last_active_ms: AtomicU64,
     /// Visitors being served now (HTTP requests in flight, TCP connections).
     visitors: AtomicUsize,
     edge_state: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
+            visitors: AtomicUsize::new(0),
+            edge_state: OnceLock::new(),
+        }
+    }
 }
 
 /// One visitor slot of a tunnel; released on drop.
@@ -52,66 +69,39 @@ impl Drop for VisitorSlot<'_> {
     }
 }
 
-/// Everything a tunnel is made of, as registration decided it.
-pub(crate) struct TunnelParts {
-    pub(crate) info: TunnelInfo,
-    pub(crate) spec: TunnelSpec,
-    pub(crate) principal: String,
-    pub(crate) session_id: String,
-    pub(crate) opener: Arc<dyn StreamOpener>,
-    pub(crate) access: Access,
-    pub(crate) leases: Vec<Lease>,
-    pub(crate) closed: CancellationToken,
-}
-
 impl Tunnel {
-    pub(crate) fn new(parts: TunnelParts) -> Self {
-        Self {
-            info: parts.info,
-            spec: parts.spec,
-            principal: parts.principal,
-            session_id: parts.session_id,
-            opener: parts.opener,
-            access: parts.access,
-            leases: parts.leases,
-            closed: parts.closed,
-            epoch: Instant::now(),
-            last_active_ms: AtomicU64::new(0),
-            visitors: AtomicUsize::new(0),
-            edge_state: OnceLock::new(),
-        }
-    }
-
     /// Takes a visitor slot if fewer than `max` are in use.
     pub(crate) fn visitor_slot(&self, max: usize) -> Option<VisitorSlot<'_>> {
-        if self.visitors.fetch_add(1, Ordering::AcqRel) >= max {
-            self.visitors.fetch_sub(1, Ordering::AcqRel);
+        let visitors = &self.activity.visitors;
+        if visitors.fetch_add(1, Ordering::AcqRel) >= max {
+            visitors.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(VisitorSlot(&self.visitors))
+        Some(VisitorSlot(visitors))
     }
 
     /// Records visitor activity (idle timeout bookkeeping; one relaxed store).
     pub(crate) fn touch(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_active_ms.store(now, Ordering::Relaxed);
+        let now = self.activity.epoch.elapsed().as_millis() as u64;
+        self.activity.last_active_ms.store(now, Ordering::Relaxed);
     }
 
     /// Time since the tunnel was registered.
     pub(crate) fn age(&self) -> Duration {
-        self.epoch.elapsed()
+        self.activity.epoch.elapsed()
     }
 
     /// Time since the last visitor activity (or since the tunnel opened).
     pub(crate) fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
+        let last = Duration::from_millis(self.activity.last_active_ms.load(Ordering::Relaxed));
+        self.activity.epoch.elapsed().saturating_sub(last)
     }
 
     /// The edge's state for this tunnel, created on first use. `None` only if another type
     /// already took the slot (one edge serves each tunnel kind, so it does not happen).
     pub(crate) fn edge_state<T: Default + Send + Sync + 'static>(&self) -> Option<&T> {
-        self.edge_state
+        self.activity
+            .edge_state
             .get_or_init(|| Box::new(T::default()))
             .downcast_ref()
     }
@@ -144,7 +134,7 @@ pub(crate) mod tests {
             target: "127.0.0.1:3000".into(),
             visitors: Default::default(),
         };
-        Tunnel::new(TunnelParts {
+        Tunnel {
             info: TunnelInfo {
                 name: name.into(),
                 kind: TunnelKind::Http,
@@ -158,7 +148,8 @@ pub(crate) mod tests {
             access: Access::default(),
             leases: Vec::new(),
             closed: CancellationToken::new(),
-        })
+            activity: Activity::default(),
+        }
     }
 
     #[test]
