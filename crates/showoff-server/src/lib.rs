@@ -1,7 +1,8 @@
 //! The Showoff server: control, data and public listeners; sessions; the HTTP and TCP edges.
 //!
-//! The crate is layered, and imports point one way only (a test in `tests/layers.rs` fails on
-//! an import that points up):
+//! The crate is layered, and imports point one way only
+//! (`crates/showoff-testkit/tests/architecture.rs` fails on an import that points up, and on
+//! any import cycle):
 //!
 //! ```text
 //! config → {stats, audit, limits, tls, auth, listen, drain} → state → transport → control
