@@ -39,10 +39,11 @@ impl fmt::Display for LeaseKey {
 /// Who holds a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
-    /// The authenticated identity behind the session (never the token itself).
-    pub principal: String,
+    /// The authenticated identity behind the session (never the token itself); shared with
+    /// the session, not copied per lease.
+    pub principal: Arc<str>,
     /// The session currently serving the key.
-    pub session: String,
+    pub session: Arc<str>,
 }
 
 /// A granted lease; keep it to renew or release.
@@ -182,7 +183,7 @@ impl Registry for MemoryRegistry {
                 return Ok(Claimed { lease, claim });
             }
             Some(held) if held.lease.owner.principal == owner.principal => Claim::TakenOver {
-                previous_session: held.lease.owner.session.clone(),
+                previous_session: held.lease.owner.session.to_string(),
             },
             Some(_) => return Err(RegistryError::Taken),
         };

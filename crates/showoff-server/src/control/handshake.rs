@@ -75,7 +75,7 @@ pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
     };
     let session = guard.session.clone();
     let span = tracing::Span::current();
-    span.record("session", session.id.as_str());
+    span.record("session", &*session.id);
     span.record("principal", session.principal.id.as_str());
     info!(%peer, session = %session.id, principal = %session.principal.id, "session up");
     let up = AuditEvent::new("auth_ok")
@@ -157,7 +157,7 @@ async fn handshake(
     }
     ctx.sessions.add(guard.session.clone());
     let welcome = ServerMessage::Welcome {
-        session: guard.session.id.clone(),
+        session: guard.session.id.to_string(),
         data_key: guard.data_key().to_string(),
         data_port: ctx.settings.data_port,
         heartbeat_interval_secs: ctx.settings.heartbeat_interval.as_secs().max(1),

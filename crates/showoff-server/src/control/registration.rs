@@ -36,7 +36,7 @@ impl SessionGuard {
         tx: mpsc::Sender<ServerMessage>,
         ctx: Arc<ControlContext>,
     ) -> Self {
-        let id = showoff_proto::id::random_id();
+        let id: Arc<str> = showoff_proto::id::random_id().into();
         let dialback = ctx.dialback.attach(&id, tx);
         let cancel = ctx.drain.stopping().child_token();
         let session = Arc::new(Session::new(id, principal, peer, cancel));
@@ -60,7 +60,7 @@ impl SessionGuard {
 
     fn owner(&self) -> Owner {
         Owner {
-            principal: self.session.principal.id.clone(),
+            principal: self.session.principal_id.clone(),
             session: self.session.id.clone(),
         }
     }
@@ -163,7 +163,7 @@ pub(crate) async fn open_tunnel(
     let tunnel = Arc::new(Tunnel {
         info: info.clone(),
         spec,
-        principal: session.principal.id.clone(),
+        principal: session.principal_id.clone(),
         session_id: session.id.clone(),
         opener,
         access,
@@ -379,7 +379,7 @@ mod tests {
         let routed = ctx.routes.get("demo").expect("routed");
         assert_eq!(routed.session_id, alice.session.id);
         let lease = lease_of(&ctx, "demo").await.expect("leased");
-        assert_eq!(lease.owner.principal, "alice");
+        assert_eq!(&*lease.owner.principal, "alice");
         assert_eq!(ctx.stats.snapshot().tunnels_active, 1);
         assert_eq!(ctx.stats.snapshot().sessions_active, 1);
         drop(alice);

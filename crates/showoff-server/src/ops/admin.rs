@@ -144,7 +144,7 @@ async fn sessions(State(ctx): State<Arc<AdminContext>>) -> Response {
         .all()
         .iter()
         .map(|s| SessionView {
-            id: s.id.clone(),
+            id: s.id.to_string(),
             principal: s.principal.id.clone(),
             peer: s.peer.to_string(),
             connected_secs: s.started.elapsed().as_secs(),
@@ -177,7 +177,7 @@ async fn tunnels(State(ctx): State<Arc<AdminContext>>) -> Response {
             kind: t.info.kind.as_str(),
             public_url: t.info.public_url.clone(),
             port: t.info.port,
-            session: t.session_id.clone(),
+            session: t.session_id.to_string(),
             target: t.spec.target.clone(),
             idle_secs: t.idle_for().as_secs(),
         })

@@ -28,7 +28,7 @@ impl Routes {
     /// Removes `name` only if it still points at a tunnel of `session`.
     pub(crate) fn remove(&self, name: &str, session: &str) -> Option<Arc<Tunnel>> {
         let mut map = self.write();
-        if map.get(name).is_some_and(|t| t.session_id == session) {
+        if map.get(name).is_some_and(|t| &*t.session_id == session) {
             return map.remove(name);
         }
         None
@@ -44,7 +44,7 @@ impl Routes {
     pub(crate) fn count_of(&self, principal: &str, except: &[String]) -> usize {
         self.read()
             .values()
-            .filter(|t| t.principal == principal && !except.contains(&t.info.name))
+            .filter(|t| &*t.principal == principal && !except.contains(&t.info.name))
             .count()
     }
 
@@ -70,7 +70,7 @@ mod tests {
         routes.insert(Arc::new(tunnel("other", "s1", "alice")));
         routes.insert(Arc::new(tunnel("demo", "s2", "alice")));
         assert_eq!(
-            routes.get("demo").map(|t| t.session_id.clone()),
+            routes.get("demo").map(|t| t.session_id.to_string()),
             Some("s2".into())
         );
         assert!(routes.remove("demo", "s1").is_none(), "stale session");

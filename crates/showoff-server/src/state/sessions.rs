@@ -13,8 +13,11 @@ use crate::auth::Principal;
 
 /// One authenticated client.
 pub(crate) struct Session {
-    pub(crate) id: String,
+    /// Shared with its tunnels, leases and dial-back opener, not copied into each.
+    pub(crate) id: Arc<str>,
     pub(crate) principal: Principal,
+    /// `principal.id`, shared the same way.
+    pub(crate) principal_id: Arc<str>,
     /// The client's address.
     pub(crate) peer: SocketAddr,
     /// When the session was set up.
@@ -27,13 +30,14 @@ pub(crate) struct Session {
 impl Session {
     /// A session of `principal` from `peer`, closed by `cancel`.
     pub(crate) fn new(
-        id: String,
+        id: Arc<str>,
         principal: Principal,
         peer: SocketAddr,
         cancel: CancellationToken,
     ) -> Self {
         Self {
             id,
+            principal_id: principal.id.as_str().into(),
             principal,
             peer,
             started: Instant::now(),
@@ -63,11 +67,11 @@ impl Session {
 /// Every live session, by id.
 #[derive(Default)]
 pub(crate) struct Sessions {
-    by_id: Mutex<HashMap<String, Arc<Session>>>,
+    by_id: Mutex<HashMap<Arc<str>, Arc<Session>>>,
 }
 
 impl Sessions {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
         // Every critical section is one map operation: a panic cannot leave it half-done.
         self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }

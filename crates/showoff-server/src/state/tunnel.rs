@@ -25,9 +25,9 @@ pub(crate) struct Tunnel {
     /// What the client asked for (host header policy, target).
     pub(crate) spec: TunnelSpec,
     /// The principal that owns it.
-    pub(crate) principal: String,
+    pub(crate) principal: Arc<str>,
     /// The session serving it.
-    pub(crate) session_id: String,
+    pub(crate) session_id: Arc<str>,
     /// Opens streams to the client.
     pub(crate) opener: Arc<dyn StreamOpener>,
     /// Who may visit (IP lists, basic auth).

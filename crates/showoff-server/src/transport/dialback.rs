@@ -51,7 +51,7 @@ pub(crate) struct DialBackSettings {
 pub(crate) struct DialBackHub {
     settings: DialBackSettings,
     pending: Pending,
-    sessions: Mutex<HashMap<String, Arc<DialBack>>>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<DialBack>>>,
     stats: Arc<Stats>,
     tls: Arc<Tls>,
 }
@@ -67,7 +67,7 @@ impl DialBackHub {
         })
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DialBack>>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<DialBack>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -80,18 +80,18 @@ impl DialBackHub {
     /// returned guard detaches it (pending streams fail, pooled connections close).
     pub(crate) fn attach(
         self: &Arc<Self>,
-        id: &str,
+        id: &Arc<str>,
         control: mpsc::Sender<ServerMessage>,
     ) -> DialBackGuard {
         let opener = Arc::new(DialBack {
-            session_id: id.to_string(),
+            session_id: id.clone(),
             data_key: showoff_proto::id::random_id(),
             control,
             pool: Mutex::new(VecDeque::new()),
             pending_now: AtomicUsize::new(0),
             hub: self.clone(),
         });
-        self.sessions().insert(id.to_string(), opener.clone());
+        self.sessions().insert(id.clone(), opener.clone());
         DialBackGuard {
             hub: self.clone(),
             opener,
@@ -141,7 +141,7 @@ impl Drop for DialBackGuard {
 
 /// The dial-back opener of one session.
 pub(crate) struct DialBack {
-    session_id: String,
+    session_id: Arc<str>,
     data_key: String,
     control: mpsc::Sender<ServerMessage>,
     pool: Mutex<VecDeque<DataFramed>>,
@@ -305,7 +305,7 @@ mod tests {
     async fn a_dialled_stream_is_paired_by_id_and_key() {
         let hub = hub(8);
         let (tx, mut rx) = mpsc::channel(4);
-        let guard = hub.attach("s1", tx);
+        let guard = hub.attach(&"s1".into(), tx);
         let opener = guard.opener();
         let open = tokio::spawn(async move { opener.open(&meta()).await });
         let id = dialled(&mut rx).await;
@@ -337,7 +337,7 @@ mod tests {
     async fn a_stream_error_reaches_the_waiter_and_detaching_fails_the_rest() {
         let hub = hub(8);
         let (tx, mut rx) = mpsc::channel(4);
-        let guard = hub.attach("s1", tx);
+        let guard = hub.attach(&"s1".into(), tx);
         let opener = guard.opener();
         let first = tokio::spawn({
             let opener = opener.clone();
@@ -363,7 +363,7 @@ mod tests {
     async fn streams_past_the_cap_are_refused_and_silence_times_out() {
         let hub = hub(1);
         let (tx, mut rx) = mpsc::channel(4);
-        let guard = hub.attach("s1", tx);
+        let guard = hub.attach(&"s1".into(), tx);
         let opener = guard.opener();
         let first = tokio::spawn({
             let opener = opener.clone();
