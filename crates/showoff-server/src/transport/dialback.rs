@@ -283,6 +283,14 @@ mod tests {
         }
     }
 
+    /// An `open` running in its own task.
+    fn spawn_open(
+        opener: &Arc<DialBack>,
+    ) -> tokio::task::JoinHandle<Result<TunnelStream, OpenError>> {
+        let opener = opener.clone();
+        tokio::spawn(async move { opener.open(&meta()).await })
+    }
+
     /// The id of the `Dial` the opener sent on the control link.
     async fn dialled(rx: &mut mpsc::Receiver<ServerMessage>) -> String {
         match rx.recv().await {
@@ -306,8 +314,7 @@ mod tests {
         let hub = hub(8);
         let (tx, mut rx) = mpsc::channel(4);
         let guard = hub.attach(&"s1".into(), tx);
-        let opener = guard.opener();
-        let open = tokio::spawn(async move { opener.open(&meta()).await });
+        let open = spawn_open(&guard.opener());
         let id = dialled(&mut rx).await;
         let (server_side, mut client_side) = tokio::io::duplex(64);
         let stream = TunnelStream::boxed(bytes::BytesMut::new(), server_side);
@@ -339,17 +346,14 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let guard = hub.attach(&"s1".into(), tx);
         let opener = guard.opener();
-        let first = tokio::spawn({
-            let opener = opener.clone();
-            async move { opener.open(&meta()).await }
-        });
+        let first = spawn_open(&opener);
         let id = dialled(&mut rx).await;
         hub.fail(&id, "s1", "connection refused".into());
         assert_eq!(
             first.await.expect("joined").err(),
             Some(OpenError::TargetUnreachable("connection refused".into()))
         );
-        let second = tokio::spawn(async move { opener.open(&meta()).await });
+        let second = spawn_open(&opener);
         dialled(&mut rx).await;
         drop(guard);
         assert_eq!(
@@ -365,10 +369,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let guard = hub.attach(&"s1".into(), tx);
         let opener = guard.opener();
-        let first = tokio::spawn({
-            let opener = opener.clone();
-            async move { opener.open(&meta()).await }
-        });
+        let first = spawn_open(&opener);
         dialled(&mut rx).await;
         assert_eq!(
             opener.open(&meta()).await.err(),
