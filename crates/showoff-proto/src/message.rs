@@ -13,8 +13,9 @@ pub enum Role {
     Data,
 }
 
-/// Messages a client sends to the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Messages a client sends to the server. `Debug` prints `***` for the token and the data key
+/// (frames are logged at debug level; secrets never are).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// First frame of every connection: protocol version and the connection's role.
@@ -67,8 +68,8 @@ pub enum ClientMessage {
     },
 }
 
-/// Messages the server sends to a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Messages the server sends to a client. `Debug` prints `***` for the data key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The session is up and every requested tunnel is registered.
@@ -121,6 +122,89 @@ pub enum ServerMessage {
         /// Milliseconds to wait before reconnecting.
         reconnect_after_ms: u64,
     },
+}
+
+/// What `Debug` shows in place of a secret.
+const REDACTED: &str = "***";
+
+impl std::fmt::Debug for ClientMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hello { version, role } => f
+                .debug_struct("Hello")
+                .field("version", version)
+                .field("role", role)
+                .finish(),
+            Self::Auth { .. } => f.debug_struct("Auth").field("token", &REDACTED).finish(),
+            Self::Open { tunnels } => f.debug_struct("Open").field("tunnels", tunnels).finish(),
+            Self::Close { tunnel } => f.debug_struct("Close").field("tunnel", tunnel).finish(),
+            Self::Pong => f.write_str("Pong"),
+            Self::DataHello { session, id, .. } => f
+                .debug_struct("DataHello")
+                .field("session", session)
+                .field("key", &REDACTED)
+                .field("id", id)
+                .finish(),
+            Self::StreamError { id, reason } => f
+                .debug_struct("StreamError")
+                .field("id", id)
+                .field("reason", reason)
+                .finish(),
+            Self::StreamReady { id } => f.debug_struct("StreamReady").field("id", id).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Welcome {
+                session,
+                data_port,
+                heartbeat_interval_secs,
+                warm_pool,
+                tunnels,
+                ..
+            } => f
+                .debug_struct("Welcome")
+                .field("session", session)
+                .field("data_key", &REDACTED)
+                .field("data_port", data_port)
+                .field("heartbeat_interval_secs", heartbeat_interval_secs)
+                .field("warm_pool", warm_pool)
+                .field("tunnels", tunnels)
+                .finish(),
+            Self::Refused { code, message } => f
+                .debug_struct("Refused")
+                .field("code", code)
+                .field("message", message)
+                .finish(),
+            Self::Dial {
+                id,
+                tunnel,
+                visitor_addr,
+            } => f
+                .debug_struct("Dial")
+                .field("id", id)
+                .field("tunnel", tunnel)
+                .field("visitor_addr", visitor_addr)
+                .finish(),
+            Self::Ping => f.write_str("Ping"),
+            Self::TunnelClosed { tunnel, reason } => f
+                .debug_struct("TunnelClosed")
+                .field("tunnel", tunnel)
+                .field("reason", reason)
+                .finish(),
+            Self::GoAway {
+                reason,
+                reconnect_after_ms,
+            } => f
+                .debug_struct("GoAway")
+                .field("reason", reason)
+                .field("reconnect_after_ms", reconnect_after_ms)
+                .finish(),
+        }
+    }
 }
 
 impl ServerMessage {
@@ -357,6 +441,36 @@ pub struct TunnelInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_tokens_or_keys() {
+        // Issue 11, item 19: frames are logged at debug level.
+        let auth = ClientMessage::Auth {
+            token: "tok-hunter2".into(),
+        };
+        let hello = ClientMessage::DataHello {
+            session: "s1".into(),
+            key: "key-hunter2".into(),
+            id: Some("id1".into()),
+        };
+        let welcome = ServerMessage::Welcome {
+            session: "s1".into(),
+            data_key: "key-hunter2".into(),
+            data_port: 7001,
+            heartbeat_interval_secs: 15,
+            warm_pool: 8,
+            tunnels: Vec::new(),
+        };
+        let shown = format!("{auth:?} {hello:?} {welcome:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("session: \"s1\"") && shown.contains("id1"),
+            "{shown}"
+        );
+        assert!(shown.contains("token: \"***\""), "{shown}");
+        let pong = format!("{:?} {:?}", ClientMessage::Pong, ServerMessage::Ping);
+        assert_eq!(pong, "Pong Ping");
+    }
 
     #[test]
     fn the_first_frame_must_be_a_supported_hello_of_the_right_role() {

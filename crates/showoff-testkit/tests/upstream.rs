@@ -102,3 +102,113 @@ async fn an_early_answer_to_a_large_upload_is_delivered() {
     assert_eq!(status_of(&response), 413, "{response}");
     assert!(response.ends_with("too big!"), "{response}");
 }
+
+/// A target that answers the first request of each connection (keep-alive) and closes any
+/// later one unanswered, as a server does when its idle connection times out just as a request
+/// arrives (or, with `hang`, keeps it open and silent). Returns its address and the number of
+/// requests of each method it received.
+async fn answers_once_per_connection(
+    hang: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                for nth in 0.. {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let method = String::from_utf8_lossy(&head)
+                        .split(' ')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    *seen.lock().expect("lock").entry(method).or_insert(0) += 1;
+                    if nth > 0 && hang {
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                    if nth > 0 {
+                        return; // closed without an answer
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test]
+async fn a_body_less_post_is_never_sent_twice_but_a_get_is_retried() {
+    // Issue 11, item 4: when a pooled upstream connection dies before answering, only a safe
+    // method may be sent again (RFC 9112 §9.3.1); the target may have run a POST already.
+    let server = TestServer::default_config().await;
+    let (target, seen) = answers_once_per_connection(false).await;
+    let _client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("once"), target)],
+    ))
+    .await
+    .expect("session");
+    let host = server.host("once");
+    let mut conn = HttpConn::open(server.addrs.http).await;
+    assert_eq!(conn.get(&host, "/").await.status, 200, "warms the pool");
+    // The pooled connection is reused and dies unanswered: a GET goes out again, fresh.
+    assert_eq!(conn.get(&host, "/").await.status, 200, "retried");
+    assert_eq!(seen.lock().expect("lock").get("GET"), Some(&3));
+    // Now a body-less POST meets the same fate: the visitor hears 502, the target saw it once.
+    let post = format!("POST /charge HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let response = raw(server.addrs.http, post.as_bytes()).await;
+    assert_eq!(status_of(&response), 502, "{response}");
+    assert!(response.contains("tunnel_unavailable"), "{response}");
+    assert_eq!(
+        seen.lock().expect("lock").get("POST"),
+        Some(&1),
+        "sent once"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_timed_out_is_not_sent_again() {
+    // Issue 11, item 4: a timeout is no proof the target did nothing; even a GET is not resent.
+    let server = TestServer::start(showoff_server::ServerConfig {
+        io_idle_timeout: std::time::Duration::from_millis(300),
+        ..showoff_server::ServerConfig::ephemeral()
+    })
+    .await;
+    let (target, seen) = answers_once_per_connection(true).await;
+    let _client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("slow"), target)],
+    ))
+    .await
+    .expect("session");
+    let host = server.host("slow");
+    let mut conn = HttpConn::open(server.addrs.http).await;
+    assert_eq!(conn.get(&host, "/").await.status, 200, "warms the pool");
+    let reply = HttpConn::open(server.addrs.http)
+        .await
+        .get(&host, "/")
+        .await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(
+        seen.lock().expect("lock").get("GET"),
+        Some(&2),
+        "not resent"
+    );
+}

@@ -25,13 +25,25 @@ use crate::state::Tunnel;
 
 /// Why sending a request upstream failed.
 pub(super) enum SendError {
-    /// A pooled connection turned out closed before anything was answered: retry on a fresh one.
+    /// The connection turned out closed before anything was answered (not a timeout): a
+    /// pooled one may be replaced for a replayable request.
     Stale,
     Failed(EdgeError),
 }
 
+/// Whether a request may be sent again after its connection died before any answer: only a
+/// safe method without a body (RFC 9110 §9.2.1, RFC 9112 §9.3.1); the target may already have
+/// run anything else.
+fn replayable(head: &RequestHead) -> bool {
+    use http::Method;
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
+    head.framing == Framing::Empty && safe.contains(&head.method)
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
-    /// sent again safely).
+    /// Sends the request on a pooled or fresh upstream connection. A pooled connection that
+    /// proves closed before any response byte is replaced, but only for a [`replayable`]
+    /// request, and never after a timeout (the target may still be working on it).
     pub(super) async fn send(
         &mut self,
         tunnel: &Tunnel,
@@ -43,7 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let (mut up, reused) = checkout(tunnel, meta).await?;
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, body_done)) => return Ok((up, resp, body_done)),
-                Err(SendError::Stale) if reused && head.framing == Framing::Empty => continue,
+                Err(SendError::Stale) if reused && replayable(head) => continue,
                 Err(SendError::Stale) => return Err(EdgeError::TunnelBroken),
                 Err(SendError::Failed(error)) => return Err(error),
             }
@@ -116,7 +128,9 @@ async fn read_response<R: AsyncRead + Unpin>(
         }
         match read_more(io, buf, idle).await {
             Ok(()) => {}
-            Err(_) if !answered => return Err(SendError::Stale),
+            Err(e) if !answered && e.kind() != std::io::ErrorKind::TimedOut => {
+                return Err(SendError::Stale);
+            }
             Err(_) => return Err(SendError::Failed(EdgeError::TunnelBroken)),
         }
     }
