@@ -137,3 +137,42 @@ async fn a_slow_head_gets_408_after_the_head_deadline() {
         .expect("connect");
     assert_eq!(within("idle close", read_to_close(&mut idle)).await, "");
 }
+
+#[tokio::test]
+async fn control_bytes_in_chunk_lines_and_trailers_are_refused() {
+    // Issue 11, item 5: a bare LF (or any control byte) inside a chunk-size line or its
+    // extension lets an RFC-strict front proxy and the edge disagree on where a request ends;
+    // garbage trailers are not header fields. All of them are a 400, not a relayed request.
+    let (server, _client, _target) = setup(ServerConfig::ephemeral()).await;
+    let host = server.host("demo");
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let bodies: [&[u8]; 6] = [
+        b"3;x\nGET /smuggled HTTP/1.1\r\nabc\r\n0\r\n\r\n",
+        b"3;x\rGET /smuggled\r\nabc\r\n0\r\n\r\n",
+        b"3;ext=\x00\r\nabc\r\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nnot a header field\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nX-Trailer: a\x01b\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nX-T: 1\nGET /smuggled HTTP/1.1\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut request = head.clone().into_bytes();
+        request.extend_from_slice(body);
+        let response = raw(server.addrs.http, &request).await;
+        assert_eq!(
+            status_of(&response),
+            400,
+            "{:?} → {response}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(response.contains("bad_request"), "{response}");
+    }
+    let mut fine = head.into_bytes();
+    fine.extend_from_slice(b"3;name=value\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n");
+    assert_eq!(
+        status_of(&raw(server.addrs.http, &fine).await),
+        200,
+        "valid extensions and trailers"
+    );
+}

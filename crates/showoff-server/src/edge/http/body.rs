@@ -100,6 +100,7 @@ impl ChunkedDecoder {
                     if seen > MAX_TRAILERS {
                         return Err(ChunkError("trailers too large"));
                     }
+                    check_trailer(&line)?;
                     self.state = if line.is_empty() {
                         ChunkState::Done
                     } else {
@@ -128,7 +129,39 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ChunkEr
     Ok(Some(line))
 }
 
+/// Field-content bytes (RFC 9110 §5.5): visible ASCII, obs-text, space and tab; never CR, LF,
+/// NUL or another control byte.
+fn is_field_byte(b: u8) -> bool {
+    b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+/// A trailer line must be a header field (`token ":" value`); trailers are dropped after this
+/// check, never forwarded.
+fn check_trailer(line: &[u8]) -> Result<(), ChunkError> {
+    if line.is_empty() {
+        return Ok(());
+    }
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(ChunkError("trailer is not a header field"))?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    if name.is_empty() || !name.iter().all(token) {
+        return Err(ChunkError("invalid trailer name"));
+    }
+    if !value.iter().all(|&b| is_field_byte(b)) {
+        return Err(ChunkError("invalid trailer value"));
+    }
+    Ok(())
+}
+
 fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+    // A bare CR or LF, NUL or other control byte inside the line (or its extensions) would
+    // make a strict front proxy and this edge disagree on where the line ends.
+    if !line.iter().all(|&b| is_field_byte(b) && b < 0x80) {
+        return Err(ChunkError("control byte in chunk-size line"));
+    }
     let digits_end = line
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
@@ -148,6 +181,41 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn control_bytes_and_bad_trailers_are_refused() {
+        let refused: [&[u8]; 7] = [
+            b"3;x\nGET / HTTP/1.1\r\nabc\r\n0\r\n\r\n",
+            b"3;x\rY\r\nabc\r\n0\r\n\r\n",
+            b"3;e=\x00\r\nabc\r\n0\r\n\r\n",
+            b"3;e=\xff\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nno colon\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nBad Name: 1\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX: a\x7fb\r\n\r\n",
+        ];
+        for input in refused {
+            let mut buf = BytesMut::from(input);
+            let mut decoder = ChunkedDecoder::default();
+            let outcome = loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Decoded::Data(_)) => continue,
+                    other => break other,
+                }
+            };
+            assert!(
+                outcome.is_err(),
+                "{:?} gave {outcome:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut fine = BytesMut::from(&b"3;a=b;c\t\r\nabc\r\n0\r\nX-Sum: 1 2\r\n\r\n"[..]);
+        let mut decoder = ChunkedDecoder::default();
+        assert_eq!(
+            decoder.decode(&mut fine),
+            Ok(Decoded::Data(Bytes::from_static(b"abc")))
+        );
+        assert_eq!(decoder.decode(&mut fine), Ok(Decoded::End));
+    }
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, BytesMut), ChunkError> {
         let mut decoder = ChunkedDecoder::default();
