@@ -209,6 +209,9 @@ pub struct NamePolicy {
     pub banned: Vec<String>,
 }
 
+/// The admin token of [`ServerConfig::ephemeral`] (tests only; every listener is loopback).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Default admin listener.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 
@@ -217,8 +220,11 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
 pub struct AdminConfig {
     /// Admin listener; `None` turns it off.
     pub addr: Option<SocketAddr>,
-    /// Bearer token for `/debug/pprof/*` and `PUT /api/v1/log-level`; `None` turns them off.
+    /// Bearer token for `/api/v1/*` and `/debug/pprof/*` (and `/metrics` with
+    /// `metrics_auth`); `None` turns them off.
     pub token: Option<Secret>,
+    /// `/metrics` needs the admin token too (off by default, for scrapers).
+    pub metrics_auth: bool,
     /// One log line per proxied HTTP request.
     pub access_log: bool,
     /// Per-tunnel request counters for at most this many tunnels (0: off).
@@ -230,6 +236,7 @@ impl Default for AdminConfig {
         Self {
             addr: Some(DEFAULT_ADMIN_ADDR.parse().expect("valid default")),
             token: None,
+            metrics_auth: false,
             access_log: true,
             tunnel_metrics: 0,
         }
@@ -350,7 +357,8 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// A configuration for tests: every listener on `127.0.0.1:0`, OS-picked tunnel ports.
+    /// A configuration for tests: every listener on `127.0.0.1:0`, OS-picked tunnel ports, and
+    /// [`TEST_ADMIN_TOKEN`] as the admin token (so tests can read the guarded admin API).
     pub fn ephemeral() -> Self {
         let any = "127.0.0.1:0".parse().expect("valid");
         Self {
@@ -360,6 +368,7 @@ impl ServerConfig {
             tcp_ports: PortRange { first: 0, last: 0 },
             admin: AdminConfig {
                 addr: Some(any),
+                token: Some(Secret::new(TEST_ADMIN_TOKEN)),
                 ..AdminConfig::default()
             },
             ..Self::default()

@@ -103,12 +103,17 @@ impl TestServer {
         visitor::metric(&text, sample)
     }
 
+    /// `GET path` on the admin listener with the admin token of
+    /// [`ServerConfig::ephemeral`] (the `/api/v1` endpoints need it).
+    pub async fn admin_get(&self, path: &str) -> visitor::Reply {
+        let admin = self.addrs.admin.expect("the admin listener is on");
+        let bearer = format!("Bearer {}", showoff_server::config::TEST_ADMIN_TOKEN);
+        visitor::request(admin, "GET", path, &[("authorization", &bearer)], "").await
+    }
+
     /// The principal of the oldest session, from the admin API.
     pub async fn first_principal(&self) -> String {
-        let admin = self.addrs.admin.expect("the admin listener is on");
-        let body = visitor::get(admin, "localhost", "/api/v1/sessions")
-            .await
-            .body;
+        let body = self.admin_get("/api/v1/sessions").await.body;
         let sessions: serde_json::Value = serde_json::from_str(&body).expect("sessions JSON");
         sessions[0]["principal"]
             .as_str()

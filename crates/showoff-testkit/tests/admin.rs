@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use showoff_proto::TunnelKind;
+use showoff_server::config::TEST_ADMIN_TOKEN;
 use showoff_server::{AdminConfig, BuildInfo, LogControl, Secret, ServerConfig, Services};
 use showoff_testkit::visitor::{get, metric, request};
 use showoff_testkit::{TestClient, TestServer, eventually, serve_http, tunnel, within};
@@ -27,7 +28,7 @@ fn admin_config(token: Option<&str>) -> ServerConfig {
 
 #[tokio::test]
 async fn probes_version_and_api_describe_the_server() {
-    let server = TestServer::start(admin_config(None)).await;
+    let server = TestServer::start(admin_config(Some(TEST_ADMIN_TOKEN))).await;
     let admin = server.addrs.admin.expect("admin listener");
     assert_eq!(get(admin, "localhost", "/healthz").await.status, 200);
     let ready = get(admin, "localhost", "/readyz").await;
@@ -42,8 +43,7 @@ async fn probes_version_and_api_describe_the_server() {
 
     let (target, client) = serve_http(&server, "listed", "a").await;
     let sessions: serde_json::Value =
-        serde_json::from_str(&get(admin, "localhost", "/api/v1/sessions").await.body)
-            .expect("json");
+        serde_json::from_str(&server.admin_get("/api/v1/sessions").await.body).expect("json");
     assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
     assert_eq!(sessions[0]["tunnels"][0], "listed");
     assert!(
@@ -52,7 +52,7 @@ async fn probes_version_and_api_describe_the_server() {
             .is_some_and(|p| p.starts_with("open:"))
     );
     let tunnels: serde_json::Value =
-        serde_json::from_str(&get(admin, "localhost", "/api/v1/tunnels").await.body).expect("json");
+        serde_json::from_str(&server.admin_get("/api/v1/tunnels").await.body).expect("json");
     assert_eq!(tunnels[0]["name"], "listed");
     assert_eq!(
         tunnels[0]["public_url"],
@@ -259,5 +259,67 @@ async fn guarded_endpoints_are_off_without_a_token() {
         reply.body.contains("no admin token is configured"),
         "{}",
         reply.body
+    );
+}
+
+#[tokio::test]
+async fn the_api_needs_the_admin_token_and_probes_do_not() {
+    // Issue 11, item 17: /api/v1/sessions listed every tenant's principals, addresses and
+    // targets to anyone who reached the admin listener.
+    let server = TestServer::start(admin_config(Some("admin-secret"))).await;
+    let (_target, _client) = serve_http(&server, "private", "a").await;
+    let admin = server.addrs.admin.expect("admin listener");
+    for path in ["/api/v1/sessions", "/api/v1/tunnels"] {
+        let anonymous = get(admin, "localhost", path).await;
+        assert_eq!(anonymous.status, 401, "{path}");
+        assert!(
+            !anonymous.body.contains("private"),
+            "{path}: {}",
+            anonymous.body
+        );
+        let wrong = request(admin, "GET", path, &[("authorization", "Bearer nope")], "").await;
+        assert_eq!(wrong.status, 401, "{path}");
+        let right = [("authorization", "Bearer admin-secret")];
+        let answered = request(admin, "GET", path, &right, "").await;
+        assert_eq!(answered.status, 200, "{path}");
+        assert!(
+            answered.body.contains("private"),
+            "{path}: {}",
+            answered.body
+        );
+    }
+    for open in ["/healthz", "/readyz", "/version", "/metrics"] {
+        assert_eq!(get(admin, "localhost", open).await.status, 200, "{open}");
+    }
+    let without = TestServer::start(admin_config(None)).await;
+    let admin = without.addrs.admin.expect("admin listener");
+    let off = get(admin, "localhost", "/api/v1/sessions").await;
+    assert_eq!(off.status, 401);
+    assert!(
+        off.body.contains("no admin token is configured"),
+        "{}",
+        off.body
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_need_the_admin_token_too() {
+    let mut config = admin_config(Some("admin-secret"));
+    config.admin.metrics_auth = true;
+    let server = TestServer::start(config).await;
+    let admin = server.addrs.admin.expect("admin listener");
+    assert_eq!(get(admin, "localhost", "/metrics").await.status, 401);
+    let right = [("authorization", "Bearer admin-secret")];
+    let metrics = request(admin, "GET", "/metrics", &right, "").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("showoff_build_info"),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(
+        get(admin, "localhost", "/readyz").await.status,
+        200,
+        "probes stay open"
     );
 }

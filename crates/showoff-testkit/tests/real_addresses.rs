@@ -346,10 +346,7 @@ async fn the_control_listener_takes_client_addresses_from_trusted_proxies() {
         "{again:?}"
     );
     // The admin API shows the addresses the headers named.
-    let admin = server.addrs.admin.expect("admin");
-    let sessions = showoff_testkit::visitor::get(admin, "localhost", "/api/v1/sessions")
-        .await
-        .body;
+    let sessions = server.admin_get("/api/v1/sessions").await.body;
     assert!(
         sessions.contains("203.0.113.1:40000") && sessions.contains("203.0.113.2:40000"),
         "{sessions}"

@@ -5,9 +5,9 @@
 //! | `GET /healthz` | 200 `ok` once every listener is bound (liveness) |
 //! | `GET /readyz` | 200 `ready` once the server accepts and metrics are registered; 503 `draining` during a drain (readiness) |
 //! | `GET /version` | JSON: version, commit, build date, rustc |
-//! | `GET /metrics` | Prometheus text format |
-//! | `GET /api/v1/sessions` | JSON list of sessions: id, principal, peer, age, tunnels |
-//! | `GET /api/v1/tunnels` | JSON list of tunnels: name, kind, public URL, port, session, target, idle time |
+//! | `GET /metrics` | Prometheus text format; needs the admin token with `metrics_auth` |
+//! | `GET /api/v1/sessions` | JSON list of sessions: id, principal, peer, age, tunnels; needs the admin token |
+//! | `GET /api/v1/tunnels` | JSON list of tunnels: name, kind, public URL, port, session, target, idle time; needs the admin token |
 //! | `PUT /api/v1/log-level` | body: a level or filter (`debug`, `showoff_server=trace`); needs the admin token |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of N seconds (1–60) in pprof format; needs the admin token |
 //!
@@ -39,6 +39,8 @@ pub(crate) struct AdminContext {
     pub(crate) build: BuildInfo,
     /// Bearer token of the guarded endpoints; `None` turns them off.
     pub(crate) token: Option<Secret>,
+    /// `/metrics` is guarded too.
+    pub(crate) metrics_auth: bool,
     pub(crate) log_control: Option<LogControl>,
     pub(crate) drain: Drain,
 }
@@ -110,7 +112,12 @@ async fn version(State(ctx): State<Arc<AdminContext>>) -> Response {
     axum::Json(&ctx.build).into_response()
 }
 
-async fn metrics(State(ctx): State<Arc<AdminContext>>) -> Response {
+async fn metrics(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
+    if ctx.metrics_auth
+        && let Err(denied) = authorize(&ctx, &headers)
+    {
+        return *denied;
+    }
     match ctx.stats.encode() {
         Ok(text) => (
             [(
@@ -138,7 +145,10 @@ struct SessionView {
     tunnels: Vec<String>,
 }
 
-async fn sessions(State(ctx): State<Arc<AdminContext>>) -> Response {
+async fn sessions(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&ctx, &headers) {
+        return *denied;
+    }
     let views: Vec<SessionView> = ctx
         .sessions
         .all()
@@ -167,7 +177,10 @@ struct TunnelView {
     idle_secs: u64,
 }
 
-async fn tunnels(State(ctx): State<Arc<AdminContext>>) -> Response {
+async fn tunnels(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&ctx, &headers) {
+        return *denied;
+    }
     let mut views: Vec<TunnelView> = ctx
         .routes
         .all()

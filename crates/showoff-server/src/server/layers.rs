@@ -109,6 +109,7 @@ impl Layers {
             stats: parts.stats.clone(),
             build: config.build.clone(),
             token: config.admin.token.clone(),
+            metrics_auth: config.admin.metrics_auth,
             log_control: services.log_control.clone(),
             drain: parts.drain.clone(),
         });

@@ -276,8 +276,15 @@ pub const SERVER_SETTINGS: &[Setting] = &[
     secret_setting(
         "admin_token",
         "SHOWOFF_ADMIN_TOKEN",
-        "bearer token for /debug/pprof and PUT /api/v1/log-level; none disables them",
+        "bearer token for /api/v1, /debug/pprof (and /metrics with metrics_auth); none disables them",
         |b, t| set(&mut b.config.admin.token, Ok(secret(t))),
+    ),
+    setting(
+        "metrics_auth",
+        "SHOWOFF_METRICS_AUTH",
+        "false",
+        "/metrics needs the admin token too (default: open, for scrapers)",
+        |b, t| set(&mut b.config.admin.metrics_auth, parse_bool(t)),
     ),
     setting(
         "audit_log",
