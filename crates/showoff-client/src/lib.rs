@@ -102,6 +102,36 @@ impl ClientError {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stable_session_resets_the_backoff() {
+        assert_eq!(attempt_after(5, None), 5, "never welcomed");
+        assert_eq!(
+            attempt_after(5, Some(Duration::from_millis(200))),
+            5,
+            "up briefly"
+        );
+        assert_eq!(attempt_after(5, Some(STABLE_SESSION)), 0, "stayed up");
+    }
+
+    #[test]
+    fn a_replaced_session_does_not_fight_back() {
+        let replaced = ClientError::Refused {
+            code: RefusedCode::Replaced,
+            message: "another client with the same token took over demo".into(),
+        };
+        assert!(replaced.is_permanent());
+        let limited = ClientError::Refused {
+            code: RefusedCode::RateLimited,
+            message: String::new(),
+        };
+        assert!(!limited.is_permanent());
+    }
+}
+
 /// How a session ended without a permanent error.
 pub(crate) enum SessionEnd {
     /// Shutdown was requested.
@@ -135,6 +165,19 @@ pub async fn run(
     result
 }
 
+/// How long a session must have stayed up for the next loss to start the backoff afresh; a
+/// session that fails sooner keeps climbing it, so no error (a refusal after `Welcome`, a
+/// takeover loop, a crashing target) can make the client reconnect several times a second.
+pub const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// The backoff attempt after a session that was up for `up_for` (`None`: never welcomed).
+fn attempt_after(attempt: u32, up_for: Option<Duration>) -> u32 {
+    match up_for {
+        Some(up) if up >= STABLE_SESSION => 0,
+        _ => attempt,
+    }
+}
+
 async fn reconnect_loop(
     config: &ClientConfig,
     events: &mpsc::UnboundedSender<ClientEvent>,
@@ -143,11 +186,9 @@ async fn reconnect_loop(
 ) -> Result<(), ClientError> {
     let mut attempt = 0u32;
     loop {
-        let mut welcomed = false;
+        let mut welcomed = None;
         let outcome = session::run(config, events, shutdown, streams, &mut welcomed).await;
-        if welcomed {
-            attempt = 0;
-        }
+        attempt = attempt_after(attempt, welcomed.map(|at| at.elapsed()));
         let delay = match outcome {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             Ok(SessionEnd::GoAway(delay)) => delay,

@@ -50,13 +50,13 @@ struct Ctx {
     transport: Arc<dyn Transport>,
 }
 
-/// Runs one session; `welcomed` is set once the server accepted it.
+/// Runs one session; `welcomed` is set to when the server accepted it.
 pub(crate) async fn run(
     config: &ClientConfig,
     events: &mpsc::UnboundedSender<ClientEvent>,
     shutdown: &CancellationToken,
     streams: &TaskTracker,
-    welcomed: &mut bool,
+    welcomed: &mut Option<Instant>,
 ) -> Result<SessionEnd, ClientError> {
     let tls = match &config.tls {
         Some(settings) => Some(Connector::new(settings).map_err(ClientError::Failed)?),
@@ -75,7 +75,7 @@ pub(crate) async fn run(
     )
     .await
     .map_err(|_| ClientError::Failed("the server did not answer the handshake in time".into()))??;
-    *welcomed = true;
+    *welcomed = Some(Instant::now());
     let Welcomed {
         tunnels,
         ctx,

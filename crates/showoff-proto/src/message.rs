@@ -276,6 +276,9 @@ pub enum RefusedCode {
     BadRequest,
     /// The server is draining and takes no new sessions.
     ShuttingDown,
+    /// Another client with the same credentials took this session's name over; sent on the
+    /// replaced session before it closes. The client stops instead of taking the name back.
+    Replaced,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -296,6 +299,7 @@ impl RefusedCode {
             Self::VersionMismatch => "version_mismatch",
             Self::BadRequest => "bad_request",
             Self::ShuttingDown => "shutting_down",
+            Self::Replaced => "replaced",
             Self::Unknown => "unknown",
         }
     }

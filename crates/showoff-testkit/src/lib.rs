@@ -253,6 +253,11 @@ impl TestClient {
         }
     }
 
+    /// Whether an event is waiting (without waiting for one).
+    pub fn has_event(&mut self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Stops the client gracefully and returns how it ended.
     pub async fn stop(mut self) -> Result<(), ClientError> {
         self.shutdown.cancel();

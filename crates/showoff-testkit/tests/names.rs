@@ -1,5 +1,6 @@
 //! Names: validation, random names, conflicts between principals, takeover by the same one.
 
+use showoff_client::ClientError;
 use showoff_proto::{RefusedCode, TunnelKind};
 use showoff_server::{Secret, ServerConfig};
 use showoff_testkit::target::spawn_target;
@@ -141,4 +142,43 @@ async fn a_refused_tunnel_does_not_keep_its_name_from_others() {
             .status,
         200
     );
+}
+
+#[tokio::test]
+async fn two_clients_with_one_token_do_not_fight_over_a_name() {
+    // Issue 11, item 3: the replaced client used to reconnect at once and take the name back,
+    // about five times a second each, forever. Now it is told it was replaced and stops.
+    let server = TestServer::default_config().await;
+    let (old_target, new_target) = (spawn_target("old").await, spawn_target("new").await);
+    let mut first = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("shared"), old_target.addr)],
+    );
+    first.token = "me".into();
+    let first = TestClient::start(first).await.expect("first");
+    let mut second = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("shared"), new_target.addr)],
+    );
+    second.token = "me".into();
+    let mut second = TestClient::start(second).await.expect("takeover");
+    match first.ended().await {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, RefusedCode::Replaced);
+            assert_eq!(
+                message,
+                "another client with the same token took over shared"
+            );
+        }
+        other => panic!("the replaced client should stop, got {other:?}"),
+    }
+    let handle = server.handle.clone();
+    eventually("one session left", || handle.stats().sessions_active == 1).await;
+    assert_eq!(
+        get(server.addrs.http, &server.host("shared"), "/")
+            .await
+            .echo()["target"],
+        "new"
+    );
+    assert!(!second.has_event(), "the new session was left alone");
 }

@@ -70,8 +70,15 @@ impl ControlLoop {
         self.framed.send(msg).await.map_err(|_| "write failed")
     }
 
-    /// The session is being closed by the server; during a drain the client still hears why.
+    /// The session is being closed by the server; the client hears why when it can: a
+    /// `replaced` refusal (it must not take the name back) or, during a drain, `GoAway`.
     async fn closing(&mut self) -> Result<(), End> {
+        if let Some(name) = self.session.replaced_for() {
+            let message = format!("another client with the same token took over {name}");
+            let refusal = ServerMessage::refused(showoff_proto::RefusedCode::Replaced, message);
+            let _ = self.send(refusal).await;
+            return Err("replaced by another session");
+        }
         if self.ctx.drain.is_draining() && !self.said_goaway {
             let _ = self.go_away().await;
         }

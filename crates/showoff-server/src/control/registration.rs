@@ -316,7 +316,7 @@ async fn claim_name(
                 .names(vec![name.to_string()]);
             ctx.audit
                 .record(event.message(format!("from session {previous_session}")));
-            ctx.sessions.close(&previous_session);
+            ctx.sessions.replace(&previous_session, name);
         }
         Claim::AlreadyHeld => {
             return Err(ServerMessage::bad_request(format!(

@@ -25,6 +25,9 @@ pub(crate) struct Session {
     pub(crate) tunnels: Mutex<Vec<Arc<Tunnel>>>,
     /// Cancelled to close the session (takeover, revocation, shutdown).
     pub(crate) cancel: CancellationToken,
+    /// Set when another session of the same principal took a name over: the name, for the
+    /// `replaced` refusal the client is sent before the session closes.
+    replaced: std::sync::OnceLock<String>,
 }
 
 impl Session {
@@ -43,7 +46,13 @@ impl Session {
             started: Instant::now(),
             tunnels: Mutex::new(Vec::new()),
             cancel,
+            replaced: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The name another session took over, if this one was replaced.
+    pub(crate) fn replaced_for(&self) -> Option<&str> {
+        self.replaced.get().map(String::as_str)
     }
 
     /// The session's tunnels.
@@ -96,9 +105,11 @@ impl Sessions {
         sessions
     }
 
-    /// Ends a session (takeover): its task sees the cancellation and tears it down.
-    pub(crate) fn close(&self, id: &str) {
+    /// Ends a session whose `name` another session of its principal took over: its task sees
+    /// the cancellation, tells its client it was replaced, and tears it down.
+    pub(crate) fn replace(&self, id: &str, name: &str) {
         if let Some(session) = self.map().get(id) {
+            let _ = session.replaced.set(name.to_string());
             session.cancel.cancel();
         }
     }
@@ -145,8 +156,10 @@ mod tests {
         assert_eq!(sessions.close_principal("alice"), 2);
         assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
         assert!(!c.cancel.is_cancelled());
-        sessions.close("3");
+        sessions.replace("3", "demo");
         assert!(c.cancel.is_cancelled());
+        assert_eq!(c.replaced_for(), Some("demo"));
+        assert_eq!(a.replaced_for(), None, "revoked, not replaced");
         sessions.remove("1");
         assert_eq!(sessions.count(), 2);
         assert_eq!(sessions.all().len(), 2);
