@@ -102,36 +102,6 @@ impl ClientError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_stable_session_resets_the_backoff() {
-        assert_eq!(attempt_after(5, None), 5, "never welcomed");
-        assert_eq!(
-            attempt_after(5, Some(Duration::from_millis(200))),
-            5,
-            "up briefly"
-        );
-        assert_eq!(attempt_after(5, Some(STABLE_SESSION)), 0, "stayed up");
-    }
-
-    #[test]
-    fn a_replaced_session_does_not_fight_back() {
-        let replaced = ClientError::Refused {
-            code: RefusedCode::Replaced,
-            message: "another client with the same token took over demo".into(),
-        };
-        assert!(replaced.is_permanent());
-        let limited = ClientError::Refused {
-            code: RefusedCode::RateLimited,
-            message: String::new(),
-        };
-        assert!(!limited.is_permanent());
-    }
-}
-
 /// How a session ended without a permanent error.
 pub(crate) enum SessionEnd {
     /// Shutdown was requested.
@@ -208,5 +178,35 @@ async fn reconnect_loop(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => info!("reconnecting"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stable_session_resets_the_backoff() {
+        assert_eq!(attempt_after(5, None), 5, "never welcomed");
+        assert_eq!(
+            attempt_after(5, Some(Duration::from_millis(200))),
+            5,
+            "up briefly"
+        );
+        assert_eq!(attempt_after(5, Some(STABLE_SESSION)), 0, "stayed up");
+    }
+
+    #[test]
+    fn a_replaced_session_does_not_fight_back() {
+        let replaced = ClientError::Refused {
+            code: RefusedCode::Replaced,
+            message: "another client with the same token took over demo".into(),
+        };
+        assert!(replaced.is_permanent());
+        let limited = ClientError::Refused {
+            code: RefusedCode::RateLimited,
+            message: String::new(),
+        };
+        assert!(!limited.is_permanent());
     }
 }
