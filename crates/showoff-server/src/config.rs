@@ -141,8 +141,13 @@ pub enum ConfigError {
     Auth(String),
 }
 
-/// Configured rates; 0 turns a limit off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Default failed authentications per minute from one client address, and failed basic-auth
+/// attempts per minute from one visitor address, before further attempts are refused: enough
+/// for people mistyping, far too few for guessing.
+pub const DEFAULT_FAILURES_PER_IP: u32 = 20;
+
+/// Configured rates; 0 turns a limit off. The guessing limits are on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateConfig {
     /// HTTP requests per second from one visitor address (burst: the same number).
     pub visitor_per_ip: u32,
@@ -152,6 +157,25 @@ pub struct RateConfig {
     pub control_per_ip: u32,
     /// Tunnels opened per minute by one principal, reconnects included (burst: the same).
     pub tunnels_per_principal: u32,
+    /// Failed authentications per minute from one client address (burst: the same); past
+    /// it, the address's sessions are refused `rate_limited` before their token is looked at.
+    pub auth_failures_per_ip: u32,
+    /// Failed basic-auth attempts per minute from one visitor address (burst: the same); past
+    /// it, the address gets 429 before its credentials are looked at.
+    pub basic_auth_failures_per_ip: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            visitor_per_ip: 0,
+            tunnel_requests: 0,
+            control_per_ip: 0,
+            tunnels_per_principal: 0,
+            auth_failures_per_ip: DEFAULT_FAILURES_PER_IP,
+            basic_auth_failures_per_ip: DEFAULT_FAILURES_PER_IP,
+        }
+    }
 }
 
 /// Whether public listeners read a PROXY protocol header before the traffic.

@@ -1,10 +1,14 @@
 //! Rate limits: HTTP requests per visitor address and per tunnel, control connections per
-//! client address, new tunnels per principal. Token buckets (GCRA, the `governor` crate) keyed by address or tunnel name;
-//! a refused caller learns how long to wait. Every limit is off unless configured.
+//! client address, new tunnels per principal, and failed logins per address (tokens on the
+//! control listener, basic auth at the edge). Token buckets (GCRA, the `governor` crate) keyed
+//! by address or tunnel name; a refused caller learns how long to wait. The guessing limits
+//! are on by default; every other limit is off unless configured.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -17,7 +21,65 @@ pub(crate) struct RateLimits {
     tunnel: Option<DefaultKeyedRateLimiter<String>>,
     control_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     principal_tunnels: Option<DefaultKeyedRateLimiter<String>>,
+    /// Failed token logins per client address.
+    pub(crate) logins: FailureGate,
+    /// Failed basic-auth attempts per visitor address.
+    pub(crate) basic_auth: FailureGate,
     clock: DefaultClock,
+}
+
+/// Counts failures per address; once an address spent its budget, it is refused outright
+/// until the budget refills, without its next attempt being evaluated at all.
+pub(crate) struct FailureGate {
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    clock: DefaultClock,
+}
+
+impl FailureGate {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            failures: limiter(per_minute, Quota::per_minute),
+            blocked: Mutex::new(HashMap::new()),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        // One insert, lookup or retain per critical section: a panic cannot leave it torn.
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(wait)` while `ip` is refused for having failed too often.
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.failures.as_ref().map_or(Ok(()), |_| {
+            let now = Instant::now();
+            match self.blocked().get(&ip) {
+                Some(until) if *until > now => Err(*until - now),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    /// Records one failure of `ip`; past the budget, `ip` is refused until a failure's worth
+    /// of budget comes back.
+    pub(crate) fn failed(&self, ip: IpAddr) {
+        let Some(limiter) = &self.failures else {
+            return;
+        };
+        if let Err(not_until) = limiter.check_key(&ip) {
+            let wait = not_until.wait_time_from(self.clock.now());
+            self.blocked().insert(ip, Instant::now() + wait);
+        }
+    }
+
+    fn retain_recent(&self) {
+        if let Some(limiter) = &self.failures {
+            limiter.retain_recent();
+        }
+        let now = Instant::now();
+        self.blocked().retain(|_, until| *until > now);
+    }
 }
 
 fn limiter<K: std::hash::Hash + Eq + Clone>(
@@ -34,6 +96,8 @@ impl RateLimits {
             tunnel: limiter(config.tunnel_requests, Quota::per_second),
             control_ip: limiter(config.control_per_ip, Quota::per_minute),
             principal_tunnels: limiter(config.tunnels_per_principal, Quota::per_minute),
+            logins: FailureGate::new(config.auth_failures_per_ip),
+            basic_auth: FailureGate::new(config.basic_auth_failures_per_ip),
             clock: DefaultClock::default(),
         }
     }
@@ -95,6 +159,8 @@ impl RateLimits {
         {
             limiter.retain_recent();
         }
+        self.logins.retain_recent();
+        self.basic_auth.retain_recent();
     }
 }
 
@@ -108,12 +174,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_address_that_failed_too_often_is_refused_before_it_is_checked() {
+        let gate = FailureGate::new(3);
+        let (guesser, other): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        for _ in 0..3 {
+            gate.check(guesser).expect("within the budget");
+            gate.failed(guesser);
+        }
+        gate.check(guesser)
+            .expect("the budget is spent, not exceeded");
+        gate.failed(guesser);
+        let wait = gate.check(guesser).expect_err("refused");
+        assert!(
+            wait <= Duration::from_secs(20) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        gate.check(other).expect("other addresses are not affected");
+        let off = FailureGate::new(0);
+        for _ in 0..100 {
+            off.failed(guesser);
+        }
+        off.check(guesser).expect("0 turns the gate off");
+    }
+
+    #[test]
+    fn the_guessing_limits_are_on_by_default() {
+        let config = RateConfig::default();
+        assert_eq!(
+            config.auth_failures_per_ip,
+            crate::config::DEFAULT_FAILURES_PER_IP
+        );
+        assert_eq!(
+            config.basic_auth_failures_per_ip,
+            crate::config::DEFAULT_FAILURES_PER_IP
+        );
+        assert_eq!(config.visitor_per_ip, 0, "the others stay off");
+    }
+
+    #[test]
     fn limits_admit_the_burst_then_refuse_with_a_wait() {
         let limits = RateLimits::new(&RateConfig {
             visitor_per_ip: 2,
             tunnel_requests: 0,
             control_per_ip: 1,
             tunnels_per_principal: 3,
+            ..RateConfig::default()
         });
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let other: IpAddr = "192.0.2.2".parse().expect("ip");

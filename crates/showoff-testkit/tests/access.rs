@@ -679,3 +679,86 @@ async fn new_tunnels_per_principal_are_rate_limited() {
     );
     bob.stop().await.expect("stop");
 }
+
+fn guessing_limits(per_minute: u32) -> ServerConfig {
+    ServerConfig {
+        rates: showoff_server::RateConfig {
+            auth_failures_per_ip: per_minute,
+            basic_auth_failures_per_ip: per_minute,
+            ..Default::default()
+        },
+        ..ServerConfig::ephemeral()
+    }
+}
+
+#[tokio::test]
+async fn guessing_tokens_gets_the_address_refused_before_its_token_is_looked_at() {
+    // Issue 11, item 11: failed logins per client address are limited by default.
+    let table = TokenTable::new(vec![alice()]);
+    let server = TestServer::start_with(guessing_limits(3), with_table(table)).await;
+    let target = spawn_target("a").await;
+    let http = || vec![tunnel(TunnelKind::Http, Some("alice-web"), target.addr)];
+    for guess in 0..4 {
+        let (code, _) = refusal(start(&server, &format!("guess-{guess}"), http()).await);
+        assert_eq!(code, RefusedCode::AuthFailed, "guess {guess}");
+    }
+    let (code, message) = refusal(start(&server, "guess-5", http()).await);
+    assert_eq!(code, RefusedCode::RateLimited);
+    assert!(message.contains("too many failed logins"), "{message}");
+    // Even the right token waits: the address is refused before any token is looked at.
+    let mut config = TestClient::config(&server, http());
+    config.token = "alice-token".into();
+    config.reconnect = false;
+    let ended = showoff_testkit::TestClient::start(config).await;
+    assert!(
+        matches!(
+            &ended,
+            Err(ClientError::Refused {
+                code: RefusedCode::RateLimited,
+                ..
+            })
+        ),
+        "{:?}",
+        ended.as_ref().err()
+    );
+    assert_eq!(
+        server
+            .metric("showoff_sessions_refused_total{code=\"rate_limited\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn guessing_basic_auth_gets_429_before_the_credentials_are_looked_at() {
+    let server = TestServer::start(guessing_limits(2)).await;
+    let target = spawn_target("a").await;
+    let rules = showoff_proto::VisitorRules {
+        basic_auth: Some("ann:s3cret".into()),
+        ..Default::default()
+    };
+    let private = with_rules(
+        tunnel(TunnelKind::Http, Some("private"), target.addr),
+        rules,
+    );
+    let _client = start(&server, "", vec![private]).await.expect("session");
+    let host = server.host("private");
+    let ask = |credentials: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {credentials}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let status = |response: &str| showoff_testkit::visitor::status_of(response);
+    for _ in 0..3 {
+        let wrong =
+            showoff_testkit::visitor::raw(server.addrs.http, ask("YW5uOndyb25n").as_bytes()).await;
+        assert_eq!(status(&wrong), 401, "{wrong}");
+    }
+    let right =
+        showoff_testkit::visitor::raw(server.addrs.http, ask("YW5uOnMzY3JldA==").as_bytes()).await;
+    assert_eq!(status(&right), 429, "{right}");
+    assert!(
+        right.contains("retry-after:") && right.contains("rate_limited"),
+        "{right}"
+    );
+}

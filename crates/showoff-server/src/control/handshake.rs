@@ -180,6 +180,14 @@ async fn authenticate(
     let Some(Ok(ClientMessage::Auth { token })) = framed.next().await else {
         return Err(ServerMessage::bad_request("expected auth"));
     };
+    let ip = client.peer.ip();
+    if let Err(wait) = ctx.limits.logins.check(ip) {
+        let secs = crate::limits::retry_secs(wait);
+        return Err(ServerMessage::refused(
+            RefusedCode::RateLimited,
+            format!("too many failed logins from this address; retry in {secs}s"),
+        ));
+    }
     let request = AuthRequest {
         token: &token,
         peer: client.peer,
@@ -191,6 +199,7 @@ async fn authenticate(
         .map_err(|error| {
             if error.code() == RefusedCode::AuthFailed {
                 ctx.stats.auth_failures.inc();
+                ctx.limits.logins.failed(ip);
             }
             ServerMessage::refused(error.code(), error.to_string())
         })

@@ -432,6 +432,20 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.rates.tunnels_per_principal, rate(t)),
     ),
     setting(
+        "auth_failures_per_ip",
+        "SHOWOFF_AUTH_FAILURES_PER_IP",
+        "20",
+        "failed logins per minute from one client address before it is refused (0: off)",
+        |b, t| set(&mut b.config.rates.auth_failures_per_ip, rate(t)),
+    ),
+    setting(
+        "basic_auth_failures_per_ip",
+        "SHOWOFF_BASIC_AUTH_FAILURES_PER_IP",
+        "20",
+        "failed basic-auth attempts per minute from one visitor address before 429 (0: off)",
+        |b, t| set(&mut b.config.rates.basic_auth_failures_per_ip, rate(t)),
+    ),
+    setting(
         "shutdown_grace",
         "SHOWOFF_SHUTDOWN_GRACE",
         "30s",

@@ -80,8 +80,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if !tunnel.access.ip_allowed(forwarded.visitor) {
             return Err(EdgeError::IpForbidden);
         }
-        if !tunnel.access.basic_ok(&head.headers) {
-            return Err(EdgeError::AuthRequired);
+        if tunnel.access.wants_basic_auth() {
+            let gate = &self.ctx.limits.basic_auth;
+            gate.check(forwarded.visitor)
+                .map_err(|wait| EdgeError::RateLimited(crate::limits::retry_secs(wait)))?;
+            if !tunnel.access.basic_ok(&head.headers) {
+                gate.failed(forwarded.visitor);
+                return Err(EdgeError::AuthRequired);
+            }
         }
         let rated = self
             .ctx
