@@ -10,6 +10,10 @@ use crate::config::CONNECT_TIMEOUT;
 use crate::target::connect;
 use crate::tls::Connector;
 
+/// `TCP_USER_TIMEOUT` of connections to the server: three default heartbeat intervals, the
+/// silence after which the client gives a session up anyway.
+const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// A connection to one of the server's listeners.
 pub type ServerStream = Box<dyn StreamIo>;
 
@@ -37,6 +41,7 @@ impl TcpTransport {
 impl Transport for TcpTransport {
     async fn dial(&self, addr: &str) -> Result<ServerStream, String> {
         let stream = connect(addr).await?;
+        showoff_core::set_user_timeout(&stream, USER_TIMEOUT);
         match &self.tls {
             Some(tls) => {
                 let tls_stream = timeout(CONNECT_TIMEOUT, tls.connect(stream, addr))

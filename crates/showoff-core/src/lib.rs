@@ -32,4 +32,6 @@ pub use registry::{
     Claim, Claimed, Lease, LeaseKey, MemoryRegistry, Owner, Registry, RegistryError,
 };
 pub use secret::Secret;
-pub use stream::{Prefixed, SPLICE_BUF, StreamIo, TunnelStream, splice, tune_socket};
+pub use stream::{
+    Prefixed, SPLICE_BUF, StreamIo, TunnelStream, set_user_timeout, splice, tune_socket,
+};

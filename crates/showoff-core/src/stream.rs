@@ -60,6 +60,18 @@ pub fn tune_socket(stream: &tokio::net::TcpStream) {
     }
 }
 
+/// Sets `TCP_USER_TIMEOUT` (Linux): data unacknowledged for `timeout` closes the connection,
+/// so a peer that vanished or stopped reading cannot hold a socket's buffers forever. Elsewhere
+/// the system's retransmission limits apply.
+pub fn set_user_timeout(stream: &tokio::net::TcpStream, timeout: std::time::Duration) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(%error, "failed to set TCP_USER_TIMEOUT");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (stream, timeout);
+}
+
 /// A stream that yields `prefix` before reading from `io`; writes go straight to `io`. Used
 /// wherever bytes were read ahead of the stream's owner: a handshake's last frame, a PROXY
 /// header's tail, a ClientHello read for its SNI.

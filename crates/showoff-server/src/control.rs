@@ -105,6 +105,34 @@ pub(crate) mod tests {
 
     /// A control context over in-memory parts only: no listener, no socket.
     pub(crate) fn context(https_port: Option<u16>) -> Arc<ControlContext> {
+        context_with(https_port, |_| {})
+    }
+
+    fn settings() -> ControlSettings {
+        ControlSettings {
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(45),
+            tunnel_idle_timeout: None,
+            tunnel_lifetime: None,
+            max_sessions: 10,
+            warm_pool: 0,
+            tunnels_per_principal: 0,
+            names: NamePolicy::default(),
+            ports: PortPlan {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                range: PortRange { first: 0, last: 0 },
+            },
+            data_port: 7001,
+        }
+    }
+
+    /// [`context`] with its settings adjusted by `adjust`.
+    pub(crate) fn context_with(
+        https_port: Option<u16>,
+        adjust: impl FnOnce(&mut ControlSettings),
+    ) -> Arc<ControlContext> {
+        let mut settings = settings();
+        adjust(&mut settings);
         let stats = Arc::new(Stats::new(&Default::default(), 0));
         let tls = Arc::new(Tls::new(&Default::default()).expect("no TLS"));
         let dialback = DialBackHub::new(
@@ -113,26 +141,13 @@ pub(crate) mod tests {
                 pending_timeout: Duration::from_secs(10),
                 max_pending_per_session: 8,
                 max_pending_total: 8,
+                user_timeout: Duration::from_secs(60),
             },
             stats.clone(),
             tls.clone(),
         );
         Arc::new(ControlContext {
-            settings: ControlSettings {
-                heartbeat_interval: Duration::from_secs(15),
-                heartbeat_timeout: Duration::from_secs(45),
-                tunnel_idle_timeout: None,
-                tunnel_lifetime: None,
-                max_sessions: 10,
-                warm_pool: 0,
-                tunnels_per_principal: 0,
-                names: NamePolicy::default(),
-                ports: PortPlan {
-                    ip: std::net::Ipv4Addr::LOCALHOST.into(),
-                    range: PortRange { first: 0, last: 0 },
-                },
-                data_port: 7001,
-            },
+            settings,
             sessions: Arc::default(),
             routes: Arc::default(),
             registry: Arc::new(showoff_core::MemoryRegistry::default()),

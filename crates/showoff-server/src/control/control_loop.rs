@@ -66,8 +66,15 @@ impl ControlLoop {
         }
     }
 
+    /// Writes one frame within the heartbeat timeout: a client that stops reading cannot wedge
+    /// the loop (heartbeats, takeover and drain would all wait behind the write).
     async fn send(&mut self, msg: ServerMessage) -> Result<(), End> {
-        self.framed.send(msg).await.map_err(|_| "write failed")
+        let deadline = self.ctx.settings.heartbeat_timeout;
+        match tokio::time::timeout(deadline, self.framed.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("write failed"),
+            Err(_) => Err("write timed out: the client stopped reading"),
+        }
     }
 
     /// The session is being closed by the server; the client hears why when it can: a
@@ -201,5 +208,65 @@ impl ControlLoop {
             reason,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Principal;
+    use crate::control::tests::context_with;
+    use bytes::BytesMut;
+    use showoff_core::Prefixed;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_cannot_wedge_the_loop() {
+        // Issue 11, item 12: without a write deadline the loop waited in `send` forever, and
+        // heartbeats, takeovers and the drain all waited behind it.
+        let ctx = context_with(None, |s| {
+            s.heartbeat_timeout = Duration::from_millis(300);
+            s.heartbeat_interval = Duration::from_secs(3600);
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpSocket::new_v4().expect("socket");
+        client
+            .set_recv_buffer_size(2048)
+            .expect("small receive buffer");
+        let client = client
+            .connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server_side, peer) = listener.accept().await.expect("accept");
+        socket2::SockRef::from(&server_side)
+            .set_send_buffer_size(4096)
+            .expect("small send buffer");
+        let io = tokio_util::either::Either::Left(Prefixed::new(BytesMut::new(), server_side));
+        let framed = tokio_util::codec::Framed::new(io, showoff_proto::FrameCodec::new());
+        let (tx, rx) = mpsc::channel(20_000);
+        for i in 0..20_000 {
+            let dial = ServerMessage::Dial {
+                id: format!("{i:022}"),
+                tunnel: "t".repeat(64),
+                visitor_addr: "192.0.2.1:40000".into(),
+            };
+            tx.try_send(dial).expect("queued");
+        }
+        let principal = Principal::unrestricted("p");
+        let session = Arc::new(Session::new(
+            "s".into(),
+            principal,
+            peer,
+            CancellationToken::new(),
+        ));
+        let looped = ControlLoop::new(framed, rx, session, ctx).run();
+        let end = tokio::time::timeout(Duration::from_secs(10), looped)
+            .await
+            .expect("the loop ended instead of waiting on the write");
+        assert_eq!(end, "write timed out: the client stopped reading");
+        drop(client);
     }
 }

@@ -42,6 +42,7 @@ pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
         }
     };
     let peer = arrival.peer;
+    showoff_core::set_user_timeout(&arrival.stream, ctx.settings.heartbeat_timeout);
     let accepted = ctx
         .tls
         .accept_control(arrival.stream, arrival.prefix, HANDSHAKE_TIMEOUT)
@@ -107,7 +108,8 @@ async fn refuse(
         let event = AuditEvent::new(kind).peer(peer);
         ctx.audit.record(event.refused(code.as_str(), message));
     }
-    let _ = framed.send(refusal).await;
+    // The refusal is one small frame; a client that does not read it is not waited for.
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.send(refusal)).await;
 }
 
 /// Who is on the other end of a control connection.

@@ -288,6 +288,7 @@ fn dialback_settings(config: &ServerConfig) -> DialBackSettings {
         pending_timeout: config.pending_timeout,
         max_pending_per_session: config.max_pending_per_session,
         max_pending_total: config.max_pending_total,
+        user_timeout: config.io_idle_timeout,
     }
 }
 

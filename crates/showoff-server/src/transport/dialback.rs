@@ -45,6 +45,8 @@ pub(crate) struct DialBackSettings {
     pub(crate) max_pending_per_session: usize,
     /// Streams being set up at once across the server.
     pub(crate) max_pending_total: usize,
+    /// `TCP_USER_TIMEOUT` of data connections: unacknowledged data closes them after this.
+    pub(crate) user_timeout: Duration,
 }
 
 /// What the dial-back transport needs, for every session of the server.
@@ -191,7 +193,8 @@ impl DialBack {
 
     async fn open_pooled(&self, mut conn: DataFramed, meta: &StreamMeta) -> Pooled {
         let id = showoff_proto::id::random_id();
-        if conn.send(Self::dial(id.clone(), meta)).await.is_err() {
+        let sent = tokio::time::timeout(self.timeout(), conn.send(Self::dial(id.clone(), meta)));
+        if !matches!(sent.await, Ok(Ok(()))) {
             return Pooled::Stale;
         }
         let reply = match tokio::time::timeout(self.timeout(), conn.next()).await {
@@ -270,6 +273,7 @@ mod tests {
             pending_timeout: Duration::from_secs(10),
             max_pending_per_session: max_per_session,
             max_pending_total: 100,
+            user_timeout: Duration::from_secs(60),
         };
         let stats = Arc::new(Stats::new(&Default::default(), 0));
         let tls = Arc::new(Tls::new(&Default::default()).expect("no TLS"));

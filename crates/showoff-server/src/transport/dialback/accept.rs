@@ -28,6 +28,7 @@ struct DataHello {
 
 /// Handles one connection on the data listener.
 pub(crate) async fn serve(arrival: Arrival, hub: Arc<DialBackHub>) {
+    showoff_core::set_user_timeout(&arrival.stream, hub.settings.user_timeout);
     let accepted = hub
         .tls
         .accept_control(arrival.stream, arrival.prefix, HANDSHAKE_TIMEOUT)
@@ -46,7 +47,7 @@ pub(crate) async fn serve(arrival: Arrival, hub: Arc<DialBackHub>) {
     let hello = match hello {
         Ok(Ok(hello)) => hello,
         Ok(Err(refusal)) => {
-            let _ = framed.send(refusal).await;
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.send(refusal)).await;
             hub.stats.reject(DataRejectReason::BadHandshake);
             return;
         }
