@@ -16,7 +16,7 @@
 //! malformed answers refuse with `auth_unavailable`, which clients retry.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,6 +35,10 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Longest a Rego evaluation may run.
 const REGO_TIME_LIMIT: Duration = Duration::from_millis(250);
+
+/// Longest a login waits for the policy engine before it is refused `auth_unavailable`
+/// (four evaluations' worth), so a flood of logins queues boundedly, not forever.
+const REGO_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// The input document a decision is asked for.
 pub fn input(request: &AuthRequest<'_>) -> Value {
@@ -95,10 +99,13 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// A Rego policy evaluated in-process.
+/// A Rego policy evaluated in-process, on the blocking pool (evaluation is CPU work of up to
+/// [`REGO_TIME_LIMIT`] that must not stall the async workers serving visitors), one evaluation
+/// at a time behind a semaphore whose wait is bounded.
 pub struct RegoPolicy {
-    engine: Mutex<regorus::Engine>,
-    rule: String,
+    engine: Arc<Mutex<regorus::Engine>>,
+    rule: Arc<str>,
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl RegoPolicy {
@@ -118,41 +125,63 @@ impl RegoPolicy {
             .eval_rule(rule.to_string())
             .map_err(|e| format!("{path}: rule {rule} cannot be evaluated: {e}"))?;
         Ok(Self {
-            engine: Mutex::new(engine),
-            rule: rule.to_string(),
+            engine: Arc::new(Mutex::new(engine)),
+            rule: rule.into(),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
-    fn evaluate(&self, input: &Value) -> Result<Option<Value>, AuthError> {
-        let unavailable = |e: String| {
-            tracing::warn!(error = %e, "policy evaluation failed");
-            AuthError::Unavailable("the policy could not be evaluated".into())
-        };
-        let input = regorus::Value::from_json_str(&input.to_string())
-            .map_err(|e| unavailable(e.to_string()))?;
-        // Evaluation is synchronous and short (time-limited); no await happens under the lock.
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        engine.set_input(input);
-        let value = engine
-            .eval_rule(self.rule.clone())
-            .map_err(|e| unavailable(e.to_string()))?;
-        drop(engine);
-        if value == regorus::Value::Undefined {
-            return Ok(None);
-        }
-        let text = value
-            .to_json_str()
-            .map_err(|e| unavailable(e.to_string()))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| unavailable(e.to_string()))
+    /// Evaluates on the blocking pool once the semaphore admits it.
+    async fn evaluate_off_the_workers(&self, input: Value) -> Result<Option<Value>, AuthError> {
+        let busy = || AuthError::Unavailable("the policy engine is busy; retry".into());
+        let permit = tokio::time::timeout(REGO_QUEUE_WAIT, self.gate.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let (engine, rule) = (self.engine.clone(), self.rule.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            evaluate(&engine, &rule, &input)
+        })
+        .await
+        .map_err(|_| AuthError::Unavailable("the policy evaluation failed".into()))?
     }
+}
+
+/// One evaluation of `rule` for `input`.
+fn evaluate(
+    engine: &Mutex<regorus::Engine>,
+    rule: &str,
+    input: &Value,
+) -> Result<Option<Value>, AuthError> {
+    let unavailable = |e: String| {
+        tracing::warn!(error = %e, "policy evaluation failed");
+        AuthError::Unavailable("the policy could not be evaluated".into())
+    };
+    let input = regorus::Value::from_json_str(&input.to_string())
+        .map_err(|e| unavailable(e.to_string()))?;
+    // Evaluation is synchronous and time-limited; no await happens under the lock.
+    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+    engine.set_input(input);
+    let value = engine
+        .eval_rule(rule.to_string())
+        .map_err(|e| unavailable(e.to_string()))?;
+    drop(engine);
+    if value == regorus::Value::Undefined {
+        return Ok(None);
+    }
+    let text = value
+        .to_json_str()
+        .map_err(|e| unavailable(e.to_string()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 #[async_trait]
 impl Authenticator for RegoPolicy {
     async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
-        let result = self.evaluate(&input(request))?;
+        let result = self.evaluate_off_the_workers(input(request)).await?;
         decide(result.as_ref(), request)
     }
 }
@@ -261,6 +290,39 @@ mod tests {
     use super::*;
     use crate::auth::tests::request;
     use showoff_proto::TunnelKind;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_policy_does_not_stall_the_async_worker() {
+        // Issue 11, item 13: evaluation ran on the async worker, so a slow policy (or a flood
+        // of logins) stopped every visitor served by that thread.
+        let cells: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+        let rego = format!(
+            "package t\na := [{}]\nslow := count([1 | input.token == \"slow\"; some i, j, k; a[i]; a[j]; a[k]])\n",
+            cells.join(", ")
+        );
+        let policy = RegoPolicy::new("slow.rego", &rego, "data.t.slow").expect("policy");
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let outcome = policy.authenticate(&request("slow")).await;
+        ticker.abort();
+        assert!(
+            matches!(outcome, Err(AuthError::Unavailable(_))),
+            "the time limit stops it: {outcome:?}"
+        );
+        let ticked = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            ticked > 20,
+            "the worker kept serving during the evaluation: {ticked} ticks"
+        );
+    }
 
     #[test]
     fn decisions_map_to_principals_or_refusals() {
