@@ -55,6 +55,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SESSIONS: usize = 50_000;
 /// Default cap on concurrent visitors per tunnel (HTTP requests in flight, TCP connections).
 pub const DEFAULT_MAX_VISITORS_PER_TUNNEL: usize = 1_000;
+/// The one upgrade allowed by default: WebSocket.
+pub const DEFAULT_UPGRADE: &str = "websocket";
+
 /// Default number of pre-dialled data connections a client keeps per session.
 pub const DEFAULT_WARM_POOL: u16 = 8;
 
@@ -331,6 +334,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above).
     pub max_visitors_per_tunnel: usize,
+    /// Protocols a visitor may upgrade to (`Upgrade:` first token, lowercase); other upgrade
+    /// requests are forwarded as plain requests without their `Upgrade` (so `h2c` is refused).
+    pub allowed_upgrades: Vec<String>,
     /// Rate limits (all off by default).
     pub rates: RateConfig,
     /// Time in-flight requests and streams get to finish on shutdown.
@@ -371,6 +377,7 @@ impl Default for ServerConfig {
             tunnel_lifetime: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_visitors_per_tunnel: DEFAULT_MAX_VISITORS_PER_TUNNEL,
+            allowed_upgrades: vec![DEFAULT_UPGRADE.into()],
             rates: RateConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             warm_pool: DEFAULT_WARM_POOL,

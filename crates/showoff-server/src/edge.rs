@@ -40,6 +40,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) head_timeout: Duration,
     pub(crate) io_idle_timeout: Duration,
     pub(crate) max_visitors_per_tunnel: usize,
+    /// Upgrade protocols passed through (lowercase).
+    pub(crate) upgrades: Vec<String>,
     /// Plain-HTTP visitors are redirected to HTTPS.
     pub(crate) redirect_http: bool,
     /// Which peers' `X-Forwarded-*` and PROXY headers are believed.

@@ -212,3 +212,34 @@ async fn a_request_that_timed_out_is_not_sent_again() {
         "not resent"
     );
 }
+
+#[tokio::test]
+async fn only_websocket_upgrades_pass_and_an_unrequested_101_is_refused() {
+    // Issue 11, item 7: an `h2c` upgrade would hand the visitor an HTTP/2 connection to the
+    // target past every per-request rule of the edge; a 101 nobody asked for is not HTTP.
+    let server = TestServer::default_config().await;
+    let (_target, _client) = showoff_testkit::serve_http(&server, "echo", "a").await;
+    let request = http::Request::get("/")
+        .header("host", server.host("echo"))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let reply = HttpConn::open(server.addrs.http).await.send(request).await;
+    assert_eq!(reply.status, 200, "served as a plain request");
+    assert_eq!(
+        reply.echoed_header("upgrade"),
+        None,
+        "the h2c upgrade never reached the target"
+    );
+    let _unasked = expose(
+        &server,
+        "switch",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    let reply = showoff_testkit::visitor::get(server.addrs.http, &server.host("switch"), "/").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.error_code(), Some("upstream_invalid_response"));
+}

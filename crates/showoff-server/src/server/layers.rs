@@ -277,6 +277,7 @@ fn edge_settings(config: &ServerConfig) -> EdgeSettings {
         head_timeout: config.head_timeout,
         io_idle_timeout: config.io_idle_timeout,
         max_visitors_per_tunnel: config.max_visitors_per_tunnel,
+        upgrades: config.allowed_upgrades.clone(),
         redirect_http: config.tls.redirect_http,
         proxy: config.proxy.clone(),
     }

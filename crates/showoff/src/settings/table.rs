@@ -404,6 +404,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.max_visitors_per_tunnel, number(t)),
     ),
     setting(
+        "allowed_upgrades",
+        "SHOWOFF_ALLOWED_UPGRADES",
+        "websocket",
+        "protocols visitors may upgrade to, comma-separated; others are plain requests (h2c never)",
+        |b, t| set(&mut b.config.allowed_upgrades, Ok(lowercase_list(t))),
+    ),
+    setting(
         "visitor_rate_per_ip",
         "SHOWOFF_VISITOR_RATE_PER_IP",
         "0",

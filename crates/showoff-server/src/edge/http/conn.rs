@@ -81,8 +81,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if head_end(&self.buf, &mut scanned) || self.buf.len() > settings.max_header_bytes {
                 let head =
                     parse_head(&self.buf, settings.max_header_bytes).map_err(EdgeError::Head)?;
-                if let Some(head) = head {
+                if let Some(mut head) = head {
                     self.buf.advance(head.len);
+                    head.upgrade = head.upgrade && upgrade_allowed(&head, &settings.upgrades);
                     return Ok(Some(head));
                 }
             }
@@ -141,6 +142,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let _ = self.stream.shutdown().await;
         linger(&mut self.stream).await;
     }
+}
+
+/// Whether the protocol a request asks to upgrade to is one the edge passes through; others
+/// (`h2c` above all, which would bypass the edge's per-request rules) are not upgrades.
+fn upgrade_allowed(head: &RequestHead, allowed: &[String]) -> bool {
+    let Some(value) = head.headers.get(http::header::UPGRADE) else {
+        return false;
+    };
+    let first = String::from_utf8_lossy(value.as_bytes());
+    let protocol = first
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    allowed.contains(&protocol)
 }
 
 /// Reads and discards what the visitor still sends, briefly, so closing does not reset the

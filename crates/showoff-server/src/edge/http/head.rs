@@ -78,14 +78,18 @@ pub(crate) fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHea
     let framing = body_framing(&headers)?;
     let connection = connection_tokens(&headers);
     let has = |token: &str| connection.iter().any(|t| t.eq_ignore_ascii_case(token));
+    let http10 = version == Version::HTTP_10;
+    // HTTP/1.0 has neither transfer codings nor upgrades nor 100-continue: a 1.0 request that
+    // uses them is answered, then its connection closes (RFC 9112 §6.1, RFC 9110 §10.1.1).
     let keep_alive = match version {
-        Version::HTTP_10 => has("keep-alive"),
+        Version::HTTP_10 => has("keep-alive") && framing != Framing::Chunked,
         _ => !has("close"),
     };
-    let upgrade = has("upgrade") && headers.contains_key(header::UPGRADE);
-    let expect_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = !http10 && has("upgrade") && headers.contains_key(header::UPGRADE);
+    let expect_continue = !http10
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     Ok(Some(RequestHead {
         method,
         target,
@@ -324,6 +328,23 @@ mod tests {
             .collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: a.localhost\r\n{many}\r\n");
         assert_eq!(parse(&raw).err(), Some(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn http10_gets_no_codings_upgrades_or_continue() {
+        // Issue 11, item 7.
+        let te = ok(
+            "POST / HTTP/1.0\r\nHost: a.localhost\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(!te.keep_alive, "closes after the response");
+        let ws = ok(
+            "GET / HTTP/1.0\r\nHost: a.localhost\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(!ws.upgrade);
+        let cont = ok(
+            "POST / HTTP/1.0\r\nHost: a.localhost\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(!cont.expect_continue);
     }
 
     #[test]

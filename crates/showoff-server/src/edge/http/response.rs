@@ -94,6 +94,12 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         Err(_) => return Err(ResponseError("malformed response head")),
     };
     let status = resp.code.ok_or(ResponseError("missing status"))?;
+    if status == 101 && !asked.upgrade {
+        // The target switched protocols nobody asked for: the connection is no longer HTTP.
+        return Err(ResponseError(
+            "101 Switching Protocols without an upgrade request",
+        ));
+    }
     let http11 = resp.version == Some(1);
     let headers = resp.headers;
     let connection = tokens(headers, "connection");
@@ -119,11 +125,25 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // A length beside a chunked or close-delimited body is stale, and two framings are what
-    // request smuggling feeds on: only a length-delimited body keeps its Content-Length.
-    let drop_length = matches!(body, BodyFraming::Chunked | BodyFraming::UntilClose);
+    // request smuggling feeds on: only a length-delimited body has a Content-Length, and it is
+    // the one Showoff parsed, written by Showoff (never the target's text).
+    let mut wrote_length = false;
     for field in headers.iter() {
-        let stale_length = drop_length && field.name.eq_ignore_ascii_case("content-length");
-        if !stale_length && keep_header(field.name, &connection, switching) {
+        if field.name.eq_ignore_ascii_case("content-length") {
+            let value = match body {
+                BodyFraming::Length(n) if !wrote_length => n.to_string().into_bytes(),
+                // A bodiless answer (HEAD, 304) keeps the length it describes.
+                BodyFraming::None if !switching => field.value.to_vec(),
+                _ => continue,
+            };
+            wrote_length = true;
+            out.extend_from_slice(field.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&value);
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        if keep_header(field.name, &connection, switching) {
             out.extend_from_slice(field.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(field.value);
@@ -134,7 +154,13 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         out.extend_from_slice(b"connection: upgrade\r\n");
     } else {
         if visitor == VisitorFraming::Chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            // Codings other than the framing (`gzip, chunked`) stay with the body.
+            out.extend_from_slice(b"transfer-encoding: ");
+            for coding in content_codings(headers) {
+                out.extend_from_slice(coding.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n");
         }
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
@@ -152,6 +178,17 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         len,
         visitor_head: out,
     }))
+}
+
+/// The transfer codings of a response other than its final `chunked` (`gzip` of
+/// `gzip, chunked`): they describe the body's bytes and must reach the visitor with them.
+fn content_codings(headers: &[httparse::Header<'_>]) -> Vec<String> {
+    let mut codings = tokens(headers, header::TRANSFER_ENCODING.as_str());
+    if codings.last().is_some_and(|c| c == "chunked") {
+        codings.pop();
+    }
+    codings.retain(|c| c != "chunked");
+    codings
 }
 
 fn itoa3(status: u16) -> String {
@@ -207,8 +244,12 @@ fn body_framing(
         let text = std::str::from_utf8(field.value)
             .map_err(|_| ResponseError("invalid Content-Length"))?;
         for part in text.split(',') {
+            let part = part.trim();
+            // Digits only: `+5` parses as a number but another proxy may read it otherwise.
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ResponseError("invalid Content-Length"));
+            }
             let n: u64 = part
-                .trim()
                 .parse()
                 .map_err(|_| ResponseError("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
@@ -223,6 +264,45 @@ fn body_framing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plain() -> Asked {
+        Asked {
+            head_method: false,
+            visitor_http11: true,
+            visitor_keep_alive: true,
+            upgrade: false,
+        }
+    }
+
+    fn visitor_head(raw: &str) -> String {
+        let parsed = parse_response(raw.as_bytes(), plain())
+            .expect("valid")
+            .expect("complete");
+        String::from_utf8(parsed.visitor_head.to_vec()).expect("utf8")
+    }
+
+    #[test]
+    fn edge_rules_of_item_7_hold() {
+        // Issue 11, item 7.
+        let unasked = parse_response(b"HTTP/1.1 101 Switching\r\nUpgrade: h2c\r\n\r\n", plain());
+        assert!(unasked.is_err(), "an unrequested 101 is invalid");
+        for bad in ["+5", "-1", "5x", "0x5", ""] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(parse_response(raw.as_bytes(), plain()).is_err(), "{bad:?}");
+        }
+        let head = visitor_head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
+        assert!(
+            head.contains("Content-Length: 5\r\n") && !head.contains("5, 5"),
+            "{head}"
+        );
+        let head = visitor_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert!(
+            head.contains("transfer-encoding: gzip, chunked\r\n"),
+            "{head}"
+        );
+        let head = visitor_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    }
     use proptest::prelude::*;
 
     const GET11: Asked = Asked {
