@@ -71,3 +71,37 @@ impl EdgeContext {
         GaugeGuard::new(&self.stats.visitor_connections_active)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An edge context over in-memory parts: no tunnel, no listener.
+    pub(crate) fn context() -> Arc<EdgeContext> {
+        let stats = Arc::new(Stats::new(&Default::default(), 0));
+        Arc::new(EdgeContext {
+            settings: EdgeSettings {
+                domain: "localhost".into(),
+                max_header_bytes: 32 * 1024,
+                head_timeout: Duration::from_secs(5),
+                io_idle_timeout: Duration::from_secs(5),
+                max_visitors_per_tunnel: 10,
+                upgrades: vec!["websocket".into()],
+                redirect_http: false,
+                proxy: ProxyConfig::default(),
+            },
+            routes: Arc::default(),
+            limits: Arc::new(RateLimits::new(&Default::default())),
+            exchanges: Exchanges::new(vec![stats.clone()]),
+            stats,
+            drain: Drain::default(),
+            urls: PublicUrls {
+                domain: "localhost".into(),
+                http_port: 8080,
+                https_port: None,
+            },
+            tls: Arc::new(Tls::new(&Default::default()).expect("no TLS")),
+            acme_http01: Http01Answers::default(),
+        })
+    }
+}

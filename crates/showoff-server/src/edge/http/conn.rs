@@ -192,6 +192,47 @@ fn head_end(buf: &[u8], scanned: &mut usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::tests::context;
+
+    /// What a visitor that sent `request` over an in-memory connection reads back.
+    async fn served(ctx: Arc<EdgeContext>, request: &[u8]) -> String {
+        let (mut visitor, edge) = tokio::io::duplex(64 * 1024);
+        let peer = "192.0.2.1:4000".parse().expect("addr");
+        let task = tokio::spawn(async move {
+            Conn::new(edge, peer, BytesMut::new(), Scheme::Http, ctx)
+                .run()
+                .await;
+        });
+        visitor.write_all(request).await.expect("write");
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            visitor.read_to_end(&mut out),
+        )
+        .await
+        .expect("the edge closed")
+        .expect("read");
+        task.await.expect("edge task");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_acme_answer_to_a_request_with_a_body_closes_instead_of_parsing_the_body() {
+        // Issue 11, item 7: the body was left in the buffer and parsed as the next request.
+        let ctx = context();
+        ctx.acme_http01.set("tok", Some("tok.key".into()));
+        let smuggled = "GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.localhost\r\n\r\n";
+        let request = format!(
+            "POST /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        );
+        let out = served(ctx, request.as_bytes()).await;
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 1, "{out}");
+        assert!(
+            out.contains("connection: close") && out.ends_with("tok.key"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn head_end_finds_terminators_across_reads() {

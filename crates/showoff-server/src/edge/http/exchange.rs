@@ -24,12 +24,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if let Some(token) = head.target.strip_prefix(crate::tls::HTTP01_PREFIX)
             && let Some(answer) = self.ctx.acme_http01.get(token)
         {
+            // A request body (there should be none) is never read: the answer closes, and the
+            // body is drained, not parsed as the next request.
+            let with_body = head.framing != Framing::Empty;
+            let close = if with_body {
+                "connection: close\r\n"
+            } else {
+                ""
+            };
             let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{answer}",
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}\r\n{answer}",
                 answer.len()
             );
             self.write(response.as_bytes()).await?;
-            return Ok(Next::KeepAlive);
+            return Ok(if with_body {
+                Next::CloseLingering
+            } else {
+                Next::KeepAlive
+            });
         }
         if self.scheme == Scheme::Http && self.ctx.settings.redirect_http {
             return self.redirect_to_https(&head).await;
