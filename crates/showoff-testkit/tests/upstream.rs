@@ -243,3 +243,84 @@ async fn only_websocket_upgrades_pass_and_an_unrequested_101_is_refused() {
     assert_eq!(reply.status, 502);
     assert_eq!(reply.error_code(), Some("upstream_invalid_response"));
 }
+
+/// A target that authenticates connections the way NTLM does: `type1` then `type3` on the
+/// same connection, after which that connection (and only it) is logged in.
+async fn ntlm_like_target() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut handshaking, mut logged_in) = (false, false);
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let answer: &[u8] = if head.contains("authorization: ntlm type1") {
+                        handshaking = true;
+                        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM challenge\r\ncontent-length: 0\r\n\r\n"
+                    } else if head.contains("authorization: ntlm type3") && handshaking {
+                        logged_in = true;
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nwelcome"
+                    } else if logged_in {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nstill you"
+                    } else {
+                        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\ncontent-length: 0\r\n\r\n"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connection_the_target_authenticated_stays_with_its_visitor() {
+    // Issue 11, item 6: NTLM and Negotiate log in the TCP connection; pooled across visitors,
+    // one visitor's login served the next visitor.
+    let server = TestServer::default_config().await;
+    let target = ntlm_like_target().await;
+    let _client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("intranet"), target)],
+    ))
+    .await
+    .expect("session");
+    let host = server.host("intranet");
+    let get = |authorization: Option<&str>| {
+        let mut request = http::Request::get("/").header("host", &host);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.body(http_body_util::Empty::new()).expect("request")
+    };
+    let mut alice = HttpConn::open(server.addrs.http).await;
+    assert_eq!(alice.send(get(Some("NTLM type1"))).await.status, 401);
+    let welcome = alice.send(get(Some("NTLM type3"))).await;
+    assert_eq!(
+        (welcome.status.as_u16(), welcome.body.as_str()),
+        (200, "welcome")
+    );
+    let again = alice.send(get(None)).await;
+    assert_eq!(
+        again.body, "still you",
+        "the login rides alice's connection"
+    );
+    let mut mallory = HttpConn::open(server.addrs.http).await;
+    let reply = mallory.send(get(None)).await;
+    assert_eq!(
+        reply.status, 401,
+        "another visitor never gets alice's login: {}",
+        reply.body
+    );
+}

@@ -52,7 +52,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         request: &[u8],
     ) -> Result<(UpstreamConn, Response, bool), EdgeError> {
         loop {
-            let (mut up, reused) = checkout(tunnel, meta).await?;
+            let (mut up, reused) = match self.take_pinned(tunnel) {
+                Some(up) => (up, true),
+                None => checkout(tunnel, meta).await?,
+            };
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, body_done)) => return Ok((up, resp, body_done)),
                 Err(SendError::Stale) if reused && replayable(head) => continue,
@@ -60,6 +63,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Err(SendError::Failed(error)) => return Err(error),
             }
         }
+    }
+
+    /// The connection pinned to this visitor connection for `tunnel`, if any.
+    fn take_pinned(&mut self, tunnel: &Tunnel) -> Option<UpstreamConn> {
+        let (name, session, _) = self.pinned.as_ref()?;
+        if *name != tunnel.info.name || *session != tunnel.session_id {
+            self.pinned = None;
+            return None;
+        }
+        self.pinned.take().map(|(_, _, up)| up)
     }
 
     async fn try_send(
@@ -78,7 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if !matches!(timeout(idle, up.io.write_all(request)).await, Ok(Ok(()))) {
             return Err(SendError::Stale);
         }
-        let UpstreamConn { io, buf } = up;
+        let UpstreamConn { io, buf, .. } = up;
         if head.framing == Framing::Empty {
             return read_response(io, buf, asked, idle).await.map(|r| (r, true));
         }

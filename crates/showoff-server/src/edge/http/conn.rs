@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::head::{RequestHead, parse_head};
 use super::meter::Metered;
+use super::pool::UpstreamConn;
 use super::{LINGER, LINGER_BYTES, READ_CHUNK, Scheme};
 use crate::edge::EdgeContext;
 use crate::edge::error::{EdgeError, Origin};
@@ -25,6 +26,9 @@ pub(crate) struct Conn<S> {
     pub(super) buf: BytesMut,
     pub(super) scheme: Scheme,
     pub(super) ctx: Arc<EdgeContext>,
+    /// An upstream connection the target authenticated for this visitor connection, and the
+    /// tunnel (name, session) it belongs to; later requests to that tunnel ride it.
+    pub(super) pinned: Option<(String, Arc<str>, UpstreamConn)>,
 }
 
 /// How an exchange left the connection.
@@ -52,6 +56,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             buf,
             scheme,
             ctx,
+            pinned: None,
         }
     }
 

@@ -14,6 +14,8 @@ use super::body::Framing;
 use super::conn::{Conn, Next};
 use super::encode::encode_request;
 use super::head::RequestHead;
+use super::pool::UpstreamConn;
+use super::response::{Response, connection_scheme};
 use crate::edge::error::EdgeError;
 use crate::edge::forwarded::{Forwarded, forwarded};
 use crate::state::Tunnel;
@@ -149,12 +151,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             return Ok((101, Next::Close));
         }
         let delivered = self.relay(&mut up, &mut resp).await;
-        if delivered
-            && body_done
-            && resp.upstream_reusable
-            && let Some(pool) = super::pool::pool(tunnel)
-        {
-            pool.put_back(up);
+        if delivered && body_done && resp.upstream_reusable {
+            self.keep_upstream(tunnel, head, &resp, up);
         }
         let keep_alive = delivered && body_done && resp.keep_alive && !self.ctx.drain.is_draining();
         let next = match (keep_alive, body_done) {
@@ -163,6 +161,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             (false, false) => Next::CloseLingering,
         };
         Ok((resp.status, next))
+    }
+
+    /// Returns a reusable upstream connection: pinned to this visitor connection when the
+    /// target authenticates connections (NTLM, Negotiate), else to the tunnel's pool.
+    fn keep_upstream(
+        &mut self,
+        tunnel: &Tunnel,
+        head: &RequestHead,
+        resp: &Response,
+        mut up: UpstreamConn,
+    ) {
+        let asked = head
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|v| connection_scheme(v.as_bytes()));
+        up.pinned |= asked || resp.connection_auth;
+        if up.pinned {
+            let owner = (tunnel.info.name.clone(), tunnel.session_id.clone());
+            self.pinned = Some((owner.0, owner.1, up));
+        } else if let Some(pool) = super::pool::pool(tunnel) {
+            pool.put_back(up);
+        }
     }
 
     fn route(&self, head: &RequestHead) -> Result<Arc<Tunnel>, EdgeError> {

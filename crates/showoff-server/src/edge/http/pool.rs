@@ -23,6 +23,9 @@ pub(crate) struct UpstreamConn {
     pub(crate) io: TunnelStream,
     /// Bytes read from the target and not yet relayed.
     pub(crate) buf: BytesMut,
+    /// Authenticated by the target for one visitor connection (NTLM, Negotiate): it never
+    /// goes back to the tunnel's pool.
+    pub(crate) pinned: bool,
 }
 
 impl UpstreamConn {
@@ -30,6 +33,7 @@ impl UpstreamConn {
         Self {
             io,
             buf: BytesMut::with_capacity(UPSTREAM_BUF),
+            pinned: false,
         }
     }
 

@@ -46,6 +46,9 @@ pub(crate) struct Response {
     pub(crate) visitor: VisitorFraming,
     /// Whether the upstream connection may carry another request afterwards.
     pub(crate) upstream_reusable: bool,
+    /// The target authenticates the connection itself (`WWW-Authenticate: NTLM` or
+    /// `Negotiate`): the connection must stay with this visitor connection.
+    pub(crate) connection_auth: bool,
     /// Whether the visitor connection may stay open afterwards.
     pub(crate) keep_alive: bool,
     /// Bytes of the upstream head.
@@ -174,10 +177,24 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         body,
         visitor,
         upstream_reusable: !upstream_close && body != BodyFraming::UntilClose && !switching,
+        connection_auth: headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("www-authenticate"))
+            .any(|h| connection_scheme(h.value)),
         keep_alive,
         len,
         visitor_head: out,
     }))
+}
+
+/// Whether an `Authorization` or `WWW-Authenticate` value names a scheme that authenticates
+/// the TCP connection rather than the request (NTLM, Negotiate/Kerberos).
+pub(crate) fn connection_scheme(value: &[u8]) -> bool {
+    let scheme = value
+        .split(|&b| b == b' ' || b == b',')
+        .next()
+        .unwrap_or_default();
+    scheme.eq_ignore_ascii_case(b"ntlm") || scheme.eq_ignore_ascii_case(b"negotiate")
 }
 
 /// The transfer codings of a response other than its final `chunked` (`gzip` of
