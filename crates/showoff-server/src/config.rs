@@ -149,6 +149,42 @@ pub enum ConfigError {
 /// for people mistyping, far too few for guessing.
 pub const DEFAULT_FAILURES_PER_IP: u32 = 20;
 
+/// Caps on concurrent connections, per class of listener: public (HTTP, HTTPS and TCP tunnel
+/// ports together), control and data. A full class closes new connections at once, so the
+/// public side running out of descriptors cannot take the control plane with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Public connections at once.
+    pub public: usize,
+    /// Public connections at once from one visitor address (0: off; trusted proxies exempt).
+    pub public_per_ip: usize,
+    /// Control connections at once.
+    pub control: usize,
+    /// Data connections at once (warm pools and streams).
+    pub data: usize,
+    /// Control, and separately data, connections at once from one client address (0: off).
+    pub client_per_ip: usize,
+}
+
+/// Default cap on public connections at once.
+pub const DEFAULT_MAX_PUBLIC_CONNECTIONS: usize = 100_000;
+/// Default cap on control connections at once (the session cap plus handshakes in flight).
+pub const DEFAULT_MAX_CONTROL_CONNECTIONS: usize = 60_000;
+/// Default cap on data connections at once (a full warm pool for every session).
+pub const DEFAULT_MAX_DATA_CONNECTIONS: usize = 500_000;
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            public: DEFAULT_MAX_PUBLIC_CONNECTIONS,
+            public_per_ip: 0,
+            control: DEFAULT_MAX_CONTROL_CONNECTIONS,
+            data: DEFAULT_MAX_DATA_CONNECTIONS,
+            client_per_ip: 0,
+        }
+    }
+}
+
 /// Configured rates; 0 turns a limit off. The guessing limits are on by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateConfig {
@@ -334,6 +370,8 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above).
     pub max_visitors_per_tunnel: usize,
+    /// Caps on concurrent connections per class of listener.
+    pub connections: ConnectionLimits,
     /// Protocols a visitor may upgrade to (`Upgrade:` first token, lowercase); other upgrade
     /// requests are forwarded as plain requests without their `Upgrade` (so `h2c` is refused).
     pub allowed_upgrades: Vec<String>,
@@ -378,6 +416,7 @@ impl Default for ServerConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_visitors_per_tunnel: DEFAULT_MAX_VISITORS_PER_TUNNEL,
             allowed_upgrades: vec![DEFAULT_UPGRADE.into()],
+            connections: ConnectionLimits::default(),
             rates: RateConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             warm_pool: DEFAULT_WARM_POOL,
@@ -428,6 +467,9 @@ impl ServerConfig {
             ("max_pending_total", self.max_pending_total),
             ("max_sessions", self.max_sessions),
             ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
+            ("max_connections", self.connections.public),
+            ("max_control_connections", self.connections.control),
+            ("max_data_connections", self.connections.data),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -51,6 +51,9 @@ pub(crate) struct EdgeSettings {
 /// What the edges use, and nothing else.
 pub(crate) struct EdgeContext {
     pub(crate) settings: EdgeSettings,
+    /// The arrival prelude of every public listener (HTTP, HTTPS, TCP tunnel ports), with
+    /// their shared connection caps.
+    pub(crate) prelude: crate::listen::Prelude,
     pub(crate) routes: Arc<Routes>,
     pub(crate) limits: Arc<RateLimits>,
     /// Gauges of open visitor connections.
@@ -90,6 +93,7 @@ pub(crate) mod tests {
                 redirect_http: false,
                 proxy: ProxyConfig::default(),
             },
+            prelude: crate::listen::Prelude::plain(None),
             routes: Arc::default(),
             limits: Arc::new(RateLimits::new(&Default::default())),
             exchanges: Exchanges::new(vec![stats.clone()]),

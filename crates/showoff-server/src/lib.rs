@@ -50,9 +50,9 @@ pub mod tls;
 pub mod transport;
 
 pub use config::{
-    AcmeChallenge, AcmeConfig, AdminConfig, AuthConfig, BuildInfo, ConfigError, NamePolicy,
-    PemPair, PolicyConfig, PortRange, ProxyConfig, ProxyProtocol, RateConfig, Secret, ServerConfig,
-    TlsConfig, WebhookConfig,
+    AcmeChallenge, AcmeConfig, AdminConfig, AuthConfig, BuildInfo, ConfigError, ConnectionLimits,
+    NamePolicy, PemPair, PolicyConfig, PortRange, ProxyConfig, ProxyProtocol, RateConfig, Secret,
+    ServerConfig, TlsConfig, WebhookConfig,
 };
 pub use control::MAX_TUNNELS_PER_SESSION;
 pub use drain::DrainReport;

@@ -69,6 +69,12 @@ struct CodeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -103,6 +109,7 @@ pub struct Stats {
     bytes: Family<DirectionLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     sessions_refused: Family<CodeLabel, Counter>,
+    connections_refused: Family<ConnectionLabel, Counter>,
     acme_orders: Family<CodeLabel, Counter>,
     pub(crate) auth_failures: Counter,
     data_rejected: Family<ReasonLabel, Counter>,
@@ -174,6 +181,7 @@ impl Stats {
             bytes: Family::default(),
             errors: Family::default(),
             sessions_refused: Family::default(),
+            connections_refused: Family::default(),
             acme_orders: Family::default(),
             auth_failures: Counter::default(),
             data_rejected: Family::default(),
@@ -264,6 +272,11 @@ impl Stats {
             "sessions_refused",
             "Control connections refused, by refusal code (auth, limits, rates, names)",
             self.sessions_refused.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at once by a listener's caps, by listener and cap (total, per_ip)",
+            self.connections_refused.clone(),
         );
         r.register(
             "auth_failures",
@@ -362,6 +375,13 @@ impl Stats {
     pub(crate) fn session_refused(&self, code: &'static str) {
         self.sessions_refused
             .get_or_create(&CodeLabel { code })
+            .inc();
+    }
+
+    /// Counts a connection a listener's cap closed at once.
+    pub(crate) fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ConnectionLabel { listener, reason })
             .inc();
     }
 

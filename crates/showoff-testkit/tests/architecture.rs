@@ -36,6 +36,8 @@ const ROOT_RANK: u8 = 7;
 const MAX_FILE_LINES: usize = 500;
 /// Longest a function outside tests may be.
 const MAX_FN_LINES: usize = 80;
+/// Files that are one table (a const array of settings), allowed past [`MAX_FILE_LINES`].
+const TABLE_FILES: &[&str] = &["showoff/src/settings/table.rs"];
 /// Tables written as one function, allowed past [`MAX_FN_LINES`]: (file, function).
 const TABLES: &[(&str, &str)] = &[
     ("showoff-server/src/edge/error.rs", "page"),
@@ -385,7 +387,7 @@ fn files_and_functions_stay_small() {
         for (path, code) in modules(&src).into_values() {
             let shown = path.display().to_string();
             let lines = code.lines().count();
-            if lines > MAX_FILE_LINES {
+            if lines > MAX_FILE_LINES && !TABLE_FILES.iter().any(|t| shown.ends_with(t)) {
                 found.push(format!("{shown}: {lines} lines"));
             }
             for (name, lines) in long_functions(&code, MAX_FN_LINES) {

@@ -9,6 +9,7 @@ use showoff_testkit::raw_client;
 use showoff_testkit::target::{closed_port, spawn_target};
 use showoff_testkit::visitor::get;
 use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn killing_a_client_mid_request_fails_only_its_visitor() {
@@ -147,4 +148,57 @@ async fn idle_tunnels_are_closed_and_the_client_is_told() {
         404
     );
     assert_eq!(server.handle.stats().tunnels_active, 0);
+}
+
+#[tokio::test]
+async fn a_full_public_side_closes_new_visitors_at_once_and_spares_the_control_plane() {
+    // Issue 11, item 9: no listener limited connections, so the public side could take every
+    // descriptor and, with them, the control plane.
+    let server = TestServer::start(ServerConfig {
+        connections: showoff_server::ConnectionLimits {
+            public: 2,
+            ..Default::default()
+        },
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let (target, _client) = showoff_testkit::serve_http(&server, "demo", "a").await;
+    // Two visitors hold the public side with half a head each.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(server.addrs.http)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        held.push(stream);
+    }
+    let handle = server.handle.clone();
+    showoff_testkit::eventually("two visitors held", || {
+        handle.stats().visitor_connections_active == 2
+    })
+    .await;
+    let mut third = tokio::net::TcpStream::connect(server.addrs.http)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let closed = showoff_testkit::within("the third visitor closed", third.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "closed at once: {closed:?}"
+    );
+    let sample = "showoff_connections_refused_total{listener=\"public\",reason=\"total\"}";
+    assert_eq!(server.metric(sample).await, Some(1.0));
+    // The control plane still takes sessions.
+    let (_other, _second) = showoff_testkit::serve_http(&server, "other", "b").await;
+    drop(held);
+    showoff_testkit::eventually("the held visitors gone", || {
+        handle.stats().visitor_connections_active == 0
+    })
+    .await;
+    let reply = get(server.addrs.http, &server.host("demo"), "/").await;
+    assert_eq!(reply.status, 200, "room again");
+    drop(target);
 }

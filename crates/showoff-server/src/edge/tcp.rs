@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use crate::control::TcpTunnels;
 use crate::edge::EdgeContext;
 use crate::edge::error::EdgeError;
-use crate::listen::{Arrived, Prelude};
+use crate::listen::Arrived;
 use crate::state::Tunnel;
 
 /// The TCP edge, as the control layer starts it for each TCP tunnel.
@@ -40,12 +40,7 @@ async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, ctx: Arc<EdgeC
             _ = drain.cancelled() => {}
         }
     };
-    let settings = &ctx.settings;
-    let prelude = Prelude {
-        policy: settings.proxy.protocol,
-        proxy: settings.proxy.clone(),
-        deadline: settings.head_timeout,
-    };
+    let prelude = ctx.prelude.clone();
     let (name, session) = (tunnel.info.name.clone(), tunnel.session_id.clone());
     let span = move |peer: SocketAddr| tracing::info_span!("visitor", %peer, tunnel = %name, session = %session);
     let tracker = ctx.drain.visitors().clone();

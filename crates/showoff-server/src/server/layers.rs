@@ -17,7 +17,7 @@ use crate::drain::Drain;
 use crate::edge::tcp::TcpEdge;
 use crate::edge::{EdgeContext, EdgeSettings};
 use crate::limits::RateLimits;
-use crate::listen::Prelude;
+use crate::listen::{ConnectionGate, Prelude};
 use crate::ops::acme::AcmeContext;
 use crate::ops::admin::AdminContext;
 use crate::state::ports::PortPlan;
@@ -133,16 +133,23 @@ impl Layers {
         let drain = self.drain.clone();
         let tasks = drain.tasks().clone();
         let (draining, stopping) = (drain.draining().clone(), drain.stopping().clone());
-        let public = Prelude {
-            policy: config.proxy.protocol,
-            proxy: config.proxy.clone(),
-            deadline: config.head_timeout,
+        let public = self.edge.prelude.clone();
+        let limits = &config.connections;
+        let gate = |listener, total, per_ip| {
+            Some(ConnectionGate::new(
+                listener,
+                total,
+                per_ip,
+                self.stats.clone(),
+            ))
         };
         let control_prelude = Prelude {
             policy: config.proxy.control,
             proxy: config.proxy.clone(),
             deadline: showoff_proto::HANDSHAKE_TIMEOUT,
+            gate: gate("control", limits.control, limits.client_per_ip),
         };
+        let data_gate = gate("data", limits.data, limits.client_per_ip);
         let ctx = self.control.clone();
         tasks.spawn(crate::listen::serve(
             listeners.control,
@@ -156,7 +163,7 @@ impl Layers {
         tasks.spawn(crate::listen::serve(
             listeners.data,
             stopping.clone().cancelled_owned(),
-            Prelude::plain(),
+            Prelude::plain(data_gate),
             tasks.clone(),
             |peer| tracing::debug_span!("data", %peer),
             move |arrived: crate::listen::Arrived| {
@@ -207,6 +214,17 @@ fn edge_context(
 ) -> Arc<EdgeContext> {
     Arc::new(EdgeContext {
         settings: edge_settings(config),
+        prelude: Prelude {
+            policy: config.proxy.protocol,
+            proxy: config.proxy.clone(),
+            deadline: config.head_timeout,
+            gate: Some(ConnectionGate::new(
+                "public",
+                config.connections.public,
+                config.connections.public_per_ip,
+                parts.stats.clone(),
+            )),
+        },
         routes: parts.routes.clone(),
         limits: parts.limits.clone(),
         stats: parts.stats.clone(),

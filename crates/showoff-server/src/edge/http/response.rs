@@ -127,50 +127,14 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
     out.extend_from_slice(b" ");
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // A length beside a chunked or close-delimited body is stale, and two framings are what
-    // request smuggling feeds on: only a length-delimited body has a Content-Length, and it is
-    // the one Showoff parsed, written by Showoff (never the target's text).
-    let mut wrote_length = false;
-    for field in headers.iter() {
-        if field.name.eq_ignore_ascii_case("content-length") {
-            let value = match body {
-                BodyFraming::Length(n) if !wrote_length => n.to_string().into_bytes(),
-                // A bodiless answer (HEAD, 304) keeps the length it describes.
-                BodyFraming::None if !switching => field.value.to_vec(),
-                _ => continue,
-            };
-            wrote_length = true;
-            out.extend_from_slice(field.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&value);
-            out.extend_from_slice(b"\r\n");
-            continue;
-        }
-        if keep_header(field.name, &connection, switching) {
-            out.extend_from_slice(field.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(field.value);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if switching {
-        out.extend_from_slice(b"connection: upgrade\r\n");
-    } else {
-        if visitor == VisitorFraming::Chunked {
-            // Codings other than the framing (`gzip, chunked`) stay with the body.
-            out.extend_from_slice(b"transfer-encoding: ");
-            for coding in content_codings(headers) {
-                out.extend_from_slice(coding.as_bytes());
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(b"chunked\r\n");
-        }
-        if !keep_alive {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if !asked.visitor_http11 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-    }
+    write_fields(&mut out, headers, body, &connection, switching);
+    let framing = Framing {
+        switching,
+        visitor,
+        keep_alive,
+        http11: asked.visitor_http11,
+    };
+    write_framing(&mut out, headers, framing);
     out.extend_from_slice(b"\r\n");
     Ok(Some(Response {
         status,
@@ -185,6 +149,69 @@ pub(crate) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         len,
         visitor_head: out,
     }))
+}
+
+/// Copies the end-to-end fields. A length beside a chunked or close-delimited body is stale,
+/// and two framings are what request smuggling feeds on: only a length-delimited body has a
+/// `Content-Length`, and it is the one Showoff parsed (never the target's text).
+fn write_fields(
+    out: &mut BytesMut,
+    headers: &[httparse::Header<'_>],
+    body: BodyFraming,
+    connection: &[String],
+    switching: bool,
+) {
+    let mut wrote_length = false;
+    for field in headers.iter() {
+        let value = if field.name.eq_ignore_ascii_case("content-length") {
+            match body {
+                BodyFraming::Length(n) if !wrote_length => n.to_string().into_bytes(),
+                // A bodiless answer (HEAD, 304) keeps the length it describes.
+                BodyFraming::None if !switching => field.value.to_vec(),
+                _ => continue,
+            }
+        } else if keep_header(field.name, connection, switching) {
+            field.value.to_vec()
+        } else {
+            continue;
+        };
+        wrote_length |= field.name.eq_ignore_ascii_case("content-length");
+        out.extend_from_slice(field.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How the visitor's side of a response is framed.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    switching: bool,
+    visitor: VisitorFraming,
+    keep_alive: bool,
+    http11: bool,
+}
+
+/// The framing and connection fields of the visitor's head.
+fn write_framing(out: &mut BytesMut, headers: &[httparse::Header<'_>], framing: Framing) {
+    if framing.switching {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        return;
+    }
+    if framing.visitor == VisitorFraming::Chunked {
+        // Codings other than the framing (`gzip, chunked`) stay with the body.
+        out.extend_from_slice(b"transfer-encoding: ");
+        for coding in content_codings(headers) {
+            out.extend_from_slice(coding.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"chunked\r\n");
+    }
+    if !framing.keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if !framing.http11 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
 }
 
 /// Whether an `Authorization` or `WWW-Authenticate` value names a scheme that authenticates
