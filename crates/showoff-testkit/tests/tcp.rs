@@ -115,3 +115,33 @@ async fn ports_outside_the_range_are_refused() {
         other => panic!("expected a refusal: {:?}", other.err()),
     }
 }
+
+#[tokio::test]
+async fn a_fixed_port_follows_its_principal_to_a_new_session() {
+    // Issue 11, item 16: the reconnecting client got port_unavailable while its old session
+    // still held the listener.
+    let server = TestServer::start(ServerConfig::ephemeral()).await;
+    let echo = echo_server().await;
+    let wanted = free_port().await;
+    let fixed = |name: &str| {
+        let mut spec = tunnel(TunnelKind::Tcp, Some(name), echo);
+        spec.spec.port = Some(wanted);
+        let mut config = TestClient::config(&server, vec![spec]);
+        config.token = "me".into();
+        config
+    };
+    let first = TestClient::start(fixed("db")).await.expect("first");
+    assert_eq!(first.tunnels[0].port, Some(wanted));
+    let second = TestClient::start(fixed("db-new"))
+        .await
+        .expect("the port is handed over");
+    assert_eq!(second.tunnels[0].port, Some(wanted));
+    match first.ended().await {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, RefusedCode::Replaced);
+            assert!(message.contains(&format!("port {wanted}")), "{message}");
+        }
+        other => panic!("the old session should be replaced: {other:?}"),
+    }
+    assert_eq!(round_trip(wanted, b"still here").await, b"still here");
+}

@@ -232,6 +232,9 @@ async fn claim_port(
     leases: &mut Vec<Lease>,
 ) -> Result<tokio::net::TcpListener, ServerMessage> {
     let plan = guard.ctx.settings.ports;
+    if let Some(port) = requested {
+        return claim_requested_port(guard, port, leases).await;
+    }
     for _ in 0..8 {
         let listener = plan.bind(requested).await?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -254,6 +257,64 @@ async fn claim_port(
         RefusedCode::LimitReached,
         "no free port found; ask for one",
     ))
+}
+
+/// How long a fixed port taken over from the principal's previous session may take to be
+/// given up by it (its listener closes once its session task sees the cancellation).
+const PORT_HANDOVER: std::time::Duration = std::time::Duration::from_secs(3);
+/// Pause between binds while a port is being handed over.
+const HANDOVER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Claims a fixed port's lease first, then binds it. A port the same principal holds through
+/// another session (a reconnect) is taken over: that session is replaced and its listener
+/// waited for, so the reconnecting client keeps its port instead of `port_unavailable`.
+async fn claim_requested_port(
+    guard: &SessionGuard,
+    port: u16,
+    leases: &mut Vec<Lease>,
+) -> Result<tokio::net::TcpListener, ServerMessage> {
+    let ctx = &guard.ctx;
+    let plan = ctx.settings.ports;
+    if !(plan.range.first == 0 || plan.range.contains(port)) {
+        return Err(plan.unavailable(port));
+    }
+    let claimed = match ctx
+        .registry
+        .claim(&LeaseKey::Port(port), &guard.owner())
+        .await
+    {
+        Ok(claimed) => claimed,
+        Err(RegistryError::Taken) => return Err(plan.unavailable(port)),
+        Err(error) => return Err(registry_failed(&error)),
+    };
+    let deadline = tokio::time::Instant::now() + PORT_HANDOVER;
+    match &claimed.claim {
+        Claim::AlreadyHeld => {
+            return Err(ServerMessage::bad_request(format!(
+                "port {port} is requested twice"
+            )));
+        }
+        Claim::TakenOver { previous_session } => {
+            info!(port, previous = %previous_session, "port taken over by the same principal");
+            ctx.sessions
+                .replace(previous_session, &format!("port {port}"));
+        }
+        Claim::Fresh => {}
+    }
+    let handover = matches!(claimed.claim, Claim::TakenOver { .. });
+    loop {
+        match plan.bind(Some(port)).await {
+            Ok(listener) => {
+                leases.push(claimed.lease);
+                return Ok(listener);
+            }
+            Err(refusal) if !handover || tokio::time::Instant::now() >= deadline => {
+                release_leases(ctx, vec![claimed.lease]);
+                return Err(refusal);
+            }
+            Err(_) => tokio::time::sleep(HANDOVER_POLL).await,
+        }
+    }
 }
 
 fn registry_failed(error: &RegistryError) -> ServerMessage {
