@@ -379,6 +379,9 @@ pub struct ServerConfig {
     pub rates: RateConfig,
     /// Time in-flight requests and streams get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Before the drain: `/readyz` says 503 and every response says `Connection: close` for
+    /// this long while the server still accepts, so a load balancer stops sending first.
+    pub drain_delay: Duration,
     /// Pre-dialled data connections each client keeps (0 turns the warm pool off).
     pub warm_pool: u16,
     /// Admin listener, access log and metric options.
@@ -419,6 +422,7 @@ impl Default for ServerConfig {
             connections: ConnectionLimits::default(),
             rates: RateConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            drain_delay: Duration::ZERO,
             warm_pool: DEFAULT_WARM_POOL,
             admin: AdminConfig::default(),
             build: BuildInfo::default(),

@@ -33,6 +33,7 @@ pub(crate) struct Drain {
     tasks: TaskTracker,
     visitors: TaskTracker,
     ready: Arc<AtomicBool>,
+    leaving: Arc<AtomicBool>,
 }
 
 impl Drain {
@@ -44,6 +45,12 @@ impl Drain {
     /// Whether the drain has begun.
     pub(crate) fn is_draining(&self) -> bool {
         self.drain.is_cancelled()
+    }
+
+    /// Whether the server is on its way out: in the pre-drain delay or draining. Readiness
+    /// says 503 and responses say `Connection: close` from then on.
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire) || self.is_draining()
     }
 
     /// Cancelled when everything must end.
@@ -72,8 +79,17 @@ impl Drain {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Drains within `grace`, then stops everything; says whether visitors finished in time.
-    pub(crate) async fn run(&self, grace: Duration) -> DrainReport {
+    /// Waits out `delay` as not ready but still serving, drains within `grace`, then stops
+    /// everything; says whether visitors finished in time.
+    pub(crate) async fn run(&self, delay: Duration, grace: Duration) -> DrainReport {
+        self.leaving.store(true, Ordering::Release);
+        if !delay.is_zero() {
+            info!(
+                delay_ms = delay.as_millis() as u64,
+                "not ready; draining after the delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         info!(grace_secs = grace.as_secs(), "draining");
         self.drain.cancel();
         self.visitors.close();
@@ -117,7 +133,7 @@ mod tests {
             .tasks()
             .spawn(async move { d.stopping().cancelled().await });
         assert!(!drain.is_draining());
-        let report = drain.run(Duration::from_secs(10)).await;
+        let report = drain.run(Duration::ZERO, Duration::from_secs(10)).await;
         assert!(report.clean, "the visitor finished inside the grace");
         assert!(drain.is_draining() && drain.stopping().is_cancelled());
         assert!(
@@ -134,13 +150,34 @@ mod tests {
             d.stopping().cancelled().await;
         });
         let started = tokio::time::Instant::now();
-        let report = drain.run(Duration::from_secs(5)).await;
+        let report = drain.run(Duration::ZERO, Duration::from_secs(5)).await;
         assert!(!report.clean);
         assert_eq!(
             started.elapsed(),
             Duration::from_secs(5),
             "cut at the grace"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pre_drain_delay_comes_first_and_serves_on() {
+        let drain = Drain::default();
+        let run = tokio::spawn({
+            let drain = drain.clone();
+            async move {
+                drain
+                    .run(Duration::from_secs(5), Duration::from_secs(1))
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            drain.is_leaving() && !drain.is_draining(),
+            "leaving, still accepting"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(run.await.expect("joined").clean);
+        assert!(drain.is_draining());
     }
 
     #[test]

@@ -245,6 +245,6 @@ impl Server {
         // Every listener accepts and the metrics registry exists: ready.
         drain.mark_ready();
         shutdown.cancelled().await;
-        drain.run(config.shutdown_grace).await
+        drain.run(config.drain_delay, config.shutdown_grace).await
     }
 }

@@ -113,3 +113,51 @@ async fn after_a_server_restart_the_client_gets_its_name_back() {
         200
     );
 }
+
+#[tokio::test]
+async fn the_pre_drain_delay_turns_readiness_off_and_closes_keep_alive_connections() {
+    // Issue 11, item 14: a load balancer must see /readyz fail while the server still serves,
+    // and keep-alive clients must hear `Connection: close` rather than find a closed socket.
+    let server = TestServer::start(ServerConfig {
+        drain_delay: std::time::Duration::from_secs(3),
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let (_target, _client) = serve_http(&server, "steady", "a").await;
+    let host = server.host("steady");
+    let mut conn = showoff_testkit::visitor::HttpConn::open(server.addrs.http).await;
+    let before = conn.get(&host, "/").await;
+    assert_eq!(before.status, 200);
+    assert!(
+        before.headers.get("connection").is_none(),
+        "kept alive before"
+    );
+    let admin = server.addrs.admin.expect("admin");
+    server.begin_shutdown();
+    let mut ready = 200;
+    for _ in 0..300 {
+        ready = get(admin, "localhost", "/readyz").await.status.as_u16();
+        if ready == 503 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        ready, 503,
+        "not ready from the first moment of the shutdown"
+    );
+    assert!(!server.handle.is_draining(), "still in the delay");
+    let during = conn.get(&host, "/").await;
+    assert_eq!(during.status, 200, "still served");
+    assert_eq!(
+        during.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "told to go elsewhere"
+    );
+    let fresh = get(server.addrs.http, &host, "/").await;
+    assert_eq!(
+        fresh.status, 200,
+        "new connections are still accepted during the delay"
+    );
+    assert!(server.stop().await.clean);
+}

@@ -99,7 +99,7 @@ fn router(ctx: Arc<AdminContext>) -> Router {
 }
 
 async fn readyz(State(ctx): State<Arc<AdminContext>>) -> Response {
-    if ctx.drain.is_draining() {
+    if ctx.drain.is_leaving() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     if !ctx.drain.is_ready() {

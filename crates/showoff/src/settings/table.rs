@@ -495,6 +495,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.shutdown_grace, parse_duration(t)),
     ),
     setting(
+        "drain_delay",
+        "SHOWOFF_DRAIN_DELAY",
+        "0s",
+        "on SIGTERM, /readyz says 503 and responses close for this long before the drain",
+        |b, t| set(&mut b.config.drain_delay, parse_duration(t)),
+    ),
+    setting(
         "warm_pool",
         "SHOWOFF_WARM_POOL",
         "8",

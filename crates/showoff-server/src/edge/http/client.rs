@@ -85,7 +85,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let asked = Asked {
             head_method: head.method == http::Method::HEAD,
             visitor_http11: head.version == http::Version::HTTP_11,
-            visitor_keep_alive: head.keep_alive,
+            // From the pre-drain delay on, every response closes its connection.
+            visitor_keep_alive: head.keep_alive && !self.ctx.drain.is_leaving(),
             upgrade: head.upgrade,
         };
         if !matches!(timeout(idle, up.io.write_all(request)).await, Ok(Ok(()))) {

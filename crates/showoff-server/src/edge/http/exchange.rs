@@ -154,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if delivered && body_done && resp.upstream_reusable {
             self.keep_upstream(tunnel, head, &resp, up);
         }
-        let keep_alive = delivered && body_done && resp.keep_alive && !self.ctx.drain.is_draining();
+        let keep_alive = delivered && body_done && resp.keep_alive && !self.ctx.drain.is_leaving();
         let next = match (keep_alive, body_done) {
             (true, _) => Next::KeepAlive,
             (false, true) => Next::Close,
