@@ -119,7 +119,7 @@ async fn the_pre_drain_delay_turns_readiness_off_and_closes_keep_alive_connectio
     // Issue 11, item 14: a load balancer must see /readyz fail while the server still serves,
     // and keep-alive clients must hear `Connection: close` rather than find a closed socket.
     let server = TestServer::start(ServerConfig {
-        drain_delay: std::time::Duration::from_secs(3),
+        drain_delay: std::time::Duration::from_secs(5),
         ..ServerConfig::ephemeral()
     })
     .await;
