@@ -49,6 +49,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Default limit on a visitor body read or response write making no progress.
 pub const DEFAULT_IO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default minimum rate of a request body: 1 KiB/s after the head deadline, so a body dripped
+/// a byte at a time cannot hold a tunnel's visitor slot, while any real link passes.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
 /// Default time in-flight work gets to finish on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default cap on client sessions at once.
@@ -352,6 +355,9 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     /// Longest a visitor body read or response write may make no progress.
     pub io_idle_timeout: Duration,
+    /// A request body must arrive at this many bytes per second on average, after a grace of
+    /// `head_timeout` (408 `body_timeout` below it; 0 turns it off).
+    pub min_body_rate: u64,
     /// How long a visitor waits for a stream from the client (504 after it).
     pub pending_timeout: Duration,
     /// Streams being set up at once per session (503 above it).
@@ -409,6 +415,7 @@ impl Default for ServerConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
             io_idle_timeout: DEFAULT_IO_IDLE_TIMEOUT,
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
             max_pending_per_session: DEFAULT_MAX_PENDING_PER_SESSION,
             max_pending_total: DEFAULT_MAX_PENDING_TOTAL,

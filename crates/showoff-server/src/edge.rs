@@ -39,6 +39,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) max_header_bytes: usize,
     pub(crate) head_timeout: Duration,
     pub(crate) io_idle_timeout: Duration,
+    /// A request body's minimum rate in bytes per second after the head deadline (0: off).
+    pub(crate) min_body_rate: u64,
     pub(crate) max_visitors_per_tunnel: usize,
     /// Upgrade protocols passed through (lowercase).
     pub(crate) upgrades: Vec<String>,
@@ -88,6 +90,7 @@ pub(crate) mod tests {
                 max_header_bytes: 32 * 1024,
                 head_timeout: Duration::from_secs(5),
                 io_idle_timeout: Duration::from_secs(5),
+                min_body_rate: 0,
                 max_visitors_per_tunnel: 10,
                 upgrades: vec!["websocket".into()],
                 redirect_http: false,

@@ -176,3 +176,44 @@ async fn control_bytes_in_chunk_lines_and_trailers_are_refused() {
         "valid extensions and trailers"
     );
 }
+
+#[tokio::test]
+async fn a_dripped_body_gets_408_instead_of_holding_its_slot() {
+    // Issue 11, item 10: only a 60 s per-read timeout bounded a body, so one dripped a few
+    // bytes at a time held a tunnel's visitor slot for as long as it liked.
+    let (server, _client, _target) = setup(ServerConfig {
+        head_timeout: Duration::from_secs(1),
+        min_body_rate: 1000,
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addrs.http)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: 1000\r\n\r\n",
+        server.host("demo")
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let (mut reader, mut writer) = stream.into_split();
+    let drip = async move {
+        // 10 bytes every 100 ms: 100 B/s, ten times too slow; the whole body would take 10 s.
+        for _ in 0..100 {
+            if writer.write_all(&[b'x'; 10]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let read = async {
+        let mut response = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    let response = tokio::select! {
+        response = read => response,
+        _ = drip => String::from("the whole body went through"),
+    };
+    assert_eq!(status_of(&response), 408, "{response}");
+    assert!(response.contains("body_timeout"), "{response}");
+}

@@ -35,6 +35,8 @@ pub(crate) enum EdgeError {
     HeadTimeout,
     /// The body broke its framing.
     BadBody,
+    /// The body fell behind its minimum rate or stalled past the idle timeout.
+    BodyTimeout,
     /// The tunnel could not produce a stream.
     Open(OpenError),
     /// The stream broke before the target answered.
@@ -112,6 +114,12 @@ impl EdgeError {
                 Visitor,
             ),
             Self::BadBody => page(400, "bad_request", "malformed request body".into(), Visitor),
+            Self::BodyTimeout => page(
+                408,
+                "body_timeout",
+                "the request body did not arrive in time".into(),
+                Visitor,
+            ),
             Self::BadTlsHello => page(
                 400,
                 "bad_tls_hello",

@@ -294,6 +294,7 @@ fn edge_settings(config: &ServerConfig) -> EdgeSettings {
         max_header_bytes: config.max_header_bytes,
         head_timeout: config.head_timeout,
         io_idle_timeout: config.io_idle_timeout,
+        min_body_rate: config.min_body_rate,
         max_visitors_per_tunnel: config.max_visitors_per_tunnel,
         upgrades: config.allowed_upgrades.clone(),
         redirect_http: config.tls.redirect_http,

@@ -341,6 +341,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.io_idle_timeout, parse_duration(t)),
     ),
     setting(
+        "min_body_rate",
+        "SHOWOFF_MIN_BODY_RATE",
+        "1024",
+        "request bodies must average this many bytes/s after --head-timeout (408 below; 0: off)",
+        |b, t| set(&mut b.config.min_body_rate, number(t).map(|n| n as u64)),
+    ),
+    setting(
         "pending_timeout",
         "SHOWOFF_PENDING_TIMEOUT",
         "10s",

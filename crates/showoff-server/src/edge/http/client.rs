@@ -18,7 +18,7 @@ use super::body::Framing;
 use super::conn::Conn;
 use super::head::RequestHead;
 use super::pool::{UpstreamConn, checkout};
-use super::relay::{pump_body, read_more};
+use super::relay::{Pace, pump_body, read_more};
 use super::response::{Asked, Response, parse_response};
 use crate::edge::error::EdgeError;
 use crate::state::Tunnel;
@@ -98,16 +98,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
         // Body and response run together: a target may answer before reading the whole body.
         let (mut rd, mut wr) = tokio::io::split(io);
-        let pump = pump_body(&mut self.stream, &mut self.buf, head.framing, &mut wr, idle);
+        let pace = Pace {
+            started: tokio::time::Instant::now(),
+            grace: self.ctx.settings.head_timeout,
+            min_rate: self.ctx.settings.min_body_rate,
+            idle,
+        };
+        let pump = pump_body(&mut self.stream, &mut self.buf, head.framing, &mut wr, pace);
         let read = read_response(&mut rd, buf, asked, idle);
         tokio::pin!(pump, read);
         let mut body_done = false;
         loop {
             tokio::select! {
-                ok = &mut pump, if !body_done => {
-                    if !ok {
-                        return Err(SendError::Failed(EdgeError::BadBody));
-                    }
+                pumped = &mut pump, if !body_done => {
+                    pumped.map_err(SendError::Failed)?;
                     body_done = true;
                 }
                 resp = &mut read => return resp.map(|r| (r, body_done)),

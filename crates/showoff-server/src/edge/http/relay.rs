@@ -159,39 +159,90 @@ pub(super) async fn read_up_to<R: AsyncRead + Unpin>(
     }
 }
 
+/// How long a request body may take: the head deadline, plus one second for every
+/// `min_rate` bytes received (Apache's `MinRate`); each read is also bounded by the idle
+/// timeout. A body dripped slower than that cannot hold a visitor slot for long.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    pub(super) started: tokio::time::Instant,
+    pub(super) grace: Duration,
+    /// Bytes per second; 0: only the idle timeout applies.
+    pub(super) min_rate: u64,
+    pub(super) idle: Duration,
+}
+
+impl Pace {
+    /// The deadline of the next read, with `received` bytes of the body read so far; `Err`
+    /// when the body is already behind its pace.
+    fn next_read(&self, received: u64) -> std::io::Result<Duration> {
+        if self.min_rate == 0 {
+            return Ok(self.idle);
+        }
+        let earned = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+        let until = self.started + self.grace + earned;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(too_slow());
+        }
+        Ok(self.idle.min(left))
+    }
+}
+
+/// The error of a body that did not arrive in time.
+fn too_slow() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "request body too slow")
+}
+
 /// Copies the visitor's request body to the target: `Content-Length` bytes as they are, chunked
-/// bodies decoded (validated) and re-chunked. False if the visitor broke the framing or left.
+/// bodies decoded (validated) and re-chunked. `BodyTimeout` when the visitor fell behind the
+/// body's pace, `BadBody` when it broke the framing or left.
 pub(super) async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
     framing: Framing,
     up: &mut W,
-    idle: Duration,
-) -> bool {
+    pace: Pace,
+) -> Result<(), crate::edge::error::EdgeError> {
     let result = match framing {
         Framing::Empty => Ok(()),
-        Framing::Length(n) => pump_length(stream, buf, n, up, idle).await,
-        Framing::Chunked => pump_chunked(stream, buf, up, idle).await,
+        Framing::Length(n) => pump_length(stream, buf, n, up, pace).await,
+        Framing::Chunked => pump_chunked(stream, buf, up, pace).await,
     };
-    if let Err(error) = &result {
+    result.map_err(|error| {
         debug!(%error, "request body not delivered");
-    }
-    result.is_ok()
+        match error.kind() {
+            std::io::ErrorKind::TimedOut => crate::edge::error::EdgeError::BodyTimeout,
+            _ => crate::edge::error::EdgeError::BadBody,
+        }
+    })
+}
+
+/// One read of the body under its pace.
+async fn paced_read<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+    pace: Pace,
+    received: u64,
+) -> std::io::Result<()> {
+    let deadline = pace.next_read(received)?;
+    read_up_to(stream, buf, want, deadline).await
 }
 
 async fn pump_length<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
-    mut left: u64,
+    total: u64,
     up: &mut W,
-    idle: Duration,
+    pace: Pace,
 ) -> std::io::Result<()> {
+    let mut left = total;
     while left > 0 {
         if buf.is_empty() {
-            read_up_to(stream, buf, BODY_CHUNK, idle).await?;
+            paced_read(stream, buf, BODY_CHUNK, pace, total - left).await?;
         }
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        timed_write(up, &buf[..n], idle).await?;
+        timed_write(up, &buf[..n], pace.idle).await?;
         buf.advance(n);
         left -= n as u64;
     }
@@ -202,10 +253,12 @@ async fn pump_chunked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
     up: &mut W,
-    idle: Duration,
+    pace: Pace,
 ) -> std::io::Result<()> {
     let mut decoder = ChunkedDecoder::default();
     let mut out = BytesMut::new();
+    let mut received = 0u64;
+    let idle = pace.idle;
     loop {
         let step = decoder
             .decode(buf)
@@ -220,9 +273,10 @@ async fn pump_chunked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     timed_write(up, &out, idle).await?;
                     out.clear();
                 }
-                read_more(stream, buf, idle).await?;
+                paced_read(stream, buf, READ_CHUNK, pace, received).await?;
             }
             Decoded::Data(chunk) => {
+                received += chunk.len() as u64;
                 encode_body(&mut out, &chunk, VisitorFraming::Chunked);
                 if out.len() >= WRITE_COALESCE {
                     timed_write(up, &out, idle).await?;
