@@ -240,6 +240,8 @@ pub(crate) async fn serve<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     tokio::pin!(until);
+    // Shared, not copied: every connection's task keeps it for its whole life.
+    let prelude = Arc::new(prelude);
     loop {
         let accepted = tokio::select! {
             _ = &mut until => return,
