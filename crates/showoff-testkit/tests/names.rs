@@ -40,6 +40,19 @@ async fn a_tunnel_without_a_name_gets_a_readable_random_one() {
     );
 }
 
+/// A client config for one tunnel `name` of `kind` towards `target`, with `token`.
+fn with_token(
+    server: &TestServer,
+    kind: TunnelKind,
+    name: &str,
+    target: std::net::SocketAddr,
+    token: &str,
+) -> showoff_client::ClientConfig {
+    let mut config = TestClient::config(server, vec![tunnel(kind, Some(name), target)]);
+    config.token = token.into();
+    config
+}
+
 #[tokio::test]
 async fn a_name_held_by_another_token_is_refused() {
     let server = TestServer::start(ServerConfig {
@@ -48,25 +61,25 @@ async fn a_name_held_by_another_token_is_refused() {
     })
     .await;
     let target = spawn_target("a").await;
-    let mut alice = TestClient::config(
+    let alice = with_token(
         &server,
-        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+        TunnelKind::Http,
+        "shared",
+        target.addr,
+        "alice-token",
     );
-    alice.token = "alice-token".into();
     let _alice = TestClient::start(alice).await.expect("alice");
-    let mut bob = TestClient::config(
+    let bob = with_token(
         &server,
-        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+        TunnelKind::Http,
+        "shared",
+        target.addr,
+        "bob-token",
     );
-    bob.token = "bob-token".into();
     let (code, message) = refusal(TestClient::start(bob).await);
     assert_eq!(code, RefusedCode::NameTaken);
     assert!(message.contains("in use by another client"), "{message}");
-    let mut mallory = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("other"), target.addr)],
-    );
-    mallory.token = "guess".into();
+    let mallory = with_token(&server, TunnelKind::Http, "other", target.addr, "guess");
     assert_eq!(
         refusal(TestClient::start(mallory).await).0,
         RefusedCode::AuthFailed
@@ -77,18 +90,10 @@ async fn a_name_held_by_another_token_is_refused() {
 async fn the_same_token_reconnecting_takes_its_name_over_at_once() {
     let server = TestServer::default_config().await;
     let (old_target, new_target) = (spawn_target("old").await, spawn_target("new").await);
-    let mut first = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("laptop"), old_target.addr)],
-    );
-    first.token = "me".into();
+    let mut first = with_token(&server, TunnelKind::Http, "laptop", old_target.addr, "me");
     first.reconnect = false;
     let first = TestClient::start(first).await.expect("first");
-    let mut second = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("laptop"), new_target.addr)],
-    );
-    second.token = "me".into();
+    let second = with_token(&server, TunnelKind::Http, "laptop", new_target.addr, "me");
     let _second = TestClient::start(second).await.expect("takeover");
     assert_eq!(
         get(server.addrs.http, &server.host("laptop"), "/")
@@ -121,18 +126,22 @@ async fn a_refused_tunnel_does_not_keep_its_name_from_others() {
     })
     .await;
     let target = spawn_target("a").await;
-    let mut alice = TestClient::config(
+    let alice = with_token(
         &server,
-        vec![tunnel(TunnelKind::Tls, Some("shared"), target.addr)],
+        TunnelKind::Tls,
+        "shared",
+        target.addr,
+        "alice-token",
     );
-    alice.token = "alice-token".into();
     let (code, _) = refusal(TestClient::start(alice).await);
     assert_eq!(code, RefusedCode::KindNotAllowed);
-    let mut bob = TestClient::config(
+    let bob = with_token(
         &server,
-        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+        TunnelKind::Http,
+        "shared",
+        target.addr,
+        "bob-token",
     );
-    bob.token = "bob-token".into();
     let _bob = TestClient::start(bob)
         .await
         .expect("the name is free for bob");
@@ -150,17 +159,9 @@ async fn two_clients_with_one_token_do_not_fight_over_a_name() {
     // about five times a second each, forever. Now it is told it was replaced and stops.
     let server = TestServer::default_config().await;
     let (old_target, new_target) = (spawn_target("old").await, spawn_target("new").await);
-    let mut first = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("shared"), old_target.addr)],
-    );
-    first.token = "me".into();
+    let first = with_token(&server, TunnelKind::Http, "shared", old_target.addr, "me");
     let first = TestClient::start(first).await.expect("first");
-    let mut second = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("shared"), new_target.addr)],
-    );
-    second.token = "me".into();
+    let second = with_token(&server, TunnelKind::Http, "shared", new_target.addr, "me");
     let mut second = TestClient::start(second).await.expect("takeover");
     match first.ended().await {
         Err(ClientError::Refused { code, message }) => {

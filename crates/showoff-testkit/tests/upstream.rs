@@ -36,7 +36,11 @@ async fn scripted_target(answer: &'static [u8]) -> std::net::SocketAddr {
 }
 
 async fn expose(server: &TestServer, name: &str, answer: &'static [u8]) -> TestClient {
-    let target = scripted_target(answer).await;
+    expose_at(server, name, scripted_target(answer).await).await
+}
+
+/// A client serving HTTP tunnel `name` from the target at `target`.
+async fn expose_at(server: &TestServer, name: &str, target: std::net::SocketAddr) -> TestClient {
     TestClient::start(TestClient::config(
         server,
         vec![tunnel(TunnelKind::Http, Some(name), target)],
@@ -159,12 +163,7 @@ async fn a_body_less_post_is_never_sent_twice_but_a_get_is_retried() {
     // method may be sent again (RFC 9112 §9.3.1); the target may have run a POST already.
     let server = TestServer::default_config().await;
     let (target, seen) = answers_once_per_connection(false).await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("once"), target)],
-    ))
-    .await
-    .expect("session");
+    let _client = expose_at(&server, "once", target).await;
     let host = server.host("once");
     let mut conn = HttpConn::open(server.addrs.http).await;
     assert_eq!(conn.get(&host, "/").await.status, 200, "warms the pool");
@@ -192,12 +191,7 @@ async fn a_request_that_timed_out_is_not_sent_again() {
     })
     .await;
     let (target, seen) = answers_once_per_connection(true).await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("slow"), target)],
-    ))
-    .await
-    .expect("session");
+    let _client = expose_at(&server, "slow", target).await;
     let host = server.host("slow");
     let mut conn = HttpConn::open(server.addrs.http).await;
     assert_eq!(conn.get(&host, "/").await.status, 200, "warms the pool");
@@ -290,12 +284,7 @@ async fn a_connection_the_target_authenticated_stays_with_its_visitor() {
     // one visitor's login served the next visitor.
     let server = TestServer::default_config().await;
     let target = ntlm_like_target().await;
-    let _client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("intranet"), target)],
-    ))
-    .await
-    .expect("session");
+    let _client = expose_at(&server, "intranet", target).await;
     let host = server.host("intranet");
     let get = |authorization: Option<&str>| {
         let mut request = http::Request::get("/").header("host", &host);
