@@ -34,8 +34,6 @@ use crate::tls::{Http01Answers, Tls};
 /// The settings the edges read.
 #[derive(Debug, Clone)]
 pub(crate) struct EdgeSettings {
-    /// Base domain tunnel names are routed under.
-    pub(crate) domain: String,
     pub(crate) max_header_bytes: usize,
     pub(crate) head_timeout: Duration,
     pub(crate) io_idle_timeout: Duration,
@@ -63,6 +61,7 @@ pub(crate) struct EdgeContext {
     /// Where every finished request and connection is reported.
     pub(crate) exchanges: Exchanges,
     pub(crate) drain: Drain,
+    /// Public URLs and the base domain tunnel names are routed under.
     pub(crate) urls: PublicUrls,
     /// The HTTPS acceptor and certificate store.
     pub(crate) tls: Arc<Tls>,
@@ -72,7 +71,7 @@ pub(crate) struct EdgeContext {
 
 impl EdgeContext {
     /// Counts one open visitor connection for as long as the guard lives.
-    pub(crate) fn visitor_gauge(&self) -> GaugeGuard<'_> {
+    pub(crate) fn visitor_gauge(&self) -> GaugeGuard {
         GaugeGuard::new(&self.stats.visitor_connections_active)
     }
 }
@@ -86,7 +85,6 @@ pub(crate) mod tests {
         let stats = Arc::new(Stats::new(&Default::default(), 0));
         Arc::new(EdgeContext {
             settings: EdgeSettings {
-                domain: "localhost".into(),
                 max_header_bytes: 32 * 1024,
                 head_timeout: Duration::from_secs(5),
                 io_idle_timeout: Duration::from_secs(5),

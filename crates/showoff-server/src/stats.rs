@@ -455,16 +455,18 @@ impl ExchangeSink for Stats {
 
 /// Increments a gauge for as long as it lives.
 #[derive(Debug)]
-pub(crate) struct GaugeGuard<'a>(&'a Gauge);
+pub(crate) struct GaugeGuard(Gauge);
 
-impl<'a> GaugeGuard<'a> {
-    pub(crate) fn new(gauge: &'a Gauge) -> Self {
+impl GaugeGuard {
+    /// Holds a handle to `gauge` (prometheus gauges share their value), so the guard borrows
+    /// nothing and can live in any task.
+    pub(crate) fn new(gauge: &Gauge) -> Self {
         gauge.inc();
-        Self(gauge)
+        Self(gauge.clone())
     }
 }
 
-impl Drop for GaugeGuard<'_> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -40,6 +40,15 @@ async fn a_tunnel_without_a_name_gets_a_readable_random_one() {
     );
 }
 
+/// A server accepting the tokens of alice and bob.
+async fn two_tokens() -> TestServer {
+    TestServer::start(ServerConfig {
+        tokens: vec![Secret::new("alice-token"), Secret::new("bob-token")],
+        ..ServerConfig::ephemeral()
+    })
+    .await
+}
+
 /// A client config for one tunnel `name` of `kind` towards `target`, with `token`.
 fn with_token(
     server: &TestServer,
@@ -55,11 +64,7 @@ fn with_token(
 
 #[tokio::test]
 async fn a_name_held_by_another_token_is_refused() {
-    let server = TestServer::start(ServerConfig {
-        tokens: vec![Secret::new("alice-token"), Secret::new("bob-token")],
-        ..ServerConfig::ephemeral()
-    })
-    .await;
+    let server = two_tokens().await;
     let target = spawn_target("a").await;
     let alice = with_token(
         &server,
@@ -120,11 +125,7 @@ async fn the_same_token_reconnecting_takes_its_name_over_at_once() {
 async fn a_refused_tunnel_does_not_keep_its_name_from_others() {
     // A TLS tunnel on a server without the HTTPS listener is refused after its name was
     // claimed; the name must not stay held by the session that never got it.
-    let server = TestServer::start(ServerConfig {
-        tokens: vec![Secret::new("alice-token"), Secret::new("bob-token")],
-        ..ServerConfig::ephemeral()
-    })
-    .await;
+    let server = two_tokens().await;
     let target = spawn_target("a").await;
     let alice = with_token(
         &server,

@@ -6,6 +6,18 @@ use showoff_testkit::{TestClient, TestServer, tunnel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// One request head, read byte by byte so nothing after it is consumed; `None` once the
+/// connection ends.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.ok()?;
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
 /// A target that reads one request head, writes `answer`, then closes the way real servers do:
 /// it stops writing and drains what the client still sends for a moment (a plain close with
 /// unread input resets the connection, and the kernel may drop the answer with it).
@@ -15,13 +27,8 @@ async fn scripted_target(answer: &'static [u8]) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if read_head(&mut stream).await.is_none() {
+                    return;
                 }
                 let _ = stream.write_all(answer).await;
                 let _ = stream.shutdown().await;
@@ -126,14 +133,9 @@ async fn answers_once_per_connection(
             let seen = seen.clone();
             tokio::spawn(async move {
                 for nth in 0.. {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if stream.read_exact(&mut byte).await.is_err() {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let method = String::from_utf8_lossy(&head)
                         .split(' ')
                         .next()
@@ -248,14 +250,9 @@ async fn ntlm_like_target() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let (mut handshaking, mut logged_in) = (false, false);
                 loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if stream.read_exact(&mut byte).await.is_err() {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                     let answer: &[u8] = if head.contains("authorization: ntlm type1") {
                         handshaking = true;

@@ -275,7 +275,7 @@ async fn claim_requested_port(
 ) -> Result<tokio::net::TcpListener, ServerMessage> {
     let ctx = &guard.ctx;
     let plan = ctx.settings.ports;
-    if !(plan.range.first == 0 || plan.range.contains(port)) {
+    if !plan.allows(port) {
         return Err(plan.unavailable(port));
     }
     let claimed = match ctx

@@ -47,8 +47,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serves one plain-HTTP visitor connection until it closes, fails or the server drains.
 pub(crate) async fn serve_visitor(arrived: Arrived, ctx: Arc<EdgeContext>) {
-    let gauge = ctx.clone();
-    let _gauge = gauge.visitor_gauge();
+    let _gauge = ctx.visitor_gauge();
     match arrived {
         Ok(arrival) => {
             let (stream, peer, prefix) = (arrival.stream, arrival.peer, arrival.prefix);

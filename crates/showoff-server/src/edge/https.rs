@@ -27,8 +27,7 @@ const MAX_HELLO: usize = 16 * 1024;
 
 /// Serves one HTTPS visitor connection.
 pub(crate) async fn serve_visitor(arrived: Arrived, ctx: Arc<EdgeContext>) {
-    let gauge = ctx.clone();
-    let _gauge = gauge.visitor_gauge();
+    let _gauge = ctx.visitor_gauge();
     let arrival = match arrived {
         Ok(arrival) => arrival,
         Err(refusal) => {
@@ -91,7 +90,7 @@ async fn serve(arrival: Arrival, ctx: &Arc<EdgeContext>) -> Result<(), EdgeError
 
 /// The TLS passthrough tunnel the server name routes to, if any.
 fn passthrough(ctx: &EdgeContext, sni: Option<&str>) -> Option<Arc<crate::state::Tunnel>> {
-    let name = showoff_proto::host::route_name(sni?, &ctx.settings.domain)?;
+    let name = showoff_proto::host::route_name(sni?, &ctx.urls.domain)?;
     let tunnel = ctx.routes.get(name)?;
     (tunnel.info.kind == showoff_proto::TunnelKind::Tls).then_some(tunnel)
 }

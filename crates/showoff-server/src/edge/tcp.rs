@@ -49,8 +49,7 @@ async fn serve_tunnel(listener: TcpListener, tunnel: Arc<Tunnel>, ctx: Arc<EdgeC
 }
 
 async fn serve_visitor(arrived: Arrived, tunnel: Arc<Tunnel>, ctx: Arc<EdgeContext>) {
-    let gauge = ctx.clone();
-    let _gauge = gauge.visitor_gauge();
+    let _gauge = ctx.visitor_gauge();
     match arrived {
         Ok(arrival) => {
             relay_visitor(arrival.stream, arrival.peer, arrival.prefix, tunnel, &ctx).await

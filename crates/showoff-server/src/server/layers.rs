@@ -290,7 +290,6 @@ fn public_urls(config: &ServerConfig, listeners: &Listeners) -> PublicUrls {
 
 fn edge_settings(config: &ServerConfig) -> EdgeSettings {
     EdgeSettings {
-        domain: config.domain.clone(),
         max_header_bytes: config.max_header_bytes,
         head_timeout: config.head_timeout,
         io_idle_timeout: config.io_idle_timeout,

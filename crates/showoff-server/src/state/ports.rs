@@ -31,12 +31,16 @@ impl PortPlan {
         )
     }
 
+    /// Whether `port` may be asked for (`0-0`: any).
+    pub(crate) fn allows(&self, port: u16) -> bool {
+        self.range.first == 0 || self.range.contains(port)
+    }
+
     /// Binds `requested`, or a free port of the range.
     pub(crate) async fn bind(&self, requested: Option<u16>) -> Result<TcpListener, ServerMessage> {
         let range = self.range;
         if let Some(port) = requested {
-            let allowed = range.first == 0 || range.contains(port);
-            if !allowed {
+            if !self.allows(port) {
                 return Err(self.unavailable(port));
             }
             return TcpListener::bind((self.ip, port))

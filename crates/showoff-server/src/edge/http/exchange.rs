@@ -186,7 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     fn route(&self, head: &RequestHead) -> Result<Arc<Tunnel>, EdgeError> {
-        let name = showoff_proto::host::route_name(&head.host.name, &self.ctx.settings.domain)
+        let name = showoff_proto::host::route_name(&head.host.name, &self.ctx.urls.domain)
             .ok_or(EdgeError::NotFound)?;
         let tunnel = self.ctx.routes.get(name).ok_or(EdgeError::NotFound)?;
         if tunnel.info.kind != showoff_proto::TunnelKind::Http {

@@ -4,6 +4,8 @@
 //! visitor's head in the same pass: status line, end-to-end headers (hop-by-hop ones dropped),
 //! then the framing and connection headers that fit the visitor's side.
 
+use std::fmt::Write as _;
+
 use bytes::BytesMut;
 use http::header;
 
@@ -163,22 +165,27 @@ fn write_fields(
 ) {
     let mut wrote_length = false;
     for field in headers.iter() {
-        let value = if field.name.eq_ignore_ascii_case("content-length") {
+        let value: &[u8] = if field.name.eq_ignore_ascii_case("content-length") {
             match body {
-                BodyFraming::Length(n) if !wrote_length => n.to_string().into_bytes(),
+                BodyFraming::Length(n) if !wrote_length => {
+                    // The parsed length, formatted straight into the head.
+                    wrote_length = true;
+                    out.extend_from_slice(field.name.as_bytes());
+                    let _ = write!(out, ": {n}\r\n");
+                    continue;
+                }
                 // A bodiless answer (HEAD, 304) keeps the length it describes.
-                BodyFraming::None if !switching => field.value.to_vec(),
+                BodyFraming::None if !switching => field.value,
                 _ => continue,
             }
         } else if keep_header(field.name, connection, switching) {
-            field.value.to_vec()
+            field.value
         } else {
             continue;
         };
-        wrote_length |= field.name.eq_ignore_ascii_case("content-length");
         out.extend_from_slice(field.name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&value);
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
 }
