@@ -58,6 +58,12 @@ if helm template demo "$chart" >/dev/null 2>"$out/helm-defaults.err"; then
     say "the chart rendered without tokens; it must refuse"; exit 1
 fi
 grep -q "needs at least one" "$out/helm-defaults.err"
+if helm template demo "$chart" --set 'tokens={t}' >/dev/null 2>"$out/helm-plain.err"; then
+    say "the chart rendered plaintext control without allowPlaintext; it must refuse"; exit 1
+fi
+grep -q "control and data need TLS" "$out/helm-plain.err"
+grep -q 'allow_plaintext: "true"' "$out/helm.yaml" || { say "the opt-out render lacks allow_plaintext"; exit 1; }
+if grep -q "allow_plaintext" "$out/helm-tls.yaml"; then say "the TLS render allows plaintext"; exit 1; fi
 
 # --- Kustomize -----------------------------------------------------------------------------
 for dir in deploy/kustomize/base deploy/kustomize/overlays/example; do
@@ -83,7 +89,15 @@ for line in block.splitlines():
     lines.append(line[4:])
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 PY
-for config in "$out/helm-config.yaml" deploy/kustomize/base/showoff.yaml deploy/kustomize/overlays/example/showoff.yaml; do
+# The Kustomize configs read the showoff-tls Secret's mount; a throwaway certificate stands in.
+mkdir -p "$out/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=tunnel.example.com -keyout "$out/tls/tls.key" -out "$out/tls/tls.crt" 2>/dev/null
+for config in deploy/kustomize/base/showoff.yaml deploy/kustomize/overlays/example/showoff.yaml; do
+    grep -q "tls_cert: /etc/showoff-tls/tls.crt" "$config" || { say "$config lacks TLS"; exit 1; }
+    sed "s#/etc/showoff-tls/#$out/tls/#" "$config" >"$out/$(basename "$(dirname "$config")").yaml"
+done
+for config in "$out/helm-config.yaml" "$out/base.yaml" "$out/example.yaml"; do
     SHOWOFF_TOKEN=check "$showoff" server --config "$config" --check-config >/dev/null
 done
 

@@ -125,6 +125,19 @@ pub enum ConfigError {
         /// Its address.
         addr: SocketAddr,
     },
+    /// Control or data would carry tokens and session keys in clear on a non-loopback address.
+    #[error(
+        "{listener} listens on {addr}, which is not loopback, without TLS: tokens and session \
+         keys would cross the network in clear; give it a certificate (--tls-cert/--tls-key or \
+         --acme-directory), or pass --allow-plaintext when a TLS-terminating proxy or a mesh \
+         encrypts the link"
+    )]
+    PlaintextOnPublicAddress {
+        /// Which listener.
+        listener: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+    },
     /// A port range that does not parse or is reversed.
     #[error("invalid port range {0:?}: expected FIRST-LAST with FIRST <= LAST, or 0-0")]
     BadPortRange(String),
@@ -347,6 +360,9 @@ pub struct ServerConfig {
     pub proxy: ProxyConfig,
     /// Certificates, mTLS, the HTTPS listener.
     pub tls: TlsConfig,
+    /// Control and data may listen on non-loopback addresses without TLS (a TLS-terminating
+    /// L4 proxy or a mesh encrypts the link); refused by default.
+    pub allow_plaintext: bool,
     /// Server-wide name rules.
     pub names: NamePolicy,
     /// Cap on a request head in bytes (431 above it).
@@ -411,6 +427,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             proxy: ProxyConfig::default(),
             tls: TlsConfig::default(),
+            allow_plaintext: false,
             names: NamePolicy::default(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
@@ -489,6 +506,16 @@ impl ServerConfig {
         if self.is_open() && !token_table {
             self.check_loopback_only()?;
         }
+        if !self.tls.enabled() && !self.allow_plaintext {
+            for (listener, addr) in [
+                ("the control listener", self.control_addr),
+                ("the data listener", self.data_addr),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::PlaintextOnPublicAddress { listener, addr });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -548,6 +575,41 @@ mod tests {
         with_token
             .check_rules(false)
             .expect("a token makes it safe");
+    }
+
+    #[test]
+    fn plaintext_control_or_data_on_a_public_address_is_refused_unless_allowed() {
+        for (control, data) in [
+            ("0.0.0.0:7000", "127.0.0.1:7001"),
+            ("127.0.0.1:7000", "[::]:7001"),
+        ] {
+            let config = ServerConfig {
+                control_addr: control.parse().expect("addr"),
+                data_addr: data.parse().expect("addr"),
+                tokens: vec![Secret::new("t")],
+                ..ServerConfig::default()
+            };
+            let err = config
+                .check_rules(false)
+                .expect_err("plaintext")
+                .to_string();
+            assert!(
+                err.contains("without TLS") && err.contains("--allow-plaintext"),
+                "{err}"
+            );
+            ServerConfig {
+                allow_plaintext: true,
+                ..config.clone()
+            }
+            .check_rules(false)
+            .expect("opted out");
+            let mut with_cert = config;
+            with_cert.tls.certificates.push(PemPair {
+                cert: String::new(),
+                key: String::new(),
+            });
+            with_cert.check_rules(false).expect("TLS makes it safe");
+        }
     }
 
     #[test]

@@ -120,6 +120,44 @@ fn an_open_server_on_a_public_address_refuses_to_start() {
     );
 }
 
+/// Issue 11, item 18: tokens and session keys never cross a public address in clear unless
+/// the operator says something else encrypts the hop.
+#[test]
+fn plaintext_control_on_a_public_address_refuses_to_start_unless_allowed() {
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "server",
+                "--control-addr",
+                "0.0.0.0:0",
+                "--data-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--check-config",
+            ])
+            .args(extra)
+            .env("SHOWOFF_TOKEN", "a-token")
+            .output()
+            .expect("run")
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("without TLS") && err.contains("--allow-plaintext"),
+        "{err}"
+    );
+    let out = run(&["--allow-plaintext", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_client_binaries_work_end_to_end_and_drain_on_sigterm() {
     let target = spawn_target("bin").await;

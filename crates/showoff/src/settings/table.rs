@@ -88,6 +88,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         read_by_binary,
     ),
     setting(
+        "allow_plaintext",
+        "SHOWOFF_ALLOW_PLAINTEXT",
+        "false",
+        "control and data may listen off loopback without TLS (a TLS-terminating proxy or mesh)",
+        |b, t| set(&mut b.config.allow_plaintext, parse_bool(t)),
+    ),
+    setting(
         "https_addr",
         "SHOWOFF_HTTPS_ADDR",
         "",
