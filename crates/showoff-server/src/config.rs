@@ -58,6 +58,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SESSIONS: usize = 50_000;
 /// Default cap on concurrent visitors per tunnel (HTTP requests in flight, TCP connections).
 pub const DEFAULT_MAX_VISITORS_PER_TUNNEL: usize = 1_000;
+/// Default cap on one visitor address's share of a tunnel's visitors (a quarter of the
+/// tunnel's, so a few busy NATs still fit while one address cannot take every slot).
+pub const DEFAULT_MAX_VISITORS_PER_TUNNEL_PER_IP: usize = 250;
 /// The one upgrade allowed by default: WebSocket.
 pub const DEFAULT_UPGRADE: &str = "websocket";
 
@@ -392,6 +395,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Concurrent visitors per tunnel: HTTP requests in flight or TCP connections (503 above).
     pub max_visitors_per_tunnel: usize,
+    /// Concurrent visitors per tunnel from one visitor address (HTTP 429
+    /// `visitor_over_capacity`, TCP connections closed above it).
+    pub max_visitors_per_tunnel_per_ip: usize,
     /// Caps on concurrent connections per class of listener.
     pub connections: ConnectionLimits,
     /// Protocols a visitor may upgrade to (`Upgrade:` first token, lowercase); other upgrade
@@ -442,6 +448,7 @@ impl Default for ServerConfig {
             tunnel_lifetime: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_visitors_per_tunnel: DEFAULT_MAX_VISITORS_PER_TUNNEL,
+            max_visitors_per_tunnel_per_ip: DEFAULT_MAX_VISITORS_PER_TUNNEL_PER_IP,
             allowed_upgrades: vec![DEFAULT_UPGRADE.into()],
             connections: ConnectionLimits::default(),
             rates: RateConfig::default(),
@@ -495,6 +502,10 @@ impl ServerConfig {
             ("max_pending_total", self.max_pending_total),
             ("max_sessions", self.max_sessions),
             ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
+            (
+                "max_visitors_per_tunnel_per_ip",
+                self.max_visitors_per_tunnel_per_ip,
+            ),
             ("max_connections", self.connections.public),
             ("max_control_connections", self.connections.control),
             ("max_data_connections", self.connections.data),

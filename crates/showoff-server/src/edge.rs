@@ -27,7 +27,7 @@ use showoff_core::Exchanges;
 use crate::config::ProxyConfig;
 use crate::drain::Drain;
 use crate::limits::RateLimits;
-use crate::state::{PublicUrls, Routes};
+use crate::state::{PublicUrls, Routes, VisitorCaps};
 use crate::stats::{GaugeGuard, Stats};
 use crate::tls::{Http01Answers, Tls};
 
@@ -39,7 +39,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) io_idle_timeout: Duration,
     /// A request body's minimum rate in bytes per second after the head deadline (0: off).
     pub(crate) min_body_rate: u64,
-    pub(crate) max_visitors_per_tunnel: usize,
+    /// Concurrent visitors per tunnel, in all and per visitor address.
+    pub(crate) visitor_caps: VisitorCaps,
     /// Upgrade protocols passed through (lowercase).
     pub(crate) upgrades: Vec<String>,
     /// Plain-HTTP visitors are redirected to HTTPS.
@@ -89,7 +90,10 @@ pub(crate) mod tests {
                 head_timeout: Duration::from_secs(5),
                 io_idle_timeout: Duration::from_secs(5),
                 min_body_rate: 0,
-                max_visitors_per_tunnel: 10,
+                visitor_caps: VisitorCaps {
+                    per_tunnel: 10,
+                    per_ip: 10,
+                },
                 upgrades: vec!["websocket".into()],
                 redirect_http: false,
                 proxy: ProxyConfig::default(),

@@ -23,5 +23,5 @@ pub(crate) mod urls;
 
 pub(crate) use self::routes::Routes;
 pub(crate) use self::sessions::{Session, Sessions};
-pub(crate) use self::tunnel::Tunnel;
+pub(crate) use self::tunnel::{Full, Tunnel, VisitorCaps};
 pub(crate) use self::urls::PublicUrls;

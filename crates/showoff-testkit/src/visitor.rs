@@ -180,6 +180,22 @@ pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
     read_to_close(&mut stream).await
 }
 
+/// A connection to `addr` from the loopback address `source` (`127.0.0.2`: a second visitor
+/// address on one machine).
+pub async fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind source");
+    within("connect", socket.connect(addr))
+        .await
+        .expect("connect")
+}
+
 /// Reads until the peer closes (or resets after a complete answer).
 pub async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();

@@ -5,8 +5,9 @@ use showoff_proto::{RefusedCode, TunnelKind};
 use showoff_server::auth::{NamePattern, Principal, TokenEntry, TokenTable, token_hash};
 use showoff_server::{NamePolicy, ServerConfig, Services};
 use showoff_testkit::target::spawn_target;
-use showoff_testkit::visitor::get;
+use showoff_testkit::visitor::{connect_from, get, read_to_close, status_of};
 use showoff_testkit::{TestClient, TestServer, eventually, refusal, tunnel};
+use tokio::io::AsyncWriteExt;
 
 fn alice() -> TokenEntry {
     TokenEntry {
@@ -523,6 +524,56 @@ async fn caps_on_sessions_visitors_and_lifetime_hold() {
             .status,
         404
     );
+}
+
+#[tokio::test]
+async fn one_visitor_address_cannot_take_every_slot_of_a_tunnel() {
+    // Issue 11, item 10: one address held every visitor slot of a tunnel (its requests queued
+    // behind slow ones), so other visitors got 503.
+    let server = TestServer::start(ServerConfig {
+        max_visitors_per_tunnel: 10,
+        max_visitors_per_tunnel_per_ip: 1,
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let target = spawn_target("a").await;
+    let _client = start(
+        &server,
+        "",
+        vec![tunnel(TunnelKind::Http, Some("shared"), target.addr)],
+    )
+    .await
+    .expect("session");
+    let (addr, host) = (server.addrs.http, server.host("shared"));
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    let mut slow = connect_from("127.0.0.1".parse().expect("ip"), addr).await;
+    slow.write_all(request("/slow?ms=500").as_bytes())
+        .await
+        .expect("write");
+    let stats = target.stats.clone();
+    eventually("the slow request in flight", || {
+        stats.requests.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    let mut same = connect_from("127.0.0.1".parse().expect("ip"), addr).await;
+    same.write_all(request("/").as_bytes())
+        .await
+        .expect("write");
+    let refused = read_to_close(&mut same).await;
+    assert_eq!(status_of(&refused), 429, "{refused}");
+    assert!(
+        refused.contains("x-showoff-error: visitor_over_capacity\r\n")
+            && refused.contains("retry-after: 1\r\n"),
+        "{refused}"
+    );
+    let mut other = connect_from("127.0.0.2".parse().expect("ip"), addr).await;
+    other
+        .write_all(request("/").as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(status_of(&read_to_close(&mut other).await), 200);
+    assert_eq!(status_of(&read_to_close(&mut slow).await), 200);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 use showoff_client::ClientError;
 use showoff_proto::{RefusedCode, TunnelKind};
 use showoff_server::{PortRange, ServerConfig};
+use showoff_testkit::visitor::connect_from;
 use showoff_testkit::{TestClient, TestServer, tunnel, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -144,4 +145,46 @@ async fn a_fixed_port_follows_its_principal_to_a_new_session() {
         other => panic!("the old session should be replaced: {other:?}"),
     }
     assert_eq!(round_trip(wanted, b"still here").await, b"still here");
+}
+
+#[tokio::test]
+async fn one_visitor_address_cannot_take_every_connection_of_a_tcp_tunnel() {
+    // Issue 11, item 10: the per-tunnel cap counted every address together.
+    let server = TestServer::start(ServerConfig {
+        max_visitors_per_tunnel: 10,
+        max_visitors_per_tunnel_per_ip: 1,
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let echo = echo_server().await;
+    let client = TestClient::start(TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Tcp, Some("db"), echo)],
+    ))
+    .await
+    .expect("session");
+    let public =
+        std::net::SocketAddr::from(([127, 0, 0, 1], client.tunnels[0].port.expect("port")));
+    let first_ip: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let mut held = connect_from(first_ip, public).await;
+    held.write_all(b"one").await.expect("write");
+    let mut echoed = [0u8; 3];
+    within("echo", held.read_exact(&mut echoed))
+        .await
+        .expect("read");
+    let mut second = connect_from(first_ip, public).await;
+    let _ = second.write_all(b"two").await;
+    let mut rest = Vec::new();
+    let read = within("refused", second.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "a second connection from the same address got {rest:?}"
+    );
+    let mut other = connect_from("127.0.0.2".parse().expect("ip"), public).await;
+    other.write_all(b"three").await.expect("write");
+    let mut answer = [0u8; 5];
+    within("echo", other.read_exact(&mut answer))
+        .await
+        .expect("read");
+    assert_eq!(&answer, b"three");
 }

@@ -5,6 +5,7 @@
 
 use crate::edge::http::head::HeadError;
 use crate::listen::ProxyError;
+use crate::state::Full;
 use crate::transport::OpenError;
 
 /// Response header carrying the stable error code.
@@ -47,6 +48,8 @@ pub(crate) enum EdgeError {
     IpForbidden,
     /// A rate limit refused the request; retry after the given seconds.
     RateLimited(u32),
+    /// The visitor's address has its share of the tunnel's concurrent visitors.
+    VisitorOverCapacity,
     /// The tunnel wants basic auth and the request lacks the right credentials.
     AuthRequired,
     /// The PROXY protocol policy refused the connection.
@@ -55,6 +58,15 @@ pub(crate) enum EdgeError {
     BadTlsHello,
     /// The TLS handshake with an HTTPS visitor failed.
     TlsHandshake,
+}
+
+impl From<Full> for EdgeError {
+    fn from(full: Full) -> Self {
+        match full {
+            Full::Tunnel => Self::Open(OpenError::OverCapacity),
+            Full::Address => Self::VisitorOverCapacity,
+        }
+    }
 }
 
 /// What to send for an [`EdgeError`].
@@ -183,6 +195,17 @@ impl EdgeError {
                     "rate_limited",
                     format!("too many requests for {host}; retry in {secs}s"),
                     Showoff,
+                )
+            },
+            Self::VisitorOverCapacity => ErrorPage {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..page(
+                    429,
+                    "visitor_over_capacity",
+                    format!(
+                        "too many requests from this address for {host} at once; retry shortly"
+                    ),
+                    Visitor,
                 )
             },
             Self::IpForbidden => page(

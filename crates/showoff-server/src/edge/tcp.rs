@@ -110,10 +110,12 @@ async fn relay(
         debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused by the tunnel's IP rules");
         return Err(EdgeError::IpForbidden);
     }
-    let Some(_slot) = tunnel.visitor_slot(ctx.settings.max_visitors_per_tunnel) else {
-        debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused: tunnel at its visitor cap");
-        return Err(EdgeError::Open(showoff_core::OpenError::OverCapacity));
-    };
+    let _slot = tunnel
+        .visitor_slot(ctx.settings.visitor_caps, peer.ip())
+        .map_err(|full| {
+            debug!(%peer, tunnel = %tunnel.info.name, ?full, "tcp visitor refused: visitor cap");
+            EdgeError::from(full)
+        })?;
     tunnel.touch();
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),

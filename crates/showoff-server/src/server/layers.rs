@@ -21,7 +21,7 @@ use crate::listen::{ConnectionGate, Prelude};
 use crate::ops::acme::AcmeContext;
 use crate::ops::admin::AdminContext;
 use crate::state::ports::PortPlan;
-use crate::state::{PublicUrls, Routes, Sessions};
+use crate::state::{PublicUrls, Routes, Sessions, VisitorCaps};
 use crate::stats::Stats;
 use crate::tls::{Http01Answers, Tls};
 use crate::transport::dialback::{DialBackHub, DialBackSettings};
@@ -294,7 +294,10 @@ fn edge_settings(config: &ServerConfig) -> EdgeSettings {
         head_timeout: config.head_timeout,
         io_idle_timeout: config.io_idle_timeout,
         min_body_rate: config.min_body_rate,
-        max_visitors_per_tunnel: config.max_visitors_per_tunnel,
+        visitor_caps: VisitorCaps {
+            per_tunnel: config.max_visitors_per_tunnel,
+            per_ip: config.max_visitors_per_tunnel_per_ip,
+        },
         upgrades: config.allowed_upgrades.clone(),
         redirect_http: config.tls.redirect_http,
         proxy: config.proxy.clone(),

@@ -8,8 +8,10 @@
 //! tunnel goes.
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use showoff_core::{Lease, StreamOpener};
@@ -46,6 +48,8 @@ pub(crate) struct Activity {
     last_active_ms: AtomicU64,
     /// Visitors being served now (HTTP requests in flight, TCP connections).
     visitors: AtomicUsize,
+    /// The same, per visitor address (entries go when their count reaches zero).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     edge_state: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
@@ -55,29 +59,71 @@ impl Default for Activity {
             epoch: Instant::now(),
             last_active_ms: AtomicU64::new(0),
             visitors: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
             edge_state: OnceLock::new(),
         }
     }
 }
 
+/// Caps on a tunnel's concurrent visitors: in all, and from one visitor address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VisitorCaps {
+    /// Visitors at once.
+    pub(crate) per_tunnel: usize,
+    /// Visitors at once from one address.
+    pub(crate) per_ip: usize,
+}
+
+/// Which visitor cap refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The tunnel has its cap of visitors.
+    Tunnel,
+    /// This address has its share of the tunnel.
+    Address,
+}
+
 /// One visitor slot of a tunnel; released on drop.
-pub(crate) struct VisitorSlot<'a>(&'a AtomicUsize);
+pub(crate) struct VisitorSlot<'a> {
+    activity: &'a Activity,
+    ip: IpAddr,
+}
 
 impl Drop for VisitorSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.activity.visitors.fetch_sub(1, Ordering::AcqRel);
+        let mut per_ip = self.activity.per_ip.lock().expect("visitor map lock");
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
 impl Tunnel {
-    /// Takes a visitor slot if fewer than `max` are in use.
-    pub(crate) fn visitor_slot(&self, max: usize) -> Option<VisitorSlot<'_>> {
-        let visitors = &self.activity.visitors;
-        if visitors.fetch_add(1, Ordering::AcqRel) >= max {
-            visitors.fetch_sub(1, Ordering::AcqRel);
-            return None;
+    /// Takes a visitor slot for a visitor at `ip` if neither cap is reached.
+    pub(crate) fn visitor_slot(
+        &self,
+        caps: VisitorCaps,
+        ip: IpAddr,
+    ) -> Result<VisitorSlot<'_>, Full> {
+        let activity = &self.activity;
+        if activity.visitors.fetch_add(1, Ordering::AcqRel) >= caps.per_tunnel {
+            activity.visitors.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Tunnel);
         }
-        Some(VisitorSlot(visitors))
+        let ip = ip.to_canonical();
+        let mut per_ip = activity.per_ip.lock().expect("visitor map lock");
+        let count = per_ip.entry(ip).or_default();
+        if *count >= caps.per_ip {
+            drop(per_ip);
+            activity.visitors.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Address);
+        }
+        *count += 1;
+        Ok(VisitorSlot { activity, ip })
     }
 
     /// Records visitor activity (idle timeout bookkeeping; one relaxed store).
@@ -153,13 +199,33 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn visitor_slots_are_capped_and_given_back() {
+    fn visitor_slots_are_capped_per_tunnel_and_per_address_and_given_back() {
         let t = tunnel("demo", "s1", "alice");
-        let a = t.visitor_slot(2).expect("first");
-        let _b = t.visitor_slot(2).expect("second");
-        assert!(t.visitor_slot(2).is_none(), "at the cap");
+        let caps = VisitorCaps {
+            per_tunnel: 3,
+            per_ip: 2,
+        };
+        let (one, two, three): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "::ffff:192.0.2.1"
+                .parse()
+                .expect("mapped: the same visitor"),
+            "192.0.2.3".parse().expect("ip"),
+        );
+        let a = t.visitor_slot(caps, one).expect("first");
+        let _b = t.visitor_slot(caps, two).expect("second");
+        assert_eq!(t.visitor_slot(caps, one).err(), Some(Full::Address));
+        let _c = t.visitor_slot(caps, three).expect("another address");
+        assert_eq!(t.visitor_slot(caps, three).err(), Some(Full::Tunnel));
         drop(a);
-        assert!(t.visitor_slot(2).is_some(), "a slot came back");
+        assert!(t.visitor_slot(caps, one).is_ok(), "a slot came back");
+        drop(_b);
+        assert_eq!(t.activity.visitors.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            t.activity.per_ip.lock().expect("lock").len(),
+            1,
+            "emptied entries go"
+        );
     }
 
     #[test]

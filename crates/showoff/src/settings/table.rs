@@ -418,6 +418,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.max_visitors_per_tunnel, number(t)),
     ),
     setting(
+        "max_visitors_per_tunnel_per_ip",
+        "SHOWOFF_MAX_VISITORS_PER_TUNNEL_PER_IP",
+        "250",
+        "concurrent visitors per tunnel from one visitor address (429 / TCP close above)",
+        |b, t| set(&mut b.config.max_visitors_per_tunnel_per_ip, number(t)),
+    ),
+    setting(
         "max_connections",
         "SHOWOFF_MAX_CONNECTIONS",
         "100000",

@@ -58,10 +58,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             &self.ctx.settings.proxy,
         );
         self.admit(&tunnel, &head, &forwarded)?;
-        let max = self.ctx.settings.max_visitors_per_tunnel;
         let _slot = tunnel
-            .visitor_slot(max)
-            .ok_or(EdgeError::Open(showoff_core::OpenError::OverCapacity))?;
+            .visitor_slot(self.ctx.settings.visitor_caps, forwarded.visitor)
+            .map_err(EdgeError::from)?;
         tunnel.touch();
         tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
         let (status, next) = self.proxy(&head, &tunnel, &forwarded).await?;
