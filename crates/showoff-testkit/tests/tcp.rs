@@ -188,3 +188,110 @@ async fn one_visitor_address_cannot_take_every_connection_of_a_tcp_tunnel() {
         .expect("read");
     assert_eq!(&answer, b"three");
 }
+
+/// Polls the server's session gauge until it reads `want`.
+async fn sessions_become(server: &TestServer, want: f64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.metric("showoff_sessions_active").await != Some(want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions never became {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_established_tcp_stream_outlives_its_session() {
+    // Issue 11, item 15: the takeover of a session cut every TCP stream it had spliced,
+    // although each runs on its own data connection.
+    let server = TestServer::start(ServerConfig::ephemeral()).await;
+    let echo = echo_server().await;
+    let config = || {
+        let mut config =
+            TestClient::config(&server, vec![tunnel(TunnelKind::Tcp, Some("db"), echo)]);
+        config.token = "me".into();
+        config
+    };
+    let first = TestClient::start(config()).await.expect("first");
+    let port = first.tunnels[0].port.expect("port");
+    let mut visitor = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut echoed = [0u8; 6];
+    visitor.write_all(b"before").await.expect("write");
+    within("echo", visitor.read_exact(&mut echoed))
+        .await
+        .expect("read");
+    let _second = TestClient::start(config()).await.expect("the takeover");
+    sessions_become(&server, 1.0).await;
+    visitor.write_all(b"after!").await.expect("write after");
+    within("echo after the takeover", visitor.read_exact(&mut echoed))
+        .await
+        .expect("the stream still runs");
+    assert_eq!(&echoed, b"after!");
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_visitor_waiting_for_a_stream_is_retried_on_the_successor_session() {
+    // Issue 11, item 15: a visitor whose stream was being set up when the session was taken
+    // over was dropped, although the successor could serve it.
+    let server = TestServer::start(ServerConfig {
+        warm_pool: 0,
+        ..ServerConfig::ephemeral()
+    })
+    .await;
+    let echo = echo_server().await;
+    let spec = tunnel(TunnelKind::Tcp, Some("db"), echo);
+    // A session that never answers its dials.
+    let (mut stalled, welcome) =
+        showoff_testkit::raw_client::open(server.addrs.control, "me", vec![spec.spec.clone()])
+            .await;
+    let showoff_proto::ServerMessage::Welcome { tunnels, .. } = welcome else {
+        panic!("{welcome:?}");
+    };
+    let port = tunnels[0].port.expect("port");
+    let mut visitor = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    visitor.write_all(b"waiting").await.expect("write");
+    let dial = showoff_testkit::raw_client::next(&mut stalled).await;
+    assert!(
+        matches!(dial, Some(showoff_proto::ServerMessage::Dial { .. })),
+        "{dial:?}"
+    );
+    let mut config = TestClient::config(&server, vec![spec]);
+    config.token = "me".into();
+    let _successor = TestClient::start(config).await.expect("the takeover");
+    let mut answer = [0u8; 7];
+    within("the successor's echo", visitor.read_exact(&mut answer))
+        .await
+        .expect("the waiting visitor was served");
+    assert_eq!(&answer, b"waiting");
+}
+
+#[tokio::test]
+async fn a_revoked_principal_loses_its_established_streams_too() {
+    // The other side of item 15: revocation is not a blip; what the token carried ends.
+    let server = TestServer::start(ServerConfig::ephemeral()).await;
+    let echo = echo_server().await;
+    let mut config = TestClient::config(&server, vec![tunnel(TunnelKind::Tcp, Some("db"), echo)]);
+    config.token = "me".into();
+    let client = TestClient::start(config).await.expect("session");
+    let port = client.tunnels[0].port.expect("port");
+    let mut visitor = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut echoed = [0u8; 2];
+    visitor.write_all(b"hi").await.expect("write");
+    within("echo", visitor.read_exact(&mut echoed))
+        .await
+        .expect("read");
+    let principal = server.first_principal().await;
+    assert_eq!(server.handle.close_principal(&principal), 1);
+    let mut rest = Vec::new();
+    let read = within("the cut", visitor.read_to_end(&mut rest)).await;
+    assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+    drop(client);
+}

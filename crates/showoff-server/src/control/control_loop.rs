@@ -11,7 +11,7 @@ use showoff_proto::{ClientMessage, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::registration::release_tunnel;
+use super::registration::{Streams, release_tunnel};
 use super::{ControlContext, ControlFramed};
 use crate::state::{Session, Tunnel};
 
@@ -132,7 +132,7 @@ impl ControlLoop {
 
     fn close_tunnel(&self, name: &str) -> Option<Arc<Tunnel>> {
         let tunnel = self.session.take_tunnel(name)?;
-        release_tunnel(&self.ctx, &tunnel);
+        release_tunnel(&self.ctx, &tunnel, Streams::Cut);
         Some(tunnel)
     }
 

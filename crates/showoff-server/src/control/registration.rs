@@ -74,17 +74,36 @@ impl Drop for SessionGuard {
         // Detach from dial-back first: waiters see the client gone before routes go.
         self.dialback.detach();
         let tunnels = std::mem::take(&mut *session.tunnels());
+        // Established streams outlive a lost or replaced session; a revoked one takes them.
+        let streams = if session.revoked() {
+            Streams::Cut
+        } else {
+            Streams::Keep
+        };
         for tunnel in &tunnels {
-            release_tunnel(&self.ctx, tunnel);
+            release_tunnel(&self.ctx, tunnel, streams);
         }
         self.ctx.stats.sessions_active.dec();
     }
 }
 
-/// Unregisters a tunnel: route, leases, and through `closed` its TCP listener and spliced
-/// visitors; its idle upstream connections go with the tunnel's last reference.
-pub(crate) fn release_tunnel(ctx: &ControlContext, tunnel: &Arc<Tunnel>) {
+/// What happens to a released tunnel's established TCP and TLS streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Streams {
+    /// They run until either end closes (bounded by the shutdown grace on a drain).
+    Keep,
+    /// They end with the tunnel.
+    Cut,
+}
+
+/// Unregisters a tunnel: route, leases, and through `closed` its TCP listener (and through
+/// `cut`, when asked, its spliced visitors); its idle upstream connections go with the
+/// tunnel's last reference.
+pub(crate) fn release_tunnel(ctx: &ControlContext, tunnel: &Arc<Tunnel>, streams: Streams) {
     tunnel.closed.cancel();
+    if streams == Streams::Cut {
+        tunnel.cut.cancel();
+    }
     ctx.routes.remove(&tunnel.info.name, &tunnel.session_id);
     ctx.stats
         .tunnel_closed(tunnel.info.kind.as_str(), tunnel.age());
@@ -169,6 +188,7 @@ pub(crate) async fn open_tunnel(
         access,
         leases,
         closed: session.cancel.child_token(),
+        cut: tokio_util::sync::CancellationToken::new(),
         activity: Activity::default(),
     });
     session.tunnels().push(tunnel.clone());

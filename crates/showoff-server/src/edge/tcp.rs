@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use showoff_core::{Exchange, Protocol, StreamMeta, splice};
+use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, splice};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -81,7 +81,12 @@ pub(crate) async fn relay_visitor(
         _ => Protocol::Tcp,
     };
     let started = Instant::now();
-    let (bytes_in, bytes_out, error) = match relay(visitor, peer, prefix, &tunnel, ctx).await {
+    let visit = Visit {
+        peer,
+        prefix,
+        may_retry: true,
+    };
+    let (bytes_in, bytes_out, error) = match relay(visitor, visit, &tunnel, ctx).await {
         Ok((bytes_in, bytes_out)) => (bytes_in, bytes_out, None),
         Err(error) => (0, 0, Some(error.code())),
     };
@@ -98,14 +103,28 @@ pub(crate) async fn relay_visitor(
     });
 }
 
-/// The checks, the stream and the splice; the bytes moved each way.
+/// One visitor connection on its way to a stream.
+struct Visit {
+    peer: SocketAddr,
+    /// Bytes already read from the visitor.
+    prefix: BytesMut,
+    /// Whether a session that ends while the stream is set up may be replaced by its
+    /// successor's (once).
+    may_retry: bool,
+}
+
+/// The checks, the stream and the splice; the bytes moved each way. A stream the client could
+/// not give because its session ended meanwhile is asked once of the session that took the
+/// tunnel over (a takeover, or the client back after a lost link). Established streams run
+/// until either end closes: only a cut (revocation, expiry, the client's close) or the end of
+/// a drain's grace stops them, not the end of their session.
 async fn relay(
     mut visitor: TcpStream,
-    peer: SocketAddr,
-    prefix: BytesMut,
+    mut visit: Visit,
     tunnel: &Tunnel,
     ctx: &EdgeContext,
 ) -> Result<(u64, u64), EdgeError> {
+    let peer = visit.peer;
     if !tunnel.access.ip_allowed(peer.ip()) {
         debug!(%peer, tunnel = %tunnel.info.name, "tcp visitor refused by the tunnel's IP rules");
         return Err(EdgeError::IpForbidden);
@@ -121,18 +140,38 @@ async fn relay(
         tunnel: tunnel.info.name.clone(),
         visitor_addr: peer,
     };
-    let mut stream = tunnel.opener.open(&meta).await.map_err(|error| {
-        info!(%peer, tunnel = %meta.tunnel, %error, "tcp visitor dropped");
-        EdgeError::Open(error)
-    })?;
+    let mut stream = match tunnel.opener.open(&meta).await {
+        Ok(stream) => stream,
+        Err(OpenError::ClientGone) if visit.may_retry => {
+            let Some(successor) = successor(ctx, tunnel) else {
+                info!(%peer, tunnel = %meta.tunnel, "tcp visitor dropped: the client is gone");
+                return Err(EdgeError::Open(OpenError::ClientGone));
+            };
+            debug!(%peer, tunnel = %meta.tunnel, "session ended; asking its successor");
+            visit.may_retry = false;
+            return Box::pin(relay(visitor, visit, &successor, ctx)).await;
+        }
+        Err(error) => {
+            info!(%peer, tunnel = %meta.tunnel, %error, "tcp visitor dropped");
+            return Err(EdgeError::Open(error));
+        }
+    };
+    let prefix = std::mem::take(&mut visit.prefix);
     if !prefix.is_empty() && stream.write_all(&prefix).await.is_err() {
         return Ok((0, 0));
     }
     let moved = tokio::select! {
         moved = splice(&mut visitor, &mut stream) => moved,
-        _ = tunnel.closed.cancelled() => (0, 0),
+        _ = tunnel.cut.cancelled() => (0, 0),
         _ = ctx.drain.stopping().cancelled() => (0, 0),
     };
     tunnel.touch();
     Ok(moved)
+}
+
+/// The live tunnel that took `tunnel`'s name over for the same principal, if any.
+fn successor(ctx: &EdgeContext, tunnel: &Tunnel) -> Option<Arc<Tunnel>> {
+    let next = ctx.routes.get(&tunnel.info.name)?;
+    let same_owner = next.principal == tunnel.principal && next.info.kind == tunnel.info.kind;
+    (same_owner && next.session_id != tunnel.session_id).then_some(next)
 }

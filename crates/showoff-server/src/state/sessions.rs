@@ -28,6 +28,8 @@ pub(crate) struct Session {
     /// Set when another session of the same principal took a name over: the name, for the
     /// `replaced` refusal the client is sent before the session closes.
     replaced: std::sync::OnceLock<String>,
+    /// Set when the session's principal was revoked: its established streams end too.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -47,12 +49,18 @@ impl Session {
             tunnels: Mutex::new(Vec::new()),
             cancel,
             replaced: std::sync::OnceLock::new(),
+            revoked: Default::default(),
         }
     }
 
     /// The name another session took over, if this one was replaced.
     pub(crate) fn replaced_for(&self) -> Option<&str> {
         self.replaced.get().map(String::as_str)
+    }
+
+    /// Whether the session was closed because its principal was revoked.
+    pub(crate) fn revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The session's tunnels.
@@ -120,6 +128,9 @@ impl Sessions {
         let of_principal = map.values().filter(|s| s.principal.id == principal);
         let mut closed = 0;
         for session in of_principal {
+            session
+                .revoked
+                .store(true, std::sync::atomic::Ordering::Release);
             session.cancel.cancel();
             closed += 1;
         }

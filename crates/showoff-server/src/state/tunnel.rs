@@ -36,8 +36,12 @@ pub(crate) struct Tunnel {
     pub(crate) access: Access,
     /// The leases on its name and, for TCP tunnels, its public port.
     pub(crate) leases: Vec<Lease>,
-    /// Cancelled when the tunnel closes; its TCP listener and spliced TCP visitors stop.
+    /// Cancelled when the tunnel closes (its session ended too); its TCP listener stops.
     pub(crate) closed: CancellationToken,
+    /// Cancelled when established TCP and TLS streams must end with the tunnel: revocation,
+    /// lifetime or idle expiry, the client's own close. A session that merely ended (link
+    /// lost, taken over) leaves them running until either end closes.
+    pub(crate) cut: CancellationToken,
     /// Visitor bookkeeping, from the moment the tunnel is built.
     pub(crate) activity: Activity,
 }
@@ -194,6 +198,7 @@ pub(crate) mod tests {
             access: Access::default(),
             leases: Vec::new(),
             closed: CancellationToken::new(),
+            cut: CancellationToken::new(),
             activity: Activity::default(),
         }
     }
