@@ -102,15 +102,14 @@ pub struct TlsReply {
     pub alpn: Option<String>,
 }
 
-/// One `GET` over TLS to `addr`, verifying the server as `sni` against `ca_pem`; offers
+/// A TLS connection to `addr`, verifying the server as `sni` against `ca_pem`, offering
 /// `alpn` protocols. Errors (handshake refused) come back as text.
-pub async fn https_get(
+pub async fn tls_connect(
     addr: SocketAddr,
     sni: &str,
     ca_pem: &str,
     alpn: &[&str],
-    path: &str,
-) -> Result<TlsReply, String> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -128,9 +127,21 @@ pub async fn https_get(
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let name =
         rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    let tls = within("TLS handshake", connector.connect(name, stream))
+    within("TLS handshake", connector.connect(name, stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// One `GET` over TLS to `addr`, verifying the server as `sni` against `ca_pem`; offers
+/// `alpn` protocols. Errors (handshake refused) come back as text.
+pub async fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    alpn: &[&str],
+    path: &str,
+) -> Result<TlsReply, String> {
+    let tls = tls_connect(addr, sni, ca_pem, alpn).await?;
     let alpn = tls
         .get_ref()
         .1
