@@ -44,6 +44,9 @@ const WRITE_COALESCE: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
+/// How long a keep-alive connection that is idle when the drain begins still waits for its
+/// next request (answered with `Connection: close`): its client may be writing it right now.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Serves one plain-HTTP visitor connection until it closes, fails or the server drains.
 pub(crate) async fn serve_visitor(arrived: Arrived, ctx: Arc<EdgeContext>) {

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::head::{RequestHead, parse_head};
 use super::meter::Metered;
 use super::pool::UpstreamConn;
-use super::{LINGER, LINGER_BYTES, READ_CHUNK, Scheme};
+use super::{DRAIN_IDLE, LINGER, LINGER_BYTES, READ_CHUNK, Scheme};
 use crate::edge::EdgeContext;
 use crate::edge::error::{EdgeError, Origin};
 
@@ -34,10 +34,10 @@ pub(crate) struct Conn<S> {
 /// How an exchange left the connection.
 pub(super) enum Next {
     KeepAlive,
+    /// Close lingering: the visitor may still be sending (a body we did not read, a request
+    /// written before it read `Connection: close`); it is drained briefly first, or the close
+    /// resets the connection and the response can be lost.
     Close,
-    /// Close, but the visitor may still be sending a request body we did not read: drain it
-    /// briefly first, or the close resets the connection and the response can be lost.
-    CloseLingering,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -70,17 +70,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let host = head.host.name.clone();
             match self.exchange(head).await {
                 Ok(Next::KeepAlive) => continue,
-                Ok(Next::Close) => return,
-                Ok(Next::CloseLingering) => return self.close_lingering().await,
+                Ok(Next::Close) => return self.close_lingering().await,
                 Err(error) => return self.fail(error, &host).await,
             }
         }
     }
 
-    /// Reads the next request head; `None` when the visitor is done (or idle at drain).
+    /// Reads the next request head; `None` when the visitor is done, or stayed idle for
+    /// [`DRAIN_IDLE`] once the drain began (a request already on its way is still answered).
     async fn next_head(&mut self) -> Result<Option<RequestHead>, EdgeError> {
         let settings = &self.ctx.settings;
-        let deadline = Instant::now() + settings.head_timeout;
+        let mut deadline = Instant::now() + settings.head_timeout;
+        let mut drain_seen = self.ctx.drain.is_draining();
+        if drain_seen && self.buf.is_empty() {
+            deadline = deadline.min(Instant::now() + DRAIN_IDLE);
+        }
         let mut scanned = 0;
         loop {
             if head_end(&self.buf, &mut scanned) || self.buf.len() > settings.max_header_bytes {
@@ -96,7 +100,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.buf.reserve(READ_CHUNK);
             let read = tokio::select! {
                 read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
-                _ = self.ctx.drain.draining().cancelled(), if idle => return Ok(None),
+                _ = self.ctx.drain.draining().cancelled(), if idle && !drain_seen => {
+                    drain_seen = true;
+                    deadline = deadline.min(Instant::now() + DRAIN_IDLE);
+                    continue;
+                }
             };
             match read {
                 Err(_) if idle => return Ok(None),

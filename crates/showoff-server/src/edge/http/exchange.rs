@@ -40,7 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             );
             self.write(response.as_bytes()).await?;
             return Ok(if with_body {
-                Next::CloseLingering
+                Next::Close
             } else {
                 Next::KeepAlive
             });
@@ -126,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok(if head.framing == Framing::Empty {
             Next::Close
         } else {
-            Next::CloseLingering
+            Next::Close
         })
     }
 
@@ -153,13 +153,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if delivered && body_done && resp.upstream_reusable {
             self.keep_upstream(tunnel, head, &resp, up);
         }
-        let keep_alive = delivered && body_done && resp.keep_alive && !self.ctx.drain.is_leaving();
-        let next = match (keep_alive, body_done) {
-            (true, _) => Next::KeepAlive,
-            (false, true) => Next::Close,
-            (false, false) => Next::CloseLingering,
-        };
-        Ok((resp.status, next))
+        // `resp.keep_alive` is what the response head told the visitor (from the pre-drain
+        // delay on, `Connection: close`): a connection promised to stay open does, even if the
+        // drain began meanwhile, so the request its client sends next is still answered.
+        let keep_alive = delivered && body_done && resp.keep_alive;
+        Ok((
+            resp.status,
+            if keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            },
+        ))
     }
 
     /// Returns a reusable upstream connection: pinned to this visitor connection when the
