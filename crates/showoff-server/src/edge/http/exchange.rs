@@ -123,11 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.ctx.urls.https_origin(&head.host.name)
         );
         self.write(response.as_bytes()).await?;
-        Ok(if head.framing == Framing::Empty {
-            Next::Close
-        } else {
-            Next::Close
-        })
+        Ok(Next::Close)
     }
 
     async fn proxy(
