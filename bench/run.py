@@ -470,7 +470,15 @@ def main():
     parser.add_argument("--mode", choices=["quick", "full"], default="quick")
     parser.add_argument("--tunnels", type=int, default=10_000, help="idle tunnels to hold")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run (A/B checks)")
     args = parser.parse_args()
+    if args.only:
+        global SCENARIOS
+        wanted = args.only.split(",")
+        unknown = set(wanted) - {s[0] for s in SCENARIOS}
+        if unknown:
+            parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        SCENARIOS = [s for s in SCENARIOS if s[0] in wanted]
     rounds_n, seconds = (1, 3) if args.mode == "quick" else (3, 8)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{os.cpu_count()} cores, {os.uname().release}"

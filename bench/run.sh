@@ -4,7 +4,8 @@
 #
 #   bench/run.sh            quick: 1 round of 3 s per scenario and system (~2 minutes)
 #   bench/run.sh --full     3 rounds of 8 s (~10 minutes)
-#   extra flags go to run.py: --tunnels N (idle tunnels, default 10000), --no-doc
+#   extra flags go to run.py: --tunnels N (idle tunnels, default 10000; 0 skips), --no-doc,
+#   --only SCENARIO,... (a subset, for A/B checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=quick
