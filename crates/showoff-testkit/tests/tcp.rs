@@ -22,6 +22,13 @@ async fn echo_server() -> std::net::SocketAddr {
     addr
 }
 
+/// A client with TCP tunnel `db` to a fresh echo server.
+async fn echo_tunnel(server: &TestServer) -> TestClient {
+    let echo = echo_server().await;
+    let config = TestClient::config(server, vec![tunnel(TunnelKind::Tcp, Some("db"), echo)]);
+    TestClient::start(config).await.expect("session")
+}
+
 async fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .await
@@ -55,13 +62,7 @@ async fn a_tcp_tunnel_gets_a_port_from_the_range_and_carries_bytes() {
         ..ServerConfig::ephemeral()
     })
     .await;
-    let echo = echo_server().await;
-    let client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Tcp, Some("db"), echo)],
-    ))
-    .await
-    .expect("session");
+    let client = echo_tunnel(&server).await;
     let info = &client.tunnels[0];
     assert_eq!(info.port, Some(port));
     assert_eq!(info.public_url, format!("tcp://localhost:{port}"));
@@ -156,13 +157,7 @@ async fn one_visitor_address_cannot_take_every_connection_of_a_tcp_tunnel() {
         ..ServerConfig::ephemeral()
     })
     .await;
-    let echo = echo_server().await;
-    let client = TestClient::start(TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Tcp, Some("db"), echo)],
-    ))
-    .await
-    .expect("session");
+    let client = echo_tunnel(&server).await;
     let public =
         std::net::SocketAddr::from(([127, 0, 0, 1], client.tunnels[0].port.expect("port")));
     let first_ip: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
