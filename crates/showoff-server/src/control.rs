@@ -35,9 +35,9 @@ use crate::stats::Stats;
 use crate::tls::Tls;
 use crate::transport::dialback::DialBackHub;
 
-/// A control connection speaking frames.
+/// A control connection speaking frames, over TCP, TLS or (in fuzzing) an in-memory pipe.
 pub(crate) type ControlFramed = tokio_util::codec::Framed<
-    crate::tls::ServerIo,
+    showoff_core::TunnelStream,
     showoff_proto::FrameCodec<showoff_proto::ClientMessage, showoff_proto::ServerMessage>,
 >;
 
@@ -86,7 +86,8 @@ pub(crate) struct ControlContext {
     pub(crate) drain: Drain,
 }
 
-#[cfg(test)]
+/// Contexts over in-memory parts, for unit tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod tests {
     use super::*;
     use crate::config::PortRange;

@@ -77,7 +77,8 @@ impl EdgeContext {
     }
 }
 
-#[cfg(test)]
+/// Contexts over in-memory parts, for unit tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod tests {
     use super::*;
 

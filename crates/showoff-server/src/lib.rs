@@ -40,6 +40,8 @@ pub mod config;
 mod control;
 mod drain;
 mod edge;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod limits;
 mod listen;
 pub mod ops;

@@ -217,7 +217,6 @@ mod tests {
     use crate::auth::Principal;
     use crate::control::tests::context_with;
     use bytes::BytesMut;
-    use showoff_core::Prefixed;
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
@@ -244,7 +243,7 @@ mod tests {
         socket2::SockRef::from(&server_side)
             .set_send_buffer_size(4096)
             .expect("small send buffer");
-        let io = tokio_util::either::Either::Left(Prefixed::new(BytesMut::new(), server_side));
+        let io = showoff_core::TunnelStream::boxed(BytesMut::new(), server_side);
         let framed = tokio_util::codec::Framed::new(io, showoff_proto::FrameCodec::new());
         let (tx, rx) = mpsc::channel(20_000);
         for i in 0..20_000 {

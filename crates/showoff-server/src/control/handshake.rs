@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use showoff_core::TunnelStream;
 use showoff_proto::{
     ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, RefusedCode, Role, ServerMessage,
 };
@@ -55,6 +57,18 @@ pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
             return;
         }
     };
+    let stream = TunnelStream::boxed(BytesMut::new(), stream);
+    serve_stream(stream, peer, certificate.as_deref(), ctx).await;
+}
+
+/// Serves a control connection past its transport (TCP or TLS, or an in-memory pipe in the
+/// fuzz targets): rate limit, handshake, session.
+pub(crate) async fn serve_stream(
+    stream: TunnelStream,
+    peer: SocketAddr,
+    certificate: Option<&str>,
+    ctx: Arc<ControlContext>,
+) {
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
     let mut framed = Framed::with_capacity(stream, codec, CONTROL_BUFFER);
     if let Err(wait) = ctx.limits.control(peer.ip()) {
@@ -64,10 +78,7 @@ pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
         return refuse(&ctx, &mut framed, peer, refusal).await;
     }
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let client = Client {
-        peer,
-        certificate: certificate.as_deref(),
-    };
+    let client = Client { peer, certificate };
     let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, client, &ctx));
     let guard = match setup.await {
         Ok(Ok(guard)) => guard,

@@ -97,7 +97,7 @@ pub(crate) async fn read_header(
 
 /// What the bytes read so far are.
 #[derive(Debug, PartialEq, Eq)]
-enum Scan {
+pub(crate) enum Scan {
     /// Not (the start of) a PROXY header.
     NotProxy,
     /// A PROXY header's start; more bytes are needed.
@@ -111,7 +111,7 @@ enum Scan {
     Malformed,
 }
 
-fn scan(buf: &[u8]) -> Scan {
+pub(crate) fn scan(buf: &[u8]) -> Scan {
     let starts = |sig: &[u8]| {
         let n = buf.len().min(sig.len());
         buf[..n] == sig[..n]

@@ -157,7 +157,8 @@ impl Tunnel {
     }
 }
 
-#[cfg(test)]
+/// Tunnels over in-memory parts, for unit tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod tests {
     use super::*;
     use async_trait::async_trait;

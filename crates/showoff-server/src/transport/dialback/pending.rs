@@ -93,7 +93,7 @@ impl Pending {
         entries.remove(id).ok_or(DataRejectReason::UnknownId)
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn len(&self) -> usize {
         self.entries().len()
     }
