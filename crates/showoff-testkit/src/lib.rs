@@ -1,10 +1,15 @@
 //! Test helpers for Showoff's end-to-end tests (in `tests/`): a real HTTP target
 //! ([`target`]), a server and a client started for real on `127.0.0.1:0` ([`TestServer`],
 //! [`TestClient`]), HTTP and raw-socket visitors ([`visitor`]), and polling with a deadline
-//! ([`eventually`]) instead of sleeps; test certificates ([`pki`]).
+//! ([`eventually`]) instead of sleeps; test certificates ([`pki`]); an impairment relay that
+//! delays, drops, stalls and cuts connections ([`impair`]); the real binary as a child
+//! process ([`process`]) and the chaos scenarios run against it ([`chaos`]).
 
+pub mod chaos;
+pub mod impair;
 pub mod pebble;
 pub mod pki;
+pub mod process;
 pub mod target;
 pub mod visitor;
 

@@ -1,86 +1,31 @@
 //! The real `showoff` binary, as the README uses it: server, client, a visitor, SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use showoff_testkit::process::{self, Reaper, ServerProcess, field, lines, wait_line};
 
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::get;
 
 const BIN: &str = env!("CARGO_BIN_EXE_showoff");
 
-/// Kills the child if the test fails half-way.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines of a child's pipe, read on a thread so the test can wait with a deadline.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 fn wait_for(rx: &mpsc::Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if pred(&line) => return line,
-            Ok(_) => continue,
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
+    wait_line(rx, what, Duration::from_secs(20), pred)
 }
 
 /// Starts `showoff server` with JSON logs, every listener on `127.0.0.1:0`, and `extra` flags;
 /// returns the process, its log lines and its `server listening` line.
 fn spawn_server(extra: &[&std::ffi::OsStr]) -> (Reaper, mpsc::Receiver<String>, String) {
-    let mut server = Command::new(BIN)
-        .args(["server", "--log-format", "json"])
-        .args([
-            "--control-addr",
-            "127.0.0.1:0",
-            "--data-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let log = lines(server.stderr.take().expect("stderr"));
-    let listening = wait_for(&log, "server listening", |l| l.contains("server listening"));
-    (Reaper(server), log, listening)
+    let server = ServerProcess::start(Path::new(BIN), extra);
+    (server.child, server.log, server.listening)
 }
 
 /// Runs a client subcommand; its stdout arrives line by line, stderr is dropped.
 fn spawn_client(args: &[&std::ffi::OsStr]) -> (Reaper, mpsc::Receiver<String>) {
-    let mut client = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("client starts");
-    let out = lines(client.stdout.take().expect("stdout"));
-    (Reaper(client), out)
-}
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-    line[start..].split([' ', '"']).next().expect("value")
+    process::spawn_client(Path::new(BIN), args)
 }
 
 #[test]

@@ -1,0 +1,58 @@
+//! `showoff-chaos`: the chaos scenarios at full size against a built `showoff` binary, with a
+//! scorecard on stdout (Markdown rows for docs/reliability.md). `bench/chaos.sh` builds both
+//! and runs this inside a private network namespace.
+//!
+//!   showoff-chaos [--bin PATH] [--quick] [--seed N]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use showoff_testkit::chaos;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("showoff")))
+        .unwrap_or_else(|| PathBuf::from("showoff"));
+    let (mut quick, mut seed) = (false, 0x5eed_u64);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bin" => bin = args.next().map(PathBuf::from).expect("--bin PATH"),
+            "--quick" => quick = true,
+            "--seed" => seed = args.next().and_then(|s| s.parse().ok()).expect("--seed N"),
+            other => {
+                eprintln!(
+                    "unknown argument {other:?}; usage: showoff-chaos [--bin PATH] [--quick] [--seed N]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    // 100 cuts in all: ten clients cut ten times each keep the run inside a few minutes
+    // although each client's backoff doubles (it resets only after 10 s of stable session).
+    let (clients, cuts, rounds) = if quick { (2, 3, 2) } else { (10, 10, 25) };
+    let started = std::time::Instant::now();
+    let scores = vec![
+        chaos::control_cuts(&bin, clients, cuts, seed).await,
+        chaos::target_faults(&bin, rounds).await,
+    ];
+    println!("| scenario | invariant | runs | held | worst recovery |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for score in &scores {
+        println!("{}", score.row());
+        for failure in &score.failures {
+            eprintln!("[chaos] {}: {failure}", score.scenario);
+        }
+    }
+    eprintln!(
+        "[chaos] seed {seed}, {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if scores.iter().all(chaos::Score::passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

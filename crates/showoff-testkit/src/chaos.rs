@@ -1,0 +1,170 @@
+//! Chaos scenarios against the real `showoff` binaries, each with a named invariant and a
+//! figure ([`Score`]). `showoff-chaos` (this crate's binary, run by `bench/chaos.sh`) runs them
+//! at full size and prints the scorecard; the fast ones also run in the test suite at a small
+//! size (`crates/showoff/tests/chaos.rs`).
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::process::Reaper;
+use crate::visitor::{get, metric};
+
+mod cuts;
+mod target;
+
+pub use self::cuts::control_cuts;
+pub use self::target::target_faults;
+
+/// Slack on top of the client's announced backoff for a reconnect: dial, TLS-free handshake,
+/// `Welcome` (loopback, a loaded machine).
+pub(crate) const RECONNECT_SLACK: Duration = Duration::from_secs(3);
+
+/// What one scenario showed.
+#[derive(Debug, Clone)]
+pub struct Score {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// The invariant, in words.
+    pub invariant: &'static str,
+    /// How many times it was exercised.
+    pub runs: u32,
+    /// How many of those kept the invariant.
+    pub held: u32,
+    /// The longest recovery seen.
+    pub worst_recovery: Duration,
+    /// What broke, when something did.
+    pub failures: Vec<String>,
+}
+
+impl Score {
+    /// Whether every run kept the invariant.
+    pub fn passed(&self) -> bool {
+        self.held == self.runs && self.failures.is_empty()
+    }
+
+    /// One scorecard row (Markdown).
+    pub fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} / {} | {} ms |",
+            self.scenario,
+            self.invariant,
+            self.runs,
+            self.held,
+            self.runs,
+            self.worst_recovery.as_millis()
+        )
+    }
+}
+
+/// A small deterministic generator for the random moments (xorshift64*), so a run can be
+/// repeated with its seed.
+pub struct Moments(u64);
+
+impl Moments {
+    /// Moments from `seed` (not zero).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// A duration in `[0, max)`.
+    pub fn below(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        Duration::from_micros(x % (max.as_micros().max(1) as u64))
+    }
+}
+
+/// A client process whose JSON events arrive on a channel.
+pub(crate) struct ClientProcess {
+    _child: Reaper,
+    events: mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl ClientProcess {
+    pub(crate) fn start(bin: &Path, args: &[&OsStr]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(event) = serde_json::from_str(&line)
+                    && tx.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            _child: Reaper(child),
+            events,
+        }
+    }
+
+    /// The next event named `name` within `limit`.
+    pub(crate) async fn next(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) if event["event"] == name => return Ok(event),
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(format!("the client exited before {name}")),
+                Err(_) => return Err(format!("no {name} within {}s", limit.as_secs())),
+            }
+        }
+    }
+}
+
+/// The admin address of a `server listening` JSON line.
+pub(crate) fn admin_addr(listening: &str) -> std::net::SocketAddr {
+    crate::process::field(listening, "\"admin\":\"")
+        .parse()
+        .expect("admin address")
+}
+
+pub(crate) fn client_args(name: &str, port: u16, server: std::net::SocketAddr) -> Vec<String> {
+    let server = server.to_string();
+    let port = port.to_string();
+    ["http", &port, "--name", name, "--server", &server]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// No visitor connection and no pending stream left on the server.
+pub(crate) async fn drained(admin: std::net::SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = get(admin, "localhost", "/metrics").await.body;
+        let visitors = metric(&text, "showoff_visitor_connections_active");
+        let pending = metric(&text, "showoff_pending_streams");
+        if visitors == Some(0.0) && pending == Some(0.0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "left open: visitors {visitors:?}, pending {pending:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! The control link cut at random moments by an impairment relay.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{ClientProcess, Moments, RECONNECT_SLACK, Score, admin_addr, client_args};
+use crate::impair::Relay;
+use crate::process::ServerProcess;
+use crate::visitor::{get, metric};
+
+/// The control link of `clients` clients at once is cut `cuts` times each, at random moments
+/// (up to 1.5 s apart), by an impairment relay between each client and the server. Invariant:
+/// each time, the client is back within the backoff it announced (plus
+/// [`RECONNECT_SLACK`]) with the same public URL; afterwards the server's sessions and
+/// tunnels are back to one per client, nothing is pending, and every tunnel answers.
+pub async fn control_cuts(bin: &Path, clients: usize, cuts: usize, seed: u64) -> Score {
+    let mut score = Score {
+        scenario: "control link cut",
+        invariant: "back within the announced backoff, same name; sessions, tunnels, pending back to baseline",
+        runs: 0,
+        held: 0,
+        worst_recovery: Duration::ZERO,
+        failures: Vec::new(),
+    };
+    let server = ServerProcess::start(bin, &[]);
+    let (control, http) = (server.addr("control"), server.addr("http"));
+    let admin = admin_addr(&server.listening);
+    let target = crate::target::spawn_target("chaos").await;
+    let mut runs = Vec::new();
+    for i in 0..clients {
+        let relay = Relay::start(control).await;
+        let name = format!("cut{i}");
+        let args = client_args(&name, target.addr.port(), relay.addr());
+        let client = ClientProcess::start(bin, &args.iter().map(OsStr::new).collect::<Vec<_>>());
+        let moments = Moments::new(seed.wrapping_add(i as u64 * 7919));
+        runs.push(tokio::spawn(cut_one(client, relay, cuts, moments)));
+    }
+    let mut alive = Vec::new();
+    for run in runs {
+        let (client, outcome) = run.await.expect("client run");
+        score.runs += cuts as u32;
+        score.held += outcome.held;
+        score.worst_recovery = score.worst_recovery.max(outcome.worst);
+        score.failures.extend(outcome.failures);
+        alive.push(client);
+    }
+    // The clients stay up (their processes end with `alive`) while the baseline is read.
+    if let Err(why) = baseline(admin, http, clients).await {
+        score.failures.push(why);
+    }
+    drop(alive);
+    score
+}
+
+/// What one client's cuts showed.
+#[derive(Default)]
+struct Outcome {
+    /// Cuts it recovered from in time, with its name.
+    held: u32,
+    worst: Duration,
+    failures: Vec<String>,
+}
+
+/// One client's cuts; the client and its relay come back with the outcome, still running.
+async fn cut_one(
+    mut client: ClientProcess,
+    relay: Relay,
+    cuts: usize,
+    mut moments: Moments,
+) -> ((ClientProcess, Relay), Outcome) {
+    let mut outcome = Outcome::default();
+    let first = match client.next("connected", Duration::from_secs(20)).await {
+        Ok(event) => event["public_url"].clone(),
+        Err(why) => {
+            outcome.failures.push(why);
+            return ((client, relay), outcome);
+        }
+    };
+    for n in 0..cuts {
+        tokio::time::sleep(moments.below(Duration::from_millis(1500))).await;
+        let cut_at = Instant::now();
+        relay.cut();
+        let announced = match client.next("disconnected", Duration::from_secs(60)).await {
+            Ok(event) => Duration::from_millis(event["retry_in_ms"].as_u64().unwrap_or(0)),
+            Err(why) => {
+                outcome.failures.push(format!("cut {n}: {why}"));
+                continue;
+            }
+        };
+        match client.next("connected", announced + RECONNECT_SLACK).await {
+            Ok(event) if event["public_url"] == first => {
+                outcome.held += 1;
+                outcome.worst = outcome.worst.max(cut_at.elapsed());
+            }
+            Ok(event) => {
+                let url = &event["public_url"];
+                outcome
+                    .failures
+                    .push(format!("cut {n}: came back as {url}"));
+            }
+            Err(why) => {
+                let why = format!("cut {n} (backoff {announced:?}): {why}");
+                outcome.failures.push(why);
+            }
+        }
+    }
+    ((client, relay), outcome)
+}
+
+/// One session and one tunnel per client, nothing pending, and every tunnel answering.
+async fn baseline(
+    admin: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    clients: usize,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want = clients as f64;
+    loop {
+        let text = get(admin, "localhost", "/metrics").await.body;
+        let sessions = metric(&text, "showoff_sessions_active");
+        let tunnels = metric(&text, "showoff_tunnels_active{kind=\"http\"}");
+        let pending = metric(&text, "showoff_pending_streams");
+        if sessions == Some(want) && tunnels == Some(want) && pending.unwrap_or(0.0) == 0.0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "server not back to baseline: sessions {sessions:?}, tunnels {tunnels:?}, pending {pending:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..clients {
+        let host = format!("cut{i}.localhost:{}", http.port());
+        let status = get(http, &host, "/").await.status;
+        if status != 200 {
+            return Err(format!("cut{i} answered {status} after the cuts"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The fast chaos scenarios, at a small size, against the real binary (the full suite:
+//! `bench/chaos.sh`, figures in docs/reliability.md).
+
+use std::path::Path;
+
+use showoff_testkit::chaos;
+
+const BIN: &str = env!("CARGO_BIN_EXE_showoff");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_control_link_is_cut_comes_back_with_its_name() {
+    let score = chaos::control_cuts(Path::new(BIN), 2, 3, 42).await;
+    assert!(score.passed(), "{score:?}");
+    assert_eq!(score.runs, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_hangs_resets_or_lies_gets_documented_errors_and_leaks_nothing() {
+    let score = chaos::target_faults(Path::new(BIN), 2).await;
+    assert!(score.passed(), "{score:?}");
+    assert_eq!(score.runs, 8);
+}
