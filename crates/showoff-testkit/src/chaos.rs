@@ -14,9 +14,11 @@ use crate::process::Reaper;
 use crate::visitor::{get, metric};
 
 mod cuts;
+mod drain;
 mod target;
 
 pub use self::cuts::control_cuts;
+pub use self::drain::sigterm_under_load;
 pub use self::target::target_faults;
 
 /// Slack on top of the client's announced backoff for a reconnect: dial, TLS-free handshake,

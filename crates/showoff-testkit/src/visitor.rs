@@ -259,3 +259,88 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// What one keep-alive connection saw (while a server drained under it, say).
+#[derive(Debug, Default)]
+pub struct KeepAlive {
+    /// Requests answered 200.
+    pub answered: u64,
+    /// Requests written that got no response at all.
+    pub lost: u64,
+    /// Answers other than 200.
+    pub failed: u64,
+}
+
+/// Sends back-to-back requests on one keep-alive connection until the server says
+/// `Connection: close` (or `limit` requests went through), counting requests left unanswered.
+pub async fn keep_alive_loop(addr: std::net::SocketAddr, host: String, limit: u64) -> KeepAlive {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut seen = KeepAlive::default();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return seen;
+    };
+    let _ = stream.set_nodelay(true);
+    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let mut buf = Vec::new();
+    while seen.answered < limit {
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            seen.lost += 1;
+            return seen;
+        }
+        // Read one response: its head, then Content-Length bytes of body.
+        let (head_end, length) = loop {
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().expect("length"))
+                    })
+                    .expect("content-length");
+                break (end + 4, length);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut chunk))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => {
+                    seen.lost += 1;
+                    return seen;
+                }
+            }
+        };
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => {
+                    seen.lost += 1;
+                    return seen;
+                }
+            }
+        }
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        buf.drain(..head_end + length);
+        if head.starts_with("http/1.1 200 ") {
+            seen.answered += 1;
+        } else {
+            seen.failed += 1;
+        }
+        if head.contains("\r\nconnection: close\r\n") {
+            return seen;
+        }
+    }
+    seen
+}
+
+impl KeepAlive {
+    /// Adds another connection's tally.
+    pub fn add(&mut self, other: &KeepAlive) {
+        self.answered += other.answered;
+        self.lost += other.lost;
+        self.failed += other.failed;
+    }
+}

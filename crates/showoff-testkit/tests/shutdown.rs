@@ -7,7 +7,7 @@ use showoff_client::ClientEvent;
 use showoff_proto::TunnelKind;
 use showoff_server::ServerConfig;
 use showoff_testkit::target::spawn_target;
-use showoff_testkit::visitor::get;
+use showoff_testkit::visitor::{KeepAlive, get, keep_alive_loop};
 use showoff_testkit::{TestClient, TestServer, eventually, serve_http, tunnel};
 
 #[tokio::test]
@@ -162,81 +162,6 @@ async fn the_pre_drain_delay_turns_readiness_off_and_closes_keep_alive_connectio
     assert!(server.stop().await.clean);
 }
 
-/// What one keep-alive connection saw while the server drained under it.
-#[derive(Debug, Default)]
-struct Loop {
-    answered: u64,
-    /// Requests written that got no response at all.
-    lost: u64,
-    /// Answers other than 200.
-    failed: u64,
-}
-
-/// Sends back-to-back requests on one keep-alive connection until the server says
-/// `Connection: close` (or `limit` requests went through), counting requests left unanswered.
-async fn keep_alive_loop(addr: std::net::SocketAddr, host: String, limit: u64) -> Loop {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut seen = Loop::default();
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return seen;
-    };
-    let _ = stream.set_nodelay(true);
-    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
-    let mut buf = Vec::new();
-    while seen.answered < limit {
-        if stream.write_all(request.as_bytes()).await.is_err() {
-            seen.lost += 1;
-            return seen;
-        }
-        // Read one response: its head, then Content-Length bytes of body.
-        let (head_end, length) = loop {
-            let text = String::from_utf8_lossy(&buf);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().expect("length"))
-                    })
-                    .expect("content-length");
-                break (end + 4, length);
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut chunk))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => {
-                    seen.lost += 1;
-                    return seen;
-                }
-            }
-        };
-        while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => {
-                    seen.lost += 1;
-                    return seen;
-                }
-            }
-        }
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        buf.drain(..head_end + length);
-        if head.starts_with("http/1.1 200 ") {
-            seen.answered += 1;
-        } else {
-            seen.failed += 1;
-        }
-        if head.contains("\r\nconnection: close\r\n") {
-            return seen;
-        }
-    }
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_on_a_keep_alive_connection_is_lost_to_a_drain() {
     // Issue 11, item 14: a connection idle between two requests when the drain began was
@@ -253,12 +178,10 @@ async fn no_request_on_a_keep_alive_connection_is_lost_to_a_drain() {
     })
     .await;
     let report = server.stop().await;
-    let mut total = Loop::default();
+    let mut total = KeepAlive::default();
     for handle in loops {
         let seen = handle.await.expect("loop");
-        total.answered += seen.answered;
-        total.lost += seen.lost;
-        total.failed += seen.failed;
+        total.add(&seen);
     }
     assert!(total.answered >= 2_000, "{total:?}");
     assert_eq!((total.lost, total.failed), (0, 0), "{total:?}");

@@ -20,3 +20,9 @@ async fn a_target_that_hangs_resets_or_lies_gets_documented_errors_and_leaks_not
     assert!(score.passed(), "{score:?}");
     assert_eq!(score.runs, 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_keep_alive_and_streaming_load_loses_nothing() {
+    let score = chaos::sigterm_under_load(Path::new(BIN), 1).await;
+    assert!(score.passed(), "{score:?}");
+}
