@@ -15,10 +15,12 @@ use crate::visitor::{get, metric};
 
 mod cuts;
 mod drain;
+mod kill;
 mod target;
 
 pub use self::cuts::control_cuts;
 pub use self::drain::sigterm_under_load;
+pub use self::kill::client_killed;
 pub use self::target::target_faults;
 
 /// Slack on top of the client's announced backoff for a reconnect: dial, TLS-free handshake,
@@ -84,7 +86,7 @@ impl Moments {
 
 /// A client process whose JSON events arrive on a channel.
 pub(crate) struct ClientProcess {
-    _child: Reaper,
+    child: Reaper,
     events: mpsc::UnboundedReceiver<serde_json::Value>,
 }
 
@@ -113,9 +115,15 @@ impl ClientProcess {
             }
         });
         Self {
-            _child: Reaper(child),
+            child: Reaper(child),
             events,
         }
+    }
+
+    /// SIGKILL, and the exit reaped.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 
     /// The next event named `name` within `limit`.

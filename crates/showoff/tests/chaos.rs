@@ -26,3 +26,10 @@ async fn sigterm_under_keep_alive_and_streaming_load_loses_nothing() {
     let score = chaos::sigterm_under_load(Path::new(BIN), 1).await;
     assert!(score.passed(), "{score:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_transfer_leaves_a_clean_end_and_its_name_free() {
+    let score = chaos::client_killed(Path::new(BIN), 1).await;
+    assert!(score.passed(), "{score:?}");
+    assert_eq!(score.runs, 2);
+}
