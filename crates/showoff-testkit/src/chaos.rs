@@ -16,11 +16,13 @@ use crate::visitor::{get, metric};
 mod cuts;
 mod drain;
 mod kill;
+mod restart;
 mod target;
 
 pub use self::cuts::control_cuts;
 pub use self::drain::sigterm_under_load;
 pub use self::kill::client_killed;
+pub use self::restart::server_restarted;
 pub use self::target::target_faults;
 
 /// Slack on top of the client's announced backoff for a reconnect: dial, TLS-free handshake,
@@ -117,6 +119,34 @@ impl ClientProcess {
         Self {
             child: Reaper(child),
             events,
+        }
+    }
+
+    /// After a loss: the `connected` event that ends it. Each `disconnected` on the way
+    /// (a failed attempt) sets the deadline to the backoff it announces plus
+    /// [`RECONNECT_SLACK`]; the first must come within 20 s. Returns the event and the longest
+    /// backoff announced.
+    pub(crate) async fn back(&mut self) -> Result<(serde_json::Value, Duration), String> {
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut longest = Duration::ZERO;
+        let mut seen_loss = false;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err("the client exited".into()),
+                Err(_) if seen_loss => {
+                    return Err(format!("not back within its backoff ({longest:?}) + slack"));
+                }
+                Err(_) => return Err("no disconnected event within 20 s".into()),
+            };
+            if event["event"] == "disconnected" {
+                let backoff = Duration::from_millis(event["retry_in_ms"].as_u64().unwrap_or(0));
+                longest = longest.max(backoff);
+                seen_loss = true;
+                deadline = tokio::time::Instant::now() + backoff + RECONNECT_SLACK;
+            } else if event["event"] == "connected" && seen_loss {
+                return Ok((event, longest));
+            }
         }
     }
 

@@ -76,23 +76,32 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `bin server` with JSON logs, every listener on `127.0.0.1:0`, and `extra` flags.
     pub fn start(bin: &Path, extra: &[&OsStr]) -> Self {
+        Self::start_on(bin, ["127.0.0.1:0"; 4], extra)
+    }
+
+    /// [`Self::start`] on given control, data, HTTP and admin addresses (a restart on the
+    /// same ports).
+    pub fn start_on(bin: &Path, addrs: [&str; 4], extra: &[&OsStr]) -> Self {
+        let [control, data, http, admin] = addrs;
         let mut server = Command::new(bin)
             .args(["server", "--log-format", "json"])
-            .args([
-                "--control-addr",
-                "127.0.0.1:0",
-                "--data-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--control-addr", control, "--data-addr", data])
+            .args(["--http-addr", http, "--admin-addr", admin])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("server starts");
         let log = lines(server.stderr.take().expect("stderr"));
-        let listening = wait_line(&log, "server listening", Duration::from_secs(20), |l| {
-            l.contains("server listening")
-        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut before = Vec::new();
+        let listening = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains("server listening") => break line,
+                Ok(line) => before.push(line),
+                Err(_) => panic!("the server did not start; it said:\n{}", before.join("\n")),
+            }
+        };
         Self {
             child: Reaper(server),
             log,

@@ -33,3 +33,9 @@ async fn a_client_killed_mid_transfer_leaves_a_clean_end_and_its_name_free() {
     assert!(score.passed(), "{score:?}");
     assert_eq!(score.runs, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_under_load_and_restarted_gets_its_clients_back() {
+    let score = chaos::server_restarted(Path::new(BIN), 2).await;
+    assert!(score.passed(), "{score:?}");
+}

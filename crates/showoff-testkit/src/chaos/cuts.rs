@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{ClientProcess, Moments, RECONNECT_SLACK, Score, admin_addr, client_args};
+use super::{ClientProcess, Moments, Score, admin_addr, client_args};
 use crate::impair::Relay;
 use crate::process::ServerProcess;
 use crate::visitor::{get, metric};
@@ -12,7 +12,7 @@ use crate::visitor::{get, metric};
 /// The control link of `clients` clients at once is cut `cuts` times each, at random moments
 /// (up to 1.5 s apart), by an impairment relay between each client and the server. Invariant:
 /// each time, the client is back within the backoff it announced (plus
-/// [`RECONNECT_SLACK`]) with the same public URL; afterwards the server's sessions and
+/// [`super::RECONNECT_SLACK`]) with the same public URL; afterwards the server's sessions and
 /// tunnels are back to one per client, nothing is pending, and every tunnel answers.
 pub async fn control_cuts(bin: &Path, clients: usize, cuts: usize, seed: u64) -> Score {
     let mut score = Score {
@@ -81,28 +81,18 @@ async fn cut_one(
         tokio::time::sleep(moments.below(Duration::from_millis(1500))).await;
         let cut_at = Instant::now();
         relay.cut();
-        let announced = match client.next("disconnected", Duration::from_secs(60)).await {
-            Ok(event) => Duration::from_millis(event["retry_in_ms"].as_u64().unwrap_or(0)),
-            Err(why) => {
-                outcome.failures.push(format!("cut {n}: {why}"));
-                continue;
-            }
-        };
-        match client.next("connected", announced + RECONNECT_SLACK).await {
-            Ok(event) if event["public_url"] == first => {
+        match client.back().await {
+            Ok((event, _)) if event["public_url"] == first => {
                 outcome.held += 1;
                 outcome.worst = outcome.worst.max(cut_at.elapsed());
             }
-            Ok(event) => {
+            Ok((event, _)) => {
                 let url = &event["public_url"];
                 outcome
                     .failures
                     .push(format!("cut {n}: came back as {url}"));
             }
-            Err(why) => {
-                let why = format!("cut {n} (backoff {announced:?}): {why}");
-                outcome.failures.push(why);
-            }
+            Err(why) => outcome.failures.push(format!("cut {n}: {why}")),
         }
     }
     ((client, relay), outcome)

@@ -19,7 +19,7 @@ const VISITOR_DEADLINE: Duration = Duration::from_secs(10);
 enum Moment {
     /// The visitor is sending a 16 MiB body.
     Upload,
-    /// The visitor is reading a 16 MiB body.
+    /// The visitor is reading a 256 MiB body.
     Download,
 }
 
@@ -76,14 +76,12 @@ async fn kill_once(
         .map_err(|e| e.to_string())?;
     let request = match moment {
         Moment::Upload => format!(
-            "POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n",
+            "POST /upload HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
             16 << 20
         ),
         Moment::Download => {
-            format!(
-                "GET /big?bytes={}&cl=1 HTTP/1.1\r\nhost: {host}\r\n\r\n",
-                16 << 20
-            )
+            let path = format!("/big?bytes={}&cl=1", 256 << 20);
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
         }
     };
     visitor
@@ -91,7 +89,7 @@ async fn kill_once(
         .await
         .map_err(|e| e.to_string())?;
     // Part-way: 1 MiB sent, or the head and some body read.
-    let mut got = Vec::new();
+    let mut got = 0;
     match moment {
         Moment::Upload => {
             let chunk = vec![b'u'; 64 * 1024];
@@ -109,12 +107,12 @@ async fn kill_once(
         }
         Moment::Download => {
             let mut chunk = vec![0u8; 64 * 1024];
-            while got.len() < 1 << 20 {
+            while got < 1 << 20 {
                 let n = visitor.read(&mut chunk).await.map_err(|e| e.to_string())?;
                 if n == 0 {
                     return Err("the download ended before the kill".into());
                 }
-                got.extend_from_slice(&chunk[..n.min(4096)]);
+                got += n;
             }
         }
     }
