@@ -14,12 +14,14 @@ use crate::process::Reaper;
 use crate::visitor::{get, metric};
 
 mod cuts;
+mod disk;
 mod drain;
 mod kill;
 mod restart;
 mod target;
 
 pub use self::cuts::control_cuts;
+pub use self::disk::audit_disk;
 pub use self::drain::sigterm_under_load;
 pub use self::kill::client_killed;
 pub use self::restart::server_restarted;

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
@@ -15,6 +15,7 @@ use showoff_server::audit::{AuditEvent, AuditLog, AuditSink};
 
 struct FileSink {
     file: Mutex<File>,
+    path: PathBuf,
 }
 
 impl AuditSink for FileSink {
@@ -26,8 +27,10 @@ impl AuditSink for FileSink {
         // Sync I/O under a sync mutex, never across an await: events are per session and tunnel,
         // not per request.
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        // A full or read-only disk loses the event, never the service: the error says which.
         if let Err(error) = file.write_all(&line) {
-            tracing::error!(%error, "audit log write failed");
+            let path = self.path.display();
+            tracing::error!(%error, %path, event = event.event, "audit log write failed; the event is lost, serving goes on");
         }
     }
 }
@@ -41,5 +44,6 @@ pub fn open(path: &Path) -> anyhow::Result<AuditLog> {
         .with_context(|| format!("cannot open the audit log {}", path.display()))?;
     Ok(AuditLog::new(FileSink {
         file: Mutex::new(file),
+        path: path.to_path_buf(),
     }))
 }

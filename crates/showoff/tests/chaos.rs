@@ -39,3 +39,9 @@ async fn a_server_killed_under_load_and_restarted_gets_its_clients_back() {
     let score = chaos::server_restarted(Path::new(BIN), 2).await;
     assert!(score.passed(), "{score:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_disk_is_reported_and_serving_goes_on() {
+    let score = chaos::audit_disk(Path::new(BIN)).await;
+    assert!(score.passed(), "{score:?}");
+}

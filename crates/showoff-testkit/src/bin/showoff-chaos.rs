@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
         chaos::sigterm_under_load(&bin, drains).await,
         chaos::client_killed(&bin, kills).await,
         chaos::server_restarted(&bin, restarts).await,
+        chaos::audit_disk(&bin).await,
     ];
     println!("| scenario | invariant | runs | held | worst recovery |");
     println!("| --- | --- | ---: | ---: | ---: |");
