@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 echo "[chaos] building showoff and showoff-chaos (release)" >&2
 cargo build --quiet --release -p showoff -p showoff-testkit --bin showoff --bin showoff-chaos
 bin=target/release
+# 10,000 held visitor connections need 10,000+ descriptors in this process and the server.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if unshare -n true 2>/dev/null; then
     echo "[chaos] running in a private network namespace" >&2
     exec unshare -n -- bash -c 'ip link set lo up && exec "$0" --bin "$1" "${@:2}"' \

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::process::Reaper;
 use crate::visitor::{get, metric};
 
+mod crowd;
 mod cuts;
 mod disk;
 mod drain;
@@ -20,6 +21,7 @@ mod kill;
 mod restart;
 mod target;
 
+pub use self::crowd::crowd;
 pub use self::cuts::control_cuts;
 pub use self::disk::audit_disk;
 pub use self::drain::sigterm_under_load;

@@ -45,3 +45,9 @@ async fn a_full_audit_disk_is_reported_and_serving_goes_on() {
     let score = chaos::audit_disk(Path::new(BIN)).await;
     assert!(score.passed(), "{score:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_and_slow_crowd_does_not_starve_other_visitors() {
+    let score = chaos::crowd(Path::new(BIN), 500).await;
+    assert!(score.passed(), "{score:?}");
+}

@@ -32,10 +32,10 @@ async fn main() -> ExitCode {
     }
     // 100 cuts in all: ten clients cut ten times each keep the run inside a few minutes
     // although each client's backoff doubles (it resets only after 10 s of stable session).
-    let (clients, cuts, rounds, drains, kills, restarts) = if quick {
-        (2, 3, 2, 1, 1, 2)
+    let (clients, cuts, rounds, drains, kills, restarts, crowd) = if quick {
+        (2, 3, 2, 1, 1, 2, 500)
     } else {
-        (10, 10, 25, 5, 10, 5)
+        (10, 10, 25, 5, 10, 5, 10_000)
     };
     let started = std::time::Instant::now();
     let scores = vec![
@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
         chaos::client_killed(&bin, kills).await,
         chaos::server_restarted(&bin, restarts).await,
         chaos::audit_disk(&bin).await,
+        chaos::crowd(&bin, crowd).await,
     ];
     println!("| scenario | invariant | runs | held | worst recovery |");
     println!("| --- | --- | ---: | ---: | ---: |");
