@@ -48,6 +48,8 @@ pub struct Score {
     pub worst_recovery: Duration,
     /// What broke, when something did.
     pub failures: Vec<String>,
+    /// Another figure worth a line (memory held, say); empty when none.
+    pub detail: String,
 }
 
 impl Score {
@@ -59,13 +61,14 @@ impl Score {
     /// One scorecard row (Markdown).
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} / {} | {} ms |",
+            "| {} | {} | {} | {} / {} | {} ms | {} |",
             self.scenario,
             self.invariant,
             self.runs,
             self.held,
             self.runs,
-            self.worst_recovery.as_millis()
+            self.worst_recovery.as_millis(),
+            self.detail
         )
     }
 }

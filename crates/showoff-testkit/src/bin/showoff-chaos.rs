@@ -47,8 +47,8 @@ async fn main() -> ExitCode {
         chaos::audit_disk(&bin).await,
         chaos::crowd(&bin, crowd).await,
     ];
-    println!("| scenario | invariant | runs | held | worst recovery |");
-    println!("| --- | --- | ---: | ---: | ---: |");
+    println!("| scenario | invariant | runs | held | worst recovery | figure |");
+    println!("| --- | --- | ---: | ---: | ---: | --- |");
     for score in &scores {
         println!("{}", score.row());
         for failure in &score.failures {

@@ -32,6 +32,7 @@ pub async fn crowd(bin: &Path, idle: usize) -> Score {
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     let target = crate::target::spawn_target("crowd").await;
     let server = ServerProcess::start(bin, &[]);
@@ -83,6 +84,12 @@ pub async fn crowd(bin: &Path, idle: usize) -> Score {
     }
     let rss = rss_bytes(server.child.pid());
     let bound = BASE_BYTES + BYTES_PER_CONNECTION * held.len() as u64;
+    score.detail = format!(
+        "server RSS {} MiB with {} connections held (bound {} MiB)",
+        rss >> 20,
+        held.len(),
+        bound >> 20
+    );
     if rss > bound {
         score.failures.push(format!(
             "RSS {} MiB with {} connections held, over the bound of {} MiB",

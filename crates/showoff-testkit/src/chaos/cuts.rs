@@ -22,6 +22,7 @@ pub async fn control_cuts(bin: &Path, clients: usize, cuts: usize, seed: u64) ->
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     let server = ServerProcess::start(bin, &[]);
     let (control, http) = (server.addr("control"), server.addr("http"));

@@ -22,6 +22,7 @@ pub async fn audit_disk(bin: &Path) -> Score {
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     match full_disk(bin).await {
         Ok(took) => {

@@ -28,6 +28,7 @@ pub async fn sigterm_under_load(bin: &Path, rounds: usize) -> Score {
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     let target = crate::target::spawn_target("drain").await;
     for round in 0..rounds {

@@ -36,6 +36,7 @@ pub async fn client_killed(bin: &Path, rounds: usize) -> Score {
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     let target = crate::target::spawn_target("killed").await;
     let server = ServerProcess::start(bin, &[]);

@@ -51,6 +51,7 @@ pub async fn server_restarted(bin: &Path, restarts: usize) -> Score {
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     let ports = fixed_ports();
     let http: std::net::SocketAddr = ports[2].parse().expect("http addr");

@@ -78,6 +78,7 @@ pub async fn target_faults(bin: &Path, rounds: usize) -> Score {
         held: 0,
         worst_recovery: Duration::ZERO,
         failures: Vec::new(),
+        detail: String::new(),
     };
     let idle = Duration::from_secs(2);
     let server = ServerProcess::start(bin, &[OsStr::new("--io-idle-timeout"), OsStr::new("2s")]);
