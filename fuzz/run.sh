@@ -30,6 +30,7 @@ dict_of() {
     case "$1" in
         frame_codec | control_session) echo dicts/protocol.dict ;;
         proxy_header | client_hello) echo dicts/tls.dict ;;
+        config_file | client_file) echo dicts/config.dict ;;
         *) echo dicts/http.dict ;;
     esac
 }

@@ -69,8 +69,10 @@ fn every_target_of_fuzz_is_replayed_here() {
     for (name, _) in files(&fuzz_dir().join("fuzz_targets")) {
         let stem = Path::new(&name).file_stem().expect("stem");
         let stem = stem.to_string_lossy();
+        // The binary's file targets replay in crates/showoff/tests/fuzz_inputs.rs.
+        let elsewhere = ["config_file", "client_file"].contains(&&*stem);
         assert!(
-            TARGETS.iter().any(|(target, _)| *target == stem),
+            elsewhere || TARGETS.iter().any(|(target, _)| *target == stem),
             "fuzz target {stem} has no replay here"
         );
     }

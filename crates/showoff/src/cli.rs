@@ -35,6 +35,7 @@ pub struct Cli {
     /// Runtime worker threads [env: SHOWOFF_THREADS] [default: all cores for the server, 1 for clients]
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// What to run.
     #[command(subcommand)]
     pub command: Command,
 }

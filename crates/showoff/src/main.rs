@@ -2,19 +2,10 @@
 //! signals, and runs the server or the client library. The only place that reads the
 //! environment or exits.
 //!
-//! Layout: [`cli`] (flags), [`settings`] (the settings table and the layering of defaults,
-//! config file, `SHOWOFF_*` environment and flags), [`logging`], [`signals`], [`commands`]
-//! (what each subcommand does).
+//! Everything else lives in the crate's library (`showoff_cli`), so the fuzz targets drive the
+//! same settings and file parsers the binary runs.
 
-mod audit_file;
-mod cli;
-mod client_file;
-mod commands;
-mod logging;
-mod settings;
-mod signals;
-mod token_file;
-mod watch;
+use showoff_cli::{cli, client_file, commands, logging, settings};
 
 use std::collections::HashMap;
 use std::process::ExitCode;

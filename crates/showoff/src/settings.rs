@@ -23,6 +23,8 @@ use showoff_server::auth::jwt::{JwtConfig, JwtKey};
 
 #[cfg(test)]
 use self::file::parse_file;
+/// Parses config text of the given format into file values (what `--config` reads).
+pub use self::file::parse_file as parse_file_text;
 pub use self::file::{FileValues, load_by_extension, load_file, parse_by_extension};
 pub use self::globals::{config_path, globals};
 use self::parse::list;
