@@ -20,6 +20,8 @@ pub(crate) enum Framing {
 const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer bytes accepted after the last chunk.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Most trailer fields, as for a head (hyper refuses more, found by `http1_differential`).
+const MAX_TRAILER_FIELDS: usize = 128;
 
 /// A malformed chunked body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +40,8 @@ enum ChunkState {
     Size,
     Data(u64),
     DataEnd,
-    Trailers(usize),
+    /// Trailer bytes and fields seen so far.
+    Trailers(usize, usize),
     Done,
 }
 
@@ -64,7 +67,7 @@ impl ChunkedDecoder {
                     };
                     let size = parse_chunk_size(&line)?;
                     self.state = if size == 0 {
-                        ChunkState::Trailers(0)
+                        ChunkState::Trailers(0, 0)
                     } else {
                         ChunkState::Data(size)
                     };
@@ -92,7 +95,7 @@ impl ChunkedDecoder {
                     buf.advance(2);
                     self.state = ChunkState::Size;
                 }
-                ChunkState::Trailers(seen) => {
+                ChunkState::Trailers(seen, fields) => {
                     let Some(line) = take_line(buf, MAX_TRAILERS)? else {
                         return Ok(Decoded::NeedMore);
                     };
@@ -101,11 +104,13 @@ impl ChunkedDecoder {
                         return Err(ChunkError("trailers too large"));
                     }
                     check_trailer(&line)?;
-                    self.state = if line.is_empty() {
-                        ChunkState::Done
+                    if line.is_empty() {
+                        self.state = ChunkState::Done;
+                    } else if fields >= MAX_TRAILER_FIELDS {
+                        return Err(ChunkError("too many trailer fields"));
                     } else {
-                        ChunkState::Trailers(seen)
-                    };
+                        self.state = ChunkState::Trailers(seen, fields + 1);
+                    }
                 }
                 ChunkState::Done => return Ok(Decoded::End),
             }
@@ -184,6 +189,28 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn trailers_are_capped_at_128_fields_like_a_head() {
+        // `http1_differential` found the edge taking a body with 130 trailer fields that
+        // hyper refuses (fuzz/regressions/http1_differential/).
+        let outcome = |fields: usize| {
+            let mut input = b"1\r\na\r\n0\r\n".to_vec();
+            for i in 0..fields {
+                input.extend_from_slice(format!("x{i}: v\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"\r\n");
+            let (mut buf, mut decoder) = (BytesMut::from(&input[..]), ChunkedDecoder::default());
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Decoded::Data(_)) => continue,
+                    other => break other,
+                }
+            }
+        };
+        assert_eq!(outcome(128), Ok(Decoded::End));
+        assert_eq!(outcome(129), Err(ChunkError("too many trailer fields")));
+    }
 
     #[test]
     fn control_bytes_and_bad_trailers_are_refused() {
