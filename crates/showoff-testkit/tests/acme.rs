@@ -207,3 +207,43 @@ async fn an_unreachable_acme_server_is_retried_and_counted_while_serving_goes_on
     );
     let _ = std::fs::remove_dir_all(&store);
 }
+
+#[tokio::test]
+async fn an_unwritable_acme_store_still_serves_the_certificate() {
+    // Issue 12 (chaos: the ACME store full or read-only): the certificate was stored before it
+    // was installed, so a store that cannot be written threw the new certificate away and the
+    // order failed again and again.
+    let ca = TestCa::new("control CA");
+    let port = free_port();
+    let file = storage("unwritable");
+    std::fs::write(&file, "a file, so nothing can be created below it").expect("file");
+    let placeholder = std::env::temp_dir().join(format!("showoff-pebble-ca-{port}.pem"));
+    let config = acme(
+        Pebble::directory_for(port),
+        placeholder.clone(),
+        file.join("store"),
+    );
+    let server = server(&ca, config).await;
+    let https = server.addrs.https.expect("https");
+    let pebble = Pebble::start(port, server.addrs.http.port(), https.port()).await;
+    std::fs::copy(&pebble.api_ca, &placeholder).expect("pebble CA");
+    let target = spawn_target("acme").await;
+    let mut client_config = TestClient::config(
+        &server,
+        vec![tunnel(TunnelKind::Http, Some("unstored"), target.addr)],
+    );
+    client_config.tls = Some(ClientTls {
+        ca: Some(ca.cert_pem.clone()),
+        ..ClientTls::default()
+    });
+    let _client = TestClient::start(client_config).await.expect("session");
+    wait_for_order(&server, "not_stored").await;
+    let root = pebble.root_pem().await;
+    let visit = https_get(https, "unstored.tunnel.test", &root, &["http/1.1"], "/")
+        .await
+        .expect("the certificate is served although it could not be stored");
+    assert_eq!(visit.reply.status, 200);
+    assert_eq!(orders(&server, "failed").await, None, "no order failed");
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&placeholder);
+}

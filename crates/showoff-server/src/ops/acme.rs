@@ -202,9 +202,15 @@ impl<'a> Orderer<'a> {
     async fn order(&mut self, name: &str) {
         let (ctx, config) = (self.ctx, &self.ctx.config);
         let Some(account) = &self.account else { return };
+        // Served first, stored second: a full or read-only store loses the copy on disk (the
+        // name is ordered again after a restart), never the certificate in use.
         let result = obtain(account, name, ctx).await.and_then(|pair| {
-            store_certificate(&config.storage, name, &pair)?;
-            install(ctx, name, &pair)
+            let not_after = install(ctx, name, &pair)?;
+            if let Err(error) = store_certificate(&config.storage, name, &pair) {
+                tracing::error!(name, %error, "certificate obtained and served, but the ACME store cannot keep it (full or read-only); it is ordered again after a restart");
+                ctx.stats.acme_order("not_stored");
+            }
+            Ok(not_after)
         });
         let Some(state) = self.names.get_mut(name) else {
             return;
@@ -302,8 +308,11 @@ async fn load_or_create_account(config: &AcmeConfig) -> Result<Account, String> 
         .await
         .map_err(|e| format!("creating the ACME account at {}: {e}", config.directory))?;
     let text = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
-    write_secret(&path, text.as_bytes())?;
     info!(directory = %config.directory, "ACME account created");
+    // An account that cannot be stored still works for this run; a restart creates another.
+    if let Err(error) = write_secret(&path, text.as_bytes()) {
+        tracing::error!(%error, "the ACME account cannot be stored (the store is full or read-only); it is used until a restart");
+    }
     Ok(account)
 }
 
