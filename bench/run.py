@@ -470,7 +470,8 @@ def main():
     parser.add_argument("--mode", choices=["quick", "full"], default="quick")
     parser.add_argument("--tunnels", type=int, default=10_000, help="idle tunnels to hold")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
-    parser.add_argument("--only", default="", help="comma-separated scenarios to run (A/B checks)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run (A/B checks; "
+                        "prints only, leaving bench/results and the charts of the last full run)")
     args = parser.parse_args()
     if args.only:
         global SCENARIOS
@@ -530,9 +531,13 @@ def main():
         "netns": os.environ.get("SHOWOFF_BENCH_NETNS") == "1", "machine": machine,
         "summary": summarise(rounds), "raw_rounds": rounds, "rss": rss, "idle_tunnels": idle,
     }
+    md = markdown(results)
+    if args.only:
+        # A subset is a side check: it prints, and leaves the full run's results and charts.
+        print(md)
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = markdown(results)
     (RESULTS / "latest.md").write_text(md)
     made = charts(results)
     if not args.no_doc:
