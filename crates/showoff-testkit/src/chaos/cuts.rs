@@ -7,13 +7,17 @@ use std::time::{Duration, Instant};
 use super::{ClientProcess, Moments, Score, admin_addr, client_args};
 use crate::impair::Relay;
 use crate::process::ServerProcess;
-use crate::visitor::{get, metric};
+use crate::visitor::{get, metric, request};
+
+/// The admin token the scenario's server gets, to read `/api/v1/sessions`.
+const ADMIN_TOKEN: &str = "chaos-admin-token";
 
 /// The control link of `clients` clients at once is cut `cuts` times each, at random moments
 /// (up to 1.5 s apart), by an impairment relay between each client and the server. Invariant:
 /// each time, the client is back within the backoff it announced (plus
 /// [`super::RECONNECT_SLACK`]) with the same public URL; afterwards the server's sessions and
-/// tunnels are back to one per client, nothing is pending, and every tunnel answers.
+/// tunnels are back to one per client (`/metrics` and `/api/v1/sessions` agree), nothing is
+/// pending, and every tunnel answers.
 pub async fn control_cuts(bin: &Path, clients: usize, cuts: usize, seed: u64) -> Score {
     let mut score = Score {
         scenario: "control link cut",
@@ -24,7 +28,7 @@ pub async fn control_cuts(bin: &Path, clients: usize, cuts: usize, seed: u64) ->
         failures: Vec::new(),
         detail: String::new(),
     };
-    let server = ServerProcess::start(bin, &[]);
+    let server = ServerProcess::start(bin, &[OsStr::new("--admin-token"), OsStr::new(ADMIN_TOKEN)]);
     let (control, http) = (server.addr("control"), server.addr("http"));
     let admin = admin_addr(&server.listening);
     let target = crate::target::spawn_target("chaos").await;
@@ -121,6 +125,31 @@ async fn baseline(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The admin API agrees: one session per client, each with its own tunnel.
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let listed = request(
+        admin,
+        "GET",
+        "/api/v1/sessions",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    let sessions: serde_json::Value =
+        serde_json::from_str(&listed.body).map_err(|e| format!("/api/v1/sessions: {e}"))?;
+    let mut names: Vec<String> = sessions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["tunnels"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    let mut want_names: Vec<String> = (0..clients).map(|i| format!("cut{i}")).collect();
+    want_names.sort();
+    if sessions.as_array().map(Vec::len) != Some(clients) || names != want_names {
+        return Err(format!("/api/v1/sessions after the cuts: {sessions}"));
     }
     for i in 0..clients {
         let host = format!("cut{i}.localhost:{}", http.port());
