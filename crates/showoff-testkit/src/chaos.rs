@@ -53,6 +53,19 @@ pub struct Score {
 }
 
 impl Score {
+    /// A score with nothing run yet.
+    pub fn new(scenario: &'static str, invariant: &'static str) -> Self {
+        Self {
+            scenario,
+            invariant,
+            runs: 0,
+            held: 0,
+            worst_recovery: Duration::ZERO,
+            failures: Vec::new(),
+            detail: String::new(),
+        }
+    }
+
     /// Whether every run kept the invariant.
     pub fn passed(&self) -> bool {
         self.held == self.runs && self.failures.is_empty()

@@ -25,15 +25,10 @@ const SERVED_WITHIN: Duration = Duration::from_secs(2);
 /// under 64 MiB + 24 KiB per held connection, and once they close nothing is left. The
 /// figure: the slowest of the well-behaved requests.
 pub async fn crowd(bin: &Path, idle: usize) -> Score {
-    let mut score = Score {
-        scenario: "idle crowd, slowloris, slow bodies",
-        invariant: "others served 200 within 2 s; RSS under 64 MiB + 24 KiB per held connection; nothing left",
-        runs: 0,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
-    };
+    let mut score = Score::new(
+        "idle crowd, slowloris, slow bodies",
+        "others served 200 within 2 s; RSS under 64 MiB + 24 KiB per held connection; nothing left",
+    );
     let target = crate::target::spawn_target("crowd").await;
     let server = ServerProcess::start(bin, &[]);
     let (control, http) = (server.addr("control"), server.addr("http"));
@@ -45,42 +40,16 @@ pub async fn crowd(bin: &Path, idle: usize) -> Score {
         return score;
     }
     let host = format!("crowd.localhost:{}", http.port());
-    let mut held = Vec::new();
-    let heads = format!("GET / HTTP/1.1\r\nhost: {host}\r\nx-slow: ");
-    let bodies = format!("POST / HTTP/1.1\r\nhost: {host}\r\ncontent-length: 1048576\r\n\r\nx");
-    for (count, opening) in [
-        (idle, ""),
-        (idle / 10, heads.as_str()),
-        (idle / 100, bodies.as_str()),
-    ] {
-        for _ in 0..count {
-            match open(http, opening).await {
-                Ok(stream) => held.push(stream),
-                Err(why) => {
-                    score
-                        .failures
-                        .push(format!("{} connections held, then: {why}", held.len()));
-                    return score;
-                }
-            }
-        }
-    }
-    // Every held connection accepted and being served before memory is read.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = get(admin, "localhost", "/metrics").await.body;
-        let open = metric(&text, "showoff_visitor_connections_active").unwrap_or(0.0);
-        if open >= held.len() as f64 {
-            break;
-        }
-        if Instant::now() > deadline {
-            score.failures.push(format!(
-                "only {open} of {} connections accepted",
-                held.len()
-            ));
+    let held = match hold(http, &host, idle).await {
+        Ok(held) => held,
+        Err(why) => {
+            score.failures.push(why);
             return score;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if let Err(why) = accepted(admin, held.len()).await {
+        score.failures.push(why);
+        return score;
     }
     let rss = rss_bytes(server.child.pid());
     let bound = BASE_BYTES + BYTES_PER_CONNECTION * held.len() as u64;
@@ -119,6 +88,46 @@ pub async fn crowd(bin: &Path, idle: usize) -> Score {
         score.failures.push(why);
     }
     score
+}
+
+/// The idle, half-head and dripped-body connections, all open.
+async fn hold(
+    http: std::net::SocketAddr,
+    host: &str,
+    idle: usize,
+) -> Result<Vec<TcpStream>, String> {
+    let mut held = Vec::new();
+    let heads = format!("GET / HTTP/1.1\r\nhost: {host}\r\nx-slow: ");
+    let bodies = format!("POST / HTTP/1.1\r\nhost: {host}\r\ncontent-length: 1048576\r\n\r\nx");
+    for (count, opening) in [
+        (idle, ""),
+        (idle / 10, heads.as_str()),
+        (idle / 100, bodies.as_str()),
+    ] {
+        for _ in 0..count {
+            let stream = open(http, opening)
+                .await
+                .map_err(|why| format!("{} connections held, then: {why}", held.len()))?;
+            held.push(stream);
+        }
+    }
+    Ok(held)
+}
+
+/// Waits until the server serves at least `count` visitor connections (memory is read then).
+async fn accepted(admin: std::net::SocketAddr, count: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = get(admin, "localhost", "/metrics").await.body;
+        let open = metric(&text, "showoff_visitor_connections_active").unwrap_or(0.0);
+        if open >= count as f64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {open} of {count} connections accepted"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn open(http: std::net::SocketAddr, opening: &str) -> Result<TcpStream, String> {

@@ -19,15 +19,10 @@ const ADMIN_TOKEN: &str = "chaos-admin-token";
 /// tunnels are back to one per client (`/metrics` and `/api/v1/sessions` agree), nothing is
 /// pending, and every tunnel answers.
 pub async fn control_cuts(bin: &Path, clients: usize, cuts: usize, seed: u64) -> Score {
-    let mut score = Score {
-        scenario: "control link cut",
-        invariant: "back within the announced backoff, same name; sessions, tunnels, pending back to baseline",
-        runs: 0,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
-    };
+    let mut score = Score::new(
+        "control link cut",
+        "back within the announced backoff, same name; sessions, tunnels, pending back to baseline",
+    );
     let server = ServerProcess::start(bin, &[OsStr::new("--admin-token"), OsStr::new(ADMIN_TOKEN)]);
     let (control, http) = (server.addr("control"), server.addr("http"));
     let admin = admin_addr(&server.listening);

@@ -16,13 +16,11 @@ use crate::visitor::get;
 /// after the failed write, from the client's start.
 pub async fn audit_disk(bin: &Path) -> Score {
     let mut score = Score {
-        scenario: "audit log disk full / read-only",
-        invariant: "full: error with path and reason, serving goes on; unopenable: refused with the file named",
         runs: 2,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
+        ..Score::new(
+            "audit log disk full / read-only",
+            "full: error with path and reason, serving goes on; unopenable: refused with the file named",
+        )
     };
     match full_disk(bin).await {
         Ok(took) => {

@@ -21,15 +21,10 @@ const DOWNLOAD_BYTES: u64 = 16 << 20;
 /// goes unanswered, no answer is other than 200, every download arrives whole, and the server
 /// exits 0 after a clean drain. The figure is the drain's length, SIGTERM to exit.
 pub async fn sigterm_under_load(bin: &Path, rounds: usize) -> Score {
-    let mut score = Score {
-        scenario: "SIGTERM under load",
-        invariant: "zero keep-alive requests lost, downloads whole, clean drain and exit 0",
-        runs: 0,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
-    };
+    let mut score = Score::new(
+        "SIGTERM under load",
+        "zero keep-alive requests lost, downloads whole, clean drain and exit 0",
+    );
     let target = crate::target::spawn_target("drain").await;
     for round in 0..rounds {
         score.runs += 1;

@@ -29,15 +29,10 @@ enum Moment {
 /// session and holds no visitor connection or pending stream, and a new client gets the name
 /// back. The figure is the visitor's wait from the kill to its answer or close.
 pub async fn client_killed(bin: &Path, rounds: usize) -> Score {
-    let mut score = Score {
-        scenario: "client SIGKILL mid-transfer",
-        invariant: "visitor gets 502 or a clean close within 10 s; nothing left; next client gets the name",
-        runs: 0,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
-    };
+    let mut score = Score::new(
+        "client SIGKILL mid-transfer",
+        "visitor gets 502 or a clean close within 10 s; nothing left; next client gets the name",
+    );
     let target = crate::target::spawn_target("killed").await;
     let server = ServerProcess::start(bin, &[]);
     let (control, http) = (server.addr("control"), server.addr("http"));
@@ -68,55 +63,10 @@ async fn kill_once(
     target: &crate::target::Target,
     moment: Moment,
 ) -> Result<Duration, String> {
-    let before = target.stats.requests.load(Ordering::Relaxed);
     let mut client = ClientProcess::start(bin, args);
     let first = client.next("connected", Duration::from_secs(20)).await?;
     let host = format!("victim.localhost:{}", http.port());
-    let mut visitor = tokio::net::TcpStream::connect(http)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = match moment {
-        Moment::Upload => format!(
-            "POST /upload HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-            16 << 20
-        ),
-        Moment::Download => {
-            let path = format!("/big?bytes={}&cl=1", 256 << 20);
-            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
-        }
-    };
-    visitor
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    // Part-way: 1 MiB sent, or the head and some body read.
-    let mut got = 0;
-    match moment {
-        Moment::Upload => {
-            let chunk = vec![b'u'; 64 * 1024];
-            for _ in 0..16 {
-                visitor.write_all(&chunk).await.map_err(|e| e.to_string())?;
-            }
-            // The target is reading the body: the request is through the tunnel.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while target.stats.requests.load(Ordering::Relaxed) == before {
-                if Instant::now() > deadline {
-                    return Err("the upload never reached the target".into());
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        Moment::Download => {
-            let mut chunk = vec![0u8; 64 * 1024];
-            while got < 1 << 20 {
-                let n = visitor.read(&mut chunk).await.map_err(|e| e.to_string())?;
-                if n == 0 {
-                    return Err("the download ended before the kill".into());
-                }
-                got += n;
-            }
-        }
-    }
+    let mut visitor = start_transfer(http, &host, target, moment).await?;
     client.kill();
     let killed = Instant::now();
     let answer = tokio::time::timeout(VISITOR_DEADLINE, async {
@@ -163,4 +113,61 @@ async fn sessions_become(admin: std::net::SocketAddr, want: f64) -> Result<(), S
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A visitor connection part-way through its transfer: 1 MiB of an upload sent and seen by the
+/// target, or 1 MiB of a download read.
+async fn start_transfer(
+    http: std::net::SocketAddr,
+    host: &str,
+    target: &crate::target::Target,
+    moment: Moment,
+) -> Result<tokio::net::TcpStream, String> {
+    let before = target.stats.requests.load(Ordering::Relaxed);
+    let mut visitor = tokio::net::TcpStream::connect(http)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = match moment {
+        Moment::Upload => format!(
+            "POST /upload HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            16 << 20
+        ),
+        Moment::Download => {
+            let path = format!("/big?bytes={}&cl=1", 256 << 20);
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+        }
+    };
+    visitor
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Part-way: 1 MiB sent, or the head and some body read.
+    let mut got = 0;
+    match moment {
+        Moment::Upload => {
+            let chunk = vec![b'u'; 64 * 1024];
+            for _ in 0..16 {
+                visitor.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            }
+            // The target is reading the body: the request is through the tunnel.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while target.stats.requests.load(Ordering::Relaxed) == before {
+                if Instant::now() > deadline {
+                    return Err("the upload never reached the target".into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Moment::Download => {
+            let mut chunk = vec![0u8; 64 * 1024];
+            while got < 1 << 20 {
+                let n = visitor.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("the download ended before the kill".into());
+                }
+                got += n;
+            }
+        }
+    }
+    Ok(visitor)
 }

@@ -44,38 +44,22 @@ fn start_server(bin: &Path, ports: &[String; 4]) -> ServerProcess {
 /// no visitor request hangs past 10 s (each is answered, refused or closed), and afterwards
 /// every tunnel answers. The figure: SIGKILL to the last client back.
 pub async fn server_restarted(bin: &Path, restarts: usize) -> Score {
-    let mut score = Score {
-        scenario: "server SIGKILL and restart under load",
-        invariant: "clients back within their backoff with their names; no visitor past 10 s",
-        runs: 0,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
-    };
+    let mut score = Score::new(
+        "server SIGKILL and restart under load",
+        "clients back within their backoff with their names; no visitor past 10 s",
+    );
     let ports = fixed_ports();
     let http: std::net::SocketAddr = ports[2].parse().expect("http addr");
     let target = crate::target::spawn_target("restart").await;
     let mut server = start_server(bin, &ports);
-    let mut clients = Vec::new();
-    let mut urls = Vec::new();
-    for i in 0..CLIENTS {
-        let args = client_args(
-            &format!("phoenix{i}"),
-            target.addr.port(),
-            ports[0].parse().expect("control"),
-        );
-        let mut client =
-            ClientProcess::start(bin, &args.iter().map(OsStr::new).collect::<Vec<_>>());
-        match client.next("connected", Duration::from_secs(20)).await {
-            Ok(event) => urls.push(event["public_url"].clone()),
-            Err(why) => {
-                score.failures.push(why);
-                return score;
-            }
+    let control = ports[0].parse().expect("control");
+    let (mut clients, urls) = match start_clients(bin, target.addr.port(), control).await {
+        Ok(started) => started,
+        Err(why) => {
+            score.failures.push(why);
+            return score;
         }
-        clients.push(client);
-    }
+    };
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
     let load: Vec<_> = (0..CLIENTS * 2)
         .map(|i| {
@@ -112,29 +96,51 @@ pub async fn server_restarted(bin: &Path, restarts: usize) -> Score {
     for handle in load {
         let _ = handle.await;
     }
+    score.failures.extend(afterwards(http, &tally).await);
+    drop(clients);
+    score
+}
+
+/// The clients, each connected once, and their public URLs.
+async fn start_clients(
+    bin: &Path,
+    target_port: u16,
+    control: std::net::SocketAddr,
+) -> Result<(Vec<ClientProcess>, Vec<serde_json::Value>), String> {
+    let (mut clients, mut urls) = (Vec::new(), Vec::new());
+    for i in 0..CLIENTS {
+        let args = client_args(&format!("phoenix{i}"), target_port, control);
+        let mut client =
+            ClientProcess::start(bin, &args.iter().map(OsStr::new).collect::<Vec<_>>());
+        let event = client.next("connected", Duration::from_secs(20)).await?;
+        urls.push(event["public_url"].clone());
+        clients.push(client);
+    }
+    Ok((clients, urls))
+}
+
+/// What broke across the restarts: visitors past the deadline, none ever answered, a tunnel
+/// that does not answer at the end.
+async fn afterwards(http: std::net::SocketAddr, tally: &Tally) -> Vec<String> {
+    let mut failures = Vec::new();
     let hung = tally.hung.load(Ordering::Relaxed);
     if hung > 0 {
-        score.failures.push(format!(
+        failures.push(format!(
             "{hung} visitor requests hung past {VISITOR_DEADLINE:?}"
         ));
     }
     if tally.answered.load(Ordering::Relaxed) == 0 {
-        score
-            .failures
-            .push("no visitor request was ever answered".into());
+        failures.push("no visitor request was ever answered".into());
     }
     for i in 0..CLIENTS {
         let request =
             format!("GET / HTTP/1.1\r\nhost: phoenix{i}.localhost\r\nconnection: close\r\n\r\n");
         let answer = raw(http, request.as_bytes()).await;
         if !answer.starts_with("HTTP/1.1 200 ") {
-            score
-                .failures
-                .push(format!("phoenix{i} after the restarts: {:.60}", answer));
+            failures.push(format!("phoenix{i} after the restarts: {answer:.60}"));
         }
     }
-    drop(clients);
-    score
+    failures
 }
 
 /// Fresh-connection requests one after another until `stop`, each bounded by the deadline.

@@ -71,15 +71,10 @@ async fn misbehave(mut stream: tokio::net::TcpStream) {
 /// the head and a cut body) within the I/O idle timeout plus slack, and afterwards no visitor
 /// connection or pending stream is left on the server and the tunnel still answers.
 pub async fn target_faults(bin: &Path, rounds: usize) -> Score {
-    let mut score = Score {
-        scenario: "target misbehaves",
-        invariant: "documented 502 code (or head + cut body) within the idle timeout; nothing left open",
-        runs: 0,
-        held: 0,
-        worst_recovery: Duration::ZERO,
-        failures: Vec::new(),
-        detail: String::new(),
-    };
+    let mut score = Score::new(
+        "target misbehaves",
+        "documented 502 code (or head + cut body) within the idle timeout; nothing left open",
+    );
     let idle = Duration::from_secs(2);
     let server = ServerProcess::start(bin, &[OsStr::new("--io-idle-timeout"), OsStr::new("2s")]);
     let (control, http) = (server.addr("control"), server.addr("http"));
