@@ -35,6 +35,9 @@ const PIPE: usize = 64 * 1024;
 /// Streams a visitor may have open at once (RFC 9113 recommends no fewer than 100).
 pub(crate) const MAX_STREAMS: u32 = 100;
 
+/// The shortest wait between two looks at a connection's idleness and progress.
+const MIN_CHECK: Duration = Duration::from_millis(100);
+
 /// Response bytes buffered per stream beyond what the visitor's window lets through; with
 /// [`MAX_STREAMS`] a visitor that stops reading holds at most ~6 MiB here.
 pub(crate) const SEND_BUFFER: usize = 64 * 1024;
@@ -87,7 +90,11 @@ where
                     return;
                 }
                 match activity.idle_until(idle_limit) {
-                    Some(due) => check = due.min(Instant::now() + stall_limit / 2),
+                    // Never sooner than MIN_CHECK: zero timeouts must not spin the task.
+                    Some(due) => {
+                        let now = Instant::now();
+                        check = due.min(now + stall_limit / 2).max(now + MIN_CHECK);
+                    }
                     None => {
                         debug!(%peer, "h2 connection idle; closing");
                         break;
