@@ -210,21 +210,35 @@ pub(crate) fn client_args(name: &str, port: u16, server: std::net::SocketAddr) -
         .collect()
 }
 
-/// No visitor connection and no pending stream left on the server.
-pub(crate) async fn drained(admin: std::net::SocketAddr) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Reads the server's `/metrics` every 50 ms until `check` passes; after `limit`, the last
+/// thing `check` said is the error.
+pub(crate) async fn until_metrics(
+    admin: std::net::SocketAddr,
+    limit: Duration,
+    mut check: impl FnMut(&str) -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
     loop {
         let text = get(admin, "localhost", "/metrics").await.body;
-        let visitors = metric(&text, "showoff_visitor_connections_active");
-        let pending = metric(&text, "showoff_pending_streams");
+        match check(&text) {
+            Ok(()) => return Ok(()),
+            Err(why) if Instant::now() > deadline => return Err(why),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// No visitor connection and no pending stream left on the server.
+pub(crate) async fn drained(admin: std::net::SocketAddr) -> Result<(), String> {
+    until_metrics(admin, Duration::from_secs(20), |text| {
+        let visitors = metric(text, "showoff_visitor_connections_active");
+        let pending = metric(text, "showoff_pending_streams");
         if visitors == Some(0.0) && pending == Some(0.0) {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "left open: visitors {visitors:?}, pending {pending:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!(
+            "left open: visitors {visitors:?}, pending {pending:?}"
+        ))
+    })
+    .await
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{ClientProcess, Score, admin_addr, client_args, drained};
+use super::{ClientProcess, Score, admin_addr, client_args, drained, until_metrics};
 use crate::process::ServerProcess;
 use crate::visitor::{get, metric};
 
@@ -116,18 +116,14 @@ async fn hold(
 
 /// Waits until the server serves at least `count` visitor connections (memory is read then).
 async fn accepted(admin: std::net::SocketAddr, count: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = get(admin, "localhost", "/metrics").await.body;
-        let open = metric(&text, "showoff_visitor_connections_active").unwrap_or(0.0);
+    until_metrics(admin, Duration::from_secs(30), |text| {
+        let open = metric(text, "showoff_visitor_connections_active").unwrap_or(0.0);
         if open >= count as f64 {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            return Err(format!("only {open} of {count} connections accepted"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("only {open} of {count} connections accepted"))
+    })
+    .await
 }
 
 async fn open(http: std::net::SocketAddr, opening: &str) -> Result<TcpStream, String> {

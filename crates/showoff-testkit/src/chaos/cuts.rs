@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{ClientProcess, Moments, Score, admin_addr, client_args};
+use super::{ClientProcess, Moments, Score, admin_addr, client_args, until_metrics};
 use crate::impair::Relay;
 use crate::process::ServerProcess;
 use crate::visitor::{get, metric, request};
@@ -104,23 +104,19 @@ async fn baseline(
     http: std::net::SocketAddr,
     clients: usize,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
     let want = clients as f64;
-    loop {
-        let text = get(admin, "localhost", "/metrics").await.body;
-        let sessions = metric(&text, "showoff_sessions_active");
-        let tunnels = metric(&text, "showoff_tunnels_active{kind=\"http\"}");
-        let pending = metric(&text, "showoff_pending_streams");
+    until_metrics(admin, Duration::from_secs(20), |text| {
+        let sessions = metric(text, "showoff_sessions_active");
+        let tunnels = metric(text, "showoff_tunnels_active{kind=\"http\"}");
+        let pending = metric(text, "showoff_pending_streams");
         if sessions == Some(want) && tunnels == Some(want) && pending.unwrap_or(0.0) == 0.0 {
-            break;
+            return Ok(());
         }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "server not back to baseline: sessions {sessions:?}, tunnels {tunnels:?}, pending {pending:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!(
+            "server not back to baseline: sessions {sessions:?}, tunnels {tunnels:?}, pending {pending:?}"
+        ))
+    })
+    .await?;
     // The admin API agrees: one session per client, each with its own tunnel.
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let listed = request(

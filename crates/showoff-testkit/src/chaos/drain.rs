@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{ClientProcess, Score, admin_addr, client_args};
+use super::{ClientProcess, Score, admin_addr, client_args, until_metrics};
 use crate::process::ServerProcess;
-use crate::visitor::{KeepAlive, get, keep_alive_loop, metric};
+use crate::visitor::{KeepAlive, keep_alive_loop, metric};
 
 /// Keep-alive connections sending back to back during each drain.
 const LOOPS: usize = 16;
@@ -56,21 +56,17 @@ async fn drain_once(bin: &Path, target_port: u16) -> Result<Duration, String> {
         .map(|seen| tokio::spawn(slow_download(http, host.clone(), seen.clone())))
         .collect();
     // Under way: requests answered and every download part-way through.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = get(admin, "localhost", "/metrics").await.body;
-        let answered = metric(&text, "showoff_http_requests_total{class=\"2xx\"}").unwrap_or(0.0);
+    until_metrics(admin, Duration::from_secs(20), |text| {
+        let answered = metric(text, "showoff_http_requests_total{class=\"2xx\"}").unwrap_or(0.0);
         let started = progress
             .iter()
             .all(|p| p.load(Ordering::Relaxed) >= 1 << 20);
         if answered >= 2_000.0 && started {
-            break;
+            return Ok(());
         }
-        if Instant::now() > deadline {
-            return Err(format!("the load never got going ({answered} answered)"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("the load never got going ({answered} answered)"))
+    })
+    .await?;
     let sent = Instant::now();
     let pid = server.child.pid().to_string();
     let killed = std::process::Command::new("kill")

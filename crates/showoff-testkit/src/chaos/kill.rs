@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ClientProcess, Score, admin_addr, client_args, drained};
+use super::{ClientProcess, Score, admin_addr, client_args, drained, until_metrics};
 use crate::process::ServerProcess;
-use crate::visitor::{get, metric};
+use crate::visitor::metric;
 
 /// How long a visitor may wait for its answer or its close after the client died.
 const VISITOR_DEADLINE: Duration = Duration::from_secs(10);
@@ -101,18 +101,14 @@ async fn kill_once(
 }
 
 async fn sessions_become(admin: std::net::SocketAddr, want: f64) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = get(admin, "localhost", "/metrics").await.body;
-        let sessions = metric(&text, "showoff_sessions_active");
+    until_metrics(admin, Duration::from_secs(20), |text| {
+        let sessions = metric(text, "showoff_sessions_active");
         if sessions == Some(want) {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            return Err(format!("sessions stayed at {sessions:?}, not {want}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("sessions stayed at {sessions:?}, not {want}"))
+    })
+    .await
 }
 
 /// A visitor connection part-way through its transfer: 1 MiB of an upload sent and seen by the
