@@ -37,6 +37,42 @@ async fn server(ca: &TestCa, acme: AcmeConfig) -> TestServer {
     .await
 }
 
+/// [`server`] with `acme`, then pebble on the server's HTTP and HTTPS ports, its API CA written
+/// to `placeholder` (the file `acme.directory_ca` names, read only once an order starts).
+async fn with_pebble(
+    ca: &TestCa,
+    port: u16,
+    placeholder: &std::path::Path,
+    acme: AcmeConfig,
+) -> (TestServer, Pebble) {
+    let server = server(ca, acme).await;
+    let https = server.addrs.https.expect("https");
+    let pebble = Pebble::start(port, server.addrs.http.port(), https.port()).await;
+    std::fs::copy(&pebble.api_ca, placeholder).expect("pebble CA");
+    (server, pebble)
+}
+
+/// A client config with HTTP tunnel `name` to a fresh target, trusting the control CA.
+async fn tls_client(
+    server: &TestServer,
+    ca: &TestCa,
+    name: &str,
+) -> (
+    showoff_client::ClientConfig,
+    showoff_testkit::target::Target,
+) {
+    let target = spawn_target("acme").await;
+    let mut config = TestClient::config(
+        server,
+        vec![tunnel(TunnelKind::Http, Some(name), target.addr)],
+    );
+    config.tls = Some(ClientTls {
+        ca: Some(ca.cert_pem.clone()),
+        ..ClientTls::default()
+    });
+    (config, target)
+}
+
 fn acme(directory: String, pebble_ca: std::path::PathBuf, store: std::path::PathBuf) -> AcmeConfig {
     AcmeConfig {
         directory,
@@ -79,20 +115,9 @@ async fn a_fresh_tunnel_gets_a_certificate_on_demand_and_keeps_it_across_restart
         placeholder.clone(),
         store.clone(),
     );
-    let server = server(&ca, config.clone()).await;
+    let (server, pebble) = with_pebble(&ca, port, &placeholder, config.clone()).await;
     let https = server.addrs.https.expect("https");
-    let pebble = Pebble::start(port, server.addrs.http.port(), https.port()).await;
-    std::fs::copy(&pebble.api_ca, &placeholder).expect("pebble CA");
-
-    let target = spawn_target("acme").await;
-    let mut client_config = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("fresh"), target.addr)],
-    );
-    client_config.tls = Some(ClientTls {
-        ca: Some(ca.cert_pem.clone()),
-        ..ClientTls::default()
-    });
+    let (mut client_config, _target) = tls_client(&server, &ca, "fresh").await;
     let client = TestClient::start(client_config.clone())
         .await
         .expect("session");
@@ -143,10 +168,8 @@ async fn configured_names_are_certified_through_tls_alpn_01() {
     config.on_demand = false;
     // Longer than pebble's certificates live: every certificate is due for renewal at once.
     config.renew_before = Duration::from_secs(20 * 365 * 86_400);
-    let server = server(&ca, config).await;
+    let (server, pebble) = with_pebble(&ca, port, &placeholder, config).await;
     let https = server.addrs.https.expect("https");
-    let pebble = Pebble::start(port, server.addrs.http.port(), https.port()).await;
-    std::fs::copy(&pebble.api_ca, &placeholder).expect("pebble CA");
     wait_for_order(&server, "ok").await;
     let root = pebble.root_pem().await;
     let visit = https_get(https, "edge.tunnel.test", &root, &[], "/")
@@ -223,19 +246,9 @@ async fn an_unwritable_acme_store_still_serves_the_certificate() {
         placeholder.clone(),
         file.join("store"),
     );
-    let server = server(&ca, config).await;
+    let (server, pebble) = with_pebble(&ca, port, &placeholder, config).await;
     let https = server.addrs.https.expect("https");
-    let pebble = Pebble::start(port, server.addrs.http.port(), https.port()).await;
-    std::fs::copy(&pebble.api_ca, &placeholder).expect("pebble CA");
-    let target = spawn_target("acme").await;
-    let mut client_config = TestClient::config(
-        &server,
-        vec![tunnel(TunnelKind::Http, Some("unstored"), target.addr)],
-    );
-    client_config.tls = Some(ClientTls {
-        ca: Some(ca.cert_pem.clone()),
-        ..ClientTls::default()
-    });
+    let (client_config, _target) = tls_client(&server, &ca, "unstored").await;
     let _client = TestClient::start(client_config).await.expect("session");
     wait_for_order(&server, "not_stored").await;
     let root = pebble.root_pem().await;
