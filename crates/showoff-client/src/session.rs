@@ -173,6 +173,7 @@ async fn handshake(
     conn.feed(ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         role: Role::Control,
+        transport: Default::default(),
     })
     .await
     .map_err(lost)?;
@@ -345,6 +346,7 @@ async fn open_data(ctx: &Ctx, id: Option<String>) -> Result<Conn, String> {
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         role: Role::Data,
+        transport: Default::default(),
     };
     let data_hello = ClientMessage::DataHello {
         session: ctx.session.clone(),

@@ -8,6 +8,8 @@
 //! - [`opener`]: the transport seams: [`StreamOpener`] ("open a stream to this session") and
 //!   [`DatagramOpener`] (UDP flows), with [`StreamMeta`] and [`OpenError`].
 //! - [`datagram`]: the bounded, lossy datagram queue every non-QUIC transport carries UDP in.
+//! - [`mux`]: multiplexed streams over one connection ([`Mux`], yamux), both ends of the `mux`
+//!   transport.
 //! - [`registry`]: fenced leases on names and public ports ([`Registry`], [`MemoryRegistry`]) and
 //!   the conformance suite every backend runs (feature `conformance`).
 //! - [`exchange`]: one [`Exchange`] event per HTTP request and TCP connection, and the
@@ -19,6 +21,7 @@
 
 pub mod datagram;
 pub mod exchange;
+pub mod mux;
 pub mod opener;
 pub mod registry;
 pub mod secret;
@@ -27,6 +30,7 @@ pub mod time;
 
 pub use datagram::{DatagramDrop, DatagramQueue};
 pub use exchange::{Exchange, ExchangeSink, Exchanges, HttpExchange, Protocol};
+pub use mux::{Mux, MuxError};
 pub use opener::{DatagramOpener, FlowMeta, OpenError, StreamMeta, StreamOpener};
 pub use registry::{
     Claim, Claimed, Lease, LeaseKey, MemoryRegistry, Owner, Registry, RegistryError,

@@ -136,6 +136,7 @@ mod tests {
         let hello = ClientMessage::Hello {
             version: 1,
             role: Role::Data,
+            transport: Default::default(),
         };
         codec.encode(hello.clone(), &mut buf).expect("encode");
         buf.extend_from_slice(b"GET / HTTP/1.1\r\n");

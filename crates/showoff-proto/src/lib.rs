@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use codec::{FrameCodec, ProtocolError};
 pub use message::{
     ClientMessage, HostHeader, RefusedCode, Role, ServerMessage, TunnelInfo, TunnelKind,
-    TunnelSpec, VisitorRules, check_hello,
+    TransportKind, TunnelSpec, VisitorRules, check_hello,
 };
 
 /// The protocol version this build speaks when it opens a connection.

@@ -24,6 +24,11 @@ pub enum ClientMessage {
         version: u16,
         /// What this connection is for.
         role: Role,
+        /// How the session's streams travel (control connections only): `tcp` (dial-back, the
+        /// default when absent), `mux` (the connection turns into a multiplexed one after
+        /// `Welcome`) or `quic` (sent on the QUIC listener's control stream).
+        #[serde(default, skip_serializing_if = "TransportKind::is_default")]
+        transport: TransportKind,
     },
     /// Credentials, sent once right after `Hello` on a control connection.
     Auth {
@@ -87,6 +92,15 @@ pub enum ServerMessage {
         warm_pool: u16,
         /// One entry per granted tunnel, in request order.
         tunnels: Vec<TunnelInfo>,
+        /// The transport this session runs on, as asked in `Hello`.
+        #[serde(default, skip_serializing_if = "TransportKind::is_default")]
+        transport: TransportKind,
+        /// Every transport this server serves, for a client that may switch later.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offers: Vec<TransportKind>,
+        /// UDP port of the QUIC listener, when `offers` has `quic`; on the control host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quic_port: Option<u16>,
     },
     /// The request was refused; the connection closes after this frame.
     Refused {
@@ -130,10 +144,15 @@ const REDACTED: &str = "***";
 impl std::fmt::Debug for ClientMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Hello { version, role } => f
+            Self::Hello {
+                version,
+                role,
+                transport,
+            } => f
                 .debug_struct("Hello")
                 .field("version", version)
                 .field("role", role)
+                .field("transport", transport)
                 .finish(),
             Self::Auth { .. } => f.debug_struct("Auth").field("token", &REDACTED).finish(),
             Self::Open { tunnels } => f.debug_struct("Open").field("tunnels", tunnels).finish(),
@@ -164,6 +183,9 @@ impl std::fmt::Debug for ServerMessage {
                 heartbeat_interval_secs,
                 warm_pool,
                 tunnels,
+                transport,
+                offers,
+                quic_port,
                 ..
             } => f
                 .debug_struct("Welcome")
@@ -173,6 +195,9 @@ impl std::fmt::Debug for ServerMessage {
                 .field("heartbeat_interval_secs", heartbeat_interval_secs)
                 .field("warm_pool", warm_pool)
                 .field("tunnels", tunnels)
+                .field("transport", transport)
+                .field("offers", offers)
+                .field("quic_port", quic_port)
                 .finish(),
             Self::Refused { code, message } => f
                 .debug_struct("Refused")
@@ -226,7 +251,7 @@ impl ServerMessage {
 /// it must be a `Hello` of a supported version announcing `expected`. The refusal to send
 /// otherwise says which versions this build speaks.
 pub fn check_hello(first: Option<&ClientMessage>, expected: Role) -> Result<(), ServerMessage> {
-    let Some(ClientMessage::Hello { version, role }) = first else {
+    let Some(ClientMessage::Hello { version, role, .. }) = first else {
         return Err(ServerMessage::bad_request("expected hello"));
     };
     if !crate::SUPPORTED_VERSIONS.contains(version) {
@@ -248,6 +273,45 @@ pub fn check_hello(first: Option<&ClientMessage>, expected: Role) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// How a session's streams travel between server and client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// Dial-back: one TCP (TLS) data connection per stream, with a warm pool.
+    #[default]
+    Tcp,
+    /// Multiplexed streams (yamux) over the control connection itself.
+    Mux,
+    /// One QUIC stream per tunnel stream, on the server's UDP listener.
+    Quic,
+    /// A transport this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl TransportKind {
+    /// The name on the wire, in flags and in metrics: `tcp`, `mux`, `quic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Mux => "mux",
+            Self::Quic => "quic",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// True for dial-back, which the wire leaves out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::Tcp
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Stable refusal codes; clients may branch on them, so they never change meaning.
@@ -464,6 +528,9 @@ mod tests {
             heartbeat_interval_secs: 15,
             warm_pool: 8,
             tunnels: Vec::new(),
+            transport: TransportKind::Mux,
+            offers: vec![TransportKind::Tcp, TransportKind::Mux],
+            quic_port: None,
         };
         let shown = format!("{auth:?} {hello:?} {welcome:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
@@ -478,7 +545,11 @@ mod tests {
 
     #[test]
     fn the_first_frame_must_be_a_supported_hello_of_the_right_role() {
-        let hello = |version, role| ClientMessage::Hello { version, role };
+        let hello = |version, role| ClientMessage::Hello {
+            version,
+            role,
+            transport: TransportKind::Tcp,
+        };
         assert_eq!(
             check_hello(
                 Some(&hello(crate::PROTOCOL_VERSION, Role::Data)),

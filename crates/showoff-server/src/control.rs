@@ -59,6 +59,8 @@ pub(crate) struct ControlSettings {
     pub(crate) ports: PortPlan,
     /// The data listener's port, told to clients in `Welcome`.
     pub(crate) data_port: u16,
+    /// The QUIC listener's UDP port, told to clients in `Welcome`; `None` when QUIC is off.
+    pub(crate) quic_port: Option<u16>,
 }
 
 /// Starts serving visitors on a TCP tunnel's bound public port (the TCP edge does).
@@ -124,6 +126,7 @@ pub(crate) mod tests {
                 range: PortRange { first: 0, last: 0 },
             },
             data_port: 7001,
+            quic_port: None,
         }
     }
 

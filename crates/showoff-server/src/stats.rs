@@ -54,6 +54,11 @@ impl DataRejectReason {
 
 /// A label set of one bounded value.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabel {
     pub(crate) kind: &'static str,
 }
@@ -100,6 +105,7 @@ struct BuildLabels {
 /// Live metrics of one server.
 pub struct Stats {
     pub(crate) sessions_active: Gauge,
+    sessions_by_transport: Family<TransportLabel, Gauge>,
     tunnels_active: Family<KindLabel, Gauge>,
     pub(crate) pending: Gauge,
     pub(crate) visitor_connections_active: Gauge,
@@ -161,6 +167,7 @@ pub struct StatsSnapshot {
     pub data_rejected_pool_full: u64,
 }
 
+const TRANSPORTS: [&str; 3] = ["tcp", "mux", "quic"];
 const KINDS: [&str; 3] = ["http", "tcp", "udp"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -170,6 +177,7 @@ impl Stats {
     pub(crate) fn new(build: &BuildInfo, tunnel_metrics_cap: usize) -> Self {
         let mut stats = Self {
             sessions_active: Gauge::default(),
+            sessions_by_transport: Family::default(),
             tunnels_active: Family::default(),
             pending: Gauge::default(),
             visitor_connections_active: Gauge::default(),
@@ -216,12 +224,22 @@ impl Stats {
         for direction in ["in", "out"] {
             let _ = self.bytes.get_or_create(&DirectionLabel { direction });
         }
+        for transport in TRANSPORTS {
+            let _ = self
+                .sessions_by_transport
+                .get_or_create(&TransportLabel { transport });
+        }
         let r = &mut self.registry;
         r.register("build_info", "Build of this server (always 1)", info);
         r.register(
             "sessions_active",
             "Client sessions connected now",
             self.sessions_active.clone(),
+        );
+        r.register(
+            "sessions_by_transport",
+            "Client sessions connected now, by transport (tcp = dial-back, mux, quic)",
+            self.sessions_by_transport.clone(),
         );
         r.register(
             "tunnels_active",
@@ -370,6 +388,24 @@ impl Stats {
     /// Counts an error by its stable code.
     pub(crate) fn acme_order(&self, code: &'static str) {
         self.acme_orders.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// A session came up on `transport`.
+    pub(crate) fn session_up(&self, transport: showoff_proto::TransportKind) {
+        self.sessions_active.inc();
+        let transport = transport.as_str();
+        self.sessions_by_transport
+            .get_or_create(&TransportLabel { transport })
+            .inc();
+    }
+
+    /// A session on `transport` ended.
+    pub(crate) fn session_down(&self, transport: showoff_proto::TransportKind) {
+        self.sessions_active.dec();
+        let transport = transport.as_str();
+        self.sessions_by_transport
+            .get_or_create(&TransportLabel { transport })
+            .dec();
     }
 
     pub(crate) fn session_refused(&self, code: &'static str) {

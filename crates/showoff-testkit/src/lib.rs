@@ -334,6 +334,7 @@ pub mod raw_client {
             ClientMessage::Hello {
                 version: PROTOCOL_VERSION,
                 role,
+                transport: Default::default(),
             },
         )
         .await;

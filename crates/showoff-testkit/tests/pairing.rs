@@ -244,6 +244,7 @@ async fn bytes_sent_right_after_the_data_hello_are_not_lost() {
         ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Data,
+            transport: Default::default(),
         },
         ClientMessage::DataHello {
             session,

@@ -16,6 +16,7 @@ async fn a_version_mismatch_names_the_versions_spoken() {
             ClientMessage::Hello {
                 version: 99,
                 role: Role::Control,
+                transport: Default::default(),
             },
         )
         .await;

@@ -295,6 +295,7 @@ async fn control_session(
         ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Control,
+            transport: Default::default(),
         },
         ClientMessage::Auth { token: name.into() },
         ClientMessage::Open {

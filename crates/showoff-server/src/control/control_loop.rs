@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::registration::{Streams, release_tunnel};
 use super::{ControlContext, ControlFramed};
 use crate::state::{Session, Tunnel};
+use crate::transport::Link;
 
 /// Why a session ended, for the log.
 type End = &'static str;
@@ -26,6 +27,9 @@ pub(crate) struct ControlLoop {
     ctx: Arc<ControlContext>,
     last_seen: Instant,
     said_goaway: bool,
+    link: Link,
+    /// What the link had received at the last heartbeat.
+    last_received: Option<u64>,
 }
 
 impl ControlLoop {
@@ -42,7 +46,15 @@ impl ControlLoop {
             ctx,
             last_seen: Instant::now(),
             said_goaway: false,
+            link: Link::DialBack,
+            last_received: None,
         }
+    }
+
+    /// Counts anything the session's `link` receives as a sign of life, not only frames.
+    pub(crate) fn watching(mut self, link: Link) -> Self {
+        self.link = link;
+        self
     }
 
     /// Runs until the session ends; returns why, for the log.
@@ -137,6 +149,11 @@ impl ControlLoop {
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
+        let received = self.link.received();
+        if received != self.last_received {
+            self.last_received = received;
+            self.last_seen = Instant::now();
+        }
         if self.last_seen.elapsed() > self.ctx.settings.heartbeat_timeout {
             return Err("heartbeat timeout");
         }

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use showoff_core::TunnelStream;
 use showoff_proto::{
-    ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, RefusedCode, Role, ServerMessage,
+    ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, RefusedCode, Role, ServerMessage, TransportKind,
 };
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -23,6 +23,8 @@ use super::{ControlContext, ControlFramed};
 use crate::audit::AuditEvent;
 use crate::auth::{AuthRequest, Principal};
 use crate::listen::Arrived;
+use crate::transport::Link;
+use crate::transport::mux::MuxLink;
 
 /// Initial read buffer of a control connection: control frames are small, so buffers start at
 /// 512 bytes and grow only when a frame needs it (tokio-util's default of 8 KiB each was half
@@ -58,15 +60,17 @@ pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
         }
     };
     let stream = TunnelStream::boxed(BytesMut::new(), stream);
-    serve_stream(stream, peer, certificate.as_deref(), ctx).await;
+    serve_stream(stream, peer, certificate.as_deref(), None, ctx).await;
 }
 
-/// Serves a control connection past its transport (TCP or TLS, or an in-memory pipe in the
-/// fuzz targets): rate limit, handshake, session.
+/// Serves a control connection past its transport (TCP or TLS, a QUIC connection's control
+/// stream with its `quic` link, or an in-memory pipe in the fuzz targets): rate limit,
+/// handshake, session.
 pub(crate) async fn serve_stream(
     stream: TunnelStream,
     peer: SocketAddr,
     certificate: Option<&str>,
+    quic: Option<Link>,
     ctx: Arc<ControlContext>,
 ) {
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
@@ -78,24 +82,34 @@ pub(crate) async fn serve_stream(
         return refuse(&ctx, &mut framed, peer, refusal).await;
     }
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let client = Client { peer, certificate };
+    let client = Client {
+        peer,
+        certificate,
+        quic,
+    };
     let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, client, &ctx));
     let guard = match setup.await {
         Ok(Ok(guard)) => guard,
         Ok(Err(refusal)) => return refuse(&ctx, &mut framed, peer, refusal).await,
         Err(_) => return debug!(%peer, "control handshake timed out"),
     };
+    let framed = match switch(framed, &guard.link).await {
+        Ok(framed) => framed,
+        Err(reason) => return info!(%peer, reason, "multiplexed session failed to start"),
+    };
     let session = guard.session.clone();
     let span = tracing::Span::current();
     span.record("session", &*session.id);
     span.record("principal", session.principal.id.as_str());
-    info!(%peer, session = %session.id, principal = %session.principal.id, "session up");
+    let transport = session.transport.as_str();
+    info!(%peer, session = %session.id, principal = %session.principal.id, transport, "session up");
     let up = AuditEvent::new("auth_ok")
         .principal(&session.principal.id)
         .peer(peer);
     ctx.audit
         .record(up.session(&session.id).names(session.tunnel_names()));
     let end = ControlLoop::new(framed, rx, session.clone(), ctx.clone())
+        .watching(guard.link.clone())
         .run()
         .await;
     info!(%peer, session = %session.id, reason = end, "session ended");
@@ -123,12 +137,69 @@ async fn refuse(
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.send(refusal)).await;
 }
 
+/// After `Welcome` on a mux session, the control frames move to the first yamux stream; other
+/// sessions keep their connection as it is.
+async fn switch(framed: ControlFramed, link: &Link) -> Result<ControlFramed, &'static str> {
+    let Link::Mux(mux) = link else {
+        return Ok(framed);
+    };
+    let parts = framed.into_parts();
+    let connection = TunnelStream::boxed(parts.read_buf, parts.io);
+    let control = mux.start(connection, HANDSHAKE_TIMEOUT).await?;
+    let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
+    Ok(Framed::with_capacity(control, codec, CONTROL_BUFFER))
+}
+
 /// Who is on the other end of a control connection.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Client<'a> {
     peer: SocketAddr,
     /// The verified client certificate's identity (mTLS).
     certificate: Option<&'a str>,
+    /// The link of the QUIC connection this control stream belongs to.
+    quic: Option<Link>,
+}
+
+/// The link a session's `Hello` asks for, on the listener it arrived on.
+fn choose_link(
+    first: Option<&ClientMessage>,
+    quic: Option<Link>,
+    ctx: &ControlContext,
+) -> Result<Link, ServerMessage> {
+    let asked = match first {
+        Some(ClientMessage::Hello { transport, .. }) => *transport,
+        _ => TransportKind::Tcp,
+    };
+    match (asked, quic) {
+        (TransportKind::Tcp, None) => Ok(Link::DialBack),
+        (TransportKind::Mux, None) => Ok(Link::Mux(MuxLink::new(
+            ctx.dialback.pending_timeout(),
+        ))),
+        (TransportKind::Quic, Some(link)) => Ok(link),
+        (TransportKind::Quic, None) => Err(ServerMessage::bad_request(
+            "transport quic is spoken on the server's QUIC listener (UDP), not here",
+        )),
+        (TransportKind::Tcp | TransportKind::Mux, Some(_)) => Err(ServerMessage::bad_request(
+            "a session on the QUIC listener must ask for transport quic",
+        )),
+        (TransportKind::Unknown, _) => Err(ServerMessage::bad_request(format!(
+            "unknown transport; this server offers {}",
+            offers(ctx)
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// What `Welcome` says this server serves.
+fn offers(ctx: &ControlContext) -> Vec<TransportKind> {
+    let mut offers = vec![TransportKind::Tcp, TransportKind::Mux];
+    if ctx.settings.quic_port.is_some() {
+        offers.push(TransportKind::Quic);
+    }
+    offers
 }
 
 async fn handshake(
@@ -139,13 +210,14 @@ async fn handshake(
 ) -> Result<SessionGuard, ServerMessage> {
     let first = framed.next().await.and_then(Result::ok);
     showoff_proto::check_hello(first.as_ref(), Role::Control)?;
+    let link = choose_link(first.as_ref(), client.quic.clone(), ctx)?;
     if ctx.drain.is_draining() {
         return Err(ServerMessage::refused(
             RefusedCode::ShuttingDown,
             "the server is shutting down",
         ));
     }
-    let principal = authenticate(framed, client, ctx).await?;
+    let principal = authenticate(framed, &client, ctx).await?;
     let specs = match framed.next().await {
         Some(Ok(ClientMessage::Open { tunnels })) => tunnels,
         _ => return Err(ServerMessage::bad_request("expected open")),
@@ -162,7 +234,7 @@ async fn handshake(
     let rate = || ctx.limits.new_tunnels(&principal.id, specs.len());
     let per_minute = ctx.settings.tunnels_per_principal;
     admit(&principal, &specs, load, rate, per_minute)?;
-    let guard = SessionGuard::new(principal, client.peer, tx, ctx.clone());
+    let guard = SessionGuard::new(principal, client.peer, tx, link, ctx.clone());
     let opener = guard.opener();
     let mut infos = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -174,8 +246,14 @@ async fn handshake(
         data_key: guard.data_key().to_string(),
         data_port: ctx.settings.data_port,
         heartbeat_interval_secs: ctx.settings.heartbeat_interval.as_secs().max(1),
-        warm_pool: ctx.settings.warm_pool,
+        warm_pool: match guard.link {
+            Link::DialBack => ctx.settings.warm_pool,
+            _ => 0,
+        },
         tunnels: infos,
+        transport: guard.link.kind(),
+        offers: offers(ctx),
+        quic_port: ctx.settings.quic_port,
     };
     framed
         .send(welcome)
@@ -187,7 +265,7 @@ async fn handshake(
 /// Reads `Auth` and asks the authenticators who the client is.
 async fn authenticate(
     framed: &mut ControlFramed,
-    client: Client<'_>,
+    client: &Client<'_>,
     ctx: &ControlContext,
 ) -> Result<Principal, ServerMessage> {
     let Some(Ok(ClientMessage::Auth { token })) = framed.next().await else {

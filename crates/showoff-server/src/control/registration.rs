@@ -19,38 +19,44 @@ use crate::state::access::Access;
 use crate::state::names::{check_name, random_name};
 use crate::state::tunnel::Activity;
 use crate::state::{Session, Tunnel};
+use crate::transport::Link;
 use crate::transport::dialback::DialBackGuard;
 
-/// Undoes a session's registrations when dropped: routes, leases, pending streams, warm pool.
+/// Undoes a session's registrations when dropped: routes, leases, pending streams, warm pool,
+/// the transport's link.
 pub(crate) struct SessionGuard {
     pub(crate) session: Arc<Session>,
     dialback: DialBackGuard,
+    pub(crate) link: Link,
     ctx: Arc<ControlContext>,
 }
 
 impl SessionGuard {
-    /// A new session of `principal` whose control connection takes frames from `tx`.
+    /// A new session of `principal` whose control connection takes frames from `tx` and whose
+    /// streams travel on `link`.
     pub(crate) fn new(
         principal: Principal,
         peer: SocketAddr,
         tx: mpsc::Sender<ServerMessage>,
+        link: Link,
         ctx: Arc<ControlContext>,
     ) -> Self {
         let id: Arc<str> = showoff_proto::id::random_id().into();
         let dialback = ctx.dialback.attach(&id, tx);
         let cancel = ctx.drain.stopping().child_token();
-        let session = Arc::new(Session::new(id, principal, peer, cancel));
-        ctx.stats.sessions_active.inc();
+        let session = Session::new(id, principal, peer, cancel).on(link.kind());
+        ctx.stats.session_up(link.kind());
         Self {
-            session,
+            session: Arc::new(session),
             dialback,
+            link,
             ctx,
         }
     }
 
     /// The opener the session's tunnels reach the client through.
     pub(crate) fn opener(&self) -> Arc<dyn showoff_core::StreamOpener> {
-        self.dialback.opener()
+        self.link.opener(self.dialback.opener())
     }
 
     /// The key the session's data connections must show.
@@ -73,6 +79,7 @@ impl Drop for SessionGuard {
         self.ctx.sessions.remove(&session.id);
         // Detach from dial-back first: waiters see the client gone before routes go.
         self.dialback.detach();
+        self.link.finish();
         let tunnels = std::mem::take(&mut *session.tunnels());
         // Established streams outlive a lost or replaced session; a revoked one takes them.
         let streams = if session.revoked() {
@@ -83,7 +90,7 @@ impl Drop for SessionGuard {
         for tunnel in &tunnels {
             release_tunnel(&self.ctx, tunnel, streams);
         }
-        self.ctx.stats.sessions_active.dec();
+        self.ctx.stats.session_down(self.link.kind());
     }
 }
 
@@ -427,7 +434,13 @@ mod tests {
     fn guard(ctx: &Arc<ControlContext>, principal: &str) -> SessionGuard {
         let peer = "127.0.0.1:5000".parse().expect("addr");
         let (tx, _rx) = mpsc::channel(4);
-        let guard = SessionGuard::new(Principal::unrestricted(principal), peer, tx, ctx.clone());
+        let guard = SessionGuard::new(
+            Principal::unrestricted(principal),
+            peer,
+            tx,
+            Link::DialBack,
+            ctx.clone(),
+        );
         ctx.sessions.add(guard.session.clone());
         guard
     }
@@ -533,14 +546,20 @@ mod tests {
         let (tx, _rx) = mpsc::channel(4);
         let mut bob = Principal::unrestricted("bob");
         bob.kinds = vec![TunnelKind::Http];
-        let guard = SessionGuard::new(bob, peer, tx, ctx.clone());
+        let guard = SessionGuard::new(bob, peer, tx, Link::DialBack, ctx.clone());
         let refused = open(&guard, spec(TunnelKind::Tls, "db")).await;
         assert_eq!(code(refused), RefusedCode::KindNotAllowed);
         assert_eq!(lease_of(&ctx, "db").await, None);
         let mut basic = spec(TunnelKind::Tls, "x");
         basic.visitors.basic_auth = Some("u:p".into());
         let (alice_tx, _alice_rx) = mpsc::channel(4);
-        let alice = SessionGuard::new(Principal::unrestricted("a"), peer, alice_tx, ctx.clone());
+        let alice = SessionGuard::new(
+            Principal::unrestricted("a"),
+            peer,
+            alice_tx,
+            Link::DialBack,
+            ctx.clone(),
+        );
         assert_eq!(code(open(&alice, basic).await), RefusedCode::BadRequest);
         let tls = open(&alice, spec(TunnelKind::Tls, "db"))
             .await

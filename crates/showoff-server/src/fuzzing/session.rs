@@ -165,7 +165,7 @@ fn connect(ctx: &Arc<ControlContext>, servers: &mut Vec<JoinHandle<()>>) -> Clie
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = ([192, 0, 2, 1], 40000).into();
     let stream = TunnelStream::boxed(BytesMut::new(), server);
-    let task = crate::control::handshake::serve_stream(stream, peer, None, ctx.clone());
+    let task = crate::control::handshake::serve_stream(stream, peer, None, None, ctx.clone());
     servers.push(tokio::spawn(task));
     let (mut read, write) = tokio::io::split(client);
     let drain = tokio::spawn(async move {
@@ -191,6 +191,7 @@ async fn send(client: &mut Client, step: &Step, names: &mut Vec<String>) {
         Step::Hello { current, data } => ClientMessage::Hello {
             version: if *current { PROTOCOL_VERSION } else { 0 },
             role: if *data { Role::Data } else { Role::Control },
+            transport: Default::default(),
         },
         Step::Auth(token) => ClientMessage::Auth {
             token: match token {

@@ -143,6 +143,8 @@ struct SessionView {
     peer: String,
     connected_secs: u64,
     tunnels: Vec<String>,
+    /// `tcp` (dial-back), `mux` or `quic`.
+    transport: &'static str,
 }
 
 async fn sessions(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
@@ -159,6 +161,7 @@ async fn sessions(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> R
             peer: s.peer.to_string(),
             connected_secs: s.started.elapsed().as_secs(),
             tunnels: s.tunnel_names(),
+            transport: s.transport.as_str(),
         })
         .collect();
     axum::Json(views).into_response()

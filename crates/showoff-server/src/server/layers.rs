@@ -329,6 +329,7 @@ fn control_settings(config: &ServerConfig, data_port: u16) -> ControlSettings {
             range: config.tcp_ports,
         },
         data_port,
+        quic_port: None,
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Session {
     replaced: std::sync::OnceLock<String>,
     /// Set when the session's principal was revoked: its established streams end too.
     revoked: std::sync::atomic::AtomicBool,
+    /// How the session's streams travel.
+    pub(crate) transport: showoff_proto::TransportKind,
 }
 
 impl Session {
@@ -50,7 +52,14 @@ impl Session {
             cancel,
             replaced: std::sync::OnceLock::new(),
             revoked: Default::default(),
+            transport: showoff_proto::TransportKind::Tcp,
         }
+    }
+
+    /// The same session, on `transport`.
+    pub(crate) fn on(mut self, transport: showoff_proto::TransportKind) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// The name another session took over, if this one was replaced.

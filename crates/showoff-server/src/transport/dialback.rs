@@ -73,6 +73,11 @@ impl DialBackHub {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long a stream may take to be set up, on any transport.
+    pub(crate) fn pending_timeout(&self) -> Duration {
+        self.settings.pending_timeout
+    }
+
     /// The opener of a live session.
     fn session(&self, id: &str) -> Option<Arc<DialBack>> {
         self.sessions().get(id).cloned()
