@@ -35,6 +35,7 @@ async fn open(addr: String, index: usize) -> Result<Conn, String> {
         ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Control,
+            transport: Default::default(),
         },
         ClientMessage::Auth {
             token: String::new(),

@@ -12,6 +12,40 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:7000";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Deadline for connecting to the server or to a local target.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `auto` gives a QUIC handshake before it falls back to mux.
+pub const QUIC_FALLBACK: Duration = Duration::from_secs(3);
+/// Default pause between QUIC probes of an `auto` client that fell back to mux.
+pub const DEFAULT_QUIC_PROBE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Which transport the client asks for (`--transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// QUIC when the server offers it and UDP gets through, else mux; re-probes QUIC.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// Multiplexed streams over the control connection.
+    Mux,
+    /// Dial-back: one TCP data connection per stream, with a warm pool.
+    Tcp,
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "mux" => Ok(Self::Mux),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!(
+                "unknown transport {other:?}; expected auto, quic, mux or tcp"
+            )),
+        }
+    }
+}
 
 /// One tunnel: what to ask the server for and where its traffic goes locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +78,13 @@ pub struct ClientConfig {
     pub shutdown_grace: Duration,
     /// TLS towards the server's control and data listeners; `None` speaks plain TCP.
     pub tls: Option<crate::tls::ClientTls>,
+    /// The transport to ask for.
+    pub transport: TransportChoice,
+    /// UDP port of the server's QUIC listener when the client must know it before any
+    /// `Welcome` (`--transport quic`); `auto` learns it from `Welcome`.
+    pub quic_port: Option<u16>,
+    /// Pause between QUIC probes of an `auto` client running on mux.
+    pub quic_probe_interval: Duration,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -56,6 +97,8 @@ impl std::fmt::Debug for ClientConfig {
             .field("reconnect", &self.reconnect)
             .field("backoff", &self.backoff)
             .field("tls", &self.tls)
+            .field("transport", &self.transport)
+            .field("quic_port", &self.quic_port)
             .finish()
     }
 }
@@ -72,7 +115,17 @@ impl ClientConfig {
             backoff: Backoff::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls: None,
+            transport: TransportChoice::default(),
+            quic_port: None,
+            quic_probe_interval: DEFAULT_QUIC_PROBE_INTERVAL,
         }
+    }
+
+    /// The host part of the control address (brackets of an IPv6 literal kept).
+    pub(crate) fn server_host(&self) -> &str {
+        self.server
+            .rsplit_once(':')
+            .map_or(self.server.as_str(), |(h, _)| h)
     }
 
     /// The data listener address to dial: the override, else the control host with the port
@@ -81,11 +134,7 @@ impl ClientConfig {
         if let Some(addr) = &self.data_server {
             return addr.clone();
         }
-        let host = self
-            .server
-            .rsplit_once(':')
-            .map_or(self.server.as_str(), |(h, _)| h);
-        format!("{host}:{announced_port}")
+        format!("{}:{announced_port}", self.server_host())
     }
 
     /// The tunnel at `index`, in `Open` order.

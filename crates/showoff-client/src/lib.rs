@@ -23,12 +23,12 @@ pub mod transport;
 
 use std::time::Duration;
 
-use showoff_proto::{RefusedCode, TunnelInfo};
+use showoff_proto::{RefusedCode, TransportKind, TunnelInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use config::{ClientConfig, TunnelConfig};
+pub use config::{ClientConfig, TransportChoice, TunnelConfig};
 pub use proxy_header::ProxyVersion;
 pub use target::{Target, TcpTarget, local_address};
 pub use tls::ClientTls;
@@ -41,6 +41,15 @@ pub enum ClientEvent {
     Connected {
         /// Granted tunnels paired with the local address each reaches.
         tunnels: Vec<(TunnelInfo, String)>,
+        /// The transport the session runs on.
+        transport: TransportKind,
+    },
+    /// An `auto` client moved its session to a better transport (mux → QUIC); the URLs stay.
+    Switched {
+        /// The transport left.
+        from: TransportKind,
+        /// The transport the session runs on now.
+        to: TransportKind,
     },
     /// The session was lost; the client retries after `retry_in`.
     Disconnected {
@@ -155,9 +164,18 @@ async fn reconnect_loop(
     streams: &tokio_util::task::TaskTracker,
 ) -> Result<(), ClientError> {
     let mut attempt = 0u32;
+    let mut memory = session::link::Memory::default();
     loop {
         let mut welcomed = None;
-        let outcome = session::run(config, events, shutdown, streams, &mut welcomed).await;
+        let outcome = session::run(
+            config,
+            events,
+            shutdown,
+            streams,
+            &mut welcomed,
+            &mut memory,
+        );
+        let outcome = outcome.await;
         attempt = attempt_after(attempt, welcomed.map(|at| at.elapsed()));
         let delay = match outcome {
             Ok(SessionEnd::Shutdown) => return Ok(()),

@@ -1,10 +1,17 @@
-//! One connected session: handshake, control loop, warm pool and the streams it carries.
+//! One connected session: connecting on a transport, the handshake, the control loop, and
+//! the streams it carries.
 //!
-//! Streams reach the client two ways, both ending in a splice between a data connection and the
-//! local target: a `Dial` on the control connection (dial the target, then dial back with
-//! `DataHello { id }`), or a `Dial` on one of the warm-pool data connections (dial the target,
-//! answer `StreamReady` on that same connection). Every pool slot re-dials as soon as its
-//! connection is taken, so the pool stays full.
+//! - [`link`]: how this session's streams arrive (dial-back, mux, QUIC) and how `auto` picks;
+//! - [`dialback`]: `Dial`s on the control connection and the warm pool;
+//! - [`streams`]: one stream's `Dial` → target → `StreamReady` → splice.
+//!
+//! An `auto` session on mux probes QUIC in the background ([`link::Probe`]); a probe that gets
+//! a whole QUIC session up (handshake, `Welcome`, the same names) replaces the mux session,
+//! whose established streams run on until they end.
+
+pub(crate) mod dialback;
+pub(crate) mod link;
+pub(crate) mod streams;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,10 +19,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use showoff_proto::{
-    ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, Role, ServerMessage,
-    TunnelInfo, TunnelSpec,
+    ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, RefusedCode, Role,
+    ServerMessage, TransportKind, TunnelInfo, TunnelSpec,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
@@ -23,23 +29,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use self::link::{Link, Memory, Probe};
+use self::streams::Dial;
 use crate::target::{Target, TcpTarget};
-use crate::tls::Connector;
-use crate::transport::{ServerStream, TcpTransport, Transport};
+use crate::transport::{ServerStream, Transport};
 use crate::{ClientConfig, ClientError, ClientEvent, SessionEnd};
 
-type Conn = Framed<ServerStream, FrameCodec<ServerMessage, ClientMessage>>;
+pub(crate) type Conn = Framed<ServerStream, FrameCodec<ServerMessage, ClientMessage>>;
 
-/// Buffer per direction when splicing a data connection with the target. 64 KiB was measured
-/// slower for short connections and no faster for 1 MiB bodies (docs/benchmarks.md).
-const SPLICE_BUF: usize = 8 * 1024;
-/// Pause before a pool slot re-dials after a failure.
-const POOL_RETRY: Duration = Duration::from_secs(1);
+/// Frames over a connection or stream to the server.
+pub(crate) fn framed(stream: ServerStream) -> Conn {
+    Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new())
+}
+
 /// Missed heartbeats after which the server is presumed gone.
 const MISSED_PINGS: u32 = 3;
 
 /// What streams need to know about the session.
-struct Ctx {
+pub(crate) struct Ctx {
     session: String,
     key: String,
     data_addr: String,
@@ -50,60 +57,90 @@ struct Ctx {
     transport: Arc<dyn Transport>,
 }
 
-/// Runs one session; `welcomed` is set to when the server accepted it.
+/// A session the server welcomed, not yet served.
+pub(crate) struct Connected {
+    conn: Conn,
+    link: Link,
+    welcome: ServerMessage,
+    /// The streams a mux peer opens, until the session's context exists to serve them.
+    inbound: Option<mpsc::Receiver<showoff_core::TunnelStream>>,
+}
+
+/// Runs sessions until one ends for good; `welcomed` is set when the server accepted one.
 pub(crate) async fn run(
     config: &ClientConfig,
     events: &mpsc::UnboundedSender<ClientEvent>,
     shutdown: &CancellationToken,
     streams: &TaskTracker,
     welcomed: &mut Option<Instant>,
+    memory: &mut Memory,
 ) -> Result<SessionEnd, ClientError> {
-    let tls = match &config.tls {
-        Some(settings) => Some(Connector::new(settings).map_err(ClientError::Failed)?),
-        None => None,
-    };
-    let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(tls));
-    let stream = transport
-        .dial(&config.server)
-        .await
-        .map_err(ClientError::Failed)?;
-    let mut conn = Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
-    let specs: Vec<TunnelSpec> = config.tunnels.iter().map(|t| t.spec.clone()).collect();
-    let welcome = timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake(&mut conn, &config.token, specs),
-    )
-    .await
-    .map_err(|_| ClientError::Failed("the server did not answer the handshake in time".into()))??;
-    *welcomed = Some(Instant::now());
-    let Welcomed {
-        tunnels,
-        ctx,
-        warm_pool,
-        rx,
-        heartbeat,
-    } = accept_welcome(config, welcome, transport)?;
-    let _ = events.send(ClientEvent::Connected { tunnels });
+    let mut connected = link::connect(config, memory).await?;
+    loop {
+        *welcomed = Some(Instant::now());
+        let end = serve(config, connected, events, shutdown, streams, memory).await?;
+        match end {
+            Served::Ended(end) => return Ok(end),
+            Served::Switched(next) => connected = *next,
+        }
+    }
+}
+
+/// How serving one session ended.
+enum Served {
+    Ended(SessionEnd),
+    /// A probe brought a better session up; serve it next.
+    Switched(Box<Connected>),
+}
+
+async fn serve(
+    config: &ClientConfig,
+    connected: Connected,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    shutdown: &CancellationToken,
+    streams: &TaskTracker,
+    memory: &mut Memory,
+) -> Result<Served, ClientError> {
+    let Connected {
+        conn,
+        link,
+        welcome,
+        inbound,
+    } = connected;
+    let transport = link.kind();
+    let welcomed = accept_welcome(config, welcome, memory)?;
+    info!(transport = transport.as_str(), "session up");
+    let _ = events.send(ClientEvent::Connected {
+        tunnels: welcomed.tunnels,
+        transport,
+    });
+    let ctx = welcomed.ctx;
     let session_stop = shutdown.child_token();
     let _stop_pool = session_stop.clone().drop_guard();
-    for _ in 0..warm_pool {
-        streams.spawn(pool_slot(
+    for _ in 0..welcomed.warm_pool {
+        streams.spawn(dialback::pool_slot(
             ctx.clone(),
             session_stop.clone(),
             streams.clone(),
         ));
     }
-    ControlLoop {
+    link.serve_streams(&ctx, streams, inbound, session_stop.clone());
+    let probe = Probe::after(config, memory, transport);
+    let result = ControlLoop {
         conn,
-        rx,
+        rx: welcomed.rx,
         ctx,
         events: events.clone(),
         streams: streams.clone(),
-        silence_limit: heartbeat * MISSED_PINGS,
+        silence_limit: welcomed.heartbeat * MISSED_PINGS,
         go_away: None,
+        link: link.clone(),
+        probe,
     }
-    .run(shutdown)
-    .await
+    .run(shutdown, memory)
+    .await;
+    link.finish();
+    result
 }
 
 /// What a `Welcome` sets up for the rest of the session.
@@ -120,7 +157,7 @@ struct Welcomed {
 fn accept_welcome(
     config: &ClientConfig,
     welcome: ServerMessage,
-    transport: Arc<dyn Transport>,
+    memory: &mut Memory,
 ) -> Result<Welcomed, ClientError> {
     let ServerMessage::Welcome {
         session,
@@ -129,10 +166,14 @@ fn accept_welcome(
         heartbeat_interval_secs,
         warm_pool,
         tunnels: granted,
+        offers,
+        quic_port,
+        ..
     } = welcome
     else {
         return Err(ClientError::Failed("expected welcome".into()));
     };
+    memory.welcomed(config, &granted, &offers, quic_port);
     // The server answers in request order, so the n-th tunnel reaches the n-th local target.
     let mut targets = HashMap::new();
     let mut tunnels: Vec<(TunnelInfo, String)> = Vec::with_capacity(granted.len());
@@ -152,7 +193,7 @@ fn accept_welcome(
         data_addr: config.data_addr(data_port),
         targets,
         control,
-        transport,
+        transport: link::tcp_transport(config)?,
     });
     Ok(Welcomed {
         tunnels,
@@ -163,25 +204,38 @@ fn accept_welcome(
     })
 }
 
-async fn handshake(
+/// `Hello`, `Auth`, `Open` → `Welcome` (or the refusal), within the handshake deadline.
+pub(crate) async fn handshake(
     conn: &mut Conn,
     token: &str,
     tunnels: Vec<TunnelSpec>,
+    transport: TransportKind,
+) -> Result<ServerMessage, ClientError> {
+    timeout(HANDSHAKE_TIMEOUT, exchange(conn, token, tunnels, transport))
+        .await
+        .map_err(|_| {
+            ClientError::Failed("the server did not answer the handshake in time".into())
+        })?
+}
+
+async fn exchange(
+    conn: &mut Conn,
+    token: &str,
+    tunnels: Vec<TunnelSpec>,
+    transport: TransportKind,
 ) -> Result<ServerMessage, ClientError> {
     let lost =
         |e: showoff_proto::ProtocolError| ClientError::Failed(format!("handshake failed: {e}"));
-    conn.feed(ClientMessage::Hello {
+    let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         role: Role::Control,
-        transport: Default::default(),
-    })
-    .await
-    .map_err(lost)?;
-    conn.feed(ClientMessage::Auth {
+        transport,
+    };
+    conn.feed(hello).await.map_err(lost)?;
+    let auth = ClientMessage::Auth {
         token: token.to_string(),
-    })
-    .await
-    .map_err(lost)?;
+    };
+    conn.feed(auth).await.map_err(lost)?;
     conn.send(ClientMessage::Open { tunnels })
         .await
         .map_err(lost)?;
@@ -208,28 +262,58 @@ struct ControlLoop {
     streams: TaskTracker,
     silence_limit: Duration,
     go_away: Option<Duration>,
+    link: Link,
+    probe: Probe,
 }
 
 impl ControlLoop {
-    async fn run(mut self, shutdown: &CancellationToken) -> Result<SessionEnd, ClientError> {
+    async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+        memory: &mut Memory,
+    ) -> Result<Served, ClientError> {
         let mut deadline = Instant::now() + self.silence_limit;
+        let mut heard = self.link.received();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = self.conn.close().await;
-                    return Ok(SessionEnd::Shutdown);
+                    return Ok(Served::Ended(SessionEnd::Shutdown));
                 }
                 Some(msg) = self.rx.recv() => {
                     self.conn.send(msg).await.map_err(|e| ClientError::Failed(e.to_string()))?;
                 }
                 frame = self.conn.next() => {
                     deadline = Instant::now() + self.silence_limit;
-                    if let Some(end) = self.on_frame(frame).await? {
-                        return Ok(end);
+                    match self.on_frame(frame).await {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return Ok(Served::Ended(end)),
+                        // Our own probe took the names over: wait for it, not for the refusal.
+                        Err(ClientError::Refused { code: RefusedCode::Replaced, .. })
+                            if self.probe.is_armed() =>
+                        {
+                            let probed = self.probe.wait().await;
+                            if let Some(next) = self.probe.settle(probed, memory, &self.events) {
+                                return Ok(Served::Switched(next));
+                            }
+                            return Err(ClientError::Failed("replaced while probing QUIC".into()));
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                probed = self.probe.wait(), if self.go_away.is_none() => {
+                    if let Some(next) = self.probe.settle(probed, memory, &self.events) {
+                        return Ok(Served::Switched(next));
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    return Err(ClientError::Failed("no heartbeat from the server".into()));
+                    // Any byte on the connection is a sign of life, not only a frame.
+                    let now = self.link.received();
+                    if now.is_none() || now == heard {
+                        return Err(ClientError::Failed("no heartbeat from the server".into()));
+                    }
+                    heard = now;
+                    deadline = Instant::now() + self.silence_limit;
                 }
             }
         }
@@ -262,17 +346,11 @@ impl ControlLoop {
                     .await
                     .map_err(|e| ClientError::Failed(e.to_string()))?;
             }
-            ServerMessage::Dial {
-                id,
-                tunnel,
-                visitor_addr,
-            } => {
-                let dial = Dial {
-                    id,
-                    tunnel,
-                    visitor_addr,
-                };
-                self.streams.spawn(serve_dial(self.ctx.clone(), dial));
+            dial @ ServerMessage::Dial { .. } => {
+                if let Some(dial) = Dial::from_frame(dial) {
+                    let serving = dialback::serve_dial(self.ctx.clone(), dial);
+                    self.streams.spawn(serving);
+                }
             }
             ServerMessage::GoAway {
                 reason,
@@ -294,146 +372,5 @@ impl ControlLoop {
             ServerMessage::Welcome { .. } => debug!("ignoring a second welcome"),
         }
         Ok(None)
-    }
-}
-
-/// A stream the server asked for.
-struct Dial {
-    id: String,
-    tunnel: String,
-    visitor_addr: String,
-}
-
-/// Opens the target end of the dial's tunnel.
-async fn dial_target(ctx: &Ctx, dial: &Dial) -> Result<crate::target::TargetStream, String> {
-    let target = ctx
-        .targets
-        .get(&dial.tunnel)
-        .ok_or_else(|| format!("unknown tunnel {:?}", dial.tunnel))?;
-    target.open(dial.visitor_addr.parse().ok()).await
-}
-
-/// Answers a `Dial` from the control connection: target first, then the data connection.
-async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
-    let mut target = match dial_target(&ctx, &dial).await {
-        Ok(target) => target,
-        Err(reason) => {
-            debug!(tunnel = dial.tunnel, reason, "local target unreachable");
-            let id = dial.id;
-            let _ = ctx
-                .control
-                .send(ClientMessage::StreamError { id, reason })
-                .await;
-            return;
-        }
-    };
-    let mut data = match open_data(&ctx, Some(dial.id)).await {
-        Ok(conn) => conn.into_parts().io,
-        Err(error) => return debug!(%error, "data connection failed"),
-    };
-    if let Err(error) =
-        tokio::io::copy_bidirectional_with_sizes(&mut data, &mut target, SPLICE_BUF, SPLICE_BUF)
-            .await
-    {
-        debug!(%error, "stream ended");
-    }
-}
-
-/// Dials the data listener and introduces the connection.
-async fn open_data(ctx: &Ctx, id: Option<String>) -> Result<Conn, String> {
-    let stream = ctx.transport.dial(&ctx.data_addr).await?;
-    let mut conn = Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
-    let hello = ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Data,
-        transport: Default::default(),
-    };
-    let data_hello = ClientMessage::DataHello {
-        session: ctx.session.clone(),
-        key: ctx.key.clone(),
-        id,
-    };
-    conn.feed(hello).await.map_err(|e| e.to_string())?;
-    conn.send(data_hello).await.map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
-/// Keeps one warm-pool connection dialled for as long as the session lives.
-async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: TaskTracker) {
-    loop {
-        let conn = tokio::select! {
-            _ = stop.cancelled() => return,
-            conn = open_data(&ctx, None) => conn,
-        };
-        let mut conn = match conn {
-            Ok(conn) => conn,
-            Err(error) => {
-                debug!(error, "warm pool dial failed");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(POOL_RETRY) => continue,
-                }
-            }
-        };
-        let frame = tokio::select! {
-            _ = stop.cancelled() => return,
-            frame = conn.next() => frame,
-        };
-        match frame {
-            Some(Ok(ServerMessage::Dial {
-                id,
-                tunnel,
-                visitor_addr,
-            })) => {
-                // Re-dial only once this stream is set up: the replacement's connect and
-                // handshake would otherwise compete with the visitor's first bytes.
-                let (set_up, wait) = tokio::sync::oneshot::channel();
-                let dial = Dial {
-                    id,
-                    tunnel,
-                    visitor_addr,
-                };
-                streams.spawn(serve_pooled(ctx.clone(), conn, dial, set_up));
-                let _ = wait.await;
-            }
-            // Closed by the server (pool full, session gone) or nonsense: wait, then re-dial.
-            _ => tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(POOL_RETRY) => {}
-            },
-        }
-    }
-}
-
-/// Answers a `Dial` that arrived on a warm-pool connection.
-async fn serve_pooled(
-    ctx: Arc<Ctx>,
-    mut conn: Conn,
-    dial: Dial,
-    set_up: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut target = match dial_target(&ctx, &dial).await {
-        Ok(target) => target,
-        Err(reason) => {
-            let id = dial.id;
-            let _ = conn.send(ClientMessage::StreamError { id, reason }).await;
-            return;
-        }
-    };
-    let ready = conn.send(ClientMessage::StreamReady { id: dial.id }).await;
-    let _ = set_up.send(());
-    if ready.is_err() {
-        return;
-    }
-    let parts = conn.into_parts();
-    let mut data = parts.io;
-    if !parts.read_buf.is_empty() && target.write_all(&parts.read_buf).await.is_err() {
-        return;
-    }
-    if let Err(error) =
-        tokio::io::copy_bidirectional_with_sizes(&mut data, &mut target, SPLICE_BUF, SPLICE_BUF)
-            .await
-    {
-        debug!(%error, "stream ended");
     }
 }

@@ -43,6 +43,7 @@ impl std::fmt::Debug for ClientTls {
 #[derive(Clone)]
 pub(crate) struct Connector {
     connector: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
     settings: ClientTls,
 }
 
@@ -88,10 +89,29 @@ impl Connector {
             }
             None => builder.with_no_client_auth(),
         };
+        let config = Arc::new(config);
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             settings: settings.clone(),
         })
+    }
+
+    /// The same TLS settings for QUIC: TLS 1.3 with Showoff's ALPN.
+    pub(crate) fn quic_config(&self) -> Result<quinn::ClientConfig, String> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![showoff_core::quic::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)
+            .map_err(|e| format!("the TLS settings cannot serve QUIC: {e}"))?;
+        Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    }
+
+    /// The name the server's certificate must carry when it is reached at `addr`.
+    pub(crate) fn server_name(&self, addr: &str) -> String {
+        match &self.settings.server_name {
+            Some(name) => name.clone(),
+            None => host_of(addr).to_string(),
+        }
     }
 
     /// Runs the handshake over `stream` to the server at `addr` (`host:port`).
@@ -100,10 +120,7 @@ impl Connector {
         stream: TcpStream,
         addr: &str,
     ) -> Result<TlsStream<TcpStream>, String> {
-        let host = match &self.settings.server_name {
-            Some(name) => name.clone(),
-            None => host_of(addr).to_string(),
-        };
+        let host = self.server_name(addr);
         let name = ServerName::try_from(host.clone())
             .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
         if self.settings.dangerously_skip_verify {

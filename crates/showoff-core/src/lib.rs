@@ -10,6 +10,7 @@
 //! - [`datagram`]: the bounded, lossy datagram queue every non-QUIC transport carries UDP in.
 //! - [`mux`]: multiplexed streams over one connection ([`Mux`], yamux), both ends of the `mux`
 //!   transport.
+//! - [`quic`]: the QUIC transport's shared parts: UDP socket set-up, windows, streams.
 //! - [`registry`]: fenced leases on names and public ports ([`Registry`], [`MemoryRegistry`]) and
 //!   the conformance suite every backend runs (feature `conformance`).
 //! - [`exchange`]: one [`Exchange`] event per HTTP request and TCP connection, and the
@@ -23,6 +24,7 @@ pub mod datagram;
 pub mod exchange;
 pub mod mux;
 pub mod opener;
+pub mod quic;
 pub mod registry;
 pub mod secret;
 pub mod stream;

@@ -321,7 +321,10 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn pair() -> ((Mux, mpsc::Receiver<TunnelStream>), (Mux, mpsc::Receiver<TunnelStream>)) {
+    fn pair() -> (
+        (Mux, mpsc::Receiver<TunnelStream>),
+        (Mux, mpsc::Receiver<TunnelStream>),
+    ) {
         let (a, b) = tokio::io::duplex(1 << 20);
         (Mux::start(a, Mode::Client), Mux::start(b, Mode::Server))
     }

@@ -161,6 +161,12 @@ pub enum ConfigError {
     /// An authenticator's key, policy or URL is unusable.
     #[error("authentication setup: {0}")]
     Auth(String),
+    /// The QUIC listener is asked for without a certificate (QUIC is always TLS 1.3).
+    #[error(
+        "the QUIC listener (--quic-addr) needs a certificate: QUIC is always TLS 1.3; give the \
+         server one (--tls-cert/--tls-key or --acme-directory), or leave QUIC off"
+    )]
+    QuicWithoutTls,
 }
 
 /// Default failed authentications per minute from one client address, and failed basic-auth
@@ -345,6 +351,8 @@ pub struct ServerConfig {
     pub control_addr: SocketAddr,
     /// Data listener (clients dial back one connection per stream).
     pub data_addr: SocketAddr,
+    /// QUIC listener (UDP) for clients on the QUIC transport; `None`: off. Needs TLS.
+    pub quic_addr: Option<SocketAddr>,
     /// Public HTTP listener (visitors, routed by `Host`).
     pub http_addr: SocketAddr,
     /// Base domain of tunnel hostnames: tunnel `demo` is served at `demo.<domain>`.
@@ -424,6 +432,7 @@ impl Default for ServerConfig {
         Self {
             control_addr: addr(DEFAULT_CONTROL_ADDR),
             data_addr: addr(DEFAULT_DATA_ADDR),
+            quic_addr: None,
             http_addr: addr(DEFAULT_HTTP_ADDR),
             domain: DEFAULT_DOMAIN.into(),
             public_http_port: None,
@@ -517,6 +526,9 @@ impl ServerConfig {
         if self.is_open() && !token_table {
             self.check_loopback_only()?;
         }
+        if self.quic_addr.is_some() && !self.tls.enabled() {
+            return Err(ConfigError::QuicWithoutTls);
+        }
         if !self.tls.enabled() && !self.allow_plaintext {
             for (listener, addr) in [
                 ("the control listener", self.control_addr),
@@ -540,6 +552,7 @@ impl ServerConfig {
         let listeners = [
             ("the control listener", Some(self.control_addr)),
             ("the data listener", Some(self.data_addr)),
+            ("the QUIC listener", self.quic_addr),
             ("the public HTTP listener", Some(self.http_addr)),
             ("the public HTTPS listener", self.tls.https_addr),
             ("the admin listener", self.admin.addr),

@@ -6,6 +6,7 @@
 //!   rate, server capacity) — pure checks over plain values;
 //! - [`registration`]: names and ports claimed as leases, tunnels built and routed, and the
 //!   [`SessionGuard`](registration::SessionGuard) that undoes all of it however a session ends;
+//! - [`quic`]: the QUIC listener's accept loop, feeding the same handshake;
 //! - [`control_loop`]: the steady state: `Dial`s out, heartbeats, `Close`, `StreamError`, idle
 //!   tunnels, lease renewal, `GoAway` on drain.
 //!
@@ -15,6 +16,7 @@
 pub(crate) mod admission;
 pub(crate) mod control_loop;
 pub(crate) mod handshake;
+pub(crate) mod quic;
 pub(crate) mod registration;
 
 use std::sync::Arc;

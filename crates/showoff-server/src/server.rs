@@ -57,6 +57,8 @@ pub struct ServerAddrs {
     pub admin: Option<SocketAddr>,
     /// Public HTTPS listener, when enabled.
     pub https: Option<SocketAddr>,
+    /// QUIC listener (UDP), when enabled.
+    pub quic: Option<SocketAddr>,
 }
 
 /// The runtime parts an embedder hands the server beside its configuration. Every one has a
@@ -91,6 +93,8 @@ struct Listeners {
     http: TcpListener,
     https: Option<TcpListener>,
     admin: Option<TcpListener>,
+    /// The QUIC listener's endpoint, when on.
+    quic: Option<quinn::Endpoint>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -162,6 +166,23 @@ async fn bind_optional(
     }
 }
 
+/// The QUIC listener's endpoint, when the config asks for one (TLS is checked by then).
+fn bind_quic(config: &ServerConfig, tls: &Tls) -> Result<Option<quinn::Endpoint>, ServerError> {
+    let (Some(addr), Some(crypto)) = (config.quic_addr, tls.quic()) else {
+        return Ok(None);
+    };
+    let failed = |source: std::io::Error| ServerError::Bind {
+        listener: "QUIC",
+        addr,
+        source,
+    };
+    let server = crate::transport::quic::server_config(crypto, config.heartbeat_timeout)
+        .map_err(ConfigError::Tls)?;
+    let socket = showoff_core::quic::bind_udp(addr, "server").map_err(failed)?;
+    let endpoint = showoff_core::quic::endpoint(socket, Some(server)).map_err(failed)?;
+    Ok(Some(endpoint))
+}
+
 fn port_of(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or(0)
 }
@@ -184,6 +205,7 @@ impl Server {
             http: bind("public HTTP", config.http_addr).await?,
             https: bind_optional("public HTTPS", config.tls.https_addr).await?,
             admin: bind_optional("admin", config.admin.addr).await?,
+            quic: bind_quic(&config, &tls)?,
         };
         let layers = Layers::build(&config, services, authenticator, tls, &listeners);
         Ok(Self {
@@ -203,6 +225,7 @@ impl Server {
             http: addr(&l.http),
             admin: l.admin.as_ref().map(addr),
             https: l.https.as_ref().map(addr),
+            quic: l.quic.as_ref().and_then(|e| e.local_addr().ok()),
         }
     }
 
@@ -231,6 +254,7 @@ impl Server {
         info!(
             addrs = %listening,
             https = %shown(addrs.https),
+            quic = %shown(addrs.quic),
             tls = self.config.tls.enabled(),
             admin = %shown(addrs.admin),
             "server listening"

@@ -256,6 +256,9 @@ pub(crate) struct Tls {
     control: Option<TlsAcceptor>,
     /// Public HTTPS listener.
     pub(crate) https: Option<TlsAcceptor>,
+    /// The control listener's settings for QUIC (same certificates and client CA, Showoff's
+    /// ALPN); `None` without certificates.
+    quic: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// ALPN protocols offered to visitors, preferred first (`acme-tls/1` only ever matches an ACME
@@ -288,6 +291,7 @@ impl Tls {
                 store,
                 control: None,
                 https: None,
+                quic: None,
             });
         }
         store.replace(&config.certificates)?;
@@ -322,11 +326,19 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
         https.alpn_protocols = VISITOR_ALPN.iter().map(|p| p.to_vec()).collect();
+        let mut quic = control.clone();
+        quic.alpn_protocols = vec![showoff_core::quic::ALPN.to_vec()];
         Ok(Self {
             store,
             control: Some(TlsAcceptor::from(Arc::new(control))),
             https: Some(TlsAcceptor::from(Arc::new(https))),
+            quic: Some(Arc::new(quic)),
         })
+    }
+
+    /// The TLS side of the QUIC listener; `None` without certificates.
+    pub(crate) fn quic(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.quic.clone()
     }
 
     /// Completes the TLS handshake of a control or data connection (plain when TLS is off);

@@ -4,13 +4,15 @@
 //!
 //! - [`dialback`]: the client dials one data connection per stream, taken from a warm pool of
 //!   pre-dialled connections when one is idle, else requested with `Dial` on the control link;
-//! - [`mux`]: yamux streams over the control connection itself.
+//! - [`mux`]: yamux streams over the control connection itself;
+//! - [`quic`]: one QUIC stream per tunnel stream, on the UDP listener.
 //!
-//! Mux (and QUIC) open a stream the same way ([`announce`]): `Dial` written on the new stream,
+//! Mux and QUIC open a stream the same way ([`announce`]): `Dial` written on the new stream,
 //! `StreamReady` or `StreamError` read back on it.
 
 pub(crate) mod dialback;
 pub(crate) mod mux;
+pub(crate) mod quic;
 
 use std::time::Duration;
 
@@ -64,6 +66,8 @@ pub(crate) enum Link {
     DialBack,
     /// Yamux streams over the control connection.
     Mux(std::sync::Arc<mux::MuxLink>),
+    /// QUIC streams on the session's QUIC connection.
+    Quic(std::sync::Arc<quic::QuicLink>),
 }
 
 impl Link {
@@ -72,6 +76,7 @@ impl Link {
         match self {
             Self::DialBack => showoff_proto::TransportKind::Tcp,
             Self::Mux(_) => showoff_proto::TransportKind::Mux,
+            Self::Quic(_) => showoff_proto::TransportKind::Quic,
         }
     }
 
@@ -83,6 +88,7 @@ impl Link {
         match self {
             Self::DialBack => dialback,
             Self::Mux(link) => link.clone(),
+            Self::Quic(link) => link.clone(),
         }
     }
 
@@ -92,13 +98,15 @@ impl Link {
         match self {
             Self::DialBack => None,
             Self::Mux(link) => Some(link.received()),
+            Self::Quic(link) => Some(link.received()),
         }
     }
 
     /// The session ended: no more streams; the connection goes with its last stream.
     pub(crate) fn finish(&self) {
         match self {
-            Self::DialBack => {}
+            // A QUIC connection closes when its last handle and stream are gone.
+            Self::DialBack | Self::Quic(_) => {}
             Self::Mux(link) => link.finish(),
         }
     }

@@ -16,7 +16,7 @@ pub mod visitor;
 use std::future::Future;
 use std::time::Duration;
 
-use showoff_client::{ClientConfig, ClientError, ClientEvent, TunnelConfig};
+use showoff_client::{ClientConfig, ClientError, ClientEvent, TransportChoice, TunnelConfig};
 use showoff_proto::{HostHeader, TunnelInfo, TunnelKind, TunnelSpec};
 use showoff_server::{DrainReport, Server, ServerAddrs, ServerConfig, ServerHandle, Services};
 use tokio::sync::mpsc;
@@ -60,6 +60,8 @@ pub struct TestServer {
     pub handle: ServerHandle,
     /// The domain it serves.
     pub domain: String,
+    /// The CA of the certificate the server was given for QUIC under test.
+    quic_ca: Option<String>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<DrainReport>,
 }
@@ -70,9 +72,22 @@ impl TestServer {
         Self::start_with(config, Services::default()).await
     }
 
+    /// A server exactly as `config` says, whatever transport is under test: for tests that
+    /// speak the wire protocol by hand over plain TCP.
+    pub async fn start_raw(config: ServerConfig) -> Self {
+        Self::start_as(config, Services::default(), false).await
+    }
+
     /// Like [`start`](Self::start), with a token table, audit sink or other services.
     pub async fn start_with(config: ServerConfig, services: Services) -> Self {
+        Self::start_as(config, services, true).await
+    }
+
+    async fn start_as(mut config: ServerConfig, services: Services, under_test: bool) -> Self {
         init_logs();
+        let quic_ca = under_test
+            .then(|| with_quic_under_test(&mut config))
+            .flatten();
         let domain = config.domain.clone();
         let server = Server::bind_with(config, services)
             .await
@@ -85,6 +100,7 @@ impl TestServer {
             addrs,
             handle,
             domain,
+            quic_ca,
             shutdown,
             task,
         }
@@ -140,6 +156,37 @@ impl TestServer {
     }
 }
 
+/// The transport the end-to-end suites run on: `SHOWOFF_TEST_TRANSPORT` (`tcp`, `mux`,
+/// `quic`), else the client's default (`auto`, which is mux on a server without QUIC).
+pub fn transport_under_test() -> TransportChoice {
+    match std::env::var("SHOWOFF_TEST_TRANSPORT") {
+        Ok(value) if !value.is_empty() => value
+            .parse()
+            .unwrap_or_else(|e| panic!("SHOWOFF_TEST_TRANSPORT: {e}")),
+        _ => TransportChoice::default(),
+    }
+}
+
+/// With QUIC under test, a plain test server gets a certificate and a QUIC listener on
+/// loopback; returns the CA its clients trust.
+fn with_quic_under_test(config: &mut ServerConfig) -> Option<String> {
+    if transport_under_test() != TransportChoice::Quic || config.tls.enabled() {
+        return None;
+    }
+    // One CA and certificate for the whole test process: a restarted server is trusted alike.
+    static CA: std::sync::OnceLock<(String, showoff_server::PemPair)> = std::sync::OnceLock::new();
+    let (ca, pair) = CA.get_or_init(|| {
+        let ca = pki::TestCa::new("showoff test QUIC");
+        let pair = ca.server(&["localhost", "127.0.0.1"]);
+        (ca.cert_pem, pair)
+    });
+    config.tls.certificates = vec![pair.clone()];
+    // A test that restarts a server on the same addresses passes the QUIC one too.
+    let any = std::net::SocketAddr::new(config.control_addr.ip(), 0);
+    config.quic_addr = Some(config.quic_addr.unwrap_or(any));
+    Some(ca.clone())
+}
+
 /// A tunnel spec for tests: `kind` with an optional name, pointing at `local`.
 pub fn tunnel(kind: TunnelKind, name: Option<&str>, local: std::net::SocketAddr) -> TunnelConfig {
     TunnelConfig {
@@ -162,11 +209,24 @@ pub async fn serve_http(
     name: &str,
     label: &'static str,
 ) -> (target::Target, TestClient) {
+    serve_http_on(server, name, label, transport_under_test()).await
+}
+
+/// Like [`serve_http`] on a given transport (tests of one transport's own behaviour).
+pub async fn serve_http_on(
+    server: &TestServer,
+    name: &str,
+    label: &'static str,
+    transport: TransportChoice,
+) -> (target::Target, TestClient) {
     let target = target::spawn_target(label).await;
-    let config = TestClient::config(
+    let mut config = TestClient::config(
         server,
         vec![tunnel(TunnelKind::Http, Some(name), target.addr)],
     );
+    if transport != config.transport {
+        config.transport = transport;
+    }
     let client = TestClient::start(config).await.expect("client session");
     (target, client)
 }
@@ -192,11 +252,25 @@ pub struct TestClient {
 }
 
 impl TestClient {
-    /// A client config for `server` with fast reconnects.
+    /// A client config for `server` with fast reconnects, on the transport under test.
     pub fn config(server: &TestServer, tunnels: Vec<TunnelConfig>) -> ClientConfig {
         let mut config = ClientConfig::new(server.addrs.control.to_string(), tunnels);
         config.backoff.initial = Duration::from_millis(50);
         config.backoff.max = Duration::from_millis(500);
+        config.transport = transport_under_test();
+        if config.transport == TransportChoice::Quic {
+            match (server.addrs.quic, &server.quic_ca) {
+                (Some(quic), Some(ca)) => {
+                    config.quic_port = Some(quic.port());
+                    config.tls = Some(showoff_client::ClientTls {
+                        ca: Some(ca.clone()),
+                        ..Default::default()
+                    });
+                }
+                // A server the test set up its own way: the closest stream transport.
+                _ => config.transport = TransportChoice::Mux,
+            }
+        }
         config
     }
 
@@ -223,7 +297,7 @@ impl TestClient {
         })
         .await;
         let tunnels = match first {
-            Ok(Some(ClientEvent::Connected { tunnels })) => {
+            Ok(Some(ClientEvent::Connected { tunnels, .. })) => {
                 tunnels.into_iter().map(|(t, _)| t).collect()
             }
             Ok(other) => panic!("unexpected first client event {other:?}"),
@@ -252,7 +326,7 @@ impl TestClient {
     /// Waits for the next `Connected` event (a reconnect) and returns its tunnels.
     pub async fn reconnected(&mut self) -> Vec<TunnelInfo> {
         loop {
-            if let ClientEvent::Connected { tunnels } = self.next_event().await {
+            if let ClientEvent::Connected { tunnels, .. } = self.next_event().await {
                 return tunnels.into_iter().map(|(t, _)| t).collect();
             }
         }

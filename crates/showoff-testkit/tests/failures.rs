@@ -13,7 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn killing_a_client_mid_request_fails_only_its_visitor() {
-    let server = TestServer::default_config().await;
+    // A killed process closes nothing on QUIC: the server hears silence, and the heartbeat
+    // timeout (QUIC's idle timeout) bounds how long; on TCP the kernel's reset is immediate.
+    let server = TestServer::start(ServerConfig {
+        heartbeat_interval: Duration::from_millis(300),
+        heartbeat_timeout: Duration::from_secs(1),
+        ..ServerConfig::ephemeral()
+    })
+    .await;
     let (a, b) = (spawn_target("a").await, spawn_target("b").await);
     let doomed = TestClient::start(TestClient::config(
         &server,
@@ -64,12 +71,13 @@ async fn a_refusing_target_gives_502_upstream_unreachable() {
         })
         .await;
         let dead = closed_port().await;
-        let _client = TestClient::start(TestClient::config(
-            &server,
-            vec![tunnel(TunnelKind::Http, Some("down"), dead)],
-        ))
-        .await
-        .expect("session");
+        let mut config =
+            TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("down"), dead)]);
+        if warm_pool > 0 {
+            // The warm pool is dial-back's: its StreamError path is what this covers.
+            config.transport = showoff_client::TransportChoice::Tcp;
+        }
+        let _client = TestClient::start(config).await.expect("session");
         if warm_pool > 0 {
             let handle = server.handle.clone();
             eventually("pool filled", || handle.stats().pool_idle == 4).await;
@@ -87,7 +95,7 @@ async fn a_refusing_target_gives_502_upstream_unreachable() {
 
 #[tokio::test]
 async fn a_client_whose_heartbeats_stop_is_dropped_and_its_name_freed() {
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         heartbeat_interval: Duration::from_millis(50),
         heartbeat_timeout: Duration::from_millis(200),
         ..ServerConfig::ephemeral()

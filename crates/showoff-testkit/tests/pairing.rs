@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use showoff_client::TransportChoice;
 use showoff_proto::{
     ClientMessage, HostHeader, PROTOCOL_VERSION, Role, ServerMessage, TunnelKind, TunnelSpec,
 };
 use showoff_server::ServerConfig;
 use showoff_testkit::raw_client;
 use showoff_testkit::visitor::{HttpConn, get, read_to_close};
-use showoff_testkit::{TestServer, eventually, serve_http};
+use showoff_testkit::{TestServer, eventually, serve_http_on};
 use tokio::io::AsyncWriteExt;
 
 fn http_spec(name: &str) -> TunnelSpec {
@@ -24,8 +25,8 @@ fn http_spec(name: &str) -> TunnelSpec {
 
 #[tokio::test]
 async fn warm_pool_serves_streams_and_upstream_connections_are_reused() {
-    let server = TestServer::default_config().await;
-    let (target, _client) = serve_http(&server, "demo", "a").await;
+    let server = TestServer::start_raw(ServerConfig::ephemeral()).await;
+    let (target, _client) = serve_http_on(&server, "demo", "a", TransportChoice::Tcp).await;
     let handle = server.handle.clone();
     eventually("the warm pool to fill", || handle.stats().pool_idle == 8).await;
     // Ten visitors, each on a new connection, one after the other.
@@ -49,7 +50,7 @@ async fn warm_pool_serves_streams_and_upstream_connections_are_reused() {
 
 #[tokio::test]
 async fn a_client_that_never_dials_back_yields_504_and_leaks_nothing() {
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         warm_pool: 0,
         pending_timeout: Duration::from_millis(300),
         ..ServerConfig::ephemeral()
@@ -97,7 +98,7 @@ async fn a_client_that_never_dials_back_yields_504_and_leaks_nothing() {
 async fn pending_caps_answer_503_with_retry_after() {
     // The per-session cap, then the global cap, each set to one stream.
     for (per_session, total) in [(1, 100), (100, 1)] {
-        let server = TestServer::start(ServerConfig {
+        let server = TestServer::start_raw(ServerConfig {
             warm_pool: 0,
             max_pending_per_session: per_session,
             max_pending_total: total,
@@ -130,7 +131,7 @@ async fn pending_caps_answer_503_with_retry_after() {
 
 #[tokio::test]
 async fn data_connections_with_unknown_ids_or_wrong_keys_are_refused_and_counted() {
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         warm_pool: 0,
         ..ServerConfig::ephemeral()
     })
@@ -210,7 +211,7 @@ async fn data_connections_with_unknown_ids_or_wrong_keys_are_refused_and_counted
 async fn bytes_sent_right_after_the_data_hello_are_not_lost() {
     // A server-speaks-first service (an SSH or SMTP banner) over a TCP tunnel: the client's
     // handshake frames and the banner leave in one write.
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         warm_pool: 0,
         ..ServerConfig::ephemeral()
     })
@@ -265,12 +266,12 @@ async fn bytes_sent_right_after_the_data_hello_are_not_lost() {
 
 #[tokio::test]
 async fn dial_back_works_without_a_warm_pool() {
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         warm_pool: 0,
         ..ServerConfig::ephemeral()
     })
     .await;
-    let (_target, _client) = serve_http(&server, "cold", "a").await;
+    let (_target, _client) = serve_http_on(&server, "cold", "a", TransportChoice::Tcp).await;
     let mut conn = HttpConn::open(server.addrs.http).await;
     for _ in 0..3 {
         assert_eq!(conn.get(&server.host("cold"), "/").await.status, 200);

@@ -2,13 +2,14 @@
 
 use futures_util::SinkExt;
 use showoff_proto::{ClientMessage, RefusedCode, Role, ServerMessage};
+use showoff_server::ServerConfig;
 use showoff_testkit::raw_client::{self, hello, next, send};
 use showoff_testkit::{TestServer, eventually, within};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn a_version_mismatch_names_the_versions_spoken() {
-    let server = TestServer::default_config().await;
+    let server = TestServer::start_raw(ServerConfig::ephemeral()).await;
     for addr in [server.addrs.control, server.addrs.data] {
         let mut conn = raw_client::connect(addr).await;
         send(
@@ -38,7 +39,7 @@ async fn a_version_mismatch_names_the_versions_spoken() {
 
 #[tokio::test]
 async fn frames_out_of_order_are_refused() {
-    let server = TestServer::default_config().await;
+    let server = TestServer::start_raw(ServerConfig::ephemeral()).await;
     let mut conn = raw_client::connect(server.addrs.control).await;
     send(
         &mut conn,
@@ -75,7 +76,7 @@ async fn frames_out_of_order_are_refused() {
 
 #[tokio::test]
 async fn an_oversized_frame_is_dropped_before_allocation() {
-    let server = TestServer::default_config().await;
+    let server = TestServer::start_raw(ServerConfig::ephemeral()).await;
     for addr in [server.addrs.control, server.addrs.data] {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream
@@ -109,7 +110,7 @@ async fn an_oversized_frame_is_dropped_before_allocation() {
 
 #[tokio::test]
 async fn garbage_on_the_data_listener_is_closed_at_once_and_counted() {
-    let server = TestServer::default_config().await;
+    let server = TestServer::start_raw(ServerConfig::ephemeral()).await;
     let mut stream = tokio::net::TcpStream::connect(server.addrs.data)
         .await
         .expect("connect");

@@ -315,7 +315,7 @@ async fn control_session(
 #[tokio::test]
 async fn the_control_listener_takes_client_addresses_from_trusted_proxies() {
     use showoff_proto::ServerMessage;
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         proxy: ProxyConfig {
             control: ProxyProtocol::Required,
             trusted: vec!["127.0.0.0/8".parse().expect("cidr")],

@@ -101,6 +101,7 @@ async fn after_a_server_restart_the_client_gets_its_name_back() {
         control_addr: addrs.control,
         data_addr: addrs.data,
         http_addr: addrs.http,
+        quic_addr: addrs.quic,
         ..ServerConfig::ephemeral()
     })
     .await;

@@ -232,7 +232,7 @@ async fn an_established_tcp_stream_outlives_its_session() {
 async fn a_visitor_waiting_for_a_stream_is_retried_on_the_successor_session() {
     // Issue 11, item 15: a visitor whose stream was being set up when the session was taken
     // over was dropped, although the successor could serve it.
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_raw(ServerConfig {
         warm_pool: 0,
         ..ServerConfig::ephemeral()
     })

@@ -120,6 +120,20 @@ pub struct TlsArgs {
     pub dangerously_skip_tls_verify: bool,
 }
 
+/// How the client's streams travel; shared by every client command.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TransportArgs {
+    /// How streams travel: `auto` (QUIC when the server offers it and UDP gets through, else mux), `quic`, `mux` (multiplexed on the control connection) or `tcp` (one data connection per stream) [env: SHOWOFF_TRANSPORT] [default: auto]
+    #[arg(long, env = "SHOWOFF_TRANSPORT", hide_env = true)]
+    pub transport: Option<showoff_client::TransportChoice>,
+    /// UDP port of the server's QUIC listener, for `--transport quic` before the server has said it [env: SHOWOFF_QUIC_PORT] [default: learned from the server, else the control port]
+    #[arg(long, env = "SHOWOFF_QUIC_PORT", hide_env = true)]
+    pub quic_port: Option<u16>,
+    /// Seconds between QUIC probes of an `auto` client that runs on mux [env: SHOWOFF_QUIC_PROBE_INTERVAL] [default: 300]
+    #[arg(long, env = "SHOWOFF_QUIC_PROBE_INTERVAL", hide_env = true)]
+    pub quic_probe_interval: Option<u64>,
+}
+
 /// `showoff client` flags; they win over `SHOWOFF_*` variables, which win over the file.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -138,6 +152,9 @@ pub struct ClientArgs {
     /// TLS towards the server (flags win over the file's `tls*` keys)
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// The transport (flags and variables win over the file's keys)
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,
@@ -272,6 +289,9 @@ pub struct TunnelArgs {
     /// TLS towards the server
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// The transport
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,

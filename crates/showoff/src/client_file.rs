@@ -42,6 +42,12 @@ pub struct ClientFile {
     pub tls_key: Option<PathBuf>,
     /// Accept any server certificate (tests only).
     pub dangerously_skip_tls_verify: Option<bool>,
+    /// `auto`, `quic`, `mux` or `tcp`.
+    pub transport: Option<String>,
+    /// UDP port of the server's QUIC listener.
+    pub quic_port: Option<u16>,
+    /// Seconds between QUIC probes of an `auto` client on mux.
+    pub quic_probe_interval: Option<u64>,
     /// The tunnels to open, at least one.
     pub tunnels: Vec<FileTunnel>,
 }
@@ -156,6 +162,35 @@ pub struct Overrides {
     pub token: Option<String>,
     /// `--no-reconnect`.
     pub no_reconnect: bool,
+}
+
+/// The transport settings: flags (and their `SHOWOFF_*` variables, read by clap) > file.
+pub fn transport_args(
+    file: &ClientFile,
+    flags: &crate::cli::TransportArgs,
+) -> Result<crate::cli::TransportArgs, String> {
+    let transport = match (&flags.transport, &file.transport) {
+        (Some(flag), _) => Some(*flag),
+        (None, Some(text)) => Some(
+            text.parse()
+                .map_err(|reason| format!("config file key transport: {reason}"))?,
+        ),
+        (None, None) => None,
+    };
+    Ok(crate::cli::TransportArgs {
+        transport,
+        quic_port: flags.quic_port.or(file.quic_port),
+        quic_probe_interval: flags.quic_probe_interval.or(file.quic_probe_interval),
+    })
+}
+
+/// Applies the transport settings to a client configuration.
+pub fn apply_transport(config: &mut ClientConfig, args: &crate::cli::TransportArgs) {
+    config.transport = args.transport.unwrap_or_default();
+    config.quic_port = args.quic_port;
+    if let Some(secs) = args.quic_probe_interval {
+        config.quic_probe_interval = std::time::Duration::from_secs(secs.max(1));
+    }
 }
 
 /// The client configuration: flags > `SHOWOFF_*` environment > file > defaults.

@@ -46,6 +46,9 @@ pub async fn run(
             };
             let mut config = client_file::resolve(&file, &overrides, &env);
             config.tls = load_tls(&client_file::tls_args(&file, &args.tls))?;
+            let transport =
+                client_file::transport_args(&file, &args.transport).map_err(anyhow::Error::msg)?;
+            client_file::apply_transport(&mut config, &transport);
             run_client(config, args.json).await
         }
     }
@@ -334,6 +337,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
     config.token = args.token.clone();
     config.reconnect = !args.no_reconnect;
     config.tls = load_tls(&args.tls)?;
+    client_file::apply_transport(&mut config, &args.transport);
     run_client(config, args.json).await
 }
 
@@ -354,7 +358,7 @@ async fn run_client(config: ClientConfig, json: bool) -> anyhow::Result<()> {
 
 fn print_event(event: &ClientEvent, json: bool) {
     match event {
-        ClientEvent::Connected { tunnels } => {
+        ClientEvent::Connected { tunnels, transport } => {
             for (info, local) in tunnels {
                 let shown_local = match info.kind {
                     TunnelKind::Http => format!("http://{local}"),
@@ -364,6 +368,7 @@ fn print_event(event: &ClientEvent, json: bool) {
                     let line = serde_json::json!({
                         "event": "connected", "name": info.name, "kind": info.kind,
                         "public_url": info.public_url, "local": shown_local,
+                        "transport": transport.as_str(),
                     });
                     println!("{line}");
                 } else {
@@ -379,6 +384,12 @@ fn print_event(event: &ClientEvent, json: bool) {
             println!(
                 "{}",
                 serde_json::json!({"event": "tunnel_closed", "name": tunnel, "reason": reason})
+            );
+        }
+        ClientEvent::Switched { from, to } if json => {
+            println!(
+                "{}",
+                serde_json::json!({"event": "switched", "from": from.as_str(), "to": to.as_str()})
             );
         }
         ClientEvent::GoAway { reason } if json => {

@@ -65,21 +65,22 @@ pub(crate) async fn serve(arrived: Arrived, ctx: Arc<ControlContext>) {
 
 /// Serves a control connection past its transport (TCP or TLS, a QUIC connection's control
 /// stream with its `quic` link, or an in-memory pipe in the fuzz targets): rate limit,
-/// handshake, session.
+/// handshake, session. True when a session ran.
 pub(crate) async fn serve_stream(
     stream: TunnelStream,
     peer: SocketAddr,
     certificate: Option<&str>,
     quic: Option<Link>,
     ctx: Arc<ControlContext>,
-) {
+) -> bool {
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
     let mut framed = Framed::with_capacity(stream, codec, CONTROL_BUFFER);
     if let Err(wait) = ctx.limits.control(peer.ip()) {
         let secs = crate::limits::retry_secs(wait);
         let message = format!("too many connections from this address; retry in {secs}s");
         let refusal = ServerMessage::refused(RefusedCode::RateLimited, message);
-        return refuse(&ctx, &mut framed, peer, refusal).await;
+        refuse(&ctx, &mut framed, peer, refusal).await;
+        return false;
     }
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let client = Client {
@@ -90,12 +91,21 @@ pub(crate) async fn serve_stream(
     let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, client, &ctx));
     let guard = match setup.await {
         Ok(Ok(guard)) => guard,
-        Ok(Err(refusal)) => return refuse(&ctx, &mut framed, peer, refusal).await,
-        Err(_) => return debug!(%peer, "control handshake timed out"),
+        Ok(Err(refusal)) => {
+            refuse(&ctx, &mut framed, peer, refusal).await;
+            return false;
+        }
+        Err(_) => {
+            debug!(%peer, "control handshake timed out");
+            return false;
+        }
     };
     let framed = match switch(framed, &guard.link).await {
         Ok(framed) => framed,
-        Err(reason) => return info!(%peer, reason, "multiplexed session failed to start"),
+        Err(reason) => {
+            info!(%peer, reason, "multiplexed session failed to start");
+            return false;
+        }
     };
     let session = guard.session.clone();
     let span = tracing::Span::current();
@@ -114,6 +124,7 @@ pub(crate) async fn serve_stream(
         .await;
     info!(%peer, session = %session.id, reason = end, "session ended");
     drop(guard);
+    true
 }
 
 /// Logs, counts and audits a refusal, then tells the client.
@@ -172,9 +183,7 @@ fn choose_link(
     };
     match (asked, quic) {
         (TransportKind::Tcp, None) => Ok(Link::DialBack),
-        (TransportKind::Mux, None) => Ok(Link::Mux(MuxLink::new(
-            ctx.dialback.pending_timeout(),
-        ))),
+        (TransportKind::Mux, None) => Ok(Link::Mux(MuxLink::new(ctx.dialback.pending_timeout()))),
         (TransportKind::Quic, Some(link)) => Ok(link),
         (TransportKind::Quic, None) => Err(ServerMessage::bad_request(
             "transport quic is spoken on the server's QUIC listener (UDP), not here",

@@ -166,7 +166,9 @@ fn connect(ctx: &Arc<ControlContext>, servers: &mut Vec<JoinHandle<()>>) -> Clie
     let peer: SocketAddr = ([192, 0, 2, 1], 40000).into();
     let stream = TunnelStream::boxed(BytesMut::new(), server);
     let task = crate::control::handshake::serve_stream(stream, peer, None, None, ctx.clone());
-    servers.push(tokio::spawn(task));
+    servers.push(tokio::spawn(async move {
+        task.await;
+    }));
     let (mut read, write) = tokio::io::split(client);
     let drain = tokio::spawn(async move {
         let mut sink = [0u8; 4096];

@@ -85,7 +85,15 @@ impl Layers {
         );
         let (acme, acme_requests) = acme_context(config, &parts);
         let control = Arc::new(ControlContext {
-            settings: control_settings(config, port_of(&listeners.data)),
+            settings: control_settings(
+                config,
+                port_of(&listeners.data),
+                listeners
+                    .quic
+                    .as_ref()
+                    .and_then(|e| e.local_addr().ok())
+                    .map(|a| a.port()),
+            ),
             sessions: parts.sessions.clone(),
             routes: parts.routes.clone(),
             registry: services
@@ -190,14 +198,35 @@ impl Layers {
             let edge = self.edge.clone();
             tasks.spawn(crate::listen::serve(
                 https,
-                draining.cancelled_owned(),
+                draining.clone().cancelled_owned(),
                 public,
                 drain.visitors().clone(),
                 visitor_span,
                 move |arrived| crate::edge::https::serve_visitor(arrived, edge.clone()),
             ));
         }
-        if let Some(admin) = listeners.admin {
+        self.start_background(listeners.quic, listeners.admin, &tasks);
+    }
+
+    /// The QUIC and admin listeners and the background jobs.
+    fn start_background(
+        self,
+        quic: Option<quinn::Endpoint>,
+        admin: Option<tokio::net::TcpListener>,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
+        let (draining, stopping) = (self.drain.draining().clone(), self.drain.stopping().clone());
+        if let Some(endpoint) = quic {
+            let serving = crate::control::quic::serve(
+                endpoint,
+                draining.clone(),
+                stopping.clone(),
+                tasks.clone(),
+                self.control.clone(),
+            );
+            tasks.spawn(serving);
+        }
+        if let Some(admin) = admin {
             tasks.spawn(crate::ops::admin::serve(admin, self.admin.clone()));
         }
         tasks.spawn(forget_full_buckets(self.limits.clone(), stopping));
@@ -314,7 +343,11 @@ fn dialback_settings(config: &ServerConfig) -> DialBackSettings {
     }
 }
 
-fn control_settings(config: &ServerConfig, data_port: u16) -> ControlSettings {
+fn control_settings(
+    config: &ServerConfig,
+    data_port: u16,
+    quic_port: Option<u16>,
+) -> ControlSettings {
     ControlSettings {
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
@@ -329,7 +362,7 @@ fn control_settings(config: &ServerConfig, data_port: u16) -> ControlSettings {
             range: config.tcp_ports,
         },
         data_port,
-        quic_port: None,
+        quic_port,
     }
 }
 

@@ -105,13 +105,13 @@ impl DialBackHub {
         }
     }
 
-    /// The client could not open stream `id` of `session` (`StreamError` on the control link).
     /// Streams being set up now, across sessions (the fuzz targets check it drains).
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
+    /// The client could not open stream `id` of `session` (`StreamError` on the control link).
     pub(crate) fn fail(&self, id: &str, session: &str, reason: String) {
         self.pending.fail(id, session, reason);
     }

@@ -27,6 +27,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.data_addr, addr(t)),
     ),
     setting(
+        "quic_addr",
+        "SHOWOFF_QUIC_ADDR",
+        "off",
+        "QUIC listener (UDP) for clients on the QUIC transport; needs TLS; `off` disables it",
+        |b, t| set(&mut b.config.quic_addr, off_or(t, addr)),
+    ),
+    setting(
         "http_addr",
         "SHOWOFF_HTTP_ADDR",
         "127.0.0.1:8080",

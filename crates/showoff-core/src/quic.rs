@@ -1,0 +1,118 @@
+//! What both ends of the QUIC transport share: the UDP socket set-up (buffers raised, the
+//! kernel's cap and GSO/GRO reported), the transport parameters (windows sized for the
+//! bandwidth-delay product), the ALPN name, and one QUIC stream as a [`TunnelStream`].
+//!
+//! Windows: quinn's defaults size a stream for 100 Mbit/s at 100 ms. Showoff carries bulk
+//! through one stream as often as many small ones, so a stream may have [`STREAM_WINDOW`] in
+//! flight (1 Gbit/s at ~67 ms, ~335 Mbit/s at 200 ms) and a connection [`CONNECTION_WINDOW`];
+//! the connection window is also the most one peer can make this side buffer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use quinn::{RecvStream, SendStream, VarInt};
+use tracing::info;
+
+use crate::stream::TunnelStream;
+
+/// The ALPN protocol of Showoff's QUIC listener.
+pub const ALPN: &[u8] = b"showoff/1";
+/// Receive window of one stream.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+/// Receive (and send) window of one connection, across its streams.
+pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// Streams one connection may have open at once in each direction, as on mux.
+pub const MAX_STREAMS: u32 = 512;
+/// UDP socket buffers asked for; the kernel caps them at `net.core.{r,w}mem_max`.
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Transport parameters of both ends: windows, stream caps, idle timeout and keep-alive.
+pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(idle_timeout / 3))
+        .max_idle_timeout(idle_timeout.try_into().ok());
+    config
+}
+
+/// What the kernel granted a UDP socket, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketReport {
+    /// Receive buffer in bytes as the kernel reports it.
+    pub recv_buffer: usize,
+    /// Send buffer in bytes.
+    pub send_buffer: usize,
+    /// Datagrams one send may carry with GSO (1: none).
+    pub gso_segments: usize,
+    /// Datagrams one receive may return with GRO (1: none).
+    pub gro_segments: usize,
+}
+
+/// Binds a UDP socket for QUIC with raised buffers; logs what the kernel granted.
+pub fn bind_udp(addr: SocketAddr, role: &'static str) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a capped buffer is reported below, not an error.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    let socket: std::net::UdpSocket = socket.into();
+    let report = report(&socket)?;
+    info!(
+        role,
+        addr = %socket.local_addr()?,
+        recv_buffer = report.recv_buffer,
+        send_buffer = report.send_buffer,
+        asked = SOCKET_BUFFER,
+        gso_segments = report.gso_segments,
+        gro_segments = report.gro_segments,
+        "QUIC socket bound (buffers below the asked size are capped by net.core.rmem_max / wmem_max)"
+    );
+    Ok(socket)
+}
+
+/// The buffers and offloads a UDP socket has.
+pub fn report(socket: &std::net::UdpSocket) -> std::io::Result<SocketReport> {
+    let sock = socket2::SockRef::from(socket);
+    let state = quinn::udp::UdpSocketState::new(socket.into())?;
+    Ok(SocketReport {
+        recv_buffer: sock.recv_buffer_size()?,
+        send_buffer: sock.send_buffer_size()?,
+        gso_segments: state.max_gso_segments(),
+        gro_segments: state.gro_segments(),
+    })
+}
+
+/// An endpoint on `socket` (server when `server` is given).
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// One bidirectional QUIC stream as a tunnel stream.
+pub fn stream(send: SendStream, recv: RecvStream) -> TunnelStream {
+    TunnelStream::boxed(BytesMut::new(), tokio::io::join(recv, send))
+}
+
+/// Bytes received on a connection so far (any packet is a sign of life).
+pub fn received(connection: &quinn::Connection) -> u64 {
+    connection.stats().udp_rx.bytes
+}
