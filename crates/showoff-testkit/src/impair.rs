@@ -3,7 +3,10 @@
 //! delay added to each chunk, traffic dropped (a black hole: bytes are read and discarded),
 //! reading stalled (the peer's writes back up), new connections refused, and every live
 //! connection cut at once (reset, as a lost link looks to the peers). One task per direction
-//! per connection; no timers of its own beyond the delay asked for.
+//! per connection; no timers of its own beyond the delay asked for. [`udp`] is the same for
+//! datagrams (QUIC), with loss, jitter, a rate cap and rebinding.
+
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -245,6 +245,8 @@ pub fn refusal(result: Result<TestClient, ClientError>) -> (showoff_proto::Refus
 pub struct TestClient {
     /// The tunnels of the first session.
     pub tunnels: Vec<TunnelInfo>,
+    /// The transport of the first session.
+    pub transport: showoff_proto::TransportKind,
     events: mpsc::UnboundedReceiver<ClientEvent>,
     shutdown: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
@@ -296,9 +298,9 @@ impl TestClient {
             }
         })
         .await;
-        let tunnels = match first {
-            Ok(Some(ClientEvent::Connected { tunnels, .. })) => {
-                tunnels.into_iter().map(|(t, _)| t).collect()
+        let (tunnels, transport) = match first {
+            Ok(Some(ClientEvent::Connected { tunnels, transport })) => {
+                (tunnels.into_iter().map(|(t, _)| t).collect(), transport)
             }
             Ok(other) => panic!("unexpected first client event {other:?}"),
             Err(Ok(Err(error))) => {
@@ -309,6 +311,7 @@ impl TestClient {
         };
         Ok(Self {
             tunnels,
+            transport,
             events,
             shutdown,
             runtime: Some(runtime),
@@ -330,6 +333,24 @@ impl TestClient {
                 return tunnels.into_iter().map(|(t, _)| t).collect();
             }
         }
+    }
+
+    /// The transport of the next session or switch, waiting at most `deadline`; `None` when
+    /// none came.
+    pub async fn next_transport(
+        &mut self,
+        deadline: Duration,
+    ) -> Option<showoff_proto::TransportKind> {
+        let wait = async {
+            loop {
+                match self.events.recv().await? {
+                    ClientEvent::Connected { transport, .. } => return Some(transport),
+                    ClientEvent::Switched { to, .. } => return Some(to),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.ok().flatten()
     }
 
     /// Whether an event is waiting (without waiting for one).

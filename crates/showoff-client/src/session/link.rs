@@ -150,7 +150,8 @@ impl Memory {
             spec
         });
         self.sticky = Some(sticky.collect());
-        self.quic = match quic_port {
+        // A port the user gave (a UDP load balancer that maps ports) wins over the server's.
+        self.quic = match config.quic_port.or(quic_port) {
             Some(port) if offers.contains(&TransportKind::Quic) => {
                 Some(format!("{}:{port}", config.server_host()))
             }
