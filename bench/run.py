@@ -46,7 +46,8 @@ SCENARIOS = [
     ("1mib_c1", "/1m", 1, 1, [], False),
     ("latency_close_c1", "/small", 1, 1, ["Connection: close"], True),
 ]
-SYSTEMS = ["direct", "showoff_http", "showoff_tcp", "rathole", "bore"]
+SYSTEMS = ["direct", "showoff_http", "showoff_tcp", "showoff_tcp_mux", "showoff_tcp_quic",
+           "rathole", "bore"]
 
 
 def log(*args):
@@ -149,7 +150,34 @@ http {{
     return proc, port
 
 
-def start_showoff(nginx_port):
+def start_client(kind, nginx_port, control, name, extra=()):
+    """A showoff client for `kind` (`http` or `tcp`); returns it and its public port."""
+    client = Proc(
+        "client",
+        [str(SHOWOFF), kind, str(nginx_port), "--server", f"127.0.0.1:{control}",
+         "--name", name, "--json", "--log-level", "warn", *extra],
+        stdout=subprocess.PIPE,
+    )
+    line = json.loads(client.popen.stdout.readline())
+    return client, int(line["public_url"].rsplit(":", 1)[1])
+
+
+def self_signed(workdir):
+    """A certificate for 127.0.0.1 (the QUIC transport needs TLS)."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
+         "subjectAltName=IP:127.0.0.1,DNS:localhost", "-addext",
+         "basicConstraints=critical,CA:FALSE", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def start_showoff(nginx_port, workdir):
+    """Dial-back HTTP and TCP tunnels and a mux TCP tunnel on a plain server; a QUIC TCP
+    tunnel on a second server with a certificate and the QUIC listener."""
     control, data, http = free_port(), free_port(), free_port()
     server = Proc(
         "server",
@@ -158,21 +186,29 @@ def start_showoff(nginx_port):
          "--http-addr", f"127.0.0.1:{http}", "--tcp-ports", "0-0"],
     )
     wait_port(control, "showoff server")
-    systems = []
-    for kind in ("http", "tcp"):
-        client = Proc(
-            "client",
-            [str(SHOWOFF), "http" if kind == "http" else "tcp", str(nginx_port),
-             "--server", f"127.0.0.1:{control}", "--name", f"bench-{kind}", "--json",
-             "--log-level", "warn"],
-            stdout=subprocess.PIPE,
-        )
-        line = json.loads(client.popen.stdout.readline())
-        url = line["public_url"]
-        port = int(url.rsplit(":", 1)[1])
-        host = f"bench-http.localhost:{port}" if kind == "http" else None
-        systems.append(System(f"showoff_{kind}", port, host, [server, client]))
-    return systems, [server] + [s.procs[1] for s in systems]
+    systems, clients = [], []
+    for kind, transport, name in (("http", "tcp", "showoff_http"), ("tcp", "tcp", "showoff_tcp"),
+                                  ("tcp", "mux", "showoff_tcp_mux")):
+        client, port = start_client(kind, nginx_port, control, f"bench-{kind}-{transport}",
+                                    ["--transport", transport])
+        host = f"bench-{kind}-{transport}.localhost:{port}" if kind == "http" else None
+        systems.append(System(name, port, host, [server, client]))
+        clients.append(client)
+    cert, key = self_signed(workdir)
+    qcontrol, qdata, qhttp = free_port(), free_port(), free_port()
+    quic_server = Proc(
+        "server",
+        [str(SHOWOFF), "server", "--log-level", "warn",
+         "--control-addr", f"127.0.0.1:{qcontrol}", "--data-addr", f"127.0.0.1:{qdata}",
+         "--http-addr", f"127.0.0.1:{qhttp}", "--tcp-ports", "0-0", "--admin-addr", "off",
+         "--quic-addr",
+         f"127.0.0.1:{qcontrol}", "--tls-cert", str(cert), "--tls-key", str(key)],
+    )
+    wait_port(qcontrol, "showoff QUIC server")
+    client, port = start_client("tcp", nginx_port, qcontrol, "bench-quic",
+                                ["--transport", "quic", "--tls-ca", str(cert)])
+    systems.append(System("showoff_tcp_quic", port, None, [quic_server, client]))
+    return systems, [server, quic_server] + clients + [client]
 
 
 def start_rathole(nginx_port, workdir):
@@ -489,7 +525,7 @@ def main():
     try:
         nginx, nginx_port = start_nginx(workdir)
         procs.append(nginx)
-        showoff_systems, showoff_procs = start_showoff(nginx_port)
+        showoff_systems, showoff_procs = start_showoff(nginx_port, workdir)
         procs += showoff_procs
         rathole = start_rathole(nginx_port, workdir)
         bore = start_bore(nginx_port)

@@ -69,7 +69,14 @@ pub fn bind_udp(addr: SocketAddr, role: &'static str) -> std::io::Result<std::ne
     socket.set_nonblocking(true)?;
     let socket: std::net::UdpSocket = socket.into();
     let report = report(&socket)?;
-    info!(
+    // The server's socket is reported once at start; a client binds one per attempt.
+    let level_info = role == "server";
+    macro_rules! emit {
+        ($($t:tt)*) => {
+            if level_info { info!($($t)*) } else { tracing::debug!($($t)*) }
+        };
+    }
+    emit!(
         role,
         addr = %socket.local_addr()?,
         recv_buffer = report.recv_buffer,

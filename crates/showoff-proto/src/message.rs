@@ -644,4 +644,49 @@ mod tests {
         assert_eq!(spec.name, None);
         assert_eq!(spec.port, None);
     }
+
+    #[test]
+    fn the_transport_is_optional_on_the_wire_and_unknown_ones_are_named() {
+        let old: ClientMessage =
+            serde_json::from_str(r#"{"type":"hello","version":1,"role":"control"}"#)
+                .expect("a hello without transport");
+        assert!(matches!(
+            old,
+            ClientMessage::Hello {
+                transport: TransportKind::Tcp,
+                ..
+            }
+        ));
+        let dialback = serde_json::to_string(&old).expect("encode");
+        assert!(!dialback.contains("transport"), "{dialback}");
+        let newer: ClientMessage = serde_json::from_str(
+            r#"{"type":"hello","version":1,"role":"control","transport":"carrier-pigeon"}"#,
+        )
+        .expect("an unknown transport still parses");
+        assert!(matches!(
+            newer,
+            ClientMessage::Hello {
+                transport: TransportKind::Unknown,
+                ..
+            }
+        ));
+        let welcome: ServerMessage = serde_json::from_str(
+            r#"{"type":"welcome","session":"s","data_key":"k","data_port":7001,
+                "heartbeat_interval_secs":15,"warm_pool":8,"tunnels":[]}"#,
+        )
+        .expect("a welcome from an older server");
+        let ServerMessage::Welcome {
+            transport,
+            offers,
+            quic_port,
+            ..
+        } = welcome
+        else {
+            panic!("welcome");
+        };
+        assert_eq!(
+            (transport, offers, quic_port),
+            (TransportKind::Tcp, vec![], None)
+        );
+    }
 }

@@ -157,7 +157,7 @@ impl TestServer {
 }
 
 /// The transport the end-to-end suites run on: `SHOWOFF_TEST_TRANSPORT` (`tcp`, `mux`,
-/// `quic`), else the client's default (`auto`, which is mux on a server without QUIC).
+/// `quic`, `auto`), else the client's default (`tcp`).
 pub fn transport_under_test() -> TransportChoice {
     match std::env::var("SHOWOFF_TEST_TRANSPORT") {
         Ok(value) if !value.is_empty() => value

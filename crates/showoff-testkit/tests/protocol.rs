@@ -130,3 +130,27 @@ async fn garbage_on_the_data_listener_is_closed_at_once_and_counted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_transport_the_listener_does_not_speak_is_refused_by_name() {
+    let server = TestServer::start_raw(ServerConfig::ephemeral()).await;
+    for (transport, expected) in [
+        (showoff_proto::TransportKind::Quic, "QUIC listener"),
+        (showoff_proto::TransportKind::Unknown, "tcp, mux"),
+    ] {
+        let mut conn = raw_client::connect(server.addrs.control).await;
+        let hello = ClientMessage::Hello {
+            version: showoff_proto::PROTOCOL_VERSION,
+            role: Role::Control,
+            transport,
+        };
+        send(&mut conn, hello).await;
+        match next(&mut conn).await {
+            Some(ServerMessage::Refused {
+                code: RefusedCode::BadRequest,
+                message,
+            }) => assert!(message.contains(expected), "{message}"),
+            other => panic!("expected bad_request for {transport}, got {other:?}"),
+        }
+    }
+}

@@ -123,7 +123,7 @@ pub struct TlsArgs {
 /// How the client's streams travel; shared by every client command.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TransportArgs {
-    /// How streams travel: `auto` (QUIC when the server offers it and UDP gets through, else mux), `quic`, `mux` (multiplexed on the control connection) or `tcp` (one data connection per stream) [env: SHOWOFF_TRANSPORT] [default: auto]
+    /// How streams travel: `auto` (QUIC when the server offers it and UDP gets through, else mux), `quic`, `mux` (multiplexed on the control connection) or `tcp` (one data connection per stream) [env: SHOWOFF_TRANSPORT] [default: tcp]
     #[arg(long, env = "SHOWOFF_TRANSPORT", hide_env = true)]
     pub transport: Option<showoff_client::TransportChoice>,
     /// UDP port of the server's QUIC listener, for `--transport quic` before the server has said it [env: SHOWOFF_QUIC_PORT] [default: learned from the server, else the control port]
