@@ -97,7 +97,6 @@ impl Mux {
             inbound,
             live: live_rx,
             alive: alive.downgrade(),
-            finished: false,
         };
         tokio::spawn(driver.run());
         let shared = Arc::new(Shared {
@@ -150,7 +149,6 @@ struct Driver<I> {
     live: mpsc::Receiver<()>,
     /// The token each stream holds, so `live` ends only after the last one.
     alive: mpsc::WeakSender<()>,
-    finished: bool,
 }
 
 impl<I: StreamIo> Driver<I> {
@@ -188,10 +186,7 @@ impl<I: StreamIo> Driver<I> {
                 Poll::Ready(None) => return Poll::Ready("closed by the peer"),
                 Poll::Pending => {}
             }
-            if !self.finished && self.live.poll_recv(cx).is_ready() {
-                self.finished = true;
-            }
-            if self.finished {
+            if self.live.poll_recv(cx).is_ready() {
                 return Poll::Ready("finished");
             }
             if !progressed {

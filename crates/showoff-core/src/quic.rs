@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream, VarInt};
-use tracing::info;
 
 use crate::stream::TunnelStream;
 
@@ -55,38 +54,33 @@ pub struct SocketReport {
     pub gro_segments: usize,
 }
 
-/// Binds a UDP socket for QUIC with raised buffers; logs what the kernel granted.
-pub fn bind_udp(addr: SocketAddr, role: &'static str) -> std::io::Result<std::net::UdpSocket> {
+/// Binds a UDP socket for QUIC with raised buffers; returns it with what the kernel granted,
+/// for the caller's log.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, SocketReport)> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
         let _ = socket.set_only_v6(false);
     }
-    // Best effort: a capped buffer is reported below, not an error.
+    // Best effort: a capped buffer is reported, not an error.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     let socket: std::net::UdpSocket = socket.into();
     let report = report(&socket)?;
-    // The server's socket is reported once at start; a client binds one per attempt.
-    let level_info = role == "server";
-    macro_rules! emit {
-        ($($t:tt)*) => {
-            if level_info { info!($($t)*) } else { tracing::debug!($($t)*) }
-        };
+    Ok((socket, report))
+}
+
+impl std::fmt::Display for SocketReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "receive buffer {} B, send buffer {} B (asked {SOCKET_BUFFER}; less means \
+             net.core.rmem_max / wmem_max cap it), GSO {} segments, GRO {} segments",
+            self.recv_buffer, self.send_buffer, self.gso_segments, self.gro_segments
+        )
     }
-    emit!(
-        role,
-        addr = %socket.local_addr()?,
-        recv_buffer = report.recv_buffer,
-        send_buffer = report.send_buffer,
-        asked = SOCKET_BUFFER,
-        gso_segments = report.gso_segments,
-        gro_segments = report.gro_segments,
-        "QUIC socket bound (buffers below the asked size are capped by net.core.rmem_max / wmem_max)"
-    );
-    Ok(socket)
 }
 
 /// The buffers and offloads a UDP socket has.

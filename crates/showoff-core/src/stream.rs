@@ -81,6 +81,16 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
+    /// The same stream with `bytes` read again first (bytes a framed reader buffered past its
+    /// last frame), ahead of any prefix still unread; no second layer around `io`.
+    pub fn unread(mut self, bytes: BytesMut) -> Self {
+        if !bytes.is_empty() {
+            let rest = std::mem::replace(&mut self.prefix, bytes);
+            self.prefix.extend_from_slice(&rest);
+        }
+        self
+    }
+
     /// A stream over `io` that yields `prefix` first. An empty prefix is dropped so it does not
     /// pin the buffer it was split from for the stream's lifetime.
     pub fn new(prefix: BytesMut, io: S) -> Self {
@@ -161,5 +171,17 @@ mod tests {
         let mut out = String::new();
         stream.read_to_string(&mut out).await.expect("read");
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn unread_bytes_come_before_the_rest_of_the_prefix() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let stream = TunnelStream::boxed(BytesMut::from(&b"world"[..]), a);
+        let mut stream = stream.unread(BytesMut::from(&b"hello "[..]));
+        b.write_all(b"!").await.expect("write");
+        drop(b);
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "hello world!");
     }
 }

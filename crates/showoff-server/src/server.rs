@@ -178,7 +178,8 @@ fn bind_quic(config: &ServerConfig, tls: &Tls) -> Result<Option<quinn::Endpoint>
     };
     let server = crate::transport::quic::server_config(crypto, config.heartbeat_timeout)
         .map_err(ConfigError::Tls)?;
-    let socket = showoff_core::quic::bind_udp(addr, "server").map_err(failed)?;
+    let (socket, report) = showoff_core::quic::bind_udp(addr).map_err(failed)?;
+    info!(%addr, %report, "QUIC socket bound");
     let endpoint = showoff_core::quic::endpoint(socket, Some(server)).map_err(failed)?;
     Ok(Some(endpoint))
 }

@@ -393,19 +393,19 @@ impl Stats {
     /// A session came up on `transport`.
     pub(crate) fn session_up(&self, transport: showoff_proto::TransportKind) {
         self.sessions_active.inc();
-        let transport = transport.as_str();
-        self.sessions_by_transport
-            .get_or_create(&TransportLabel { transport })
-            .inc();
+        self.sessions_on(transport).inc();
     }
 
     /// A session on `transport` ended.
     pub(crate) fn session_down(&self, transport: showoff_proto::TransportKind) {
         self.sessions_active.dec();
+        self.sessions_on(transport).dec();
+    }
+
+    fn sessions_on(&self, transport: showoff_proto::TransportKind) -> Gauge {
         let transport = transport.as_str();
         self.sessions_by_transport
-            .get_or_create(&TransportLabel { transport })
-            .dec();
+            .get_or_create_owned(&TransportLabel { transport })
     }
 
     pub(crate) fn session_refused(&self, code: &'static str) {

@@ -51,7 +51,7 @@ pub(crate) async fn announce(
     match reply {
         Ok(ClientMessage::StreamReady { id: got }) if got == id => {
             let parts = framed.into_parts();
-            Ok(TunnelStream::boxed(parts.read_buf, parts.io))
+            Ok(parts.io.unread(parts.read_buf))
         }
         Ok(ClientMessage::StreamError { reason, .. }) => Err(OpenError::TargetUnreachable(reason)),
         // Garbled or out of turn: the client cannot be serving this stream.

@@ -292,7 +292,8 @@ async fn connect_quic(
         "0.0.0.0:0".parse().expect("literal")
     };
     let failed = |e: &dyn std::fmt::Display| ClientError::Failed(format!("QUIC to {addr}: {e}"));
-    let socket = showoff_core::quic::bind_udp(local, "client").map_err(|e| failed(&e))?;
+    let (socket, report) = showoff_core::quic::bind_udp(local).map_err(|e| failed(&e))?;
+    debug!(%report, "QUIC socket bound");
     let endpoint = showoff_core::quic::endpoint(socket, None).map_err(|e| failed(&e))?;
     let connecting = endpoint
         .connect_with(quic, remote, &connector.server_name(&addr))

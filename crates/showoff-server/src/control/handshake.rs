@@ -155,7 +155,7 @@ async fn switch(framed: ControlFramed, link: &Link) -> Result<ControlFramed, &'s
         return Ok(framed);
     };
     let parts = framed.into_parts();
-    let connection = TunnelStream::boxed(parts.read_buf, parts.io);
+    let connection = parts.io.unread(parts.read_buf);
     let control = mux.start(connection, HANDSHAKE_TIMEOUT).await?;
     let codec = FrameCodec::<ClientMessage, ServerMessage>::new();
     Ok(Framed::with_capacity(control, codec, CONTROL_BUFFER))
