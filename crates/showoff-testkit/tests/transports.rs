@@ -13,6 +13,7 @@ use showoff_testkit::pki::TestCa;
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::get;
 use showoff_testkit::{TestClient, TestServer, eventually, tunnel};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A server with a certificate and a QUIC listener, and the CA that trusts it.
 async fn quic_server(tweak: impl FnOnce(&mut ServerConfig)) -> (TestServer, String) {
@@ -225,4 +226,71 @@ async fn quic_streams_survive_a_client_address_change() {
     }
     assert_eq!(served(&server, "moving").await, 200);
     assert_eq!(session_transport(&server).await, "quic");
+}
+
+#[tokio::test]
+async fn stopped_quic_streams_free_the_connection_at_once() {
+    // Found by bench/transports.sh (1 % loss): visitors that leave mid-download stop their
+    // streams, but a writer parked on quinn's full connection send window never heard of it,
+    // so every other stream waited behind their discarded bytes. Ten downloads fill the window
+    // of a 256 KiB/s path, the visitors leave, and a new request must still be served at once.
+    let (server, ca) = quic_server(|_| {}).await;
+    let relay = UdpRelay::start(server.addrs.quic.expect("QUIC on")).await;
+    relay.set(UdpFaults {
+        rate: 256 * 1024,
+        ..Default::default()
+    });
+    let target = spawn_target("a").await;
+    let mut config = auto_client(&server, &ca, &relay, "leaving", target.addr);
+    config.transport = TransportChoice::Quic;
+    let _client = TestClient::start(config).await.expect("session");
+    let request = format!(
+        "GET /big?bytes=1000000000 HTTP/1.1\r\nHost: {}\r\n\r\n",
+        server.host("leaving")
+    );
+    let mut visitors = Vec::new();
+    for _ in 0..10 {
+        let mut visitor = tokio::net::TcpStream::connect(server.addrs.http)
+            .await
+            .expect("connect");
+        visitor
+            .write_all(request.as_bytes())
+            .await
+            .expect("request");
+        visitors.push(visitor);
+    }
+    // The visitors read for two seconds: the target fills the client's side of the QUIC
+    // connection far faster than the path drains it, up to the connection's send window.
+    let reading: Vec<_> = visitors
+        .into_iter()
+        .map(|mut visitor| {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = Vec::new();
+                let read_for = tokio::time::sleep(Duration::from_secs(2));
+                tokio::pin!(read_for);
+                loop {
+                    tokio::select! {
+                        _ = &mut read_for => break,
+                        n = visitor.read(&mut buf) => match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) if got.len() < 16 => got.extend_from_slice(&buf[..n.min(16)]),
+                            Ok(_) => {}
+                        },
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for visitor in reading {
+        let head = visitor.await.expect("visitor");
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    }
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(8), served(&server, "leaving"))
+        .await
+        .expect("a new request waited behind the stopped streams' bytes");
+    assert_eq!(status, 200);
+    eprintln!("served {:?} after the visitors left", started.elapsed());
 }
