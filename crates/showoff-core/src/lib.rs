@@ -6,8 +6,9 @@
 //! - [`stream`]: [`TunnelStream`] (a boxed byte stream with replayed prefix bytes), [`Prefixed`],
 //!   [`splice`], socket tuning.
 //! - [`opener`]: the transport seams: [`StreamOpener`] ("open a stream to this session") and
-//!   [`DatagramOpener`] (UDP flows), with [`StreamMeta`] and [`OpenError`].
+//!   [`DatagramLink`] (a UDP tunnel's datagrams), with [`StreamMeta`] and [`OpenError`].
 //! - [`datagram`]: the bounded, lossy datagram queue every non-QUIC transport carries UDP in.
+//! - [`flows`]: the UDP flow table of both sides: caps per tunnel and per process, idle expiry.
 //! - [`mux`]: multiplexed streams over one connection ([`Mux`], yamux), both ends of the `mux`
 //!   transport.
 //! - [`quic`]: the QUIC transport's shared parts: UDP socket set-up, windows, streams.
@@ -22,6 +23,7 @@
 
 pub mod datagram;
 pub mod exchange;
+pub mod flows;
 pub mod mux;
 pub mod opener;
 pub mod quic;
@@ -32,8 +34,9 @@ pub mod time;
 
 pub use datagram::{DatagramDrop, DatagramQueue};
 pub use exchange::{Exchange, ExchangeSink, Exchanges, HttpExchange, Protocol};
+pub use flows::{FlowBudget, FlowRefused, FlowTable};
 pub use mux::{Mux, MuxError};
-pub use opener::{DatagramOpener, FlowMeta, OpenError, StreamMeta, StreamOpener};
+pub use opener::{DatagramLink, OpenError, StreamMeta, StreamOpener};
 pub use registry::{
     Claim, Claimed, Lease, LeaseKey, MemoryRegistry, Owner, Registry, RegistryError,
 };

@@ -1,7 +1,7 @@
-//! The transport seams: how a server gets a byte stream ([`StreamOpener`]) or a datagram flow
-//! ([`DatagramOpener`]) to one client. Edges only ever call these; which transport stands
-//! behind them (dial-back today, multiplexed or QUIC streams next) is the session's business,
-//! and each transport is one file per side implementing them.
+//! The transport seams: how a server gets a byte stream ([`StreamOpener`]) or a UDP tunnel's
+//! datagrams ([`DatagramLink`]) to one client. Edges only ever call these; which transport
+//! stands behind them (dial-back, mux or QUIC) is the session's business, and each transport
+//! is one file per side implementing them.
 
 use std::net::SocketAddr;
 
@@ -44,32 +44,15 @@ pub trait StreamOpener: Send + Sync + 'static {
     async fn open(&self, meta: &StreamMeta) -> Result<TunnelStream, OpenError>;
 }
 
-/// What the UDP edge knows about a flow: one (visitor address, tunnel) pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowMeta {
-    /// The tunnel's name.
-    pub tunnel: String,
-    /// The visitor's address; answers go back to it.
-    pub visitor_addr: SocketAddr,
-    /// The flow's id, carried by its first datagram so the client needs no round trip.
-    pub flow: u64,
-}
-
-/// One flow's datagram path to the client. Sending never waits: a datagram the path cannot
-/// take now is dropped and the reason returned, so one slow flow never blocks another.
-#[async_trait]
-pub trait DatagramFlow: Send + Sync {
-    /// Hands one datagram towards the client's target, or says why it was dropped.
+/// One UDP tunnel's datagram path to its client: the UDP counterpart of [`StreamOpener`]. A
+/// QUIC session sends DATAGRAM frames; mux and dial-back sessions queue datagrams for the
+/// tunnel's datagram channel stream ([`crate::DatagramQueue`]). Sending never waits: a datagram
+/// the path cannot take now is dropped and the reason returned, so one flow never holds up
+/// another. Answers come back through the tunnel's own dispatch, not through this trait.
+pub trait DatagramLink: Send + Sync + 'static {
+    /// Hands one encoded datagram towards the client, or says why it was dropped.
     fn send(&self, datagram: Bytes) -> Result<(), DatagramDrop>;
-    /// The next answer from the target; `None` once the flow is closed.
-    async fn recv(&self) -> Option<Bytes>;
-    /// Largest datagram this path carries whole; larger ones are dropped, never truncated.
+    /// Largest encoded datagram the path carries whole now; larger ones are dropped, never
+    /// truncated.
     fn max_datagram(&self) -> usize;
-}
-
-/// "Open a datagram flow to this session": the UDP counterpart of [`StreamOpener`].
-#[async_trait]
-pub trait DatagramOpener: Send + Sync + 'static {
-    /// Opens the flow `meta` names on this session's transport.
-    async fn open_flow(&self, meta: &FlowMeta) -> Result<Box<dyn DatagramFlow>, OpenError>;
 }

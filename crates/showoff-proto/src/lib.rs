@@ -10,8 +10,10 @@
 //! - [`codec`]: 4-byte big-endian length + JSON frames, [`MAX_FRAME_LEN`] checked before allocating.
 //! - [`id`]: CSPRNG ids and keys, readable random names, constant-time comparison.
 //! - [`host`]: `Host` header parsing, DNS-label name rules, `<name>.<domain>` routing.
+//! - [`datagram`]: UDP tunnel datagrams (flow id, open header, payload) and their stream framing.
 
 pub mod codec;
+pub mod datagram;
 pub mod host;
 pub mod id;
 pub mod message;
