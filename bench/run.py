@@ -54,21 +54,21 @@ def log(*args):
     print("[bench]", *args, file=sys.stderr, flush=True)
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def wait_port(port, what, timeout=20.0):
+def wait_port(port, what, timeout=20.0, host="127.0.0.1"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s")
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout}s")
 
 
 class Proc:
@@ -162,13 +162,14 @@ def start_client(kind, nginx_port, control, name, extra=()):
     return client, int(line["public_url"].rsplit(":", 1)[1])
 
 
-def self_signed(workdir):
-    """A certificate for 127.0.0.1 (the QUIC transport needs TLS)."""
+def self_signed(workdir, ips=("127.0.0.1",)):
+    """A certificate for `ips` and localhost (the QUIC transport needs TLS)."""
     cert, key = workdir / "cert.pem", workdir / "key.pem"
+    names = ",".join([f"IP:{ip}" for ip in ips] + ["DNS:localhost"])
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
-         "subjectAltName=IP:127.0.0.1,DNS:localhost", "-addext",
+         f"subjectAltName={names}", "-addext",
          "basicConstraints=critical,CA:FALSE", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )

@@ -8,31 +8,10 @@
 #   --only SCENARIO,... (a subset, for A/B checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=quick
-args=()
-for arg in "$@"; do
-    case "$arg" in
-        --full) mode=full ;;
-        --quick) mode=quick ;;
-        *) args+=("$arg") ;;
-    esac
-done
-
-need_apt=()
-command -v nginx >/dev/null || need_apt+=(nginx-light)
-command -v wrk >/dev/null || need_apt+=(wrk)
-command -v gnuplot >/dev/null || need_apt+=(gnuplot-nox)
-command -v ip >/dev/null || need_apt+=(iproute2)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "[bench] installing ${need_apt[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-cache=bench/.cache
-if [ ! -x "$cache/bin/rathole" ] || [ ! -x "$cache/bin/bore" ]; then
-    echo "[bench] building the peers rathole and bore into $cache (a few minutes, once)" >&2
-    cargo install --quiet --root "$cache" rathole bore-cli
-fi
+. bench/common.sh
+parse_mode "$@"
+need_packages bench nginx:nginx-light wrk:wrk gnuplot:gnuplot-nox ip:iproute2
+build_peers bench
 echo "[bench] building showoff (release)" >&2
 cargo build --quiet --release -p showoff -p showoff-bench
 

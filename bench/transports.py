@@ -42,12 +42,13 @@ import time
 from collections import deque
 from pathlib import Path
 
+from run import Proc, free_port, self_signed, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_BIN = ROOT / "bench" / ".cache" / "bin"
 RESULTS = ROOT / "bench" / "results"
 CHARTS = ROOT / "docs" / "bench"
 SHOWOFF = ROOT / "target" / "release" / "showoff"  # --bin changes it
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 ADDR_A, ADDR_B = "10.77.0.1", "10.77.0.2"
 TUN_A, TUN_B = "sotuna", "sotunb"
@@ -340,52 +341,8 @@ def sink_main(host, port, streams, seconds, warmup, stall, size, fill):
 # The systems
 
 
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host, port, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout}s")
-
-
-class Proc:
-    def __init__(self, name, argv, stdout=subprocess.DEVNULL):
-        self.name = name
-        self.popen = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.DEVNULL)
-
-    def rss_kib(self):
-        with open(f"/proc/{self.popen.pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE_KIB
-
-    def stop(self):
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
 def certificate(workdir):
-    cert, key = workdir / "cert.pem", workdir / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
-         f"subjectAltName=IP:127.0.0.1,IP:{ADDR_A},DNS:localhost", "-addext",
-         "basicConstraints=critical,CA:FALSE", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
+    return self_signed(workdir, ("127.0.0.1", ADDR_A))
 
 
 def showoff_server(cert, key, host):
@@ -396,7 +353,7 @@ def showoff_server(cert, key, host):
         "--token", TOKEN, "--control-addr", f"{host}:{control}", "--data-addr", f"{host}:{data}",
         "--http-addr", f"127.0.0.1:{http}", "--tcp-ports", "0-0",
         "--quic-addr", f"{host}:{control}", "--tls-cert", str(cert), "--tls-key", str(key)])
-    wait_port(host, control, "showoff server")
+    wait_port(control, "showoff server", host=host)
     return server, control
 
 
@@ -451,21 +408,21 @@ def start_systems(ns, workdir, procs, peers=True):
             f'[client]\nremote_addr = "{ADDR_A}:{rcontrol}"\n[client.services.bench]\n'
             f'token = "bench"\nlocal_addr = "127.0.0.1:{source_port}"\n')
         procs.append(Proc("rathole-server", [str(rathole), "--server", str(workdir / "rs.toml")]))
-        wait_port(ADDR_A, rcontrol, "rathole server")
+        wait_port(rcontrol, "rathole server", host=ADDR_A)
         procs.append(Proc("rathole-client",
                           ns.enter([str(rathole), "--client", str(workdir / "rc.toml")])))
-        wait_port("127.0.0.1", rentry, "rathole service")
+        wait_port(rentry, "rathole service", host="127.0.0.1")
         entries["rathole"] = ("127.0.0.1", rentry)
     bore = CACHE_BIN / "bore"
     if peers and bore.exists():
         bentry = free_port(ADDR_A)
         procs.append(Proc("bore-server", [str(bore), "server", "--bind-addr", ADDR_A,
                                           "--min-port", str(bentry), "--max-port", str(bentry)]))
-        wait_port(ADDR_A, 7835, "bore server")
+        wait_port(7835, "bore server", host=ADDR_A)
         procs.append(Proc("bore-client", ns.enter([
             str(bore), "local", str(source_port), "--local-host", "127.0.0.1", "--to", ADDR_A,
             "--port", str(bentry)])))
-        wait_port(ADDR_A, bentry, "bore tunnel")
+        wait_port(bentry, "bore tunnel", host=ADDR_A)
         entries["bore"] = (ADDR_A, bentry)
     return entries
 

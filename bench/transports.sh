@@ -10,29 +10,10 @@
 #   extra flags go to transports.py: --only matrix,hol,migration,idle  --sessions N  --no-write
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=quick
-args=()
-for arg in "$@"; do
-    case "$arg" in
-        --full) mode=full ;;
-        --quick) mode=quick ;;
-        *) args+=("$arg") ;;
-    esac
-done
-need_apt=()
-command -v gnuplot >/dev/null || need_apt+=(gnuplot-nox)
-command -v ip >/dev/null || need_apt+=(iproute2)
-command -v openssl >/dev/null || need_apt+=(openssl)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "[transports] installing ${need_apt[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-cache=bench/.cache
-if [ ! -x "$cache/bin/rathole" ] || [ ! -x "$cache/bin/bore" ]; then
-    echo "[transports] building the peers rathole and bore into $cache (a few minutes, once)" >&2
-    cargo install --quiet --root "$cache" rathole bore-cli
-fi
+. bench/common.sh
+parse_mode "$@"
+need_packages transports gnuplot:gnuplot-nox ip:iproute2 openssl:openssl
+build_peers transports
 echo "[transports] building showoff (release)" >&2
 cargo build --quiet --release -p showoff
 if ! unshare -n true 2>/dev/null || [ ! -c /dev/net/tun ]; then

@@ -43,11 +43,6 @@ impl FlowBudget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
-
-    /// The cap.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
 }
 
 /// Why a new flow was refused.
@@ -124,11 +119,6 @@ impl<V> FlowTable<V> {
         Some(&mut entry.value)
     }
 
-    /// Flow `flow`, without marking it active.
-    pub fn get(&self, flow: u64) -> Option<&V> {
-        self.entries.get(&flow).map(|e| &e.value)
-    }
-
     /// Ends flow `flow`; `None` when it was not there (a second close changes nothing).
     pub fn remove(&mut self, flow: u64) -> Option<V> {
         let entry = self.entries.remove(&flow)?;
@@ -166,11 +156,6 @@ impl<V> FlowTable<V> {
     /// Whether the table holds no flow.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// The idle timeout.
-    pub fn idle(&self) -> Duration {
-        self.idle
     }
 }
 
