@@ -43,6 +43,10 @@ pub enum ClientEvent {
         tunnels: Vec<(TunnelInfo, String)>,
         /// The transport the session runs on.
         transport: TransportKind,
+        /// When the session has UDP tunnels: the largest datagram payload they carry whole
+        /// (65,507 on a datagram channel; the QUIC path's DATAGRAM frame limit less the
+        /// largest header on QUIC). Larger datagrams are dropped, never truncated.
+        max_udp_payload: Option<usize>,
     },
     /// An `auto` client moved its session to a better transport (mux → QUIC); the URLs stay.
     Switched {

@@ -1,6 +1,7 @@
 //! PROXY protocol headers the client sends to a local target before the visitor's bytes, so a
 //! TCP service (a database, an SMTP server, nginx with `proxy_protocol`) sees the visitor's
-//! address instead of the client's.
+//! address instead of the client's. UDP targets get v2's `DGRAM` form in front of every
+//! datagram ([`encode_datagram`]); v1 has no UDP form.
 
 use std::net::SocketAddr;
 
@@ -29,11 +30,50 @@ impl std::str::FromStr for ProxyVersion {
     }
 }
 
+/// Whether a tunnel of `kind` can send PROXY protocol `version` to its target: TCP tunnels
+/// either version, UDP tunnels v2 (`DGRAM`), others none (HTTP targets get
+/// `X-Forwarded-For`; TLS passthrough carries the visitor's own bytes untouched).
+pub fn check_applies(
+    kind: showoff_proto::TunnelKind,
+    version: ProxyVersion,
+) -> Result<(), &'static str> {
+    use showoff_proto::TunnelKind;
+    match (kind, version) {
+        (TunnelKind::Tcp, _) | (TunnelKind::Udp, ProxyVersion::V2) => Ok(()),
+        (TunnelKind::Udp, ProxyVersion::V1) => {
+            Err("PROXY protocol v1 has no UDP form; use v2 for udp tunnels")
+        }
+        _ => Err(
+            "PROXY protocol applies to tcp and udp tunnels; HTTP targets get X-Forwarded-For instead",
+        ),
+    }
+}
+
 /// The header for a visitor at `source` (as the server reported it) reaching `destination`.
 /// An unknown source, or one of another address family than the destination, is sent as
 /// `UNKNOWN` (v1) or `LOCAL` (v2), which targets treat as "no address information".
 pub fn encode(
     version: ProxyVersion,
+    source: Option<SocketAddr>,
+    destination: SocketAddr,
+) -> Vec<u8> {
+    encode_for(version, v2::Protocol::Stream, source, destination)
+}
+
+/// The v2 header (`DGRAM`) that goes in front of each datagram of a UDP visitor at `source`
+/// reaching `destination`.
+pub fn encode_datagram(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    encode_for(
+        ProxyVersion::V2,
+        v2::Protocol::Datagram,
+        Some(source),
+        destination,
+    )
+}
+
+fn encode_for(
+    version: ProxyVersion,
+    protocol: v2::Protocol,
     source: Option<SocketAddr>,
     destination: SocketAddr,
 ) -> Vec<u8> {
@@ -57,7 +97,7 @@ pub fn encode(
             let built = match pair {
                 Some(source) => v2::Builder::with_addresses(
                     v2::Version::Two | v2::Command::Proxy,
-                    v2::Protocol::Stream,
+                    protocol,
                     (source, destination),
                 )
                 .build(),
@@ -79,6 +119,16 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("addr")
+    }
+
+    #[test]
+    fn proxy_headers_apply_to_tcp_and_udp_v2_only() {
+        use showoff_proto::TunnelKind;
+        assert!(check_applies(TunnelKind::Tcp, ProxyVersion::V1).is_ok());
+        assert!(check_applies(TunnelKind::Udp, ProxyVersion::V2).is_ok());
+        let v1 = check_applies(TunnelKind::Udp, ProxyVersion::V1).expect_err("no UDP form");
+        assert!(v1.contains("v2"), "{v1}");
+        assert!(check_applies(TunnelKind::Http, ProxyVersion::V2).is_err());
     }
 
     #[test]
@@ -111,6 +161,11 @@ mod tests {
         let parsed = v2::Header::try_from(mixed.as_slice()).expect("valid v2");
         assert_eq!(parsed.command, v2::Command::Local);
         assert_eq!("v2".parse::<ProxyVersion>(), Ok(ProxyVersion::V2));
+        let datagram = encode_datagram(addr("198.51.100.4:5353"), addr("127.0.0.1:53"));
+        let parsed = v2::Header::try_from(datagram.as_slice()).expect("valid v2");
+        assert_eq!(parsed.command, v2::Command::Proxy);
+        assert_eq!(parsed.protocol, v2::Protocol::Datagram);
+        assert!(matches!(parsed.addresses, v2::Addresses::IPv4(a) if a.source_port == 5353));
         assert!("v3".parse::<ProxyVersion>().is_err());
     }
 }

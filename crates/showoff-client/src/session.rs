@@ -3,7 +3,8 @@
 //!
 //! - [`link`]: how this session's streams arrive (dial-back, mux, QUIC) and how `auto` picks;
 //! - [`dialback`]: `Dial`s on the control connection and the warm pool;
-//! - [`streams`]: one stream's `Dial` → target → `StreamReady` → splice.
+//! - [`streams`]: one stream's `Dial` → target → `StreamReady` → splice;
+//! - [`udp`]: UDP tunnels' flows, over QUIC datagrams or a datagram channel.
 //!
 //! An `auto` session on mux probes QUIC in the background ([`link::Probe`]); a probe that gets
 //! a whole QUIC session up (handshake, `Welcome`, the same names) replaces the mux session,
@@ -12,6 +13,7 @@
 pub(crate) mod dialback;
 pub(crate) mod link;
 pub(crate) mod streams;
+pub(crate) mod udp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +57,10 @@ pub(crate) struct Ctx {
     control: mpsc::Sender<ClientMessage>,
     /// How the data listener is reached, as the control listener was.
     transport: Arc<dyn Transport>,
+    /// The session's UDP tunnels.
+    udp: Arc<udp::UdpTunnels>,
+    /// Cancelled when the session ends: its datagram channels close with it (streams run on).
+    stop: CancellationToken,
 }
 
 /// A session the server welcomed, not yet served.
@@ -108,15 +114,18 @@ async fn serve(
         inbound,
     } = connected;
     let transport = link.kind();
-    let welcomed = accept_welcome(config, welcome, memory)?;
+    let session_stop = shutdown.child_token();
+    let _stop_pool = session_stop.clone().drop_guard();
+    let welcomed = accept_welcome(config, welcome, memory, session_stop.clone())?;
     info!(transport = transport.as_str(), "session up");
+    let max_udp_payload = (!welcomed.ctx.udp.targets.is_empty())
+        .then(|| udp::session_payload_limit(link.quic_connection()));
     let _ = events.send(ClientEvent::Connected {
         tunnels: welcomed.tunnels,
         transport,
+        max_udp_payload,
     });
     let ctx = welcomed.ctx;
-    let session_stop = shutdown.child_token();
-    let _stop_pool = session_stop.clone().drop_guard();
     for _ in 0..welcomed.warm_pool {
         streams.spawn(dialback::pool_slot(
             ctx.clone(),
@@ -158,6 +167,7 @@ fn accept_welcome(
     config: &ClientConfig,
     welcome: ServerMessage,
     memory: &mut Memory,
+    stop: CancellationToken,
 ) -> Result<Welcomed, ClientError> {
     let ServerMessage::Welcome {
         session,
@@ -176,14 +186,24 @@ fn accept_welcome(
     memory.welcomed(config, &granted, &offers, quic_port);
     // The server answers in request order, so the n-th tunnel reaches the n-th local target.
     let mut targets = HashMap::new();
+    let mut udp_targets = HashMap::new();
+    let mut flow_idle_secs = None;
     let mut tunnels: Vec<(TunnelInfo, String)> = Vec::with_capacity(granted.len());
     for (index, info) in granted.into_iter().enumerate() {
         let asked = config.tunnel_at(index);
-        let target: Arc<dyn Target> = Arc::new(TcpTarget::new(
-            asked.map(|t| t.local.clone()).unwrap_or_default(),
-            asked.and_then(|t| t.proxy_protocol),
-        ));
-        tunnels.push((info.clone(), target.address().to_string()));
+        let local = asked.map(|t| t.local.clone()).unwrap_or_default();
+        tunnels.push((info.clone(), local.clone()));
+        if info.kind == showoff_proto::TunnelKind::Udp {
+            flow_idle_secs = flow_idle_secs.max(info.flow_idle_secs);
+            let target = udp::UdpTarget {
+                addr: local,
+                proxy_protocol: asked.is_some_and(|t| t.proxy_protocol.is_some()),
+            };
+            udp_targets.insert(info.name, Arc::new(target));
+            continue;
+        }
+        let target: Arc<dyn Target> =
+            Arc::new(TcpTarget::new(local, asked.and_then(|t| t.proxy_protocol)));
         targets.insert(info.name, target);
     }
     let (control, rx) = mpsc::channel(64);
@@ -194,6 +214,8 @@ fn accept_welcome(
         targets,
         control,
         transport: link::tcp_transport(config)?,
+        udp: Arc::new(udp::UdpTunnels::new(udp_targets, flow_idle_secs)),
+        stop,
     });
     Ok(Welcomed {
         tunnels,

@@ -7,8 +7,12 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use showoff_proto::datagram::{ChannelCodec, ChannelError, Datagram};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
+use tokio_util::codec::FramedRead;
 
 /// Why a datagram was dropped instead of sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -144,6 +148,112 @@ impl DatagramQueue {
             self.dropped_full.load(Ordering::Relaxed),
             self.dropped_large.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Sends one datagram on `socket` now, in one system call, to `to` (or its connected peer).
+/// tokio's `try_send` answers `WouldBlock` without trying until its reactor has seen the socket
+/// writable, which would lose the first datagram of a socket just made; here `WouldBlock` only
+/// means the kernel's send buffer is full.
+pub fn send_now(
+    socket: &tokio::net::UdpSocket,
+    datagram: &[u8],
+    to: Option<std::net::SocketAddr>,
+) -> std::io::Result<usize> {
+    let socket = socket2::SockRef::from(socket);
+    match to {
+        Some(addr) => socket.send_to(datagram, &addr.into()),
+        None => socket.send(datagram),
+    }
+}
+
+/// Bytes gathered into one write on a datagram channel.
+const CHANNEL_BATCH: usize = 64 * 1024;
+
+/// How a datagram channel ended.
+#[derive(Debug)]
+pub enum ChannelEnd {
+    /// The queue was closed (the tunnel or flow handler is done).
+    Closed,
+    /// The peer closed the stream.
+    PeerClosed,
+    /// Writing to the stream failed.
+    WriteFailed(std::io::Error),
+    /// The peer sent bytes that are not a datagram frame, or reading failed.
+    Bad(ChannelError),
+}
+
+impl std::fmt::Display for ChannelEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed on this side"),
+            Self::PeerClosed => f.write_str("closed by the peer"),
+            Self::WriteFailed(error) => write!(f, "write failed: {error}"),
+            Self::Bad(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// Carries one datagram channel stream: `queue`'s datagrams are written length-prefixed (many
+/// to a write while more are queued), and each frame read is handed to `deliver`, which must
+/// not wait. `prefix` holds bytes already read from the stream. Runs until either direction
+/// ends.
+pub async fn carry_channel<S>(
+    stream: S,
+    prefix: BytesMut,
+    queue: &DatagramQueue,
+    mut deliver: impl FnMut(Datagram),
+) -> ChannelEnd
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let outbound = async {
+        let mut batch = BytesMut::with_capacity(CHANNEL_BATCH);
+        while let Some(first) = queue.pop().await {
+            put_frame(&mut batch, &first);
+            while batch.len() < CHANNEL_BATCH
+                && let Some(next) = queue.try_pop()
+            {
+                put_frame(&mut batch, &next);
+            }
+            if let Err(error) = write.write_all(&batch).await {
+                return ChannelEnd::WriteFailed(error);
+            }
+            batch.clear();
+        }
+        ChannelEnd::Closed
+    };
+    let inbound = async {
+        let mut frames = FramedRead::new(read, ChannelCodec);
+        frames.read_buffer_mut().extend_from_slice(&prefix);
+        while let Some(frame) = frames.next().await {
+            match frame {
+                Ok(datagram) => deliver(datagram),
+                Err(error) => return ChannelEnd::Bad(error),
+            }
+        }
+        ChannelEnd::PeerClosed
+    };
+    tokio::select! {
+        end = outbound => end,
+        end = inbound => end,
+    }
+}
+
+/// Appends one channel frame (4-byte length, then the encoded datagram).
+fn put_frame(batch: &mut BytesMut, datagram: &[u8]) {
+    batch.extend_from_slice(&(datagram.len() as u32).to_be_bytes());
+    batch.extend_from_slice(datagram);
+}
+
+impl crate::DatagramLink for DatagramQueue {
+    fn send(&self, datagram: Bytes) -> Result<(), DatagramDrop> {
+        self.push(datagram)
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.max_datagram
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Protocol {
     Tcp,
     /// One TLS connection: passthrough to a `tls` tunnel, or refused before HTTP began.
     Tls,
+    /// One UDP flow (a visitor address on a UDP tunnel), reported when it ends.
+    Udp,
 }
 
 /// The HTTP facts of an exchange.
@@ -36,7 +38,7 @@ pub struct HttpExchange<'a> {
 /// One finished request or connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exchange<'a> {
-    /// HTTP, TCP or TLS.
+    /// HTTP, TCP, TLS or UDP.
     pub protocol: Protocol,
     /// The tunnel it was routed to; `None` when it failed before routing.
     pub tunnel: Option<&'a str>,

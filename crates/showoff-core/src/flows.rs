@@ -126,6 +126,16 @@ impl<V> FlowTable<V> {
         Some(entry.value)
     }
 
+    /// Marks active at `now` every flow for which `active` says so (activity seen elsewhere,
+    /// such as answers a flow's own task relayed since the last sweep).
+    pub fn refresh(&mut self, now: Instant, mut active: impl FnMut(&V) -> bool) {
+        for entry in self.entries.values_mut() {
+            if active(&entry.value) {
+                entry.last = now;
+            }
+        }
+    }
+
     /// Ends and returns every flow idle for the table's idle timeout at `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<(u64, V)> {
         let idle = self.idle;
@@ -208,6 +218,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(100)).await;
         assert_eq!(flows.expire(Instant::now()), vec![(2, "busy")]);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_seen_elsewhere_keeps_a_flow() {
+        let budget = FlowBudget::new(10);
+        let mut flows = table(10, &budget);
+        flows.insert(1, "answered", Instant::now()).expect("room");
+        flows.insert(2, "silent", Instant::now()).expect("room");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        flows.refresh(Instant::now(), |v| *v == "answered");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(flows.expire(Instant::now()), vec![(2, "silent")]);
+        assert_eq!(flows.len(), 1);
     }
 
     #[test]

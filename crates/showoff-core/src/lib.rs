@@ -32,7 +32,7 @@ pub mod secret;
 pub mod stream;
 pub mod time;
 
-pub use datagram::{DatagramDrop, DatagramQueue};
+pub use datagram::{ChannelEnd, DatagramDrop, DatagramQueue, carry_channel, send_now};
 pub use exchange::{Exchange, ExchangeSink, Exchanges, HttpExchange, Protocol};
 pub use flows::{FlowBudget, FlowRefused, FlowTable};
 pub use mux::{Mux, MuxError};

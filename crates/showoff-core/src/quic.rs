@@ -28,6 +28,9 @@ pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Streams one connection may have open at once in each direction, as on mux.
 pub const MAX_STREAMS: u32 = 512;
+/// Bytes of UDP tunnel datagrams a connection buffers each way (quinn drops the oldest past
+/// it on receipt; the sender checks for room first and counts what it drops).
+pub const DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
 /// UDP socket buffers asked for; the kernel caps them at `net.core.{r,w}mem_max`.
 pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
@@ -40,6 +43,8 @@ pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
         .send_window(u64::from(CONNECTION_WINDOW))
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
         .keep_alive_interval(Some(idle_timeout / 3))
         .max_idle_timeout(idle_timeout.try_into().ok());
     config
@@ -185,4 +190,32 @@ impl AsyncWrite for StopAware {
 /// Bytes received on a connection so far (any packet is a sign of life).
 pub fn received(connection: &quinn::Connection) -> u64 {
     connection.stats().udp_rx.bytes
+}
+
+/// A UDP tunnel's datagrams as DATAGRAM frames of a QUIC connection, on either side. A
+/// datagram that does not fit the frame limit now, or finds the send buffer full, is dropped
+/// and the reason returned (quinn itself would silently drop the oldest queued one instead).
+#[derive(Debug, Clone)]
+pub struct QuicDatagrams(pub quinn::Connection);
+
+impl crate::DatagramLink for QuicDatagrams {
+    fn send(&self, datagram: bytes::Bytes) -> Result<(), crate::DatagramDrop> {
+        use crate::DatagramDrop;
+        let (len, max) = (datagram.len(), self.max_datagram());
+        if len > max {
+            return Err(DatagramDrop::TooLarge { len, max });
+        }
+        if self.0.datagram_send_buffer_space() < len {
+            return Err(DatagramDrop::QueueFull);
+        }
+        match self.0.send_datagram(datagram) {
+            Ok(()) => Ok(()),
+            Err(quinn::SendDatagramError::TooLarge) => Err(DatagramDrop::TooLarge { len, max }),
+            Err(_) => Err(DatagramDrop::Closed),
+        }
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.0.max_datagram_size().unwrap_or(0)
+    }
 }

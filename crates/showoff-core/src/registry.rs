@@ -23,8 +23,10 @@ use tokio::time::Instant;
 pub enum LeaseKey {
     /// A tunnel name (`demo` of `demo.<domain>`).
     Name(String),
-    /// A public TCP or UDP port.
+    /// A public TCP port.
     Port(u16),
+    /// A public UDP port (a namespace of its own: TCP 20001 and UDP 20001 are two ports).
+    UdpPort(u16),
 }
 
 impl fmt::Display for LeaseKey {
@@ -32,6 +34,7 @@ impl fmt::Display for LeaseKey {
         match self {
             Self::Name(name) => write!(f, "name:{name}"),
             Self::Port(port) => write!(f, "port:{port}"),
+            Self::UdpPort(port) => write!(f, "udp-port:{port}"),
         }
     }
 }
@@ -383,5 +386,6 @@ mod tests {
         assert_eq!(&*claimed.lease.instance, "node-1");
         assert_eq!(registry.ttl(), None);
         assert_eq!(LeaseKey::Port(1).to_string(), "port:1");
+        assert_eq!(LeaseKey::UdpPort(1).to_string(), "udp-port:1");
     }
 }

@@ -129,6 +129,13 @@ impl FlowOpen {
 }
 
 impl Datagram {
+    /// The flow it belongs to.
+    pub fn flow(&self) -> u64 {
+        match self {
+            Self::Data { flow, .. } | Self::Close { flow } => *flow,
+        }
+    }
+
     /// Header bytes a data datagram of `flow` carries in front of its payload.
     pub fn header_len(flow: u64, open: Option<&FlowOpen>) -> usize {
         1 + varint_len(flow) + open.map_or(0, FlowOpen::encoded_len)
@@ -149,43 +156,20 @@ impl Datagram {
     /// Appends the datagram to `buf`. Fails only for a flow id past [`MAX_VARINT`] or a
     /// tunnel name that cannot be encoded (empty or over 255 bytes).
     pub fn encode(&self, buf: &mut BytesMut) -> Result<(), DatagramError> {
-        buf.reserve(self.encoded_len());
         match self {
             Self::Data {
                 flow,
                 open,
                 payload,
-            } => {
-                check_flow(*flow)?;
-                buf.put_u8(if open.is_some() { DATA_OPEN } else { DATA });
-                put_varint(buf, *flow);
-                if let Some(open) = open {
-                    if open.tunnel.is_empty() || open.tunnel.len() > 255 {
-                        return Err(DatagramError::BadTunnel);
-                    }
-                    buf.put_u8(open.tunnel.len() as u8);
-                    buf.put_slice(open.tunnel.as_bytes());
-                    match open.visitor.ip() {
-                        IpAddr::V4(ip) => {
-                            buf.put_u8(4);
-                            buf.put_slice(&ip.octets());
-                        }
-                        IpAddr::V6(ip) => {
-                            buf.put_u8(6);
-                            buf.put_slice(&ip.octets());
-                        }
-                    }
-                    buf.put_u16(open.visitor.port());
-                }
-                buf.put_slice(payload);
-            }
+            } => encode_data(*flow, open.as_ref(), payload, buf),
             Self::Close { flow } => {
                 check_flow(*flow)?;
+                buf.reserve(1 + varint_len(*flow));
                 buf.put_u8(CLOSE);
                 put_varint(buf, *flow);
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// The datagram as one buffer (a QUIC DATAGRAM frame's body).
@@ -220,6 +204,40 @@ impl Datagram {
             other => Err(DatagramError::UnknownType(other)),
         }
     }
+}
+
+/// Appends a data datagram of `flow` carrying `payload` to `buf`, copying the payload once
+/// (a relay encodes straight from its receive buffer). Fails as [`Datagram::encode`] does.
+pub fn encode_data(
+    flow: u64,
+    open: Option<&FlowOpen>,
+    payload: &[u8],
+    buf: &mut BytesMut,
+) -> Result<(), DatagramError> {
+    check_flow(flow)?;
+    buf.reserve(Datagram::header_len(flow, open) + payload.len());
+    buf.put_u8(if open.is_some() { DATA_OPEN } else { DATA });
+    put_varint(buf, flow);
+    if let Some(open) = open {
+        if open.tunnel.is_empty() || open.tunnel.len() > 255 {
+            return Err(DatagramError::BadTunnel);
+        }
+        buf.put_u8(open.tunnel.len() as u8);
+        buf.put_slice(open.tunnel.as_bytes());
+        match open.visitor.ip() {
+            IpAddr::V4(ip) => {
+                buf.put_u8(4);
+                buf.put_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                buf.put_u8(6);
+                buf.put_slice(&ip.octets());
+            }
+        }
+        buf.put_u16(open.visitor.port());
+    }
+    buf.put_slice(payload);
+    Ok(())
 }
 
 fn check_flow(flow: u64) -> Result<(), DatagramError> {

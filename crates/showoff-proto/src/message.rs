@@ -504,6 +504,10 @@ pub struct TunnelInfo {
     /// Public port for TCP/UDP tunnels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// UDP tunnels: seconds a flow lives without a datagram. The server ends idle flows with a
+    /// datagram `close`; the client keeps its own a little longer, in case that was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_idle_secs: Option<u32>,
 }
 
 #[cfg(test)]

@@ -67,6 +67,36 @@ pub const DEFAULT_UPGRADE: &str = "websocket";
 /// Default number of pre-dialled data connections a client keeps per session.
 pub const DEFAULT_WARM_POOL: u16 = 8;
 
+/// Default idle timeout of a UDP flow. RFC 4787 (REQ-5) asks NATs to keep a UDP mapping for at
+/// least two minutes without traffic, so an application that keeps its flow alive for the NATs
+/// on its path (DNS retries, QUIC and WireGuard keep-alives, game heartbeats) keeps it here too.
+pub const DEFAULT_UDP_FLOW_IDLE: Duration = Duration::from_secs(120);
+/// Default cap on one UDP tunnel's flows (visitor addresses at once).
+pub const DEFAULT_UDP_FLOWS_PER_TUNNEL: usize = 4_096;
+/// Default cap on UDP flows across the server (about 10 MB of flow state at most).
+pub const DEFAULT_UDP_FLOWS: usize = 65_536;
+
+/// UDP tunnels: their flows' caps and idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// A flow without a datagram either way for this long ends.
+    pub flow_idle: Duration,
+    /// Flows of one tunnel at once; a new visitor address past it is dropped and counted.
+    pub flows_per_tunnel: usize,
+    /// Flows across the server at once.
+    pub flows: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            flow_idle: DEFAULT_UDP_FLOW_IDLE,
+            flows_per_tunnel: DEFAULT_UDP_FLOWS_PER_TUNNEL,
+            flows: DEFAULT_UDP_FLOWS,
+        }
+    }
+}
+
 /// An inclusive range of ports; `0-0` lets the operating system pick (tests use it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
@@ -217,6 +247,9 @@ pub struct RateConfig {
     pub visitor_per_ip: u32,
     /// HTTP requests per second to one tunnel (burst: the same number).
     pub tunnel_requests: u32,
+    /// UDP datagrams per second from one visitor address, across UDP tunnels (burst: the same
+    /// number); past it datagrams are dropped and counted.
+    pub udp_per_ip: u32,
     /// Control connections per minute from one client address (burst: the same number).
     pub control_per_ip: u32,
     /// Tunnels opened per minute by one principal, reconnects included (burst: the same).
@@ -234,6 +267,7 @@ impl Default for RateConfig {
         Self {
             visitor_per_ip: 0,
             tunnel_requests: 0,
+            udp_per_ip: 0,
             control_per_ip: 0,
             tunnels_per_principal: 0,
             auth_failures_per_ip: DEFAULT_FAILURES_PER_IP,
@@ -363,6 +397,10 @@ pub struct ServerConfig {
     pub public_https_port: Option<u16>,
     /// Ports handed to TCP tunnels; bound on the public HTTP listener's IP.
     pub tcp_ports: PortRange,
+    /// Ports handed to UDP tunnels, on the same IP (a separate namespace from TCP's).
+    pub udp_ports: PortRange,
+    /// UDP flows: caps and idle timeout.
+    pub udp: UdpConfig,
     /// Accepted shared tokens (unrestricted principals `token:<index>`).
     pub tokens: Vec<Secret>,
     /// Signed tokens, JWT, Rego policy, decision webhook.
@@ -438,6 +476,8 @@ impl Default for ServerConfig {
             public_http_port: None,
             public_https_port: None,
             tcp_ports: DEFAULT_TCP_PORTS,
+            udp_ports: DEFAULT_TCP_PORTS,
+            udp: UdpConfig::default(),
             tokens: Vec::new(),
             auth: AuthConfig::default(),
             proxy: ProxyConfig::default(),
@@ -480,6 +520,7 @@ impl ServerConfig {
             data_addr: any,
             http_addr: any,
             tcp_ports: PortRange { first: 0, last: 0 },
+            udp_ports: PortRange { first: 0, last: 0 },
             admin: AdminConfig {
                 addr: Some(any),
                 token: Some(Secret::new(TEST_ADMIN_TOKEN)),
@@ -518,6 +559,12 @@ impl ServerConfig {
             ("max_connections", self.connections.public),
             ("max_control_connections", self.connections.control),
             ("max_data_connections", self.connections.data),
+            ("udp_flows_per_tunnel", self.udp.flows_per_tunnel),
+            ("udp_flows", self.udp.flows),
+            (
+                "udp_flow_idle (in whole seconds)",
+                self.udp.flow_idle.as_secs() as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

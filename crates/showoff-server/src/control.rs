@@ -10,8 +10,9 @@
 //! - [`control_loop`]: the steady state: `Dial`s out, heartbeats, `Close`, `StreamError`, idle
 //!   tunnels, lease renewal, `GoAway` on drain.
 //!
-//! [`ControlContext`] is everything this layer uses; the composition root builds it. Starting a
-//! TCP tunnel's public listener belongs to the edge above, reached through [`TcpTunnels`].
+//! [`ControlContext`] is everything this layer uses; the composition root builds it. Serving a
+//! TCP tunnel's public listener or a UDP tunnel's socket belongs to the edge above, reached
+//! through [`TcpTunnels`] and [`UdpTunnels`].
 
 pub(crate) mod admission;
 pub(crate) mod control_loop;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use showoff_core::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::audit::AuditLog;
@@ -35,6 +36,7 @@ use crate::state::ports::PortPlan;
 use crate::state::{PublicUrls, Routes, Sessions, Tunnel};
 use crate::stats::Stats;
 use crate::tls::Tls;
+use crate::transport::datagrams::DatagramPath;
 use crate::transport::dialback::DialBackHub;
 
 /// A control connection speaking frames, over TCP, TLS or (in fuzzing) an in-memory pipe.
@@ -58,7 +60,12 @@ pub(crate) struct ControlSettings {
     /// Tunnels per minute per principal (0: off), for the refusal's message.
     pub(crate) tunnels_per_principal: u32,
     pub(crate) names: NamePolicy,
+    /// TCP tunnel ports.
     pub(crate) ports: PortPlan,
+    /// UDP tunnel ports.
+    pub(crate) udp_ports: PortPlan,
+    /// A UDP flow's idle timeout, told to clients in `Welcome`.
+    pub(crate) udp_flow_idle: Duration,
     /// The data listener's port, told to clients in `Welcome`.
     pub(crate) data_port: u16,
     /// The QUIC listener's UDP port, told to clients in `Welcome`; `None` when QUIC is off.
@@ -69,6 +76,13 @@ pub(crate) struct ControlSettings {
 pub(crate) trait TcpTunnels: Send + Sync + 'static {
     /// Accepts visitors on `listener` for `tunnel` until it closes or the server drains.
     fn serve(&self, listener: TcpListener, tunnel: Arc<Tunnel>);
+}
+
+/// Starts relaying a UDP tunnel's datagrams between its bound public socket and its path to
+/// the client (the UDP edge does).
+pub(crate) trait UdpTunnels: Send + Sync + 'static {
+    /// Relays for `tunnel` until it closes or the server drains.
+    fn serve(&self, socket: UdpSocket, tunnel: Arc<Tunnel>, path: DatagramPath);
 }
 
 /// What the control layer uses, and nothing else.
@@ -87,6 +101,7 @@ pub(crate) struct ControlContext {
     /// Hostnames of new HTTP tunnels for the ACME task (on-demand certificates).
     pub(crate) acme_requests: Option<mpsc::Sender<String>>,
     pub(crate) tcp_tunnels: Arc<dyn TcpTunnels>,
+    pub(crate) udp_tunnels: Arc<dyn UdpTunnels>,
     pub(crate) drain: Drain,
 }
 
@@ -95,6 +110,7 @@ pub(crate) struct ControlContext {
 pub(crate) mod tests {
     use super::*;
     use crate::config::PortRange;
+    use crate::state::ports::PortKind;
     use crate::transport::dialback::DialBackSettings;
 
     /// Records the TCP tunnels registration asks the edge to serve.
@@ -105,6 +121,13 @@ pub(crate) mod tests {
         fn serve(&self, _listener: TcpListener, tunnel: Arc<Tunnel>) {
             let mut served = self.0.lock().unwrap_or_else(|p| p.into_inner());
             served.push(tunnel.info.name.clone());
+        }
+    }
+
+    impl UdpTunnels for Served {
+        fn serve(&self, _socket: UdpSocket, tunnel: Arc<Tunnel>, path: DatagramPath) {
+            let mut served = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            served.push(format!("{} (slot {})", tunnel.info.name, path.slot));
         }
     }
 
@@ -126,7 +149,14 @@ pub(crate) mod tests {
             ports: PortPlan {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 range: PortRange { first: 0, last: 0 },
+                kind: PortKind::Tcp,
             },
+            udp_ports: PortPlan {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                range: PortRange { first: 0, last: 0 },
+                kind: PortKind::Udp,
+            },
+            udp_flow_idle: Duration::from_secs(120),
             data_port: 7001,
             quic_port: None,
         }
@@ -137,8 +167,17 @@ pub(crate) mod tests {
         https_port: Option<u16>,
         adjust: impl FnOnce(&mut ControlSettings),
     ) -> Arc<ControlContext> {
+        context_served(https_port, adjust).0
+    }
+
+    /// [`context_with`], and what its edges are asked to serve.
+    pub(crate) fn context_served(
+        https_port: Option<u16>,
+        adjust: impl FnOnce(&mut ControlSettings),
+    ) -> (Arc<ControlContext>, Arc<Served>) {
         let mut settings = settings();
         adjust(&mut settings);
+        let served = Arc::new(Served::default());
         let stats = Arc::new(Stats::new(&Default::default(), 0));
         let tls = Arc::new(Tls::new(&Default::default()).expect("no TLS"));
         let dialback = DialBackHub::new(
@@ -152,7 +191,7 @@ pub(crate) mod tests {
             stats.clone(),
             tls.clone(),
         );
-        Arc::new(ControlContext {
+        let ctx = Arc::new(ControlContext {
             settings,
             sessions: Arc::default(),
             routes: Arc::default(),
@@ -169,8 +208,10 @@ pub(crate) mod tests {
                 https_port,
             },
             acme_requests: None,
-            tcp_tunnels: Arc::new(Served::default()),
+            tcp_tunnels: served.clone(),
+            udp_tunnels: served.clone(),
             drain: Drain::default(),
-        })
+        });
+        (ctx, served)
     }
 }

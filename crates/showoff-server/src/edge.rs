@@ -5,6 +5,7 @@
 //! - [`h2`]: HTTP/2 visitors, each request handed to [`http`] as HTTP/1.1.
 //! - [`forwarded`]: `X-Forwarded-*` and which proxies are believed.
 //! - [`tcp`]: raw TCP tunnels, one public port each; also TLS passthrough visitors.
+//! - [`udp`]: UDP tunnels, one public UDP port each, relayed flow by flow.
 //! - [`error`]: the one mapping from edge failures to status codes and stable error codes,
 //!   used by every edge.
 //!
@@ -18,13 +19,14 @@ pub(crate) mod h2;
 pub(crate) mod http;
 pub(crate) mod https;
 pub(crate) mod tcp;
+pub(crate) mod udp;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use showoff_core::Exchanges;
+use showoff_core::{Exchanges, FlowBudget};
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, UdpConfig};
 use crate::drain::Drain;
 use crate::limits::RateLimits;
 use crate::state::{PublicUrls, Routes, VisitorCaps};
@@ -47,6 +49,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) redirect_http: bool,
     /// Which peers' `X-Forwarded-*` and PROXY headers are believed.
     pub(crate) proxy: ProxyConfig,
+    /// UDP flows' caps and idle timeout.
+    pub(crate) udp: UdpConfig,
 }
 
 /// What the edges use, and nothing else.
@@ -68,6 +72,8 @@ pub(crate) struct EdgeContext {
     pub(crate) tls: Arc<Tls>,
     /// Pending ACME HTTP-01 answers.
     pub(crate) acme_http01: Http01Answers,
+    /// The server-wide cap on UDP flows, shared by every UDP tunnel's flow table.
+    pub(crate) flow_budget: Arc<FlowBudget>,
 }
 
 impl EdgeContext {
@@ -98,6 +104,7 @@ pub(crate) mod tests {
                 upgrades: vec!["websocket".into()],
                 redirect_http: false,
                 proxy: ProxyConfig::default(),
+                udp: UdpConfig::default(),
             },
             prelude: crate::listen::Prelude::plain(None),
             routes: Arc::default(),
@@ -112,6 +119,7 @@ pub(crate) mod tests {
             },
             tls: Arc::new(Tls::new(&Default::default()).expect("no TLS")),
             acme_http01: Http01Answers::default(),
+            flow_budget: FlowBudget::new(UdpConfig::default().flows),
         })
     }
 }

@@ -54,7 +54,7 @@ pub mod transport;
 pub use config::{
     AcmeChallenge, AcmeConfig, AdminConfig, AuthConfig, BuildInfo, ConfigError, ConnectionLimits,
     NamePolicy, PemPair, PolicyConfig, PortRange, ProxyConfig, ProxyProtocol, RateConfig, Secret,
-    ServerConfig, TlsConfig, WebhookConfig,
+    ServerConfig, TlsConfig, UdpConfig, WebhookConfig,
 };
 pub use control::MAX_TUNNELS_PER_SESSION;
 pub use drain::DrainReport;

@@ -1,6 +1,6 @@
-//! Rate limits: HTTP requests per visitor address and per tunnel, control connections per
-//! client address, new tunnels per principal, and failed logins per address (tokens on the
-//! control listener, basic auth at the edge). Token buckets (GCRA, the `governor` crate) keyed
+//! Rate limits: HTTP requests per visitor address and per tunnel, UDP datagrams per visitor
+//! address, control connections per client address, new tunnels per principal, and failed
+//! logins per address (tokens on the control listener, basic auth at the edge). Token buckets (GCRA, the `governor` crate) keyed
 //! by address or tunnel name; a refused caller learns how long to wait. The guessing limits
 //! are on by default; every other limit is off unless configured.
 
@@ -19,6 +19,7 @@ pub use crate::config::RateConfig;
 pub(crate) struct RateLimits {
     visitor_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     tunnel: Option<DefaultKeyedRateLimiter<String>>,
+    udp_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     control_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     principal_tunnels: Option<DefaultKeyedRateLimiter<String>>,
     /// Failed token logins per client address.
@@ -94,6 +95,7 @@ impl RateLimits {
         Self {
             visitor_ip: limiter(config.visitor_per_ip, Quota::per_second),
             tunnel: limiter(config.tunnel_requests, Quota::per_second),
+            udp_ip: limiter(config.udp_per_ip, Quota::per_second),
             control_ip: limiter(config.control_per_ip, Quota::per_minute),
             principal_tunnels: limiter(config.tunnels_per_principal, Quota::per_minute),
             logins: FailureGate::new(config.auth_failures_per_ip),
@@ -115,6 +117,13 @@ impl RateLimits {
                 .map_err(|n| n.wait_time_from(self.clock.now()))?;
         }
         Ok(())
+    }
+
+    /// Whether one more UDP datagram from `ip` is admitted now.
+    pub(crate) fn datagram(&self, ip: IpAddr) -> bool {
+        self.udp_ip
+            .as_ref()
+            .is_none_or(|limiter| limiter.check_key(&ip).is_ok())
     }
 
     /// Admits one control connection from `ip`, or says how long to wait.
@@ -150,7 +159,10 @@ impl RateLimits {
 
     /// Forgets keys whose buckets are full again (bounded memory; called every minute).
     pub(crate) fn retain_recent(&self) {
-        for limiter in [&self.visitor_ip, &self.control_ip].into_iter().flatten() {
+        for limiter in [&self.visitor_ip, &self.udp_ip, &self.control_ip]
+            .into_iter()
+            .flatten()
+        {
             limiter.retain_recent();
         }
         for limiter in [&self.tunnel, &self.principal_tunnels]
@@ -219,6 +231,7 @@ mod tests {
         let limits = RateLimits::new(&RateConfig {
             visitor_per_ip: 2,
             tunnel_requests: 0,
+            udp_per_ip: 3,
             control_per_ip: 1,
             tunnels_per_principal: 3,
             ..RateConfig::default()
@@ -234,6 +247,9 @@ mod tests {
             "{wait:?}"
         );
         assert!(limits.visitor(other, "t").is_ok(), "keys are independent");
+        assert!((0..3).all(|_| limits.datagram(ip)), "the burst");
+        assert!(!limits.datagram(ip), "a fourth datagram in the same second");
+        assert!(limits.datagram(other));
         assert!(limits.control(ip).is_ok());
         assert!(limits.control(ip).expect_err("one per minute") > Duration::from_secs(50));
         assert!(limits.new_tunnels("alice", 2).is_ok());
@@ -253,6 +269,7 @@ mod tests {
         let limits = RateLimits::new(&RateConfig::default());
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         assert!((0..1000).all(|_| limits.visitor(ip, "t").is_ok() && limits.control(ip).is_ok()));
+        assert!((0..1000).all(|_| limits.datagram(ip)));
         assert!(limits.new_tunnels("p", 64).is_ok());
     }
 }

@@ -25,6 +25,9 @@ use showoff_core::{Exchange, ExchangeSink, Protocol};
 
 use crate::config::BuildInfo;
 
+mod udp;
+pub(crate) use udp::UdpStats;
+
 /// Why a data connection was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataRejectReason {
@@ -123,6 +126,8 @@ pub struct Stats {
     pub(crate) pool_misses: Counter,
     pub(crate) pool_idle: Gauge,
     tunnel_requests: Family<TunnelLabel, Counter>,
+    /// UDP tunnels' flows, datagrams and drops.
+    pub(crate) udp: UdpStats,
     tunnel_metrics_cap: usize,
     tracked_tunnels: Mutex<std::collections::HashSet<String>>,
     registry: Registry,
@@ -165,6 +170,8 @@ pub struct StatsSnapshot {
     pub data_rejected_bad_handshake: u64,
     /// Data connections rejected: warm pool full.
     pub data_rejected_pool_full: u64,
+    /// UDP flows now open, across tunnels.
+    pub udp_flows_active: u64,
 }
 
 const TRANSPORTS: [&str; 3] = ["tcp", "mux", "quic"];
@@ -197,6 +204,7 @@ impl Stats {
             pool_misses: Counter::default(),
             pool_idle: Gauge::default(),
             tunnel_requests: Family::default(),
+            udp: UdpStats::default(),
             tunnel_metrics_cap,
             tracked_tunnels: Mutex::new(Default::default()),
             registry: Registry::with_prefix("showoff"),
@@ -321,6 +329,7 @@ impl Stats {
             "Warm-pool data connections idle now",
             self.pool_idle.clone(),
         );
+        self.udp.register(r);
         if self.tunnel_metrics_cap > 0 {
             r.register(
                 "tunnel_http_requests",
@@ -469,6 +478,7 @@ impl Stats {
             data_rejected_unknown_session: rejected(DataRejectReason::UnknownSession),
             data_rejected_bad_handshake: rejected(DataRejectReason::BadHandshake),
             data_rejected_pool_full: rejected(DataRejectReason::PoolFull),
+            udp_flows_active: gauge(&self.udp.flows_active),
         }
     }
 }

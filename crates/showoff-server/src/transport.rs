@@ -5,11 +5,13 @@
 //! - [`dialback`]: the client dials one data connection per stream, taken from a warm pool of
 //!   pre-dialled connections when one is idle, else requested with `Dial` on the control link;
 //! - [`mux`]: yamux streams over the control connection itself;
-//! - [`quic`]: one QUIC stream per tunnel stream, on the UDP listener.
+//! - [`quic`]: one QUIC stream per tunnel stream, on the UDP listener;
+//! - [`datagrams`]: UDP tunnels' datagrams, as QUIC DATAGRAM frames or on a datagram channel.
 //!
 //! Mux and QUIC open a stream the same way ([`announce`]): `Dial` written on the new stream,
 //! `StreamReady` or `StreamError` read back on it.
 
+pub(crate) mod datagrams;
 pub(crate) mod dialback;
 pub(crate) mod mux;
 pub(crate) mod quic;
@@ -99,6 +101,24 @@ impl Link {
             Self::DialBack => None,
             Self::Mux(link) => Some(link.received()),
             Self::Quic(link) => Some(link.received()),
+        }
+    }
+
+    /// The datagram path of a UDP tunnel of this session, in `slot`: QUIC DATAGRAM frames on
+    /// a QUIC session, else a datagram channel through `opener` until `closed`.
+    pub(crate) fn datagram_path(
+        &self,
+        opener: std::sync::Arc<dyn StreamOpener>,
+        tunnel: &str,
+        slot: u8,
+        closed: tokio_util::sync::CancellationToken,
+        stats: std::sync::Arc<crate::stats::Stats>,
+    ) -> datagrams::DatagramPath {
+        match self {
+            Self::Quic(link) => link.datagram_path(slot, stats),
+            Self::DialBack | Self::Mux(_) => {
+                datagrams::channel(opener, tunnel.to_string(), slot, closed, stats)
+            }
         }
     }
 

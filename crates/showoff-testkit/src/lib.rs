@@ -247,6 +247,8 @@ pub struct TestClient {
     pub tunnels: Vec<TunnelInfo>,
     /// The transport of the first session.
     pub transport: showoff_proto::TransportKind,
+    /// The first session's UDP payload limit, when it has UDP tunnels.
+    pub max_udp_payload: Option<usize>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
     shutdown: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
@@ -298,10 +300,16 @@ impl TestClient {
             }
         })
         .await;
-        let (tunnels, transport) = match first {
-            Ok(Some(ClientEvent::Connected { tunnels, transport })) => {
-                (tunnels.into_iter().map(|(t, _)| t).collect(), transport)
-            }
+        let (tunnels, transport, max_udp_payload) = match first {
+            Ok(Some(ClientEvent::Connected {
+                tunnels,
+                transport,
+                max_udp_payload,
+            })) => (
+                tunnels.into_iter().map(|(t, _)| t).collect(),
+                transport,
+                max_udp_payload,
+            ),
             Ok(other) => panic!("unexpected first client event {other:?}"),
             Err(Ok(Err(error))) => {
                 runtime.shutdown_background();
@@ -312,6 +320,7 @@ impl TestClient {
         Ok(Self {
             tunnels,
             transport,
+            max_udp_payload,
             events,
             shutdown,
             runtime: Some(runtime),

@@ -51,6 +51,8 @@ pub enum Command {
     Tcp(TunnelArgs),
     /// Expose a local TLS service by name, unterminated (SNI routing): `showoff tls 8443`.
     Tls(TunnelArgs),
+    /// Expose a local UDP service on a public UDP port: `showoff udp 53`.
+    Udp(TunnelArgs),
     /// Run every tunnel named in a client config file: `showoff client -c showoff.toml`.
     Client(ClientArgs),
     /// Manage per-client tokens: `showoff token new --name alice --names 'alice-*'`.
@@ -245,7 +247,7 @@ fn capitalise(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `showoff http` / `showoff tcp` flags.
+/// `showoff http` / `tcp` / `tls` / `udp` flags.
 #[derive(Debug, Args)]
 pub struct TunnelArgs {
     /// Local port (`3000`) or address (`192.168.1.5:3000`) to expose
@@ -268,7 +270,7 @@ pub struct TunnelArgs {
     /// Requested tunnel name (a DNS label) [default: a random readable name]
     #[arg(long)]
     pub name: Option<String>,
-    /// Requested public port (tcp only) [default: one from the server's range]
+    /// Requested public port (tcp and udp only) [default: one from the server's range]
     #[arg(long)]
     pub port: Option<u16>,
     /// Host header sent to the target (http only): `preserve`, `rewrite` or a value [default: preserve]
@@ -283,7 +285,7 @@ pub struct TunnelArgs {
     /// These visitor addresses are refused: CIDRs, repeat or comma-separate (checked first)
     #[arg(long, value_delimiter = ',')]
     pub deny_ip: Vec<String>,
-    /// Send each visitor's address to the target in a PROXY protocol header, v1 or v2 (tcp only)
+    /// Send each visitor's address to the target in a PROXY protocol header: v1 or v2 (tcp), v2 in front of each datagram (udp)
     #[arg(long)]
     pub proxy_protocol: Option<showoff_client::ProxyVersion>,
     /// TLS towards the server

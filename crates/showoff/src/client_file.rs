@@ -99,10 +99,9 @@ pub fn parse(path: &str, ext: &str, text: &str) -> Result<ClientFile, SettingsEr
         };
         let wrong = match version.parse::<showoff_client::ProxyVersion>() {
             Err(why) => Some(why),
-            Ok(_) if entry.kind != TunnelKind::Tcp => {
-                Some("proxy_protocol applies to tcp tunnels".to_string())
-            }
-            Ok(_) => None,
+            Ok(version) => showoff_client::proxy_header::check_applies(entry.kind, version)
+                .err()
+                .map(str::to_string),
         };
         if let Some(message) = wrong {
             return Err(SettingsError::Parse {

@@ -27,6 +27,7 @@ pub async fn run(
         Command::Http(args) => client(TunnelKind::Http, args).await,
         Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
         Command::Tls(args) => client(TunnelKind::Tls, args).await,
+        Command::Udp(args) => client(TunnelKind::Udp, args).await,
         Command::Token(TokenCommand::Sign(args)) => sign_token(&args, &env),
         Command::Token(TokenCommand::New(args)) => {
             parse_kinds(&args.kinds)?;
@@ -305,10 +306,9 @@ fn attach_auth_files(
 }
 
 async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
-    if args.proxy_protocol.is_some() && kind != TunnelKind::Tcp {
-        anyhow::bail!(
-            "--proxy-protocol applies to tcp tunnels; HTTP targets get X-Forwarded-For instead"
-        );
+    if let Some(version) = args.proxy_protocol {
+        showoff_client::proxy_header::check_applies(kind, version)
+            .map_err(|why| anyhow::anyhow!("--proxy-protocol: {why}"))?;
     }
     let local = showoff_client::local_address(&args.target);
     let spec = TunnelSpec {
@@ -358,19 +358,32 @@ async fn run_client(config: ClientConfig, json: bool) -> anyhow::Result<()> {
 
 fn print_event(event: &ClientEvent, json: bool) {
     match event {
-        ClientEvent::Connected { tunnels, transport } => {
+        ClientEvent::Connected {
+            tunnels,
+            transport,
+            max_udp_payload,
+        } => {
             for (info, local) in tunnels {
                 let shown_local = match info.kind {
                     TunnelKind::Http => format!("http://{local}"),
                     _ => local.clone(),
                 };
+                let udp_limit = max_udp_payload.filter(|_| info.kind == TunnelKind::Udp);
                 if json {
-                    let line = serde_json::json!({
+                    let mut line = serde_json::json!({
                         "event": "connected", "name": info.name, "kind": info.kind,
                         "public_url": info.public_url, "local": shown_local,
                         "transport": transport.as_str(),
                     });
+                    if let Some(limit) = udp_limit {
+                        line["max_datagram"] = limit.into();
+                    }
                     println!("{line}");
+                } else if let Some(limit) = udp_limit {
+                    println!(
+                        "{} -> {shown_local} (datagrams up to {limit} bytes)",
+                        info.public_url
+                    );
                 } else {
                     println!("{} -> {shown_local}", info.public_url);
                 }

@@ -384,6 +384,10 @@ mod tests {
             )
         );
         assert_eq!(
+            (c.udp_ports, c.udp, c.rates.udp_per_ip),
+            (lib.udp_ports, lib.udp, lib.rates.udp_per_ip)
+        );
+        assert_eq!(
             (c.head_timeout, c.pending_timeout, c.heartbeat_interval),
             (
                 lib.head_timeout,

@@ -20,6 +20,15 @@ const POOL_RETRY: Duration = Duration::from_secs(1);
 
 /// Answers a `Dial` from the control connection: target first, then the data connection.
 pub(crate) async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
+    if let Some(target) = ctx.udp.targets.get(&dial.tunnel).cloned() {
+        // A UDP tunnel's datagram channel: no target to dial first.
+        let parts = match open_data(&ctx, Some(dial.id)).await {
+            Ok(conn) => conn.into_parts(),
+            Err(error) => return debug!(%error, "data connection failed"),
+        };
+        let (udp, stop) = (&ctx.udp, &ctx.stop);
+        return super::udp::serve_channel(udp, target, parts.io, parts.read_buf, stop).await;
+    }
     let mut target = match dial_target(&ctx, &dial).await {
         Ok(target) => target,
         Err(reason) => {

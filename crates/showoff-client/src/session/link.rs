@@ -56,6 +56,14 @@ impl Link {
         }
     }
 
+    /// The session's QUIC connection, on QUIC.
+    pub(crate) fn quic_connection(&self) -> Option<&quinn::Connection> {
+        match self {
+            Self::Quic { connection, .. } => Some(connection),
+            Self::DialBack | Self::Mux(_) => None,
+        }
+    }
+
     /// Bytes received on the session's connection, where the transport counts them.
     pub(crate) fn received(&self) -> Option<u64> {
         match self {
@@ -89,6 +97,11 @@ impl Link {
                 });
             }
             Self::Quic { connection, .. } => {
+                if !ctx.udp.targets.is_empty() {
+                    // Ends with the connection; its flow handlers end with it.
+                    let udp = super::udp::serve_quic(ctx.udp.clone(), connection.clone());
+                    tokio::spawn(udp);
+                }
                 let (connection, ctx, tracker) = (connection.clone(), ctx.clone(), streams.clone());
                 // Ends with the session, so the connection closes once its streams have.
                 tokio::spawn(async move {

@@ -2,7 +2,8 @@
 //! client dials the local target and answers `StreamReady` (raw bytes follow) or
 //! `StreamError`, then splices the two. Mux and QUIC streams and warm-pool connections all
 //! arrive this way; a `Dial` on the control connection is answered by dialling back instead
-//! (see [`super::dialback`]).
+//! (see [`super::dialback`]). A `Dial` for a UDP tunnel makes the stream that tunnel's
+//! datagram channel ([`super::udp`]).
 
 use std::sync::Arc;
 
@@ -77,6 +78,9 @@ pub(crate) async fn answer(
     dial: Dial,
     set_up: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
+    if let Some(target) = ctx.udp.targets.get(&dial.tunnel).cloned() {
+        return answer_channel(ctx, conn, dial, set_up, target).await;
+    }
     let mut target = match dial_target(&ctx, &dial).await {
         Ok(target) => target,
         Err(reason) => {
@@ -99,6 +103,26 @@ pub(crate) async fn answer(
         return;
     }
     splice(&mut data, &mut target).await;
+}
+
+/// Answers a UDP tunnel's `Dial`: the stream is its datagram channel. There is no target to
+/// dial first (each flow opens its own socket), so it is ready at once.
+async fn answer_channel(
+    ctx: Arc<Ctx>,
+    mut conn: Conn,
+    dial: Dial,
+    set_up: Option<tokio::sync::oneshot::Sender<()>>,
+    target: Arc<super::udp::UdpTarget>,
+) {
+    let ready = conn.send(ClientMessage::StreamReady { id: dial.id }).await;
+    if let Some(set_up) = set_up {
+        let _ = set_up.send(());
+    }
+    if ready.is_err() {
+        return;
+    }
+    let parts = conn.into_parts();
+    super::udp::serve_channel(&ctx.udp, target, parts.io, parts.read_buf, &ctx.stop).await;
 }
 
 /// Copies both ways until both directions are done.

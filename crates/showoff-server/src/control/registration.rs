@@ -17,6 +17,7 @@ use crate::audit::AuditEvent;
 use crate::auth::Principal;
 use crate::state::access::Access;
 use crate::state::names::{check_name, random_name};
+use crate::state::ports::{PortPlan, PublicSocket};
 use crate::state::tunnel::Activity;
 use crate::state::{Session, Tunnel};
 use crate::transport::Link;
@@ -168,61 +169,86 @@ pub(crate) async fn open_tunnel(
     }
     let (name, name_lease) = claim_name(guard, spec.name.as_deref()).await?;
     let mut leases = vec![name_lease];
-    let listener = match bind_for(guard, &spec, &mut leases).await {
-        Ok(listener) => listener,
+    let socket = match bind_for(guard, &spec, &mut leases).await {
+        Ok(socket) => socket,
         Err(refusal) => {
             // Nothing holds these leases now: give them back rather than strand the name.
             release_leases(ctx, leases);
             return Err(refusal);
         }
     };
-    let port = listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port());
+    let port = socket.as_ref().map(PublicSocket::port);
     let info = TunnelInfo {
         public_url: ctx.urls.tunnel(spec.kind, &name, port),
         name,
         kind: spec.kind,
         port,
+        flow_idle_secs: (spec.kind == TunnelKind::Udp).then(|| {
+            let secs = ctx.settings.udp_flow_idle.as_secs();
+            u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+        }),
     };
     let tunnel = Arc::new(Tunnel {
         info: info.clone(),
         spec,
         principal: session.principal_id.clone(),
         session_id: session.id.clone(),
-        opener,
+        opener: opener.clone(),
         access,
         leases,
         closed: session.cancel.child_token(),
         cut: tokio_util::sync::CancellationToken::new(),
         activity: Activity::default(),
     });
-    session.tunnels().push(tunnel.clone());
+    // A UDP tunnel's slot: how many UDP tunnels the session registered before it (at most
+    // MAX_TUNNELS_PER_SESSION, so it fits the byte flow ids keep for it).
+    let slot = {
+        let mut tunnels = session.tunnels();
+        let slot = tunnels
+            .iter()
+            .filter(|t| t.info.kind == TunnelKind::Udp)
+            .count();
+        tunnels.push(tunnel.clone());
+        slot as u8
+    };
     ctx.routes.insert(tunnel.clone());
     announce(guard, &tunnel);
-    if let Some(listener) = listener {
-        ctx.tcp_tunnels.serve(listener, tunnel);
+    match socket {
+        Some(PublicSocket::Tcp(listener)) => ctx.tcp_tunnels.serve(listener, tunnel),
+        Some(PublicSocket::Udp(socket)) => {
+            let path = guard.link.datagram_path(
+                opener,
+                &tunnel.info.name,
+                slot,
+                tunnel.closed.clone(),
+                ctx.stats.clone(),
+            );
+            ctx.udp_tunnels.serve(socket, tunnel, path);
+        }
+        None => {}
     }
     Ok(info)
 }
 
-/// The public listener a tunnel of this kind needs: a leased port for TCP, none for HTTP and
-/// TLS (served by the shared listeners), a refusal for what this server cannot serve.
+/// The public socket a tunnel of this kind needs: a leased port for TCP and UDP, none for
+/// HTTP and TLS (served by the shared listeners), a refusal for what this server cannot serve.
 async fn bind_for(
     guard: &SessionGuard,
     spec: &TunnelSpec,
     leases: &mut Vec<Lease>,
-) -> Result<Option<tokio::net::TcpListener>, ServerMessage> {
+) -> Result<Option<PublicSocket>, ServerMessage> {
+    let settings = &guard.ctx.settings;
     match spec.kind {
         TunnelKind::Tls if guard.ctx.urls.https_port.is_none() => Err(ServerMessage::refused(
             RefusedCode::KindNotAllowed,
             "TLS tunnels need the server's HTTPS listener (--https-addr), which is off",
         )),
         TunnelKind::Http | TunnelKind::Tls => Ok(None),
-        TunnelKind::Tcp => Ok(Some(claim_port(guard, spec.port, leases).await?)),
-        TunnelKind::Udp => Err(ServerMessage::bad_request(
-            "UDP tunnels are not supported by this server yet",
+        TunnelKind::Tcp => Ok(Some(
+            claim_port(guard, settings.ports, spec.port, leases).await?,
+        )),
+        TunnelKind::Udp => Ok(Some(
+            claim_port(guard, settings.udp_ports, spec.port, leases).await?,
         )),
     }
 }
@@ -255,25 +281,25 @@ fn announce(guard: &SessionGuard, tunnel: &Tunnel) {
 /// or skipped (picked from the range, a few tries).
 async fn claim_port(
     guard: &SessionGuard,
+    plan: PortPlan,
     requested: Option<u16>,
     leases: &mut Vec<Lease>,
-) -> Result<tokio::net::TcpListener, ServerMessage> {
-    let plan = guard.ctx.settings.ports;
+) -> Result<PublicSocket, ServerMessage> {
     if let Some(port) = requested {
-        return claim_requested_port(guard, port, leases).await;
+        return claim_requested_port(guard, plan, port, leases).await;
     }
     for _ in 0..8 {
-        let listener = plan.bind(requested).await?;
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let socket = plan.bind(requested).await?;
+        let port = socket.port();
         match guard
             .ctx
             .registry
-            .claim(&LeaseKey::Port(port), &guard.owner())
+            .claim(&plan.lease_key(port), &guard.owner())
             .await
         {
             Ok(claimed) => {
                 leases.push(claimed.lease);
-                return Ok(listener);
+                return Ok(socket);
             }
             Err(RegistryError::Taken) if requested.is_none() => continue,
             Err(RegistryError::Taken) => return Err(plan.unavailable(port)),
@@ -297,17 +323,17 @@ const HANDOVER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// waited for, so the reconnecting client keeps its port instead of `port_unavailable`.
 async fn claim_requested_port(
     guard: &SessionGuard,
+    plan: PortPlan,
     port: u16,
     leases: &mut Vec<Lease>,
-) -> Result<tokio::net::TcpListener, ServerMessage> {
+) -> Result<PublicSocket, ServerMessage> {
     let ctx = &guard.ctx;
-    let plan = ctx.settings.ports;
     if !plan.allows(port) {
         return Err(plan.unavailable(port));
     }
     let claimed = match ctx
         .registry
-        .claim(&LeaseKey::Port(port), &guard.owner())
+        .claim(&plan.lease_key(port), &guard.owner())
         .await
     {
         Ok(claimed) => claimed,
@@ -331,9 +357,9 @@ async fn claim_requested_port(
     let handover = matches!(claimed.claim, Claim::TakenOver { .. });
     loop {
         match plan.bind(Some(port)).await {
-            Ok(listener) => {
+            Ok(socket) => {
                 leases.push(claimed.lease);
-                return Ok(listener);
+                return Ok(socket);
             }
             Err(refusal) if !handover || tokio::time::Instant::now() >= deadline => {
                 release_leases(ctx, vec![claimed.lease]);
@@ -534,9 +560,36 @@ mod tests {
         );
         assert_eq!(lease_of(&ctx, "db").await, None, "the name was given back");
         assert!(ctx.routes.get("db").is_none());
-        let udp = open(&alice, spec(TunnelKind::Udp, "dns")).await;
-        assert_eq!(code(udp), RefusedCode::BadRequest);
-        assert_eq!(lease_of(&ctx, "dns").await, None);
+    }
+
+    #[tokio::test]
+    async fn udp_tunnels_get_a_leased_udp_port_and_a_slot_each() {
+        let (ctx, served) = crate::control::tests::context_served(None, |_| {});
+        let alice = guard(&ctx, "alice");
+        let dns = open(&alice, spec(TunnelKind::Udp, "dns"))
+            .await
+            .expect("udp");
+        let port = dns.port.expect("a public port");
+        assert_eq!(dns.public_url, format!("udp://localhost:{port}"));
+        let game = open(&alice, spec(TunnelKind::Udp, "game"))
+            .await
+            .expect("udp");
+        open(&alice, spec(TunnelKind::Http, "web"))
+            .await
+            .expect("http");
+        let udp_lease = ctx.registry.lookup(&LeaseKey::UdpPort(port)).await;
+        assert!(matches!(udp_lease, Ok(Some(_))), "leased as a UDP port");
+        let tcp_lease = ctx.registry.lookup(&LeaseKey::Port(port)).await;
+        assert!(
+            matches!(tcp_lease, Ok(None)),
+            "TCP ports are another namespace"
+        );
+        let served = served.0.lock().expect("not poisoned").clone();
+        assert_eq!(served, vec!["dns (slot 0)", "game (slot 1)"]);
+        assert_ne!(game.port, dns.port);
+        drop(alice);
+        let released = ctx.registry.lookup(&LeaseKey::UdpPort(port)).await;
+        assert!(matches!(released, Ok(None)));
     }
 
     #[tokio::test]

@@ -15,12 +15,13 @@ use crate::config::ServerConfig;
 use crate::control::{ControlContext, ControlSettings};
 use crate::drain::Drain;
 use crate::edge::tcp::TcpEdge;
+use crate::edge::udp::UdpEdge;
 use crate::edge::{EdgeContext, EdgeSettings};
 use crate::limits::RateLimits;
 use crate::listen::{ConnectionGate, Prelude};
 use crate::ops::acme::AcmeContext;
 use crate::ops::admin::AdminContext;
-use crate::state::ports::PortPlan;
+use crate::state::ports::{PortKind, PortPlan};
 use crate::state::{PublicUrls, Routes, Sessions, VisitorCaps};
 use crate::stats::Stats;
 use crate::tls::{Http01Answers, Tls};
@@ -109,6 +110,7 @@ impl Layers {
             urls: parts.urls.clone(),
             acme_requests,
             tcp_tunnels: Arc::new(TcpEdge(edge.clone())),
+            udp_tunnels: Arc::new(UdpEdge(edge.clone())),
             drain: parts.drain.clone(),
         });
         let admin = Arc::new(AdminContext {
@@ -262,6 +264,7 @@ fn edge_context(
         urls: parts.urls.clone(),
         tls: parts.tls.clone(),
         acme_http01: parts.http01.clone(),
+        flow_budget: showoff_core::FlowBudget::new(config.udp.flows),
     })
 }
 
@@ -330,6 +333,7 @@ fn edge_settings(config: &ServerConfig) -> EdgeSettings {
         upgrades: config.allowed_upgrades.clone(),
         redirect_http: config.tls.redirect_http,
         proxy: config.proxy.clone(),
+        udp: config.udp,
     }
 }
 
@@ -360,7 +364,14 @@ fn control_settings(
         ports: PortPlan {
             ip: config.http_addr.ip(),
             range: config.tcp_ports,
+            kind: PortKind::Tcp,
         },
+        udp_ports: PortPlan {
+            ip: config.http_addr.ip(),
+            range: config.udp_ports,
+            kind: PortKind::Udp,
+        },
+        udp_flow_idle: config.udp.flow_idle,
         data_port,
         quic_port,
     }

@@ -191,6 +191,7 @@ pub(crate) mod tests {
                 kind: TunnelKind::Http,
                 public_url: format!("http://{name}.localhost"),
                 port: None,
+                flow_idle_secs: None,
             },
             spec,
             principal: principal.into(),

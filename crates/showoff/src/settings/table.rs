@@ -74,6 +74,39 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         },
     ),
     setting(
+        "udp_ports",
+        "SHOWOFF_UDP_PORTS",
+        "20000-20999",
+        "port range for UDP tunnels, FIRST-LAST, on the same IP (0-0: the OS picks)",
+        |b, t| {
+            set(
+                &mut b.config.udp_ports,
+                t.parse().map_err(|e: ConfigError| e.to_string()),
+            )
+        },
+    ),
+    setting(
+        "udp_flow_idle",
+        "SHOWOFF_UDP_FLOW_IDLE",
+        "120s",
+        "a UDP flow (visitor address on a tunnel) ends after this long without a datagram",
+        |b, t| set(&mut b.config.udp.flow_idle, parse_duration(t)),
+    ),
+    setting(
+        "udp_flows_per_tunnel",
+        "SHOWOFF_UDP_FLOWS_PER_TUNNEL",
+        "4096",
+        "UDP flows one tunnel keeps at once; new visitor addresses past it are dropped",
+        |b, t| set(&mut b.config.udp.flows_per_tunnel, number(t)),
+    ),
+    setting(
+        "udp_flows",
+        "SHOWOFF_UDP_FLOWS",
+        "65536",
+        "UDP flows across the server at once; new visitor addresses past it are dropped",
+        |b, t| set(&mut b.config.udp.flows, number(t)),
+    ),
+    setting(
         "tls_cert",
         "SHOWOFF_TLS_CERT",
         "",
@@ -479,6 +512,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "0",
         "HTTP requests per second from one visitor address (429 above; 0: off)",
         |b, t| set(&mut b.config.rates.visitor_per_ip, rate(t)),
+    ),
+    setting(
+        "udp_rate_per_ip",
+        "SHOWOFF_UDP_RATE_PER_IP",
+        "0",
+        "UDP datagrams per second from one visitor address (dropped above; 0: off)",
+        |b, t| set(&mut b.config.rates.udp_per_ip, rate(t)),
     ),
     setting(
         "tunnel_request_rate",
