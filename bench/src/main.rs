@@ -1,7 +1,10 @@
 //! `showoff-bench idle-tunnels ADDR COUNT`: opens COUNT sessions of one HTTP tunnel each against
 //! the control listener at ADDR, through the real protocol, prints one JSON line
 //! (`{"tunnels":N,"seconds":S}`) once all are registered, then holds them until standard input
-//! closes. The benchmark harness reads the server's RSS while they are held.
+//! closes. The benchmark harness reads the server's RSS while they are held. The UDP
+//! benchmark's load and echo are in [`udp`].
+
+mod udp;
 
 use std::time::Instant;
 
@@ -89,20 +92,38 @@ async fn idle_tunnels(addr: String, count: usize) -> Result<(), String> {
     Ok(())
 }
 
+const USAGE: &str = "usage: showoff-bench idle-tunnels CONTROL_ADDR COUNT
+       showoff-bench udp-echo ADDR
+       showoff-bench udp-load TARGET FLOWS WINDOW SECONDS SIZE
+       showoff-bench udp-idle-flows TARGET COUNT";
+
+/// Runs the subcommand `args` names; `None` when they do not name one.
+async fn run(args: &[String]) -> Option<Result<(), String>> {
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    let addr = |i: usize| arg(i).and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+    let number = |i: usize| arg(i).and_then(|n| n.parse::<usize>().ok());
+    Some(match arg(1)? {
+        "idle-tunnels" => idle_tunnels(arg(2)?.to_string(), number(3)?).await,
+        "udp-echo" => udp::echo(addr(2)?).await,
+        "udp-load" => {
+            let seconds = arg(5).and_then(|s| s.parse().ok())?;
+            udp::load(addr(2)?, number(3)?, number(4)?, seconds, number(6)?).await
+        }
+        "udp-idle-flows" => udp::idle_flows(addr(2)?, number(3)?).await,
+        _ => return None,
+    })
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (Some("idle-tunnels"), Some(addr), Some(count)) = (
-        args.get(1).map(String::as_str),
-        args.get(2),
-        args.get(3).and_then(|c| c.parse().ok()),
-    ) else {
-        eprintln!("usage: showoff-bench idle-tunnels CONTROL_ADDR COUNT");
-        return std::process::ExitCode::from(2);
-    };
-    match idle_tunnels(addr.clone(), count).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
+    match run(&args).await {
+        None => {
+            eprintln!("{USAGE}");
+            std::process::ExitCode::from(2)
+        }
+        Some(Ok(())) => std::process::ExitCode::SUCCESS,
+        Some(Err(error)) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
         }

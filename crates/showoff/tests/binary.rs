@@ -232,6 +232,74 @@ async fn a_client_config_file_opens_every_tunnel_it_names() {
     assert!(answer.contains("\"target\":\"file\""), "{answer}");
 }
 
+/// A UDP echo on loopback.
+async fn udp_echo() -> std::net::SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2_048];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..len], from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn showoff_udp_prints_its_url_and_limit_and_relays_datagrams() {
+    let server = showoff_testkit::TestServer::default_config().await;
+    let echo = udp_echo().await;
+    let control = server.addrs.control.to_string();
+    let target = echo.port().to_string();
+    let (_client, out) = spawn_client(&[
+        "udp".as_ref(),
+        target.as_ref(),
+        "--server".as_ref(),
+        control.as_ref(),
+    ]);
+    let line = wait_for(&out, "the tunnel line", |l| l.starts_with("udp://"));
+    let (url, rest) = line.split_once(" -> ").expect("URL -> target");
+    assert_eq!(
+        rest,
+        format!("{echo} (datagrams up to 65507 bytes)"),
+        "{line}"
+    );
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = [0u8; 64];
+    let answered = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            visitor
+                .send_to(b"ping", ("127.0.0.1", port))
+                .await
+                .expect("send");
+            let wait = tokio::time::timeout(Duration::from_millis(300), visitor.recv(&mut buf));
+            if let Ok(Ok(len)) = wait.await {
+                return buf[..len].to_vec();
+            }
+        }
+    })
+    .await
+    .expect("an answer within the deadline");
+    assert_eq!(answered, b"ping");
+    // PROXY v1 has no UDP form: refused before anything is opened, with the way out.
+    let refused = Command::new(BIN)
+        .args(["udp", "53", "--proxy-protocol", "v1"])
+        .output()
+        .expect("runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("use v2 for udp tunnels"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_token_works_until_the_token_file_drops_it() {
     let minted = Command::new(BIN)
