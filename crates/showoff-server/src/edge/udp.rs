@@ -46,12 +46,19 @@ pub(crate) fn sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
+/// Milliseconds from `epoch` to `now`, saturating after about 49 days.
+fn millis_since(epoch: Instant, now: Instant) -> u32 {
+    u32::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u32::MAX)
+}
+
 /// One visitor address on the tunnel.
 struct Flow {
     visitor: SocketAddr,
     /// The client answered, so it knows the flow: later datagrams go without `open`.
     answered: bool,
-    opened: Instant,
+    /// Milliseconds from the relay's start to the flow's first datagram (four bytes where an
+    /// `Instant` takes sixteen: flows are many and small).
+    opened_ms: u32,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -66,6 +73,8 @@ struct Relay {
     by_visitor: HashMap<SocketAddr, u64>,
     /// The next flow's sequence number (the flow id is `seq << 8 | slot`).
     next: u64,
+    /// When the relay started; flows keep their start as an offset from it.
+    epoch: Instant,
     /// Scratch buffer datagrams are encoded into.
     out: BytesMut,
 }
@@ -81,6 +90,7 @@ async fn serve_tunnel(
         flows: FlowTable::new(udp.flows_per_tunnel, udp.flow_idle, ctx.flow_budget.clone()),
         by_visitor: HashMap::new(),
         next: 1,
+        epoch: Instant::now(),
         out: BytesMut::new(),
         socket,
         tunnel,
@@ -165,7 +175,7 @@ impl Relay {
         let flow = Flow {
             visitor,
             answered: false,
-            opened: now,
+            opened_ms: millis_since(self.epoch, now),
             bytes_in: 0,
             bytes_out: 0,
         };
@@ -240,7 +250,9 @@ impl Relay {
             error: None,
             bytes_in: flow.bytes_in,
             bytes_out: flow.bytes_out,
-            duration: flow.opened.elapsed(),
+            duration: Duration::from_millis(u64::from(
+                millis_since(self.epoch, Instant::now()).saturating_sub(flow.opened_ms),
+            )),
         });
     }
 }
@@ -282,6 +294,7 @@ mod tests {
             flows: FlowTable::new(cap, Duration::from_secs(120), budget.clone()),
             by_visitor: HashMap::new(),
             next: 1,
+            epoch: Instant::now(),
             out: BytesMut::new(),
             ctx,
         };
