@@ -79,6 +79,16 @@ impl DatagramQueue {
         }
     }
 
+    /// The queue in front of a datagram channel, on either side: 4,096 datagrams or 4 MiB, each
+    /// up to a whole channel frame.
+    pub fn for_channel() -> Self {
+        Self::new(
+            4_096,
+            4 * 1024 * 1024,
+            showoff_proto::datagram::MAX_CHANNEL_FRAME,
+        )
+    }
+
     fn items(&self) -> std::sync::MutexGuard<'_, Queued> {
         // Every critical section is one push or pop: a panic cannot leave it half-done.
         self.items.lock().unwrap_or_else(|p| p.into_inner())

@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// How often a table with idle timeout `idle` should be swept: a quarter of it, within 1 to
+/// 30 s, so a flow ends at most a quarter late and a sweep never runs more than once a second.
+pub fn sweep_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 /// The process-wide cap on flows, shared by every table.
 #[derive(Debug)]
 pub struct FlowBudget {

@@ -34,7 +34,7 @@ pub mod time;
 
 pub use datagram::{ChannelEnd, DatagramDrop, DatagramQueue, carry_channel, send_now};
 pub use exchange::{Exchange, ExchangeSink, Exchanges, HttpExchange, Protocol};
-pub use flows::{FlowBudget, FlowRefused, FlowTable};
+pub use flows::{FlowBudget, FlowRefused, FlowTable, sweep_period};
 pub use mux::{Mux, MuxError};
 pub use opener::{DatagramLink, OpenError, StreamMeta, StreamOpener};
 pub use registry::{

@@ -1,5 +1,5 @@
-//! Visitors: a real HTTP/1.1 client (hyper) for well-formed requests, and raw sockets for the
-//! malformed, slow and hostile ones.
+//! Visitors: a real HTTP/1.1 client (hyper) for well-formed requests, raw sockets for the
+//! malformed, slow and hostile ones, and a UDP visitor that asks until answered.
 
 use std::net::SocketAddr;
 
@@ -343,4 +343,26 @@ impl KeepAlive {
         self.lost += other.lost;
         self.failed += other.failed;
     }
+}
+
+/// Sends `payload` from `visitor` to UDP port `port` on loopback until an answer comes (a
+/// datagram may be lost; each try waits 500 ms), within the deadline; the answer.
+pub async fn udp_ask(visitor: &tokio::net::UdpSocket, port: u16, payload: &[u8]) -> Vec<u8> {
+    within("a UDP answer", async {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            visitor
+                .send_to(payload, ("127.0.0.1", port))
+                .await
+                .expect("send");
+            let wait = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                visitor.recv(&mut buf),
+            );
+            if let Ok(Ok(len)) = wait.await {
+                return buf[..len].to_vec();
+            }
+        }
+    })
+    .await
 }

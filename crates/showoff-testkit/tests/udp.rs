@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use showoff_proto::{TunnelKind, VisitorRules};
 use showoff_server::ServerConfig;
+use showoff_testkit::visitor::udp_ask;
 use showoff_testkit::{TestClient, TestServer, eventually, tunnel, within};
 use tokio::net::UdpSocket;
 
@@ -61,24 +62,6 @@ async fn udp_client(server: &TestServer, local: SocketAddr) -> (TestClient, u16)
     (client, port)
 }
 
-async fn ask(visitor: &UdpSocket, port: u16, payload: &[u8]) -> Vec<u8> {
-    // Datagrams may be lost: ask again until answered, within the deadline.
-    within("an answer", async {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            visitor
-                .send_to(payload, ("127.0.0.1", port))
-                .await
-                .expect("send");
-            let wait = tokio::time::timeout(Duration::from_millis(500), visitor.recv(&mut buf));
-            if let Ok(Ok(len)) = wait.await {
-                return buf[..len].to_vec();
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn each_visitor_gets_its_own_flow_and_its_own_answers() {
     let server = TestServer::start(ServerConfig::ephemeral()).await;
@@ -93,13 +76,11 @@ async fn each_visitor_gets_its_own_flow_and_its_own_answers() {
         (0..20).map(|_| async { UdpSocket::bind("127.0.0.1:0").await.expect("bind") }),
     )
     .await;
-    let answers = futures_util::future::join_all(
-        visitors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| async move { ask(v, port, format!("visitor {i}").as_bytes()).await }),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all(visitors.iter().enumerate().map(|(i, v)| async move {
+            udp_ask(v, port, format!("visitor {i}").as_bytes()).await
+        }))
+        .await;
     let mut target_ports = HashSet::new();
     for (i, answer) in answers.iter().enumerate() {
         let text = String::from_utf8_lossy(answer);
@@ -118,7 +99,7 @@ async fn each_visitor_gets_its_own_flow_and_its_own_answers() {
     );
     assert_eq!(server.handle.stats().udp_flows_active, 20);
     // A second datagram of a flow keeps its socket.
-    let again = ask(&visitors[0], port, b"visitor 0").await;
+    let again = udp_ask(&visitors[0], port, b"visitor 0").await;
     assert_eq!(again, answers[0]);
 }
 
@@ -281,7 +262,7 @@ async fn a_session_that_drops_mid_flow_frees_every_flow() {
     )
     .await;
     for visitor in &visitors {
-        ask(visitor, port, b"ping").await;
+        udp_ask(visitor, port, b"ping").await;
     }
     let handle = server.handle.clone();
     assert_eq!(handle.stats().udp_flows_active, 10);

@@ -274,21 +274,7 @@ async fn showoff_udp_prints_its_url_and_limit_and_relays_datagrams() {
     let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let mut buf = [0u8; 64];
-    let answered = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            visitor
-                .send_to(b"ping", ("127.0.0.1", port))
-                .await
-                .expect("send");
-            let wait = tokio::time::timeout(Duration::from_millis(300), visitor.recv(&mut buf));
-            if let Ok(Ok(len)) = wait.await {
-                return buf[..len].to_vec();
-            }
-        }
-    })
-    .await
-    .expect("an answer within the deadline");
+    let answered = showoff_testkit::visitor::udp_ask(&visitor, port, b"ping").await;
     assert_eq!(answered, b"ping");
     // PROXY v1 has no UDP form: refused before anything is opened, with the way out.
     let refused = Command::new(BIN)

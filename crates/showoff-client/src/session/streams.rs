@@ -90,11 +90,7 @@ pub(crate) async fn answer(
             return;
         }
     };
-    let ready = conn.send(ClientMessage::StreamReady { id: dial.id }).await;
-    if let Some(set_up) = set_up {
-        let _ = set_up.send(());
-    }
-    if ready.is_err() {
+    if !ready(&mut conn, dial.id, set_up).await {
         return;
     }
     let parts = conn.into_parts();
@@ -114,15 +110,25 @@ async fn answer_channel(
     set_up: Option<tokio::sync::oneshot::Sender<()>>,
     target: Arc<super::udp::UdpTarget>,
 ) {
-    let ready = conn.send(ClientMessage::StreamReady { id: dial.id }).await;
-    if let Some(set_up) = set_up {
-        let _ = set_up.send(());
-    }
-    if ready.is_err() {
+    if !ready(&mut conn, dial.id, set_up).await {
         return;
     }
     let parts = conn.into_parts();
     super::udp::serve_channel(&ctx.udp, target, parts.io, parts.read_buf, &ctx.stop).await;
+}
+
+/// Answers `StreamReady` for stream `id` and tells `set_up` (a warm-pool slot then re-dials);
+/// whether the answer was sent.
+async fn ready(
+    conn: &mut Conn,
+    id: String,
+    set_up: Option<tokio::sync::oneshot::Sender<()>>,
+) -> bool {
+    let sent = conn.send(ClientMessage::StreamReady { id }).await;
+    if let Some(set_up) = set_up {
+        let _ = set_up.send(());
+    }
+    sent.is_ok()
 }
 
 /// Copies both ways until both directions are done.

@@ -20,9 +20,7 @@ use bytes::{Bytes, BytesMut};
 use showoff_core::{
     DatagramLink, DatagramQueue, FlowBudget, FlowTable, carry_channel, quic::QuicDatagrams,
 };
-use showoff_proto::datagram::{
-    self, Datagram, FlowOpen, MAX_CHANNEL_FRAME, MAX_HEADER, MAX_UDP_PAYLOAD,
-};
+use showoff_proto::datagram::{self, Datagram, FlowOpen, MAX_HEADER, MAX_UDP_PAYLOAD};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -43,9 +41,6 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_FLOW_IDLE: Duration = Duration::from_secs(120);
 /// Datagrams waiting for a tunnel's flow handler.
 const INBOUND_QUEUE: usize = 4_096;
-/// Datagrams, and their bytes, a channel queues towards the server before it drops.
-const CHANNEL_QUEUE: usize = 4_096;
-const CHANNEL_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where one UDP tunnel's datagrams go.
 #[derive(Debug)]
@@ -85,14 +80,9 @@ impl UdpTunnels {
             resolved: None,
             link,
         };
-        tokio::spawn(flows.run(rx, sweep_period(self.idle)));
+        tokio::spawn(flows.run(rx, showoff_core::sweep_period(self.idle)));
         tx
     }
-}
-
-/// A quarter of the idle timeout, within 1 to 30 s.
-fn sweep_period(idle: Duration) -> Duration {
-    (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// The largest UDP payload a path whose datagrams are at most `max_datagram` bytes carries
@@ -119,11 +109,7 @@ pub(crate) async fn serve_channel(
     prefix: BytesMut,
     stop: &tokio_util::sync::CancellationToken,
 ) {
-    let queue = Arc::new(DatagramQueue::new(
-        CHANNEL_QUEUE,
-        CHANNEL_QUEUE_BYTES,
-        MAX_CHANNEL_FRAME,
-    ));
+    let queue = Arc::new(DatagramQueue::for_channel());
     let flows = udp.spawn(target, queue.clone());
     let deliver = |datagram| {
         if flows.try_send(datagram).is_err() {

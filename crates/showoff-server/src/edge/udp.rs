@@ -40,12 +40,6 @@ impl UdpTunnels for UdpEdge {
     }
 }
 
-/// How often a tunnel's idle flows are swept: a quarter of the idle timeout, within 1 to 30 s,
-/// so a flow ends at most a quarter late.
-pub(crate) fn sweep_period(idle: Duration) -> Duration {
-    (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
-}
-
 /// Milliseconds from `epoch` to `now`, saturating after about 49 days.
 fn millis_since(epoch: Instant, now: Instant) -> u32 {
     u32::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u32::MAX)
@@ -101,7 +95,7 @@ async fn serve_tunnel(
         relay.tunnel.closed.clone(),
         relay.ctx.drain.draining().clone(),
     );
-    let mut sweep = tokio::time::interval(sweep_period(udp.flow_idle));
+    let mut sweep = tokio::time::interval(showoff_core::sweep_period(udp.flow_idle));
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD + 1];
     loop {

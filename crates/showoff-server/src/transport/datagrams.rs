@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use showoff_core::{
     ChannelEnd, DatagramLink, DatagramQueue, OpenError, StreamMeta, StreamOpener, carry_channel,
 };
-use showoff_proto::datagram::{Datagram, MAX_CHANNEL_FRAME};
+use showoff_proto::datagram::Datagram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -26,10 +26,6 @@ use crate::stats::Stats;
 
 /// Answers waiting for their tunnel's relay task; past it they are dropped (`queue_full`).
 pub(crate) const ANSWER_QUEUE: usize = 4_096;
-/// Datagrams a channel queues towards the client, and their bytes, before it drops.
-pub(crate) const CHANNEL_QUEUE: usize = 4_096;
-/// Bytes a channel queues towards the client before it drops.
-pub(crate) const CHANNEL_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// First pause before a broken channel is opened again; doubled up to [`REOPEN_MAX`].
 const REOPEN_MIN: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
@@ -53,11 +49,7 @@ pub(crate) fn channel(
     closed: CancellationToken,
     stats: Arc<Stats>,
 ) -> DatagramPath {
-    let queue = Arc::new(DatagramQueue::new(
-        CHANNEL_QUEUE,
-        CHANNEL_QUEUE_BYTES,
-        MAX_CHANNEL_FRAME,
-    ));
+    let queue = Arc::new(DatagramQueue::for_channel());
     let (tx, answers) = mpsc::channel(ANSWER_QUEUE);
     let channel = Channel {
         opener,
