@@ -105,15 +105,23 @@ fn lock(slots: &Slots) -> std::sync::MutexGuard<'_, HashMap<u8, mpsc::Sender<Dat
     slots.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Hands each datagram the client sends to its tunnel's queue, until the connection ends.
+/// Hands each datagram the client sends to its tunnel's queue, until the connection ends. The
+/// reader keeps its own copy of the slots, looked up in the shared map only on a miss, so a
+/// datagram takes no lock.
 async fn read_datagrams(connection: quinn::Connection, slots: Slots, stats: Arc<Stats>) {
+    let mut known: HashMap<u8, mpsc::Sender<Datagram>> = HashMap::new();
     while let Ok(bytes) = connection.read_datagram().await {
         let Ok(datagram) = Datagram::decode(bytes) else {
             stats.udp.dropped("malformed");
             continue;
         };
         let slot = (datagram.flow() & 0xff) as u8;
-        let Some(queue) = lock(&slots).get(&slot).cloned() else {
+        if !known.contains_key(&slot)
+            && let Some(queue) = lock(&slots).get(&slot).cloned()
+        {
+            known.insert(slot, queue);
+        }
+        let Some(queue) = known.get(&slot) else {
             stats.udp.dropped("unknown_flow");
             continue;
         };
@@ -121,6 +129,7 @@ async fn read_datagrams(connection: quinn::Connection, slots: Slots, stats: Arc<
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => stats.udp.dropped("queue_full"),
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                known.remove(&slot);
                 lock(&slots).remove(&slot);
                 stats.udp.dropped("closed");
             }
