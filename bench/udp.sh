@@ -7,7 +7,7 @@
 #
 #   bench/udp.sh            quick: 5 s per run (~2 minutes)
 #   bench/udp.sh --full     15 s per run
-#   extra flags go to udp.py: --no-write
+#   extra flags go to udp.py: --no-write, --idle-only (memory per idle flow only, printed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh

@@ -95,7 +95,7 @@ async fn idle_tunnels(addr: String, count: usize) -> Result<(), String> {
 const USAGE: &str = "usage: showoff-bench idle-tunnels CONTROL_ADDR COUNT
        showoff-bench udp-echo ADDR
        showoff-bench udp-load TARGET FLOWS WINDOW SECONDS SIZE
-       showoff-bench udp-idle-flows TARGET COUNT";
+       showoff-bench udp-idle-flows TARGET COUNT [BATCHES]";
 
 /// Runs the subcommand `args` names; `None` when they do not name one.
 async fn run(args: &[String]) -> Option<Result<(), String>> {
@@ -109,7 +109,7 @@ async fn run(args: &[String]) -> Option<Result<(), String>> {
             let seconds = arg(5).and_then(|s| s.parse().ok())?;
             udp::load(addr(2)?, number(3)?, number(4)?, seconds, number(6)?).await
         }
-        "udp-idle-flows" => udp::idle_flows(addr(2)?, number(3)?).await,
+        "udp-idle-flows" => udp::idle_flows(addr(2)?, number(3)?, number(4).unwrap_or(1)).await,
         _ => return None,
     })
 }

@@ -4,14 +4,15 @@
 //! - `udp-load TARGET FLOWS WINDOW SECONDS SIZE`: FLOWS sockets, each keeping WINDOW datagrams of
 //!   SIZE bytes in flight towards TARGET for SECONDS; prints one JSON line with datagrams sent,
 //!   echoed and lost, echoes per second, and the round trip's p50 and p99 in microseconds;
-//! - `udp-idle-flows TARGET COUNT`: COUNT sockets that each get one echo through TARGET, then stay
-//!   silent until standard input closes (the harness reads the server's memory meanwhile).
+//! - `udp-idle-flows TARGET COUNT [BATCHES]`: COUNT sockets, opened in BATCHES equal batches,
+//!   that each get one echo through TARGET and then stay silent. After each batch it prints the
+//!   flows answered so far as one JSON line and waits for a line on standard input (the harness
+//!   reads the server's memory meanwhile); standard input closed ends it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
 
 /// How long a flow waits for an echo before it counts its window as lost and sends again.
@@ -124,18 +125,22 @@ pub async fn load(
     Ok(())
 }
 
-pub async fn idle_flows(target: SocketAddr, count: usize) -> Result<(), String> {
+pub async fn idle_flows(target: SocketAddr, count: usize, batches: usize) -> Result<(), String> {
+    let batches = batches.max(1);
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut sockets = Vec::with_capacity(count);
-    for _ in 0..count {
-        let socket = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        socket.connect(target).await.map_err(|e| e.to_string())?;
-        sockets.push(Arc::new(socket));
-    }
-    let asks = sockets.iter().map(|socket| {
-        let socket = socket.clone();
-        async move {
+    let mut answered = 0;
+    for batch in 0..batches {
+        let size = count / batches + usize::from(batch < count % batches);
+        let mut fresh = Vec::with_capacity(size);
+        for _ in 0..size {
+            let socket = UdpSocket::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            socket.connect(target).await.map_err(|e| e.to_string())?;
+            fresh.push(socket);
+        }
+        let asks = fresh.iter().map(|socket| async move {
             let mut buf = [0u8; 64];
             for _ in 0..5 {
                 if socket.send(b"hello").await.is_err() {
@@ -147,16 +152,20 @@ pub async fn idle_flows(target: SocketAddr, count: usize) -> Result<(), String> 
                 }
             }
             false
+        });
+        answered += futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        sockets.extend(fresh);
+        println!("{}", serde_json::json!({"flows": answered}));
+        // The harness reads the server's memory, then asks for the next batch with a line; at
+        // the end it closes standard input.
+        if !matches!(input.next_line().await, Ok(Some(_))) {
+            break;
         }
-    });
-    let answered = futures_util::future::join_all(asks)
-        .await
-        .into_iter()
-        .filter(|ok| *ok)
-        .count();
-    println!("{}", serde_json::json!({"flows": answered}));
-    let mut sink = Vec::new();
-    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    }
     drop(sockets);
     Ok(())
 }

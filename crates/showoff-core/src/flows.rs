@@ -118,6 +118,11 @@ impl<V> FlowTable<V> {
         Ok(&mut entry.value)
     }
 
+    /// Flow `flow`, leaving its activity as it was.
+    pub fn get(&self, flow: u64) -> Option<&V> {
+        self.entries.get(&flow).map(|entry| &entry.value)
+    }
+
     /// Flow `flow`, marked active at `now`.
     pub fn touch(&mut self, flow: u64, now: Instant) -> Option<&mut V> {
         let entry = self.entries.get_mut(&flow)?;

@@ -11,7 +11,8 @@
 //! (`showoff_udp_drops_total{reason}`). Each flow is reported once, when it ends, as an exchange
 //! event with its bytes.
 
-use std::collections::HashMap;
+mod index;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::control::UdpTunnels;
 use crate::edge::EdgeContext;
 use crate::state::Tunnel;
 use crate::transport::datagrams::DatagramPath;
+use index::{Visited, VisitorIndex};
 
 /// The UDP edge, as the control layer starts it for each UDP tunnel.
 pub(crate) struct UdpEdge(pub(crate) Arc<EdgeContext>);
@@ -40,9 +42,11 @@ impl UdpTunnels for UdpEdge {
     }
 }
 
-/// Milliseconds from `epoch` to `now`, saturating after about 49 days.
+/// Milliseconds from `epoch` to `now`, modulo 2³² (about 49 days): differences taken with
+/// wrapping arithmetic stay exact for any flow shorter than that, however long the relay runs.
 fn millis_since(epoch: Instant, now: Instant) -> u32 {
-    u32::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u32::MAX)
+    let millis = now.saturating_duration_since(epoch).as_millis() & u128::from(u32::MAX);
+    u32::try_from(millis).unwrap_or_default()
 }
 
 /// One visitor address on the tunnel.
@@ -50,11 +54,17 @@ struct Flow {
     visitor: SocketAddr,
     /// The client answered, so it knows the flow: later datagrams go without `open`.
     answered: bool,
-    /// Milliseconds from the relay's start to the flow's first datagram (four bytes where an
-    /// `Instant` takes sixteen: flows are many and small).
+    /// When the flow's first datagram came, as [`millis_since`] the relay's start (four bytes
+    /// where an `Instant` takes sixteen: flows are many and small).
     opened_ms: u32,
     bytes_in: u64,
     bytes_out: u64,
+}
+
+impl Visited for Flow {
+    fn visitor(&self) -> SocketAddr {
+        self.visitor
+    }
 }
 
 /// A UDP tunnel's relay state, owned by its one task.
@@ -64,7 +74,7 @@ struct Relay {
     path: DatagramPath,
     ctx: Arc<EdgeContext>,
     flows: FlowTable<Flow>,
-    by_visitor: HashMap<SocketAddr, u64>,
+    by_visitor: VisitorIndex,
     /// The next flow's sequence number (the flow id is `seq << 8 | slot`).
     next: u64,
     /// When the relay started; flows keep their start as an offset from it.
@@ -82,7 +92,7 @@ async fn serve_tunnel(
     let udp = ctx.settings.udp;
     let mut relay = Relay {
         flows: FlowTable::new(udp.flows_per_tunnel, udp.flow_idle, ctx.flow_budget.clone()),
-        by_visitor: HashMap::new(),
+        by_visitor: VisitorIndex::default(),
         next: 1,
         epoch: Instant::now(),
         out: BytesMut::new(),
@@ -124,8 +134,8 @@ impl Relay {
         if !self.ctx.limits.datagram(visitor.ip()) {
             return self.ctx.stats.udp.dropped("rate_limited");
         }
-        let flow_id = match self.by_visitor.get(&visitor) {
-            Some(&flow_id) => flow_id,
+        let flow_id = match self.by_visitor.get(visitor, &self.flows) {
+            Some(flow_id) => flow_id,
             None => match self.open(visitor, now) {
                 Ok(flow_id) => flow_id,
                 Err(reason) => return self.ctx.stats.udp.dropped(reason),
@@ -177,7 +187,7 @@ impl Relay {
             .insert(flow_id, flow, now)
             .map_err(|refused| refused.as_str())?;
         self.next += 1;
-        self.by_visitor.insert(visitor, flow_id);
+        self.by_visitor.insert(visitor, flow_id, &self.flows);
         self.ctx.stats.udp.flow_opened();
         Ok(flow_id)
     }
@@ -207,7 +217,7 @@ impl Relay {
             }
             Datagram::Close { flow } => {
                 if let Some(ended) = self.flows.remove(flow) {
-                    self.ended(ended, "client_closed");
+                    self.ended(flow, ended, "client_closed");
                 }
             }
         }
@@ -221,19 +231,19 @@ impl Relay {
                 // Lost or dropped, the client's own idle sweep ends the flow a little later.
                 let _ = self.path.link.send(self.out.split().freeze());
             }
-            self.ended(ended, "idle");
+            self.ended(flow, ended, "idle");
         }
     }
 
     /// The tunnel closed or the server drains: every flow ends.
     fn end(mut self) {
-        for (_, ended) in self.flows.drain() {
-            self.ended(ended, "tunnel_closed");
+        for (flow, ended) in self.flows.drain() {
+            self.ended(flow, ended, "tunnel_closed");
         }
     }
 
-    fn ended(&mut self, flow: Flow, reason: &'static str) {
-        self.by_visitor.remove(&flow.visitor);
+    fn ended(&mut self, id: u64, flow: Flow, reason: &'static str) {
+        self.by_visitor.remove(flow.visitor, id);
         self.ctx.stats.udp.flow_ended(reason);
         self.ctx.exchanges.emit(&Exchange {
             protocol: Protocol::Udp,
@@ -245,7 +255,7 @@ impl Relay {
             bytes_in: flow.bytes_in,
             bytes_out: flow.bytes_out,
             duration: Duration::from_millis(u64::from(
-                millis_since(self.epoch, Instant::now()).saturating_sub(flow.opened_ms),
+                millis_since(self.epoch, Instant::now()).wrapping_sub(flow.opened_ms),
             )),
         });
     }
@@ -286,7 +296,7 @@ mod tests {
                 slot: 3,
             },
             flows: FlowTable::new(cap, Duration::from_secs(120), budget.clone()),
-            by_visitor: HashMap::new(),
+            by_visitor: VisitorIndex::default(),
             next: 1,
             epoch: Instant::now(),
             out: BytesMut::new(),
@@ -399,8 +409,16 @@ mod tests {
         let (quiet, busy) = (addr("127.0.0.1:3001"), addr("127.0.0.1:3002"));
         rig.relay.inbound(b"q", quiet);
         rig.relay.inbound(b"b", busy);
-        let busy_flow = rig.relay.by_visitor[&busy];
-        let quiet_flow = rig.relay.by_visitor[&quiet];
+        let busy_flow = rig
+            .relay
+            .by_visitor
+            .get(busy, &rig.relay.flows)
+            .expect("flow");
+        let quiet_flow = rig
+            .relay
+            .by_visitor
+            .get(quiet, &rig.relay.flows)
+            .expect("flow");
         while sent(&rig).is_some() {}
         tokio::time::advance(Duration::from_secs(100)).await;
         rig.relay.answer(Datagram::Data {
@@ -412,7 +430,8 @@ mod tests {
         rig.relay.sweep();
         assert_eq!(sent(&rig), Some(Datagram::Close { flow: quiet_flow }));
         assert_eq!(rig.relay.flows.len(), 1);
-        assert!(!rig.relay.by_visitor.contains_key(&quiet));
+        assert_eq!(rig.relay.by_visitor.get(quiet, &rig.relay.flows), None);
+        assert_eq!(rig.relay.by_visitor.len(), rig.relay.flows.len());
         assert!(counted(
             &rig,
             r#"showoff_udp_flows_ended_total{reason="idle"} 1"#
@@ -431,7 +450,11 @@ mod tests {
         for port in 4001..4006 {
             rig.relay.inbound(b"x", addr(&format!("127.0.0.1:{port}")));
         }
-        let flow = rig.relay.by_visitor[&addr("127.0.0.1:4001")];
+        let flow = rig
+            .relay
+            .by_visitor
+            .get(addr("127.0.0.1:4001"), &rig.relay.flows)
+            .expect("flow");
         rig.relay.answer(Datagram::Close { flow });
         rig.relay.answer(Datagram::Close { flow });
         assert!(counted(
@@ -448,9 +471,28 @@ mod tests {
             r#"showoff_udp_drops_total{reason="unknown_flow"} 1"#
         ));
         assert_eq!(rig.budget.used(), 4);
+        rig.relay.inbound(b"again", addr("127.0.0.1:4001"));
+        let reopened = rig
+            .relay
+            .by_visitor
+            .get(addr("127.0.0.1:4001"), &rig.relay.flows);
+        assert!(
+            reopened.is_some_and(|id| id != flow),
+            "a closed flow's visitor opens a new one"
+        );
+        assert_eq!(rig.budget.used(), 5);
         let (stats, budget) = (rig.relay.ctx.stats.clone(), rig.budget.clone());
         rig.relay.end();
         assert_eq!(budget.used(), 0, "no flow outlives its tunnel");
         assert_eq!(stats.snapshot().udp_flows_active, 0);
+    }
+
+    #[test]
+    fn a_flow_spanning_the_offsets_wrap_keeps_its_exact_duration() {
+        let epoch = Instant::now();
+        let opened = epoch + Duration::from_millis(u64::from(u32::MAX) - 5);
+        let ended = opened + Duration::from_millis(20);
+        let elapsed = millis_since(epoch, ended).wrapping_sub(millis_since(epoch, opened));
+        assert_eq!(elapsed, 20);
     }
 }
