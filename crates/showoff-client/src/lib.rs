@@ -107,6 +107,7 @@ impl ClientError {
                 RefusedCode::ShuttingDown
                     | RefusedCode::AuthUnavailable
                     | RefusedCode::LimitReached
+                    | RefusedCode::RegistryUnavailable
                     | RefusedCode::RateLimited
                     | RefusedCode::Unknown
             ),
@@ -230,5 +231,14 @@ mod tests {
             message: String::new(),
         };
         assert!(!limited.is_permanent());
+    }
+
+    #[test]
+    fn a_registry_that_does_not_answer_is_waited_out() {
+        let unavailable = ClientError::Refused {
+            code: RefusedCode::RegistryUnavailable,
+            message: "the name registry does not answer; retry shortly".into(),
+        };
+        assert!(!unavailable.is_permanent());
     }
 }

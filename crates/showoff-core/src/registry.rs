@@ -109,10 +109,19 @@ pub trait Registry: Send + Sync + 'static {
     async fn renew(&self, lease: &Lease) -> Result<(), RegistryError>;
     /// Frees `lease` if it is still the current one; returns whether it was.
     async fn release(&self, lease: &Lease) -> Result<bool, RegistryError>;
+    /// Puts `lease` back, unchanged, when its key has fallen free (it expired while the
+    /// backend could not be reached, or the backend lost its data), and extends it when it is
+    /// still current; [`RegistryError::Lost`] when anyone else holds the key now. Two owners
+    /// never result: the key is only taken back when nobody holds it.
+    async fn reassert(&self, lease: &Lease) -> Result<(), RegistryError>;
     /// The current lease on `key`, if any.
     async fn lookup(&self, key: &LeaseKey) -> Result<Option<Lease>, RegistryError>;
     /// How long a lease lives without renewal; `None` when leases last until released.
     fn ttl(&self) -> Option<Duration>;
+    /// Why the backend cannot serve claims now (`/readyz` says it); `None` while it can.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The instance name of a [`MemoryRegistry`] built with `default()`.
@@ -227,6 +236,22 @@ impl Registry for MemoryRegistry {
             leases.remove(&lease.key);
         }
         Ok(current)
+    }
+
+    async fn reassert(&self, lease: &Lease) -> Result<(), RegistryError> {
+        let expires = self.expiry();
+        let mut leases = self.leases();
+        match Self::live(&mut leases, &lease.key) {
+            Some(held) if held.lease.generation != lease.generation => Err(RegistryError::Lost),
+            _ => {
+                let held = Held {
+                    lease: lease.clone(),
+                    expires,
+                };
+                leases.insert(lease.key.clone(), held);
+                Ok(())
+            }
+        }
     }
 
     async fn lookup(&self, key: &LeaseKey) -> Result<Option<Lease>, RegistryError> {
@@ -352,7 +377,38 @@ pub mod conformance {
             "an expired lease is free to anyone"
         );
         assert_eq!(registry.release(&alice.lease).await, Ok(false));
-        assert_eq!(registry.lookup(&key).await, Ok(Some(bob.lease)));
+        assert_eq!(
+            registry.reassert(&alice.lease).await,
+            Err(RegistryError::Lost),
+            "a lease someone else took is not taken back"
+        );
+        assert_eq!(registry.lookup(&key).await, Ok(Some(bob.lease.clone())));
+
+        // A lease that fell free while its holder could not renew is put back unchanged, and
+        // fenced as before.
+        let port = LeaseKey::Port(20_009);
+        let carol = registry.claim(&port, &owner("carol", "s3")).await.unwrap();
+        advance(ttl + ttl / 4).await;
+        assert_eq!(registry.lookup(&port).await, Ok(None), "expired");
+        registry.reassert(&carol.lease).await.unwrap();
+        assert_eq!(registry.lookup(&port).await, Ok(Some(carol.lease.clone())));
+        registry.renew(&carol.lease).await.unwrap();
+        registry.reassert(&carol.lease).await.unwrap();
+        assert_eq!(
+            registry.claim(&port, &owner("dave", "s4")).await,
+            Err(RegistryError::Taken),
+            "a reasserted lease is held"
+        );
+        let next = registry.claim(&port, &owner("carol", "s5")).await.unwrap();
+        assert!(
+            next.lease.generation > carol.lease.generation,
+            "generations keep rising past a reasserted lease"
+        );
+        assert_eq!(
+            registry.reassert(&carol.lease).await,
+            Err(RegistryError::Lost)
+        );
+        assert!(registry.release(&next.lease).await.unwrap());
     }
 }
 

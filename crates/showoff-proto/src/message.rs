@@ -332,6 +332,8 @@ pub enum RefusedCode {
     PortUnavailable,
     /// A server limit (tunnels, sessions, ports) is reached.
     LimitReached,
+    /// The registry that leases names and ports (a cluster's Redis) does not answer; retried.
+    RegistryUnavailable,
     /// Too many connections from this address; the message says when to retry.
     RateLimited,
     /// The client speaks a protocol version the server does not.
@@ -359,6 +361,7 @@ impl RefusedCode {
             Self::KindNotAllowed => "kind_not_allowed",
             Self::PortUnavailable => "port_unavailable",
             Self::LimitReached => "limit_reached",
+            Self::RegistryUnavailable => "registry_unavailable",
             Self::RateLimited => "rate_limited",
             Self::VersionMismatch => "version_mismatch",
             Self::BadRequest => "bad_request",

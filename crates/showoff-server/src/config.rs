@@ -5,6 +5,7 @@
 
 mod acme;
 mod auth;
+mod cluster;
 mod tls;
 
 use std::fmt;
@@ -16,6 +17,7 @@ pub use self::auth::{
     AuthConfig, DEFAULT_WEBHOOK_TIMEOUT, JwtConfig, JwtKey, NamePattern, PolicyConfig,
     WebhookConfig,
 };
+pub use self::cluster::{ClusterConfig, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
 pub use self::tls::{PemPair, TlsConfig};
 pub use showoff_core::Secret;
 
@@ -197,6 +199,18 @@ pub enum ConfigError {
          server one (--tls-cert/--tls-key or --acme-directory), or leave QUIC off"
     )]
     QuicWithoutTls,
+    /// The cluster's lease TTL is too short to renew reliably.
+    #[error("lease_ttl must be at least 1s (got {0:?}): leases are renewed every third of it")]
+    LeaseTtlTooShort(Duration),
+    /// A cluster is configured but nobody built its registry.
+    #[error(
+        "--cluster-redis is set but no registry was given: the binary builds it; an embedder \
+         passes showoff_cluster::RedisRegistry as Services::registry"
+    )]
+    ClusterWithoutRegistry,
+    /// A cluster instance without a name.
+    #[error("a cluster instance needs a name (--instance)")]
+    ClusterWithoutInstance,
 }
 
 /// Default failed authentications per minute from one client address, and failed basic-auth
@@ -460,6 +474,8 @@ pub struct ServerConfig {
     pub warm_pool: u16,
     /// Admin listener, access log and metric options.
     pub admin: AdminConfig,
+    /// The cluster this instance is part of, if any.
+    pub cluster: ClusterConfig,
     /// Reported by `/version` and `showoff_build_info`.
     pub build: BuildInfo,
 }
@@ -505,6 +521,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             warm_pool: DEFAULT_WARM_POOL,
             admin: AdminConfig::default(),
+            cluster: ClusterConfig::default(),
             build: BuildInfo::default(),
         }
     }
@@ -575,6 +592,14 @@ impl ServerConfig {
         }
         if self.quic_addr.is_some() && !self.tls.enabled() {
             return Err(ConfigError::QuicWithoutTls);
+        }
+        if self.cluster.enabled() {
+            if self.cluster.lease_ttl < MIN_LEASE_TTL {
+                return Err(ConfigError::LeaseTtlTooShort(self.cluster.lease_ttl));
+            }
+            if self.cluster.instance.trim().is_empty() {
+                return Err(ConfigError::ClusterWithoutInstance);
+            }
         }
         if !self.tls.enabled() && !self.allow_plaintext {
             for (listener, addr) in [

@@ -81,6 +81,9 @@ pub struct Services {
 /// certificates and policies load (`--check-config`).
 pub fn validate(config: &ServerConfig, services: &Services) -> Result<(), ConfigError> {
     config.check_rules(services.token_table.is_some())?;
+    if config.cluster.enabled() && services.registry.is_none() {
+        return Err(ConfigError::ClusterWithoutRegistry);
+    }
     crate::auth::from_config(config, services.token_table.as_ref())?;
     Tls::new(&config.tls).map_err(ConfigError::Tls)?;
     Ok(())

@@ -3,13 +3,15 @@
 //! [`TestClient`]), HTTP and raw-socket visitors ([`visitor`]), and polling with a deadline
 //! ([`eventually`]) instead of sleeps; test certificates ([`pki`]); an impairment relay that
 //! delays, drops, stalls and cuts connections ([`impair`]); the real binary as a child
-//! process ([`process`]) and the chaos scenarios run against it ([`chaos`]).
+//! process ([`process`]) and the chaos scenarios run against it ([`chaos`]); a real Redis for
+//! the cluster tests ([`redis`]).
 
 pub mod chaos;
 pub mod impair;
 pub mod pebble;
 pub mod pki;
 pub mod process;
+pub mod redis;
 pub mod target;
 pub mod visitor;
 

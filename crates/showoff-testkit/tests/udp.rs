@@ -291,34 +291,63 @@ impl Drop for Dnsmasq {
     }
 }
 
-fn dnsmasq() -> Dnsmasq {
-    let dir = std::env::temp_dir().join(format!("showoff-dnsmasq-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "192.0.2.53 printer.showoff.test\n").expect("hosts file");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .port();
-    let child = std::process::Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--user=root",
-            &format!("--pid-file={}", dir.join("pid").display()),
-            &format!("--port={port}"),
-            &format!("--addn-hosts={}", hosts.display()),
-            "--log-facility=-",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("dnsmasq runs (scripts/test installs Debian's dnsmasq-base)");
-    Dnsmasq { child, port, dir }
+/// A port free for both UDP and TCP a moment ago: dnsmasq binds both, and exits at once when
+/// either is taken.
+fn free_dns_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+        let port = udp.local_addr().expect("address").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// dnsmasq on a free port, once it answers `dig` directly; another port is tried when it
+/// exits at start (a test elsewhere took the port in between).
+async fn dnsmasq() -> Dnsmasq {
+    for _ in 0..5 {
+        let dir = std::env::temp_dir().join(format!("showoff-dnsmasq-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "192.0.2.53 printer.showoff.test\n").expect("hosts file");
+        let port = free_dns_port();
+        let child = std::process::Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                &format!("--pid-file={}", dir.join("pid").display()),
+                &format!("--port={port}"),
+                &format!("--addn-hosts={}", hosts.display()),
+                "--log-facility=-",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq runs (scripts/test installs Debian's dnsmasq-base)");
+        let mut dns = Dnsmasq { child, port, dir };
+        let answered = within("dnsmasq to answer or exit", async {
+            loop {
+                if matches!(dns.child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
+                if dig(port, "printer.showoff.test").await == "192.0.2.53" {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if answered {
+            return dns;
+        }
+    }
+    panic!("dnsmasq did not start on any of five free ports");
 }
 
 /// `dig` (bind9-dnsutils) asking `port` on loopback for `name`; its short answer.
@@ -341,17 +370,10 @@ async fn dig(port: u16, name: &str) -> String {
 
 #[tokio::test]
 async fn a_real_dns_server_answers_many_resolvers_through_the_tunnel() {
-    let dns = dnsmasq();
+    let dns = dnsmasq().await;
     let server = TestServer::start(ServerConfig::ephemeral()).await;
     let target: SocketAddr = ([127, 0, 0, 1], dns.port).into();
     let (_client, port) = udp_client(&server, target).await;
-    // dnsmasq is up once it answers directly.
-    within("dnsmasq to answer", async {
-        while dig(dns.port, "printer.showoff.test").await != "192.0.2.53" {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
     // Many resolvers at once, each from its own source port, through the tunnel.
     let queries = (0..24).map(|_| dig(port, "printer.showoff.test"));
     let answers = within("every answer", futures_util::future::join_all(queries)).await;

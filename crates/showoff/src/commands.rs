@@ -111,6 +111,31 @@ pub fn build_info() -> BuildInfo {
     }
 }
 
+/// This machine's name, the default instance name in a cluster (a Kubernetes pod's name).
+fn host_name(env: &HashMap<String, String>) -> String {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    [env.get("HOSTNAME").cloned(), from_kernel]
+        .into_iter()
+        .flatten()
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("showoff-{}", std::process::id()))
+}
+
+/// The shared registry of a cluster: leases in the Redis at `url` (connected lazily, so the
+/// server starts while Redis is still coming up).
+fn cluster_registry(
+    cluster: &showoff_server::config::ClusterConfig,
+    url: showoff_server::Secret,
+) -> anyhow::Result<std::sync::Arc<dyn showoff_server::Registry>> {
+    let mut settings = showoff_cluster::RedisSettings::new(url, &cluster.instance);
+    settings.lease_ttl = cluster.lease_ttl;
+    settings.prefix = cluster.prefix.clone();
+    let registry =
+        showoff_cluster::RedisRegistry::connect(&settings).context("cannot use --cluster-redis")?;
+    Ok(std::sync::Arc::new(registry))
+}
+
 /// The server's configuration with every file it names read, and its services.
 struct Loaded {
     config: ServerConfig,
@@ -146,6 +171,12 @@ fn load_server(
     }
     if let Some(path) = audit_path {
         services.audit = crate::audit_file::open(&path)?;
+    }
+    if let Some(url) = config.cluster.redis.clone() {
+        if config.cluster.instance.is_empty() {
+            config.cluster.instance = host_name(env);
+        }
+        services.registry = Some(cluster_registry(&config.cluster, url)?);
     }
     Ok(Loaded {
         config,

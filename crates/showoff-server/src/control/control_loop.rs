@@ -1,15 +1,18 @@
 //! The steady state of a control connection: one task per session that forwards `Dial`s from
 //! the transport, pings and watches for silence, handles `Close` and `StreamError`, closes
-//! idle and expired tunnels, renews the session's leases when the registry's leases expire,
-//! and says `GoAway` when the server drains. Each `select!` arm calls one method.
+//! idle and expired tunnels, keeps the session's leases when the registry's leases expire
+//! (renewed every third of their TTL, taken back if they fell free, the tunnel closed if
+//! someone else holds them now), and says `GoAway` when the server drains. Each `select!` arm
+//! calls one method.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use showoff_core::{Lease, Registry, RegistryError};
 use showoff_proto::{ClientMessage, ServerMessage};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::registration::{Streams, release_tunnel};
 use super::{ControlContext, ControlFramed};
@@ -18,6 +21,22 @@ use crate::transport::Link;
 
 /// Why a session ended, for the log.
 type End = &'static str;
+
+/// How often a session's leases are renewed when they expire after `ttl`: three times per
+/// TTL, so two renewals can fail (a slow or briefly unreachable registry) before one lapses.
+pub(crate) fn renewal_period(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
+}
+
+/// Keeps `lease`: renews it, and when it is no longer current, takes it back if its key fell
+/// free (it expired while the registry did not answer, or the registry lost its data).
+/// [`RegistryError::Lost`] means someone else holds the key now.
+async fn keep(registry: &dyn Registry, lease: &Lease) -> Result<(), RegistryError> {
+    match registry.renew(lease).await {
+        Err(RegistryError::Lost) => registry.reassert(lease).await,
+        kept => kept,
+    }
+}
 
 /// The steady state of a control connection.
 pub(crate) struct ControlLoop {
@@ -62,6 +81,11 @@ impl ControlLoop {
         let period = self.ctx.settings.heartbeat_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renew_every = self.ctx.registry.ttl().map(renewal_period);
+        let renew_period = renew_every.unwrap_or(period);
+        let mut renewal =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_period, renew_period);
+        renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let session_cancel = self.session.cancel.clone();
         let drain = self.ctx.drain.draining().clone();
         loop {
@@ -71,6 +95,7 @@ impl ControlLoop {
                 Some(msg) = self.rx.recv() => self.send(msg).await,
                 frame = self.framed.next() => self.on_frame(frame),
                 _ = ticker.tick() => self.heartbeat().await,
+                _ = renewal.tick(), if renew_every.is_some() => self.keep_leases().await,
             };
             if let Err(reason) = step {
                 return reason;
@@ -157,27 +182,29 @@ impl ControlLoop {
         if self.last_seen.elapsed() > self.ctx.settings.heartbeat_timeout {
             return Err("heartbeat timeout");
         }
-        self.renew_leases().await?;
         self.close_idle_tunnels().await?;
         self.send(ServerMessage::Ping).await
     }
 
-    /// Renews every lease of the session's tunnels when leases expire; a tunnel whose lease
-    /// was lost (another instance holds it now) is closed and the client told.
-    async fn renew_leases(&mut self) -> Result<(), End> {
-        if self.ctx.registry.ttl().is_none() {
-            return Ok(());
-        }
+    /// Keeps every lease of the session's tunnels, all at once (each call has the registry's
+    /// deadline); a tunnel whose lease someone else holds now is closed and the client told.
+    async fn keep_leases(&mut self) -> Result<(), End> {
         let tunnels: Vec<Arc<Tunnel>> = self.session.tunnels().clone();
+        let registry = &*self.ctx.registry;
+        let kept = tunnels.iter().flat_map(|tunnel| {
+            tunnel
+                .leases
+                .iter()
+                .map(move |lease| async move { (tunnel, lease, keep(registry, lease).await) })
+        });
         let mut lost = Vec::new();
-        for tunnel in &tunnels {
-            for lease in &tunnel.leases {
-                match self.ctx.registry.renew(lease).await {
-                    Ok(()) => {}
-                    Err(showoff_core::RegistryError::Lost) => lost.push(tunnel.info.name.clone()),
-                    // A backend that cannot be reached keeps the tunnel; the next tick retries.
-                    Err(error) => warn!(%error, key = %lease.key, "lease renewal failed"),
-                }
+        for (tunnel, lease, kept) in futures_util::future::join_all(kept).await {
+            match kept {
+                Ok(()) => {}
+                Err(RegistryError::Lost) => lost.push(tunnel.info.name.clone()),
+                // A registry that does not answer keeps the tunnel; the next tick retries (the
+                // registry itself logs when it stops and starts answering).
+                Err(error) => debug!(%error, key = %lease.key, "lease renewal failed"),
             }
         }
         lost.dedup();

@@ -373,8 +373,8 @@ async fn claim_requested_port(
 fn registry_failed(error: &RegistryError) -> ServerMessage {
     warn!(%error, "registry failed");
     ServerMessage::refused(
-        RefusedCode::LimitReached,
-        "the name registry is unavailable",
+        RefusedCode::RegistryUnavailable,
+        "the name registry does not answer; retry shortly",
     )
 }
 

@@ -85,6 +85,10 @@ impl Layers {
             parts.tls.clone(),
         );
         let (acme, acme_requests) = acme_context(config, &parts);
+        let registry: Arc<dyn showoff_core::Registry> = services
+            .registry
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryRegistry::default()));
         let control = Arc::new(ControlContext {
             settings: control_settings(
                 config,
@@ -97,10 +101,7 @@ impl Layers {
             ),
             sessions: parts.sessions.clone(),
             routes: parts.routes.clone(),
-            registry: services
-                .registry
-                .clone()
-                .unwrap_or_else(|| Arc::new(MemoryRegistry::default())),
+            registry: registry.clone(),
             dialback: dialback.clone(),
             authenticator,
             limits: parts.limits.clone(),
@@ -122,6 +123,7 @@ impl Layers {
             metrics_auth: config.admin.metrics_auth,
             log_control: services.log_control.clone(),
             drain: parts.drain.clone(),
+            registry,
         });
         Self {
             control,

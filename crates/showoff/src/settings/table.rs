@@ -588,6 +588,33 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "one log line per proxied HTTP request",
         |b, t| set(&mut b.config.admin.access_log, parse_bool(t)),
     ),
+    secret_setting(
+        "cluster_redis",
+        "SHOWOFF_CLUSTER_REDIS",
+        "join a cluster: `redis://[user:password@]host:port[/db]` (`rediss://` for TLS) shared by every instance; none: a single server",
+        |b, t| set(&mut b.config.cluster.redis, Ok(secret(t))),
+    ),
+    setting(
+        "instance",
+        "SHOWOFF_INSTANCE",
+        "",
+        "this instance's name in the cluster (leases name it); empty: the host name",
+        |b, t| set(&mut b.config.cluster.instance, Ok(t.trim().to_string())),
+    ),
+    setting(
+        "lease_ttl",
+        "SHOWOFF_LEASE_TTL",
+        "5s",
+        "in a cluster, how long a name or port lease lives unrenewed (renewed every third of it): how long a killed instance's names stay taken",
+        |b, t| set(&mut b.config.cluster.lease_ttl, parse_duration(t)),
+    ),
+    setting(
+        "cluster_prefix",
+        "SHOWOFF_CLUSTER_PREFIX",
+        "showoff:",
+        "prefix of the cluster's Redis keys and channels, so several clusters can share one Redis",
+        |b, t| set(&mut b.config.cluster.prefix, Ok(t.trim().to_string())),
+    ),
     setting(
         "tunnel_metrics",
         "SHOWOFF_TUNNEL_METRICS",
