@@ -87,6 +87,11 @@ impl Keys {
         format!("{}generation", self.prefix)
     }
 
+    /// Where instance `instance` announced its peer listener.
+    pub fn instance(&self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
+    }
+
     /// The channel cluster events are published on; each message is the lease key that changed.
     pub fn events(&self) -> String {
         format!("{}events", self.prefix)
@@ -110,6 +115,7 @@ mod tests {
         );
         assert_eq!(keys.generation(), "showoff:generation");
         assert_eq!(keys.events(), "showoff:events");
+        assert_eq!(keys.instance("node-a"), "showoff:instance:node-a");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cache::LookupCache;
 use crate::record::{Keys, Record};
-use crate::watch::{Health, Watch};
+use crate::watch::{Announcement, Health, Watch};
 
 /// Key prefix of a cluster's names.
 pub const DEFAULT_PREFIX: &str = "showoff:";
@@ -157,6 +157,10 @@ pub struct RedisRegistry {
     scripts: Scripts,
     cache: Arc<LookupCache>,
     health: Arc<Health>,
+    announcement: Arc<Announcement>,
+    /// Peer addresses looked up lately, by instance, with when.
+    peers: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, Instant)>>,
+    cache_ttl: Duration,
     /// Ends the watch task when the registry goes.
     _watch: DropGuard,
 }
@@ -191,7 +195,12 @@ impl RedisRegistry {
         let cache = Arc::new(LookupCache::new(settings.cache_ttl));
         let health = Arc::new(Health::new());
         let cancel = CancellationToken::new();
+        let announcement = Arc::new(Announcement::default());
+        let ttl_ms = u64::try_from(settings.lease_ttl.as_millis()).unwrap_or(u64::MAX);
         let watch = Watch {
+            announcement: announcement.clone(),
+            instance_key: keys.instance(&settings.instance),
+            ttl_ms,
             client,
             connection: connection.clone(),
             channel: keys.events(),
@@ -206,7 +215,7 @@ impl RedisRegistry {
             keys,
             instance: settings.instance.as_str().into(),
             ttl: settings.lease_ttl,
-            ttl_ms: u64::try_from(settings.lease_ttl.as_millis()).unwrap_or(u64::MAX),
+            ttl_ms,
             timeout: settings.timeout,
             scripts: Scripts {
                 claim: Script::new(CLAIM),
@@ -216,6 +225,9 @@ impl RedisRegistry {
             },
             cache,
             health,
+            announcement,
+            peers: std::sync::Mutex::default(),
+            cache_ttl: settings.cache_ttl,
             _watch: cancel.drop_guard(),
         })
     }
@@ -363,5 +375,39 @@ impl Registry for RedisRegistry {
         self.health
             .problem()
             .map(|reason| format!("the cluster's Redis does not answer: {reason}"))
+    }
+
+    fn forget(&self, key: &LeaseKey) {
+        self.cache.invalidate(&self.keys.lease(key));
+    }
+
+    fn announce(&self, peer_addr: &str) {
+        self.announcement.set(peer_addr);
+    }
+
+    async fn peer_addr(&self, instance: &str) -> Result<Option<String>, RegistryError> {
+        let now = Instant::now();
+        let cached = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(instance)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < self.cache_ttl)
+            .map(|(addr, _)| addr.clone());
+        if let Some(addr) = cached {
+            return Ok(addr);
+        }
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("GET").arg(self.keys.instance(instance)).clone();
+        let addr: Option<String> = self.call(command.query_async(&mut connection)).await?;
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if peers.len() >= crate::cache::MAX_ENTRIES {
+            peers.clear();
+        }
+        peers.insert(instance.to_string(), (addr.clone(), now));
+        Ok(addr)
     }
 }

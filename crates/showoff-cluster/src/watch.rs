@@ -4,7 +4,7 @@
 //! when no lease changes. While the subscription is down, or a ping goes unanswered, nothing
 //! is cached; it reconnects with a backoff of up to [`MAX_BACKOFF`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -59,6 +59,25 @@ impl Health {
     }
 }
 
+/// This instance's announced peer listener, kept in Redis by the watch task.
+#[derive(Debug, Default)]
+pub(crate) struct Announcement {
+    addr: Mutex<Option<String>>,
+}
+
+impl Announcement {
+    pub(crate) fn set(&self, addr: &str) {
+        *self.addr.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr.to_string());
+    }
+
+    fn get(&self) -> Option<String> {
+        self.addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The watch task's state.
 pub(crate) struct Watch {
     pub(crate) client: Client,
@@ -68,6 +87,10 @@ pub(crate) struct Watch {
     pub(crate) health: Arc<Health>,
     pub(crate) timeout: Duration,
     pub(crate) cancel: CancellationToken,
+    /// What to announce, under which key, for how long (milliseconds).
+    pub(crate) announcement: Arc<Announcement>,
+    pub(crate) instance_key: String,
+    pub(crate) ttl_ms: u64,
 }
 
 impl Watch {
@@ -141,9 +164,19 @@ impl Watch {
         }
     }
 
+    /// Pings Redis, or with a peer listener announced, writes where it is (which answers the
+    /// same question and keeps the announcement alive for the lease TTL).
     async fn ping(&self) -> Result<(), String> {
         let mut connection = self.connection.clone();
-        let command = redis::cmd("PING");
+        let mut command = redis::cmd("PING");
+        if let Some(addr) = self.announcement.get() {
+            command = redis::cmd("SET");
+            command
+                .arg(&self.instance_key)
+                .arg(addr)
+                .arg("PX")
+                .arg(self.ttl_ms);
+        }
         let ping = command.query_async::<String>(&mut connection);
         match tokio::time::timeout(self.timeout, ping).await {
             Ok(Ok(_)) => Ok(()),

@@ -122,6 +122,22 @@ pub trait Registry: Send + Sync + 'static {
     fn unavailable(&self) -> Option<String> {
         None
     }
+    /// Drops whatever this instance remembers of `key`, so the next lookup asks the backend
+    /// (a peer said it no longer holds the key).
+    fn forget(&self, key: &LeaseKey) {
+        let _ = key;
+    }
+    /// Tells the cluster where this instance takes visitors forwarded by the others (its peer
+    /// listener, `host:port`), from now on and for as long as it runs.
+    fn announce(&self, peer_addr: &str) {
+        let _ = peer_addr;
+    }
+    /// Where `instance` takes visitors forwarded by the other instances of its cluster (its
+    /// peer listener, `host:port`), when it announced one; a single server has no peers.
+    async fn peer_addr(&self, instance: &str) -> Result<Option<String>, RegistryError> {
+        let _ = instance;
+        Ok(None)
+    }
 }
 
 /// The instance name of a [`MemoryRegistry`] built with `default()`.

@@ -211,6 +211,18 @@ pub enum ConfigError {
     /// A cluster instance without a name.
     #[error("a cluster instance needs a name (--instance)")]
     ClusterWithoutInstance,
+    /// A peer listener outside a cluster, or without the secret peers prove.
+    #[error(
+        "--peer-addr needs --cluster-redis and a --cluster-secret of at least 16 bytes \
+         shared by every instance"
+    )]
+    PeerWithoutCluster,
+    /// A peer listener on a wildcard address, with nothing the others could dial.
+    #[error(
+        "--peer-addr {0} listens on every address: say which one the other instances dial \
+         with --peer-advertise host:port"
+    )]
+    PeerAdvertiseNeeded(SocketAddr),
 }
 
 /// Default failed authentications per minute from one client address, and failed basic-auth
@@ -599,6 +611,19 @@ impl ServerConfig {
             }
             if self.cluster.instance.trim().is_empty() {
                 return Err(ConfigError::ClusterWithoutInstance);
+            }
+        }
+        let secret_ok = self
+            .cluster
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() >= 16);
+        if let Some(peer) = self.cluster.peer_addr {
+            if !(self.cluster.enabled() && secret_ok) {
+                return Err(ConfigError::PeerWithoutCluster);
+            }
+            if peer.ip().is_unspecified() && self.cluster.peer_advertise.trim().is_empty() {
+                return Err(ConfigError::PeerAdvertiseNeeded(peer));
             }
         }
         if !self.tls.enabled() && !self.allow_plaintext {

@@ -6,6 +6,8 @@
 //! - [`forwarded`]: `X-Forwarded-*` and which proxies are believed.
 //! - [`tcp`]: raw TCP tunnels, one public port each; also TLS passthrough visitors.
 //! - [`udp`]: UDP tunnels, one public UDP port each, relayed flow by flow.
+//! - [`peer`]: the links between the instances of a cluster: one hop to the instance holding
+//!   a tunnel, and the peer listener that takes such hops.
 //! - [`error`]: the one mapping from edge failures to status codes and stable error codes,
 //!   used by every edge.
 //!
@@ -18,6 +20,7 @@ pub(crate) mod forwarded;
 pub(crate) mod h2;
 pub(crate) mod http;
 pub(crate) mod https;
+pub(crate) mod peer;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
@@ -74,6 +77,8 @@ pub(crate) struct EdgeContext {
     pub(crate) acme_http01: Http01Answers,
     /// The server-wide cap on UDP flows, shared by every UDP tunnel's flow table.
     pub(crate) flow_budget: Arc<FlowBudget>,
+    /// In a cluster with a secret: how requests for other instances' tunnels are forwarded.
+    pub(crate) cluster: Option<Arc<peer::ClusterEdge>>,
 }
 
 impl EdgeContext {
@@ -120,6 +125,7 @@ pub(crate) mod tests {
             tls: Arc::new(Tls::new(&Default::default()).expect("no TLS")),
             acme_http01: Http01Answers::default(),
             flow_budget: FlowBudget::new(UdpConfig::default().flows),
+            cluster: None,
         })
     }
 }

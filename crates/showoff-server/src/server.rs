@@ -59,6 +59,8 @@ pub struct ServerAddrs {
     pub https: Option<SocketAddr>,
     /// QUIC listener (UDP), when enabled.
     pub quic: Option<SocketAddr>,
+    /// Cluster peer listener, when enabled.
+    pub peer: Option<SocketAddr>,
 }
 
 /// The runtime parts an embedder hands the server beside its configuration. Every one has a
@@ -98,6 +100,8 @@ struct Listeners {
     admin: Option<TcpListener>,
     /// The QUIC listener's endpoint, when on.
     quic: Option<quinn::Endpoint>,
+    /// The cluster peer listener, when on.
+    peer: Option<TcpListener>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -187,6 +191,23 @@ fn bind_quic(config: &ServerConfig, tls: &Tls) -> Result<Option<quinn::Endpoint>
     Ok(Some(endpoint))
 }
 
+/// Tells the cluster where this instance's peer listener is: `--peer-advertise`, or the
+/// listener's own address (refused by the rules when that is a wildcard).
+fn announce_peer(config: &ServerConfig, services: &Services, peer: Option<&TcpListener>) {
+    let (Some(registry), Some(listener)) = (&services.registry, peer) else {
+        return;
+    };
+    let advertised = match config.cluster.peer_advertise.trim() {
+        "" => listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        given => given.to_string(),
+    };
+    info!(peer = %advertised, instance = %config.cluster.instance, "cluster peer listener announced");
+    registry.announce(&advertised);
+}
+
 fn port_of(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or(0)
 }
@@ -210,7 +231,9 @@ impl Server {
             https: bind_optional("public HTTPS", config.tls.https_addr).await?,
             admin: bind_optional("admin", config.admin.addr).await?,
             quic: bind_quic(&config, &tls)?,
+            peer: bind_optional("cluster peer", config.cluster.peer_addr).await?,
         };
+        announce_peer(&config, &services, listeners.peer.as_ref());
         let layers = Layers::build(&config, services, authenticator, tls, &listeners);
         Ok(Self {
             config,
@@ -230,6 +253,7 @@ impl Server {
             admin: l.admin.as_ref().map(addr),
             https: l.https.as_ref().map(addr),
             quic: l.quic.as_ref().and_then(|e| e.local_addr().ok()),
+            peer: l.peer.as_ref().map(addr),
         }
     }
 
@@ -261,6 +285,7 @@ impl Server {
             quic = %shown(addrs.quic),
             tls = self.config.tls.enabled(),
             admin = %shown(addrs.admin),
+            peer = %shown(addrs.peer),
             "server listening"
         );
         let Self {

@@ -25,7 +25,9 @@ use showoff_core::{Exchange, ExchangeSink, Protocol};
 
 use crate::config::BuildInfo;
 
+mod cluster;
 mod udp;
+pub(crate) use cluster::ClusterStats;
 pub(crate) use udp::UdpStats;
 
 /// Why a data connection was turned away.
@@ -128,6 +130,8 @@ pub struct Stats {
     tunnel_requests: Family<TunnelLabel, Counter>,
     /// UDP tunnels' flows, datagrams and drops.
     pub(crate) udp: UdpStats,
+    /// Requests forwarded between the instances of a cluster.
+    pub(crate) cluster: ClusterStats,
     tunnel_metrics_cap: usize,
     tracked_tunnels: Mutex<std::collections::HashSet<String>>,
     registry: Registry,
@@ -205,6 +209,7 @@ impl Stats {
             pool_idle: Gauge::default(),
             tunnel_requests: Family::default(),
             udp: UdpStats::default(),
+            cluster: ClusterStats::default(),
             tunnel_metrics_cap,
             tracked_tunnels: Mutex::new(Default::default()),
             registry: Registry::with_prefix("showoff"),
@@ -330,6 +335,7 @@ impl Stats {
             self.pool_idle.clone(),
         );
         self.udp.register(r);
+        self.cluster.register(r);
         if self.tunnel_metrics_cap > 0 {
             r.register(
                 "tunnel_http_requests",

@@ -80,6 +80,11 @@ impl TestServer {
         Self::start_as(config, Services::default(), false).await
     }
 
+    /// Like [`start_raw`](Self::start_raw), with services (a registry, a token table…).
+    pub async fn start_raw_with(config: ServerConfig, services: Services) -> Self {
+        Self::start_as(config, services, false).await
+    }
+
     /// Like [`start`](Self::start), with a token table, audit sink or other services.
     pub async fn start_with(config: ServerConfig, services: Services) -> Self {
         Self::start_as(config, services, true).await

@@ -14,7 +14,9 @@ use showoff_proto::{HostHeader, RefusedCode, ServerMessage, TunnelKind, TunnelSp
 use showoff_server::config::ClusterConfig;
 use showoff_server::{ServerConfig, Services};
 use showoff_testkit::redis::RedisServer;
-use showoff_testkit::{TestServer, eventually, raw_client, serve_http, visitor, within};
+use showoff_testkit::{
+    TestClient, TestServer, eventually, raw_client, serve_http, visitor, within,
+};
 
 fn settings(redis: &RedisServer, instance: &str, prefix: &str) -> RedisSettings {
     let mut settings = RedisSettings::new(Secret::new(redis.url()), instance);
@@ -206,7 +208,8 @@ fn http_spec(name: &str) -> TunnelSpec {
     }
 }
 
-/// A server on a Redis registry with a 1 s lease TTL.
+/// A server on a Redis registry with a 1 s lease TTL, on plain TCP whatever the transport
+/// under test (the test speaks the wire protocol by hand).
 async fn server_on(redis: &RedisServer, prefix: &str) -> TestServer {
     let settings = settings(redis, "node-a", prefix);
     let mut config = ServerConfig::ephemeral();
@@ -215,20 +218,29 @@ async fn server_on(redis: &RedisServer, prefix: &str) -> TestServer {
         instance: settings.instance.clone(),
         lease_ttl: settings.lease_ttl,
         prefix: settings.prefix.clone(),
+        ..ClusterConfig::default()
     };
     let registry = RedisRegistry::connect(&settings).expect("setup");
     let services = Services {
         registry: Some(Arc::new(registry)),
         ..Services::default()
     };
-    TestServer::start_with(config, services).await
+    TestServer::start_raw_with(config, services).await
 }
 
 #[tokio::test]
 async fn a_server_on_redis_keeps_its_tunnels_through_an_outage_and_takes_them_back() {
     let mut redis = RedisServer::start();
     let server = server_on(&redis, "outage-server").await;
-    let (_target, _client) = serve_http(&server, "demo", "demo-target").await;
+    let target = showoff_testkit::target::spawn_target("demo-target").await;
+    let tunnels = vec![showoff_testkit::tunnel(
+        TunnelKind::Http,
+        Some("demo"),
+        target.addr,
+    )];
+    let _client = TestClient::start(TestClient::config(&server, tunnels))
+        .await
+        .expect("session");
     let stored = |redis: &RedisServer| redis.command(&["GET", "outage-server:lease:name:demo"]);
     assert!(
         stored(&redis).contains("\"s\""),
@@ -295,4 +307,223 @@ async fn a_server_on_redis_keeps_its_tunnels_through_an_outage_and_takes_them_ba
     );
     let reply = visitor::get(server.addrs.http, &server.host("demo"), "/").await;
     assert_eq!(reply.status, 200);
+}
+
+const SECRET: &str = "a cluster secret of 32 bytes ...";
+
+/// One instance of a cluster on `redis`, with a peer listener and `secret`.
+async fn instance(redis: &RedisServer, name: &str, prefix: &str, secret: &str) -> TestServer {
+    let mut settings = settings(redis, name, prefix);
+    settings.lease_ttl = Duration::from_secs(3);
+    let mut config = ServerConfig::ephemeral();
+    config.cluster = ClusterConfig {
+        redis: Some(settings.url.clone()),
+        instance: name.into(),
+        lease_ttl: settings.lease_ttl,
+        prefix: settings.prefix.clone(),
+        peer_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        peer_advertise: String::new(),
+        secret: Some(Secret::new(secret)),
+    };
+    let registry = RedisRegistry::connect(&settings).expect("setup");
+    let services = Services {
+        registry: Some(Arc::new(registry)),
+        ..Services::default()
+    };
+    TestServer::start_with(config, services).await
+}
+
+#[tokio::test]
+async fn a_visitor_on_any_instance_reaches_the_tunnel_in_one_hop() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "node-a", "hop", SECRET).await;
+    let b = instance(&redis, "node-b", "hop", SECRET).await;
+    let (_target, _client) = serve_http(&a, "demo", "demo-target").await;
+
+    // Through B, which does not hold the tunnel: one hop to A, A applies the tunnel's policy.
+    let reply = within("b forwards", async {
+        loop {
+            let reply = visitor::get(b.addrs.http, &b.host("demo"), "/hello").await;
+            if reply.status == 200 {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).expect("echo JSON");
+    assert_eq!(echo["target"], "demo-target");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(
+        echo["headers"]["x-forwarded-for"][0], "127.0.0.1",
+        "the visitor as B saw it, not B: {echo}"
+    );
+    let sent: Vec<&String> = echo["headers"]
+        .as_object()
+        .expect("headers")
+        .keys()
+        .filter(|name| name.starts_with("x-showoff-peer"))
+        .collect();
+    assert!(
+        sent.is_empty(),
+        "peer headers never reach the target: {sent:?}"
+    );
+    // Bodies cross the hop in both framings.
+    let host = b.host("demo");
+    let sized = format!(
+        "POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: 10\r\nconnection: close\r\n\r\n0123456789"
+    );
+    let answer = visitor::raw(b.addrs.http, sized.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"body_bytes\":10"), "{answer}");
+    let chunked = format!(
+        "POST /upload HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\n01234\r\n7\r\n5678901\r\n0\r\n\r\n"
+    );
+    let answer = visitor::raw(b.addrs.http, chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"body_bytes\":12"), "{answer}");
+
+    // Exactly one hop: B forwarded, A served from its peer listener, A forwarded nothing.
+    let forwarded = r#"showoff_cluster_forwarded_total{result="ok"}"#;
+    assert!(b.metric(forwarded).await >= Some(3.0));
+    assert_eq!(a.metric(forwarded).await, Some(0.0));
+    assert!(a.metric("showoff_cluster_peer_requests_total").await >= Some(3.0));
+    assert_eq!(
+        b.metric("showoff_cluster_peer_requests_total").await,
+        Some(0.0)
+    );
+
+    // A name nobody holds is 404 on every instance.
+    let missing = visitor::get(b.addrs.http, &b.host("nobody"), "/").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.headers["x-showoff-error"], "tunnel_not_found");
+}
+
+#[tokio::test]
+async fn a_peer_without_the_secret_is_refused_and_the_visitor_told() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "node-a", "secret", SECRET).await;
+    let stranger = instance(&redis, "node-x", "secret", "not the cluster's secret!").await;
+    let (_target, _client) = serve_http(&a, "demo", "demo-target").await;
+    let reply = within("the stranger tries", async {
+        loop {
+            let reply = visitor::get(stranger.addrs.http, &stranger.host("demo"), "/").await;
+            if reply.status != 404 {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.headers["x-showoff-error"], "peer_unreachable");
+    assert!(a.metric("showoff_cluster_peer_refused_total").await >= Some(1.0));
+    assert_eq!(
+        a.metric("showoff_cluster_peer_requests_total").await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_that_moves_is_found_where_it_went() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "node-a", "moves", SECRET).await;
+    let b = instance(&redis, "node-b", "moves", SECRET).await;
+    let target = showoff_testkit::target::spawn_target("moving-target").await;
+    let spec = || {
+        vec![showoff_testkit::tunnel(
+            TunnelKind::Http,
+            Some("demo"),
+            target.addr,
+        )]
+    };
+    let mut on_a = TestClient::config(&a, spec());
+    on_a.token = "same-token".into();
+    let first = TestClient::start(on_a).await.expect("session on a");
+    let through_b = visitor::get(b.addrs.http, &b.host("demo"), "/").await;
+    assert_eq!(through_b.status, 200, "{}", through_b.body);
+
+    // The same client reconnects to B (its instance died, say) and takes the name over.
+    let mut on_b = TestClient::config(&b, spec());
+    on_b.token = "same-token".into();
+    let _second = TestClient::start(on_b).await.expect("session on b");
+    let _ = first.stop().await;
+    within("a forwards to b now", async {
+        loop {
+            let reply = visitor::get(a.addrs.http, &a.host("demo"), "/").await;
+            if reply.status == 200
+                && b.metric("showoff_cluster_peer_requests_total").await >= Some(1.0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let local = visitor::get(b.addrs.http, &b.host("demo"), "/").await;
+    assert_eq!(local.status, 200, "b serves its own tunnel");
+}
+
+#[tokio::test]
+async fn the_holders_visitor_rules_apply_to_visitors_of_other_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "node-a", "rules", SECRET).await;
+    let b = instance(&redis, "node-b", "rules", SECRET).await;
+    let target = showoff_testkit::target::spawn_target("guarded").await;
+    let mut guarded = showoff_testkit::tunnel(TunnelKind::Http, Some("guarded"), target.addr);
+    guarded.spec.visitors = showoff_proto::VisitorRules {
+        basic_auth: Some("ann:s3cret".into()),
+        ..Default::default()
+    };
+    let denied_tunnel = {
+        let mut t = showoff_testkit::tunnel(TunnelKind::Http, Some("closed"), target.addr);
+        t.spec.visitors = showoff_proto::VisitorRules {
+            deny_ips: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        };
+        t
+    };
+    let _client = TestClient::start(TestClient::config(&a, vec![guarded, denied_tunnel]))
+        .await
+        .expect("session");
+    let ask = |host: String, auth: &'static str| {
+        let addr = b.addrs.http;
+        async move {
+            let raw = format!("GET / HTTP/1.1\r\nhost: {host}\r\n{auth}connection: close\r\n\r\n");
+            visitor::raw(addr, raw.as_bytes()).await
+        }
+    };
+    let anonymous = ask(b.host("guarded"), "").await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(
+        anonymous.contains("x-showoff-error: auth_required"),
+        "{anonymous}"
+    );
+    // ann:s3cret
+    let signed_in = ask(
+        b.host("guarded"),
+        "authorization: Basic YW5uOnMzY3JldA==\r\n",
+    )
+    .await;
+    assert!(signed_in.starts_with("HTTP/1.1 200"), "{signed_in}");
+    assert!(
+        !signed_in.contains("YW5uOnMzY3JldA"),
+        "the credentials stay at the edge: {signed_in}"
+    );
+    let refused = ask(b.host("closed"), "").await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(
+        refused.contains("x-showoff-error: ip_forbidden"),
+        "{refused}"
+    );
+    // A visitor cannot pass for another address with the peer headers, through B or at A.
+    let spoof = "x-showoff-peer-visitor: 192.0.2.1\r\nx-showoff-peer-chain: 192.0.2.1\r\nx-showoff-peer-proto: http\r\n";
+    let through_b = ask(b.host("closed"), spoof).await;
+    assert!(through_b.starts_with("HTTP/1.1 403"), "{through_b}");
+    let raw = format!(
+        "GET / HTTP/1.1\r\nhost: {}\r\n{spoof}connection: close\r\n\r\n",
+        a.host("closed")
+    );
+    let at_a = visitor::raw(a.addrs.http, raw.as_bytes()).await;
+    assert!(at_a.starts_with("HTTP/1.1 403"), "{at_a}");
 }

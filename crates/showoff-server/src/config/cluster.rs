@@ -2,6 +2,7 @@
 //! Plain data: the binary builds the registry from it (`showoff_cluster::RedisRegistry`) and
 //! hands it in as [`Services::registry`](crate::Services::registry).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use showoff_core::Secret;
@@ -24,6 +25,14 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Prefix of every Redis key and channel, so clusters can share a Redis.
     pub prefix: String,
+    /// The peer listener: where the other instances forward visitors of this instance's
+    /// tunnels; `None`: visitors of other instances' tunnels get 404 here.
+    pub peer_addr: Option<SocketAddr>,
+    /// The address the other instances dial for the peer listener (`host:port`); empty: the
+    /// peer listener's own address.
+    pub peer_advertise: String,
+    /// Shared by every instance: peer links prove it (HMAC over a fresh challenge).
+    pub secret: Option<Secret>,
 }
 
 impl Default for ClusterConfig {
@@ -33,6 +42,9 @@ impl Default for ClusterConfig {
             instance: String::new(),
             lease_ttl: DEFAULT_LEASE_TTL,
             prefix: DEFAULT_CLUSTER_PREFIX.into(),
+            peer_addr: None,
+            peer_advertise: String::new(),
+            secret: None,
         }
     }
 }

@@ -30,6 +30,11 @@ pub(crate) enum Origin {
 pub(crate) enum EdgeError {
     /// No tunnel serves this host.
     NotFound,
+    /// A request another instance forwarded here names a tunnel this instance does not hold
+    /// (it moved meanwhile): `421`, which tells the forwarding instance to look again.
+    NotHere,
+    /// The instance holding the tunnel does not answer on its peer listener.
+    PeerUnreachable,
     /// The head was refused by [`crate::edge::http::head`].
     Head(HeadError),
     /// The head did not arrive before the deadline.
@@ -99,6 +104,18 @@ impl EdgeError {
                 "tunnel_not_found",
                 format!("no tunnel is registered for {host}"),
                 Visitor,
+            ),
+            Self::NotHere => page(
+                421,
+                "tunnel_not_found",
+                format!("this instance does not hold {host}"),
+                Visitor,
+            ),
+            Self::PeerUnreachable => page(
+                502,
+                "peer_unreachable",
+                format!("the server instance holding {host} does not answer"),
+                Showoff,
             ),
             Self::Head(HeadError::TooLarge) => page(
                 431,
@@ -277,6 +294,8 @@ mod tests {
     fn table_of_statuses_and_codes() {
         let cases = [
             (EdgeError::NotFound, 404, "tunnel_not_found"),
+            (EdgeError::NotHere, 421, "tunnel_not_found"),
+            (EdgeError::PeerUnreachable, 502, "peer_unreachable"),
             (
                 EdgeError::Head(HeadError::TooLarge),
                 431,

@@ -27,6 +27,35 @@ pub(crate) struct Forwarded {
     pub(crate) host: Option<String>,
 }
 
+/// What the instance that forwards a request decided about its visitor, for the instance that
+/// holds the tunnel (trusted only on the peer listener, never sent to a target).
+pub(crate) const PEER_VISITOR: &str = "x-showoff-peer-visitor";
+/// The `X-Forwarded-For` chain the forwarding instance computed.
+pub(crate) const PEER_CHAIN: &str = "x-showoff-peer-chain";
+/// The scheme the visitor used at the forwarding instance (`http` or `https`).
+pub(crate) const PEER_PROTO: &str = "x-showoff-peer-proto";
+/// The `X-Forwarded-Host` the forwarding instance computed, when it differs from `Host`.
+pub(crate) const PEER_HOST: &str = "x-showoff-peer-host";
+
+/// The forwarding decision another instance of the cluster made for a request it forwarded
+/// here (its peer headers); `None` when they are missing or malformed. Trusted only on the
+/// peer listener, whose connections proved the cluster secret.
+pub(crate) fn peer_forwarded(headers: &HeaderMap) -> Option<Forwarded> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let visitor: IpAddr = text(PEER_VISITOR)?.parse().ok()?;
+    let proto = match text(PEER_PROTO)? {
+        "https" => "https",
+        "http" => "http",
+        _ => return None,
+    };
+    Some(Forwarded {
+        visitor: visitor.to_canonical(),
+        chain: text(PEER_CHAIN)?.to_string(),
+        proto,
+        host: text(PEER_HOST).map(str::to_string),
+    })
+}
+
 /// Decides the forwarding headers of a request that arrived from `peer` over `scheme`.
 pub(crate) fn forwarded(
     headers: &HeaderMap,

@@ -9,7 +9,8 @@
 //! head become the error pages of [`crate::edge::error`].
 //!
 //! Layout: [`conn`] (the connection loop and error pages), [`exchange`] (per-request
-//! policy), [`client`] (the upstream request/response turn), [`pool`] (idle upstream
+//! policy), [`forward`] (one hop to the cluster instance holding the tunnel), [`client`] (the
+//! upstream request/response turn), [`pool`] (idle upstream
 //! connections), [`relay`] (bodies and upgrades), [`encode`] (what is written towards the
 //! target), [`head`], [`body`] and [`response`] (parsers), [`meter`] (byte counts).
 
@@ -18,6 +19,7 @@ pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod encode;
 pub(crate) mod exchange;
+pub(crate) mod forward;
 pub(crate) mod head;
 pub(crate) mod meter;
 pub(crate) mod pool;
@@ -73,13 +75,16 @@ pub(crate) enum Scheme {
     Http,
     /// HTTPS, terminated by Showoff.
     Https,
+    /// The peer listener: requests another instance of the cluster forwarded, with what it
+    /// decided about the visitor in the peer headers; never forwarded again.
+    Peer,
 }
 
 impl Scheme {
     /// The scheme's name, as in `X-Forwarded-Proto`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Self::Http => "http",
+            Self::Http | Self::Peer => "http",
             Self::Https => "https",
         }
     }

@@ -14,6 +14,7 @@ use crate::audit::AuditLog;
 use crate::config::ServerConfig;
 use crate::control::{ControlContext, ControlSettings};
 use crate::drain::Drain;
+use crate::edge::peer::ClusterEdge;
 use crate::edge::tcp::TcpEdge;
 use crate::edge::udp::UdpEdge;
 use crate::edge::{EdgeContext, EdgeSettings};
@@ -78,17 +79,18 @@ impl Layers {
             urls: public_urls(config, listeners),
             http01: Http01Answers::default(),
         };
-        let edge = edge_context(config, &parts, services.exchange_sinks.clone());
+        let registry: Arc<dyn showoff_core::Registry> = services
+            .registry
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryRegistry::default()));
+        let cluster = cluster_edge(config, &registry);
+        let edge = edge_context(config, &parts, services.exchange_sinks.clone(), cluster);
         let dialback = DialBackHub::new(
             dialback_settings(config),
             parts.stats.clone(),
             parts.tls.clone(),
         );
         let (acme, acme_requests) = acme_context(config, &parts);
-        let registry: Arc<dyn showoff_core::Registry> = services
-            .registry
-            .clone()
-            .unwrap_or_else(|| Arc::new(MemoryRegistry::default()));
         let control = Arc::new(ControlContext {
             settings: control_settings(
                 config,
@@ -198,6 +200,17 @@ impl Layers {
             visitor_span,
             move |arrived| crate::edge::http::serve_visitor(arrived, edge.clone()),
         ));
+        if let Some(peer) = listeners.peer {
+            let edge = self.edge.clone();
+            tasks.spawn(crate::listen::serve(
+                peer,
+                draining.clone().cancelled_owned(),
+                Prelude::plain(None),
+                drain.visitors().clone(),
+                |peer| tracing::info_span!("peer", %peer, tunnel = tracing::field::Empty),
+                move |arrived| crate::edge::peer::serve_peer(arrived, edge.clone()),
+            ));
+        }
         if let Some(https) = listeners.https {
             let edge = self.edge.clone();
             tasks.spawn(crate::listen::serve(
@@ -240,10 +253,25 @@ impl Layers {
     }
 }
 
+/// How requests for other instances' tunnels are forwarded: in a cluster with a secret.
+fn cluster_edge(
+    config: &ServerConfig,
+    registry: &Arc<dyn showoff_core::Registry>,
+) -> Option<Arc<ClusterEdge>> {
+    let cluster = &config.cluster;
+    let secret = cluster.secret.as_ref().filter(|_| cluster.enabled())?;
+    Some(Arc::new(ClusterEdge::new(
+        &cluster.instance,
+        registry.clone(),
+        secret,
+    )))
+}
+
 fn edge_context(
     config: &ServerConfig,
     parts: &Parts,
     sinks: Vec<Arc<dyn ExchangeSink>>,
+    cluster: Option<Arc<ClusterEdge>>,
 ) -> Arc<EdgeContext> {
     Arc::new(EdgeContext {
         settings: edge_settings(config),
@@ -267,6 +295,7 @@ fn edge_context(
         tls: parts.tls.clone(),
         acme_http01: parts.http01.clone(),
         flow_budget: showoff_core::FlowBudget::new(config.udp.flows),
+        cluster,
     })
 }
 

@@ -616,6 +616,31 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.cluster.prefix, Ok(t.trim().to_string())),
     ),
     setting(
+        "peer_addr",
+        "SHOWOFF_PEER_ADDR",
+        "off",
+        "in a cluster, the peer listener: other instances forward visitors of this instance's tunnels here",
+        |b, t| set(&mut b.config.cluster.peer_addr, off_or(t, addr)),
+    ),
+    setting(
+        "peer_advertise",
+        "SHOWOFF_PEER_ADVERTISE",
+        "",
+        "the host:port other instances dial for the peer listener (a pod IP); empty: the peer listener's address",
+        |b, t| {
+            set(
+                &mut b.config.cluster.peer_advertise,
+                Ok(t.trim().to_string()),
+            )
+        },
+    ),
+    secret_setting(
+        "cluster_secret",
+        "SHOWOFF_CLUSTER_SECRET",
+        "shared by every instance (at least 16 bytes): peer links prove it",
+        |b, t| set(&mut b.config.cluster.secret, Ok(secret(t))),
+    ),
+    setting(
         "tunnel_metrics",
         "SHOWOFF_TUNNEL_METRICS",
         "0",

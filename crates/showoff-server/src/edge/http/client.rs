@@ -34,7 +34,7 @@ pub(super) enum SendError {
 /// Whether a request may be sent again after its connection died before any answer: only a
 /// safe method without a body (RFC 9110 §9.2.1, RFC 9112 §9.3.1); the target may already have
 /// run anything else.
-fn replayable(head: &RequestHead) -> bool {
+pub(super) fn replayable(head: &RequestHead) -> bool {
     use http::Method;
     let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
     head.framing == Framing::Empty && safe.contains(&head.method)
@@ -75,7 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.pinned.take().map(|(_, _, up)| up)
     }
 
-    async fn try_send(
+    pub(super) async fn try_send(
         &mut self,
         up: &mut UpstreamConn,
         head: &RequestHead,

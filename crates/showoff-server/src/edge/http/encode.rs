@@ -9,11 +9,11 @@ use showoff_proto::{HostHeader, TunnelSpec};
 use super::body::Framing;
 use super::head::{self, RequestHead};
 use super::response::VisitorFraming;
-use crate::edge::forwarded::Forwarded;
+use crate::edge::forwarded::{Forwarded, PEER_CHAIN, PEER_HOST, PEER_PROTO, PEER_VISITOR};
 
 /// Request headers that never reach the target: hop-by-hop (RFC 9110 §7.6.1), or re-stated by
-/// Showoff (framing, `Host`, `Expect`, untrusted `X-Forwarded-*`).
-const NOT_FORWARDED: [HeaderName; 14] = [
+/// Showoff (framing, `Host`, `Expect`, untrusted `X-Forwarded-*`, the peer headers).
+const NOT_FORWARDED: [HeaderName; 18] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -28,7 +28,53 @@ const NOT_FORWARDED: [HeaderName; 14] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static(PEER_VISITOR),
+    HeaderName::from_static(PEER_CHAIN),
+    HeaderName::from_static(PEER_PROTO),
+    HeaderName::from_static(PEER_HOST),
 ];
+
+/// The request head as forwarded to the instance that holds its tunnel: the visitor's head as
+/// received (that instance applies the tunnel's rules and policy), framing restated, and what
+/// this instance decided about the visitor in the peer headers.
+pub(crate) fn encode_forward(head: &RequestHead, forwarded: &Forwarded) -> BytesMut {
+    let mut out = BytesMut::with_capacity(head.len + 192);
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let restated = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::EXPECT,
+        HeaderName::from_static(PEER_VISITOR),
+        HeaderName::from_static(PEER_CHAIN),
+        HeaderName::from_static(PEER_PROTO),
+        HeaderName::from_static(PEER_HOST),
+    ];
+    for (name, value) in &head.headers {
+        if !restated.contains(name) {
+            put_header(&mut out, name.as_str(), value.as_bytes());
+        }
+    }
+    put_header(
+        &mut out,
+        PEER_VISITOR,
+        forwarded.visitor.to_string().as_bytes(),
+    );
+    put_header(&mut out, PEER_CHAIN, forwarded.chain.as_bytes());
+    put_header(&mut out, PEER_PROTO, forwarded.proto.as_bytes());
+    if let Some(host) = &forwarded.host {
+        put_header(&mut out, PEER_HOST, host.as_bytes());
+    }
+    match head.framing {
+        Framing::Empty => {}
+        Framing::Length(n) => put_header(&mut out, "content-length", n.to_string().as_bytes()),
+        Framing::Chunked => put_header(&mut out, "transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
 
 /// The request head sent to the target.
 pub(crate) fn encode_request(

@@ -17,7 +17,8 @@ use super::head::RequestHead;
 use super::pool::UpstreamConn;
 use super::response::{Response, connection_scheme};
 use crate::edge::error::EdgeError;
-use crate::edge::forwarded::{Forwarded, forwarded};
+use crate::edge::forwarded::{Forwarded, forwarded, peer_forwarded};
+use crate::edge::http::head::HeadError;
 use crate::state::Tunnel;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -50,13 +51,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
         let started = Instant::now();
         let before = self.stream.counts();
-        let tunnel = self.route(&head)?;
-        let forwarded = forwarded(
-            &head.headers,
-            self.peer.ip(),
-            self.scheme.as_str(),
-            &self.ctx.settings.proxy,
-        );
+        let tunnel = match self.route(&head) {
+            Ok(tunnel) => tunnel,
+            Err(EdgeError::NotFound) => return self.not_routed(head).await,
+            Err(error) => return Err(error),
+        };
+        let forwarded = self.forwarded_for(&head)?;
         self.admit(&tunnel, &head, &forwarded)?;
         let _slot = tunnel
             .visitor_slot(self.ctx.settings.visitor_caps, forwarded.visitor)
@@ -81,6 +81,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             duration: started.elapsed(),
         });
         Ok(next)
+    }
+
+    /// No tunnel of this instance serves the request's host: in a cluster, another instance's
+    /// may (one hop there), unless the request already came from another instance.
+    async fn not_routed(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+        if self.scheme == Scheme::Peer {
+            return Err(EdgeError::NotHere);
+        }
+        let Some(cluster) = self.ctx.cluster.clone() else {
+            return Err(EdgeError::NotFound);
+        };
+        let name = showoff_proto::host::route_name(&head.host.name, &self.ctx.urls.domain)
+            .ok_or(EdgeError::NotFound)?
+            .to_string();
+        self.forward(&cluster, &head, &name).await
+    }
+
+    /// Who the visitor is and what the target is told: from the headers and the connection,
+    /// or on the peer listener, what the forwarding instance decided.
+    fn forwarded_for(&self, head: &RequestHead) -> Result<Forwarded, EdgeError> {
+        if self.scheme == Scheme::Peer {
+            self.ctx.stats.cluster.served();
+            return peer_forwarded(&head.headers).ok_or(EdgeError::Head(HeadError::Bad(
+                "a forwarded request without valid peer headers",
+            )));
+        }
+        Ok(forwarded(
+            &head.headers,
+            self.peer.ip(),
+            self.scheme.as_str(),
+            &self.ctx.settings.proxy,
+        ))
     }
 
     /// The tunnel's visitor rules and the rate limits, for this visitor.

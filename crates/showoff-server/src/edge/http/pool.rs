@@ -29,7 +29,7 @@ pub(crate) struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    fn new(io: TunnelStream) -> Self {
+    pub(crate) fn new(io: TunnelStream) -> Self {
         Self {
             io,
             buf: BytesMut::with_capacity(UPSTREAM_BUF),
@@ -39,7 +39,7 @@ impl UpstreamConn {
 
     /// True when the idle connection is still open and silent. An idle HTTP/1.1 connection must
     /// not send anything, so readable means closed (or broken): drop it.
-    fn is_idle_and_open(&mut self) -> bool {
+    pub(crate) fn is_idle_and_open(&mut self) -> bool {
         let mut probe = [0u8; 1];
         self.buf.is_empty() && self.io.read(&mut probe).now_or_never().is_none()
     }
