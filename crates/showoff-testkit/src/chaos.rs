@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::process::Reaper;
 use crate::visitor::{get, metric};
 
+mod cluster;
 mod crowd;
 mod cuts;
 mod disk;
@@ -21,6 +22,7 @@ mod kill;
 mod restart;
 mod target;
 
+pub use self::cluster::cluster_failover;
 pub use self::crowd::crowd;
 pub use self::cuts::control_cuts;
 pub use self::disk::audit_disk;

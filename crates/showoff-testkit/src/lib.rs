@@ -4,9 +4,10 @@
 //! ([`eventually`]) instead of sleeps; test certificates ([`pki`]); an impairment relay that
 //! delays, drops, stalls and cuts connections ([`impair`]); the real binary as a child
 //! process ([`process`]) and the chaos scenarios run against it ([`chaos`]); a real Redis for
-//! the cluster tests ([`redis`]).
+//! the cluster tests ([`redis`]) and HAProxy in front of a cluster ([`haproxy`]).
 
 pub mod chaos;
+pub mod haproxy;
 pub mod impair;
 pub mod pebble;
 pub mod pki;

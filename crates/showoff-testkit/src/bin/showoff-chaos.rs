@@ -32,10 +32,10 @@ async fn main() -> ExitCode {
     }
     // 100 cuts in all: ten clients cut ten times each keep the run inside a few minutes
     // although each client's backoff doubles (it resets only after 10 s of stable session).
-    let (clients, cuts, rounds, drains, kills, restarts, crowd) = if quick {
-        (2, 3, 2, 1, 1, 2, 500)
+    let (clients, cuts, rounds, drains, kills, restarts, crowd, failovers) = if quick {
+        (2, 3, 2, 1, 1, 2, 500, 3)
     } else {
-        (10, 10, 25, 5, 10, 5, 10_000)
+        (10, 10, 25, 5, 10, 5, 10_000, 20)
     };
     let started = std::time::Instant::now();
     let scores = vec![
@@ -46,6 +46,7 @@ async fn main() -> ExitCode {
         chaos::server_restarted(&bin, restarts).await,
         chaos::audit_disk(&bin).await,
         chaos::crowd(&bin, crowd).await,
+        chaos::cluster_failover(&bin, failovers).await,
     ];
     println!("| scenario | invariant | runs | held | worst recovery | figure |");
     println!("| --- | --- | ---: | ---: | ---: | --- |");
