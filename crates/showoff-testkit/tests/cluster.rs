@@ -447,7 +447,13 @@ async fn a_tunnel_that_moves_is_found_where_it_went() {
     let mut on_b = TestClient::config(&b, spec());
     on_b.token = "same-token".into();
     let _second = TestClient::start(on_b).await.expect("session on b");
-    let _ = first.stop().await;
+    // The first client hears it was replaced (within a renewal) and stops, as on one server.
+    match first.ended().await {
+        Err(showoff_client::ClientError::Refused { code, .. }) => {
+            assert_eq!(code, RefusedCode::Replaced)
+        }
+        other => panic!("expected a replaced refusal, got {other:?}"),
+    }
     within("a forwards to b now", async {
         loop {
             let reply = visitor::get(a.addrs.http, &a.host("demo"), "/").await;

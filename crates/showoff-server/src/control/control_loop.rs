@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use showoff_core::{Lease, Registry, RegistryError};
+use showoff_core::{Lease, LeaseKey, Registry, RegistryError};
 use showoff_proto::{ClientMessage, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -26,6 +26,17 @@ type End = &'static str;
 /// TTL, so two renewals can fail (a slow or briefly unreachable registry) before one lapses.
 pub(crate) fn renewal_period(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(100))
+}
+
+/// Whether `key` is held now by `session`'s principal through another session.
+async fn taken_over(registry: &dyn Registry, session: &Session, key: &LeaseKey) -> bool {
+    registry.forget(key);
+    match registry.lookup(key).await {
+        Ok(Some(lease)) => {
+            *lease.owner.principal == *session.principal_id && *lease.owner.session != *session.id
+        }
+        _ => false,
+    }
 }
 
 /// Keeps `lease`: renews it, and when it is no longer current, takes it back if its key fell
@@ -197,18 +208,27 @@ impl ControlLoop {
                 .iter()
                 .map(move |lease| async move { (tunnel, lease, keep(registry, lease).await) })
         });
-        let mut lost = Vec::new();
+        let mut lost: Vec<(String, LeaseKey)> = Vec::new();
         for (tunnel, lease, kept) in futures_util::future::join_all(kept).await {
             match kept {
                 Ok(()) => {}
-                Err(RegistryError::Lost) => lost.push(tunnel.info.name.clone()),
+                Err(RegistryError::Lost) => {
+                    lost.push((tunnel.info.name.clone(), lease.key.clone()))
+                }
                 // A registry that does not answer keeps the tunnel; the next tick retries (the
                 // registry itself logs when it stops and starts answering).
                 Err(error) => debug!(%error, key = %lease.key, "lease renewal failed"),
             }
         }
-        lost.dedup();
-        for name in lost {
+        lost.dedup_by(|a, b| a.0 == b.0);
+        for (name, key) in lost {
+            if taken_over(&*self.ctx.registry, &self.session, &key).await {
+                // The same principal holds it through another session, on another instance:
+                // this client was replaced, as on a single server, and must not take it back.
+                info!(tunnel = %name, "taken over by the same principal elsewhere in the cluster");
+                self.ctx.sessions.replace(&self.session.id, &name);
+                return Ok(());
+            }
             self.tunnel_closed(name, "its lease was lost".into())
                 .await?;
         }
