@@ -162,6 +162,22 @@ fn attempt_after(attempt: u32, up_for: Option<Duration>) -> u32 {
     }
 }
 
+/// The servers `--server` names: one `host:port`, or several separated by commas (the
+/// instances of a cluster without a balancer in front).
+fn servers(server: &str) -> Vec<String> {
+    let listed: Vec<String> = server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if listed.is_empty() {
+        vec![server.to_string()]
+    } else {
+        listed
+    }
+}
+
 async fn reconnect_loop(
     config: &ClientConfig,
     events: &mpsc::UnboundedSender<ClientEvent>,
@@ -170,7 +186,18 @@ async fn reconnect_loop(
 ) -> Result<(), ClientError> {
     let mut attempt = 0u32;
     let mut memory = session::link::Memory::default();
+    let servers = servers(&config.server);
+    let mut current = config.clone();
+    let mut next = 0;
     loop {
+        // Each session goes to the next server of the list: after a loss or a `GoAway`, the
+        // client is back elsewhere while the one it left is down or draining.
+        current.server = servers[next % servers.len()].clone();
+        next += 1;
+        if servers.len() > 1 {
+            memory.moved();
+        }
+        let config = &current;
         let mut welcomed = None;
         let outcome = session::run(
             config,
@@ -207,6 +234,16 @@ async fn reconnect_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_list_is_split_on_commas() {
+        assert_eq!(servers("a:7000"), ["a:7000"]);
+        assert_eq!(
+            servers("a:7000, b:7000,,c:7000"),
+            ["a:7000", "b:7000", "c:7000"]
+        );
+        assert_eq!(servers("[::1]:7000"), ["[::1]:7000"]);
+    }
 
     #[test]
     fn only_a_stable_session_resets_the_backoff() {

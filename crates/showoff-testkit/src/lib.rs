@@ -343,13 +343,21 @@ impl TestClient {
             .expect("client still running")
     }
 
-    /// Waits for the next `Connected` event (a reconnect) and returns its tunnels.
+    /// Waits for the next `Connected` event (a reconnect) and returns its tunnels; panics
+    /// after [`DEADLINE`] in all, however many other events (failed attempts) come first.
     pub async fn reconnected(&mut self) -> Vec<TunnelInfo> {
-        loop {
-            if let ClientEvent::Connected { tunnels, .. } = self.next_event().await {
-                return tunnels.into_iter().map(|(t, _)| t).collect();
+        within("a reconnect", async {
+            loop {
+                match self.events.recv().await {
+                    Some(ClientEvent::Connected { tunnels, .. }) => {
+                        return tunnels.into_iter().map(|(t, _)| t).collect();
+                    }
+                    Some(_) => continue,
+                    None => panic!("the client ended before reconnecting"),
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The transport of the next session or switch, waiting at most `deadline`; `None` when

@@ -74,10 +74,29 @@ pub async fn spawn_target(label: &'static str) -> Target {
     Target { addr, stats, label }
 }
 
-/// A port on which nothing listens (bound, then released).
-pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr")
+/// A port on which nothing listens, held so that nothing else can take it while the test
+/// runs: a socket bound to it that never listens, so connecting is refused.
+pub struct ClosedPort {
+    /// The refusing address.
+    pub addr: SocketAddr,
+    _held: socket2::Socket,
+}
+
+/// A [`ClosedPort`] on loopback.
+pub async fn closed_port() -> ClosedPort {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("addr");
+    ClosedPort {
+        addr,
+        _held: socket,
+    }
 }
 
 fn full(body: impl Into<Bytes>) -> Body {

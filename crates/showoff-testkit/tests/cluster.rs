@@ -313,6 +313,17 @@ const SECRET: &str = "a cluster secret of 32 bytes ...";
 
 /// One instance of a cluster on `redis`, with a peer listener and `secret`.
 async fn instance(redis: &RedisServer, name: &str, prefix: &str, secret: &str) -> TestServer {
+    let (config, services) = instance_parts(redis, name, prefix, secret);
+    TestServer::start_with(config, services).await
+}
+
+/// The configuration and services of [`instance`].
+fn instance_parts(
+    redis: &RedisServer,
+    name: &str,
+    prefix: &str,
+    secret: &str,
+) -> (ServerConfig, Services) {
     let mut settings = settings(redis, name, prefix);
     settings.lease_ttl = Duration::from_secs(3);
     let mut config = ServerConfig::ephemeral();
@@ -330,7 +341,7 @@ async fn instance(redis: &RedisServer, name: &str, prefix: &str, secret: &str) -
         registry: Some(Arc::new(registry)),
         ..Services::default()
     };
-    TestServer::start_with(config, services).await
+    (config, services)
 }
 
 #[tokio::test]
@@ -532,4 +543,39 @@ async fn the_holders_visitor_rules_apply_to_visitors_of_other_instances() {
     );
     let at_a = visitor::raw(a.addrs.http, raw.as_bytes()).await;
     assert!(at_a.starts_with("HTTP/1.1 403"), "{at_a}");
+}
+
+#[tokio::test]
+async fn a_client_with_a_server_list_moves_on_when_its_instance_drains() {
+    let redis = RedisServer::start();
+    let plain = |name: &'static str| {
+        let (config, services) = instance_parts(&redis, name, "list", SECRET);
+        TestServer::start_raw_with(config, services)
+    };
+    let (a, b) = (plain("node-a").await, plain("node-b").await);
+    let target = showoff_testkit::target::spawn_target("listed").await;
+    let tunnels = vec![showoff_testkit::tunnel(
+        TunnelKind::Http,
+        Some("listed"),
+        target.addr,
+    )];
+    let mut config = TestClient::config(&a, tunnels);
+    config.transport = showoff_client::TransportChoice::Mux;
+    config.server = format!("{},{}", a.addrs.control, b.addrs.control);
+    let mut client = TestClient::start(config).await.expect("session on a");
+    let before = visitor::get(b.addrs.http, &b.host("listed"), "/").await;
+    assert_eq!(before.status, 200, "forwarded from b to a");
+
+    // A drains: its GoAway sends the client to the next server of its list, with its name.
+    a.stop().await;
+    let tunnels = client.reconnected().await;
+    assert_eq!(tunnels[0].name, "listed");
+    let after = visitor::get(b.addrs.http, &b.host("listed"), "/").await;
+    assert_eq!(after.status, 200, "b serves it itself now");
+    assert_eq!(
+        b.metric(r#"showoff_cluster_forwarded_total{result="ok"}"#)
+            .await,
+        Some(1.0),
+        "only the request before the drain was forwarded"
+    );
 }

@@ -71,8 +71,10 @@ async fn a_refusing_target_gives_502_upstream_unreachable() {
         })
         .await;
         let dead = closed_port().await;
-        let mut config =
-            TestClient::config(&server, vec![tunnel(TunnelKind::Http, Some("down"), dead)]);
+        let mut config = TestClient::config(
+            &server,
+            vec![tunnel(TunnelKind::Http, Some("down"), dead.addr)],
+        );
         if warm_pool > 0 {
             // The warm pool is dial-back's: its StreamError path is what this covers.
             config.transport = showoff_client::TransportChoice::Tcp;

@@ -141,6 +141,13 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
+    /// The next session goes to another server of the list: what this one offered (its QUIC
+    /// address) does not carry over; the names granted do.
+    pub(crate) fn moved(&mut self) {
+        self.quic = None;
+        self.quic_failures = 0;
+    }
+
     /// The tunnels to ask for: as granted before, else as configured.
     fn specs(&self, config: &ClientConfig) -> Vec<TunnelSpec> {
         self.sticky
