@@ -54,8 +54,7 @@ async fn an_idle_and_slow_crowd_does_not_starve_other_visitors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instances_tunnel_answers_through_the_balancer_again_with_one_holder() {
-    let score = chaos::cluster_failover(Path::new(BIN), 3).await;
-    eprintln!("{}", score.row());
+    let score = chaos::cluster_failover(Path::new(BIN), 2).await;
     assert!(score.passed(), "{score:?}");
-    assert_eq!(score.runs, 3);
+    assert_eq!(score.runs, 2);
 }
