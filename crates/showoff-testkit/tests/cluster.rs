@@ -404,10 +404,12 @@ async fn a_visitor_on_any_instance_reaches_the_tunnel_in_one_hop() {
         Some(0.0)
     );
 
-    // A name nobody holds is 404 on every instance.
+    // A name nobody holds is 404 on every instance, and nothing was forwarded for it.
     let missing = visitor::get(b.addrs.http, &b.host("nobody"), "/").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.headers["x-showoff-error"], "tunnel_not_found");
+    let not_here = r#"showoff_cluster_forwarded_total{result="not_here"}"#;
+    assert_eq!(b.metric(not_here).await, Some(0.0));
 }
 
 #[tokio::test]

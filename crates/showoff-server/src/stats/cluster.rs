@@ -12,7 +12,8 @@ struct ResultLabel {
 }
 
 /// How a forwarded request ended, pre-created so dashboards see zeros: answered by the peer,
-/// not there after one fresh look (404), or the peer did not answer (502).
+/// the peer no longer held the tunnel, even after one fresh look (404), or the peer did not
+/// answer (502). A request for a name no instance holds is not forwarded and not counted.
 pub(crate) const FORWARD_RESULTS: [&str; 3] = ["ok", "not_here", "peer_unreachable"];
 
 /// Metrics of the cluster's peer links.

@@ -47,18 +47,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         );
         let request = encode_forward(head, &forwarded);
         let stats = self.ctx.stats.clone();
-        let result = self.forward_turn(cluster, &key, head, &request).await;
-        let (addr, mut up, mut resp, body_done) = match result {
-            Ok(turn) => turn,
-            Err(EdgeError::NotFound) => {
-                stats.cluster.forwarded("not_here");
-                return Err(EdgeError::NotFound);
-            }
-            Err(error) => {
-                stats.cluster.forwarded("peer_unreachable");
-                return Err(error);
-            }
-        };
+        let (addr, mut up, mut resp, body_done) =
+            match self.forward_turn(cluster, &key, head, &request).await {
+                Ok(turn) => turn,
+                Err(error) => {
+                    // Counted only for what happened at the peer: a request for a name
+                    // nobody holds, or one the visitor broke, was never the peer's.
+                    if error == EdgeError::PeerUnreachable {
+                        stats.cluster.forwarded("peer_unreachable");
+                    }
+                    return Err(error);
+                }
+            };
         stats.cluster.forwarded("ok");
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).await;
@@ -96,6 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, _)) if not_here(&resp) => {
                     if looked_again || head.framing != Framing::Empty {
+                        self.ctx.stats.cluster.forwarded("not_here");
                         return Err(EdgeError::NotFound);
                     }
                     looked_again = true;
