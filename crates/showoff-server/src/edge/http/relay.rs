@@ -210,9 +210,37 @@ pub(super) async fn pump_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     result.map_err(|error| {
         debug!(%error, "request body not delivered");
+        let upstream = error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<UpstreamWriteFailed>());
         match error.kind() {
             std::io::ErrorKind::TimedOut => crate::edge::error::EdgeError::BodyTimeout,
+            // The tunnel broke under the body (its client died mid-upload): not the
+            // visitor's doing, so 502 rather than 400.
+            _ if upstream => crate::edge::error::EdgeError::TunnelBroken,
             _ => crate::edge::error::EdgeError::BadBody,
+        }
+    })
+}
+
+/// A write of body bytes towards the target failed (the tunnel broke), as opposed to the
+/// visitor breaking the framing or leaving.
+#[derive(Debug, thiserror::Error)]
+#[error("writing the body towards the target failed: {0}")]
+struct UpstreamWriteFailed(std::io::Error);
+
+/// [`timed_write`] towards the target, its failures marked [`UpstreamWriteFailed`] (a
+/// timeout stays a timeout).
+async fn upstream_write<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    idle: Duration,
+) -> std::io::Result<()> {
+    timed_write(w, bytes, idle).await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::TimedOut {
+            error
+        } else {
+            std::io::Error::new(error.kind(), UpstreamWriteFailed(error))
         }
     })
 }
@@ -242,7 +270,7 @@ async fn pump_length<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             paced_read(stream, buf, BODY_CHUNK, pace, total - left).await?;
         }
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        timed_write(up, &buf[..n], pace.idle).await?;
+        upstream_write(up, &buf[..n], pace.idle).await?;
         buf.advance(n);
         left -= n as u64;
     }
@@ -266,11 +294,11 @@ async fn pump_chunked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         match step {
             Decoded::End => {
                 finish_body(&mut out, VisitorFraming::Chunked);
-                return timed_write(up, &out, idle).await;
+                return upstream_write(up, &out, idle).await;
             }
             Decoded::NeedMore => {
                 if !out.is_empty() {
-                    timed_write(up, &out, idle).await?;
+                    upstream_write(up, &out, idle).await?;
                     out.clear();
                 }
                 paced_read(stream, buf, READ_CHUNK, pace, received).await?;
@@ -279,7 +307,7 @@ async fn pump_chunked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 received += chunk.len() as u64;
                 encode_body(&mut out, &chunk, VisitorFraming::Chunked);
                 if out.len() >= WRITE_COALESCE {
-                    timed_write(up, &out, idle).await?;
+                    upstream_write(up, &out, idle).await?;
                     out.clear();
                 }
             }
@@ -295,5 +323,57 @@ async fn timed_write<W: AsyncWrite + Unpin>(
     match timeout(idle, w.write_all(bytes)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::error::EdgeError;
+
+    fn pace() -> Pace {
+        Pace {
+            started: tokio::time::Instant::now(),
+            grace: Duration::from_secs(5),
+            min_rate: 0,
+            idle: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_that_breaks_under_the_body_is_502_and_a_visitor_who_leaves_is_400() {
+        // The chaos suite's client SIGKILL mid-upload once got 400: the failed write towards
+        // the dead tunnel was taken for the visitor's fault.
+        let (mut visitor, mut from_visitor) = tokio::io::duplex(1 << 16);
+        visitor.write_all(&[b'x'; 4096]).await.expect("body");
+        let (mut to_target, target) = tokio::io::duplex(1 << 16);
+        drop(target);
+        let mut buf = BytesMut::new();
+        let pumped = pump_body(
+            &mut from_visitor,
+            &mut buf,
+            Framing::Length(4096),
+            &mut to_target,
+            pace(),
+        )
+        .await;
+        assert_eq!(pumped, Err(EdgeError::TunnelBroken));
+
+        let (mut visitor, mut from_visitor) = tokio::io::duplex(1 << 16);
+        visitor
+            .write_all(&[b'x'; 100])
+            .await
+            .expect("part of the body");
+        drop(visitor);
+        let (mut to_target, _target) = tokio::io::duplex(1 << 16);
+        let pumped = pump_body(
+            &mut from_visitor,
+            &mut BytesMut::new(),
+            Framing::Length(4096),
+            &mut to_target,
+            pace(),
+        )
+        .await;
+        assert_eq!(pumped, Err(EdgeError::BadBody));
     }
 }
