@@ -460,6 +460,18 @@ pub mod raw_client {
         .await;
     }
 
+    /// An HTTP tunnel named `name`, as a raw `Open` asks for it.
+    pub fn http_spec(name: &str) -> TunnelSpec {
+        TunnelSpec {
+            kind: showoff_proto::TunnelKind::Http,
+            name: Some(name.into()),
+            port: None,
+            host_header: showoff_proto::HostHeader::Preserve,
+            target: String::new(),
+            visitors: Default::default(),
+        }
+    }
+
     /// Opens a session by hand: `Hello`, `Auth`, `Open`; returns the server's answer.
     pub async fn open(
         addr: std::net::SocketAddr,

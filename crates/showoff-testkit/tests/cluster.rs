@@ -10,9 +10,10 @@ use std::time::Duration;
 use showoff_cluster::{RedisRegistry, RedisSettings};
 use showoff_core::registry::conformance;
 use showoff_core::{Claim, LeaseKey, Owner, Registry, RegistryError, Secret};
-use showoff_proto::{HostHeader, RefusedCode, ServerMessage, TunnelKind, TunnelSpec};
+use showoff_proto::{RefusedCode, ServerMessage, TunnelKind};
 use showoff_server::config::ClusterConfig;
 use showoff_server::{ServerConfig, Services};
+use showoff_testkit::raw_client::http_spec;
 use showoff_testkit::redis::RedisServer;
 use showoff_testkit::{
     TestClient, TestServer, eventually, raw_client, serve_http, visitor, within,
@@ -195,17 +196,6 @@ async fn redis_away_refuses_with_a_retryable_error_and_back_empty_takes_leases_b
         next.lease.generation,
         held.lease.generation
     );
-}
-
-fn http_spec(name: &str) -> TunnelSpec {
-    TunnelSpec {
-        kind: TunnelKind::Http,
-        name: Some(name.into()),
-        port: None,
-        host_header: HostHeader::Preserve,
-        target: String::new(),
-        visitors: Default::default(),
-    }
 }
 
 /// A server on a Redis registry with a 1 s lease TTL, on plain TCP whatever the transport

@@ -3,25 +3,13 @@
 use std::time::Duration;
 
 use showoff_client::TransportChoice;
-use showoff_proto::{
-    ClientMessage, HostHeader, PROTOCOL_VERSION, Role, ServerMessage, TunnelKind, TunnelSpec,
-};
+use showoff_proto::{ClientMessage, PROTOCOL_VERSION, Role, ServerMessage, TunnelKind, TunnelSpec};
 use showoff_server::ServerConfig;
 use showoff_testkit::raw_client;
+use showoff_testkit::raw_client::http_spec;
 use showoff_testkit::visitor::{HttpConn, get, read_to_close};
 use showoff_testkit::{TestServer, eventually, serve_http_on};
 use tokio::io::AsyncWriteExt;
-
-fn http_spec(name: &str) -> TunnelSpec {
-    TunnelSpec {
-        kind: TunnelKind::Http,
-        name: Some(name.into()),
-        port: None,
-        host_header: HostHeader::Preserve,
-        target: String::new(),
-        visitors: Default::default(),
-    }
-}
 
 #[tokio::test]
 async fn warm_pool_serves_streams_and_upstream_connections_are_reused() {

@@ -15,14 +15,17 @@ use super::encode::encode_forward;
 use super::head::RequestHead;
 use super::pool::UpstreamConn;
 use super::response::Response;
-use crate::edge::error::{ERROR_HEADER, EdgeError};
+use crate::edge::error::EdgeError;
 use crate::edge::forwarded::forwarded;
 use crate::edge::peer::ClusterEdge;
+
+/// The error header of the other instance's own "not here" page.
+const NOT_HERE: &str = "x-showoff-error: tunnel_not_found";
 
 /// Whether `resp` is the other instance's own "not here" (`421` with Showoff's code), not a
 /// target's answer.
 fn not_here(resp: &Response) -> bool {
-    let marker = format!("{ERROR_HEADER}: tunnel_not_found");
+    let marker = NOT_HERE;
     resp.status == 421
         && resp
             .visitor_head
@@ -108,5 +111,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Err(SendError::Failed(error)) => return Err(error),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_not_here_marker_is_the_error_header() {
+        let header = format!("{}: ", crate::edge::error::ERROR_HEADER);
+        assert!(super::NOT_HERE.starts_with(&header));
     }
 }
