@@ -2,7 +2,7 @@
 //! `<prefix>lease:<key>` (`showoff:lease:name:demo`, `showoff:lease:port:20001`,
 //! `showoff:lease:udp-port:20001`), whose value is a small JSON record and whose TTL is the
 //! lease's. The generation counter is `<prefix>generation`; cluster events go to
-//! `<prefix>events`. The Lua scripts read the same record with `cjson`.
+//! `<prefix>events`; the set `<prefix>ports` lists the keys of port leases. The Lua scripts read the same record with `cjson`.
 
 use std::sync::Arc;
 
@@ -82,6 +82,20 @@ impl Keys {
         format!("{}lease:{key}", self.prefix)
     }
 
+    /// The lease key a key of [`lease`](Self::lease) names; `None` for any other key.
+    pub fn leased(&self, stored_key: &str) -> Option<LeaseKey> {
+        let rest = stored_key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("lease:")?;
+        LeaseKey::parse(rest)
+    }
+
+    /// The set of every port lease's key (so each instance can list the ports to listen on
+    /// without scanning the keyspace); members whose lease expired are pruned on listing.
+    pub fn ports(&self) -> String {
+        format!("{}ports", self.prefix)
+    }
+
     /// The generation counter.
     pub fn generation(&self) -> String {
         format!("{}generation", self.prefix)
@@ -113,6 +127,13 @@ mod tests {
             keys.lease(&LeaseKey::UdpPort(53)),
             "showoff:lease:udp-port:53"
         );
+        assert_eq!(
+            keys.leased("showoff:lease:udp-port:53"),
+            Some(LeaseKey::UdpPort(53))
+        );
+        assert_eq!(keys.leased("other:lease:port:53"), None);
+        assert_eq!(keys.leased("showoff:generation"), None);
+        assert_eq!(keys.ports(), "showoff:ports");
         assert_eq!(keys.generation(), "showoff:generation");
         assert_eq!(keys.events(), "showoff:events");
         assert_eq!(keys.instance("node-a"), "showoff:instance:node-a");

@@ -13,7 +13,9 @@
 //!   the generation counter past it so later grants stay fenced.
 //!
 //! Claims, takeovers, reasserts and releases publish the key on the events channel; every
-//! instance drops its cached lookup of that key ([`LookupCache`]). Each call has a deadline:
+//! instance drops its cached lookup of that key ([`LookupCache`]), and a port key wakes
+//! whoever follows [`Registry::port_changes`]. Port leases are also listed in a set, so
+//! [`Registry::port_leases`] is one script that prunes what expired. Each call has a deadline:
 //! Redis that does not answer in time is a [`RegistryError::Backend`], which the server turns
 //! into a retryable refusal, and [`Registry::unavailable`] says why until Redis answers again.
 
@@ -24,6 +26,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use showoff_core::{Claim, Claimed, Lease, LeaseKey, Owner, Registry, RegistryError, Secret};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -100,6 +103,7 @@ if how == 'fresh' then
 else
   redis.call('SET', KEYS[1], value, 'XX', 'PX', ARGV[4])
 end
+if ARGV[6] == '1' then redis.call('SADD', KEYS[3], KEYS[1]) end
 redis.call('PUBLISH', ARGV[5], KEYS[1])
 return {how, value, previous}
 "#;
@@ -119,6 +123,7 @@ if not current then return 0 end
 local held = cjson.decode(current)
 if held.g ~= tonumber(ARGV[1]) or held.s ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], KEYS[1])
 redis.call('PUBLISH', ARGV[3], KEYS[1])
 return 1
 "#;
@@ -134,8 +139,23 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[4])
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
 if counter < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+if ARGV[6] == '1' then redis.call('SADD', KEYS[3], KEYS[1]) end
 redis.call('PUBLISH', ARGV[5], KEYS[1])
 return 1
+"#;
+
+const PORTS: &str = r#"
+local listed = {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local value = redis.call('GET', key)
+  if value then
+    table.insert(listed, key)
+    table.insert(listed, value)
+  else
+    redis.call('SREM', KEYS[1], key)
+  end
+end
+return listed
 "#;
 
 /// The scripts, hashed once (`EVALSHA`, loaded again when Redis has forgotten them).
@@ -144,6 +164,7 @@ struct Scripts {
     renew: Script,
     release: Script,
     reassert: Script,
+    ports: Script,
 }
 
 /// Leases in Redis, shared by every instance of a cluster.
@@ -161,6 +182,8 @@ pub struct RedisRegistry {
     /// Peer addresses looked up lately, by instance, with when.
     peers: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, Instant)>>,
     cache_ttl: Duration,
+    /// Notified when an event names a port lease.
+    ports_changed: Arc<Notify>,
     /// Ends the watch task when the registry goes.
     _watch: DropGuard,
 }
@@ -197,7 +220,10 @@ impl RedisRegistry {
         let cancel = CancellationToken::new();
         let announcement = Arc::new(Announcement::default());
         let ttl_ms = u64::try_from(settings.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ports_changed = Arc::new(Notify::new());
         let watch = Watch {
+            ports_changed: ports_changed.clone(),
+            keys: keys.clone(),
             announcement: announcement.clone(),
             instance_key: keys.instance(&settings.instance),
             ttl_ms,
@@ -222,12 +248,14 @@ impl RedisRegistry {
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
                 reassert: Script::new(REASSERT),
+                ports: Script::new(PORTS),
             },
             cache,
             health,
             announcement,
             peers: std::sync::Mutex::default(),
             cache_ttl: settings.cache_ttl,
+            ports_changed,
             _watch: cancel.drop_guard(),
         })
     }
@@ -259,6 +287,11 @@ impl RedisRegistry {
     }
 }
 
+/// `1` for a port key (the scripts list it in the port set), `0` for a name.
+fn port_flag(key: &LeaseKey) -> &'static str {
+    if key.is_port() { "1" } else { "0" }
+}
+
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn claim(&self, key: &LeaseKey, owner: &Owner) -> Result<Claimed, RegistryError> {
@@ -267,11 +300,13 @@ impl Registry for RedisRegistry {
         invocation
             .key(&lease_key)
             .key(self.keys.generation())
+            .key(self.keys.ports())
             .arg(&*owner.principal)
             .arg(&*owner.session)
             .arg(&*self.instance)
             .arg(self.ttl_ms)
-            .arg(self.keys.events());
+            .arg(self.keys.events())
+            .arg(port_flag(key));
         let mut connection = self.connection.clone();
         let (how, stored, previous): (String, String, String) =
             self.call(invocation.invoke_async(&mut connection)).await?;
@@ -314,6 +349,7 @@ impl Registry for RedisRegistry {
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
             .key(&lease_key)
+            .key(self.keys.ports())
             .arg(lease.generation)
             .arg(&*lease.owner.session)
             .arg(self.keys.events());
@@ -329,11 +365,13 @@ impl Registry for RedisRegistry {
         invocation
             .key(&lease_key)
             .key(self.keys.generation())
+            .key(self.keys.ports())
             .arg(Record::of(lease).encode())
             .arg(lease.generation)
             .arg(&*lease.owner.session)
             .arg(self.ttl_ms)
-            .arg(self.keys.events());
+            .arg(self.keys.events())
+            .arg(port_flag(&lease.key));
         let mut connection = self.connection.clone();
         let held: i64 = self.call(invocation.invoke_async(&mut connection)).await?;
         self.cache.invalidate(&lease_key);
@@ -409,5 +447,24 @@ impl Registry for RedisRegistry {
         }
         peers.insert(instance.to_string(), (addr.clone(), now));
         Ok(addr)
+    }
+
+    async fn port_leases(&self) -> Result<Vec<Lease>, RegistryError> {
+        let mut invocation = self.scripts.ports.prepare_invoke();
+        invocation.key(self.keys.ports());
+        let mut connection = self.connection.clone();
+        let listed: Vec<String> = self.call(invocation.invoke_async(&mut connection)).await?;
+        let mut leases = Vec::with_capacity(listed.len() / 2);
+        for pair in listed.chunks_exact(2) {
+            let Some(key) = self.keys.leased(&pair[0]) else {
+                continue;
+            };
+            leases.push(Self::parse(&pair[1])?.into_lease(key));
+        }
+        Ok(leases)
+    }
+
+    fn port_changes(&self) -> Option<Arc<Notify>> {
+        Some(self.ports_changed.clone())
     }
 }

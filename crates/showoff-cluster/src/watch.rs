@@ -91,6 +91,11 @@ pub(crate) struct Watch {
     pub(crate) announcement: Arc<Announcement>,
     pub(crate) instance_key: String,
     pub(crate) ttl_ms: u64,
+    /// The cluster's key names, to tell port events apart.
+    pub(crate) keys: crate::record::Keys,
+    /// Woken by every event on a port lease, and on each new subscription (events may have
+    /// been missed while there was none).
+    pub(crate) ports_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Watch {
@@ -102,6 +107,7 @@ impl Watch {
                 Ok(mut events) => {
                     backoff = Duration::from_millis(100);
                     self.cache.set_live(true);
+                    self.ports_changed.notify_one();
                     debug!(channel = %self.channel, "subscribed to cluster events");
                     let ended = self.follow(&mut events).await;
                     self.cache.set_live(false);
@@ -145,7 +151,12 @@ impl Watch {
                 _ = self.cancel.cancelled() => return None,
                 event = events.next() => match event {
                     Some(message) => match message.get_payload::<String>() {
-                        Ok(key) => self.cache.invalidate(&key),
+                        Ok(key) => {
+                            if self.keys.leased(&key).is_some_and(|k| k.is_port()) {
+                                self.ports_changed.notify_one();
+                            }
+                            self.cache.invalidate(&key);
+                        }
                         Err(error) => debug!(%error, "unreadable cluster event"),
                     },
                     None => {

@@ -138,6 +138,37 @@ pub trait Registry: Send + Sync + 'static {
         let _ = instance;
         Ok(None)
     }
+    /// Every live lease on a TCP or UDP port, whichever instance granted it: each instance of
+    /// a cluster listens on the ports the others hold, so one L4 balancer in front of all of
+    /// them works. A single server's own ports need no such list.
+    async fn port_leases(&self) -> Result<Vec<Lease>, RegistryError> {
+        Ok(Vec::new())
+    }
+    /// Notified whenever a port lease may have changed anywhere in the cluster (then
+    /// [`port_leases`](Self::port_leases) tells what holds now); `None` when no other
+    /// instance can change one.
+    fn port_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+}
+
+impl LeaseKey {
+    /// Parses what [`Display`](fmt::Display) writes (`name:demo`, `port:20001`,
+    /// `udp-port:53`); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (kind, rest) = text.split_once(':')?;
+        match kind {
+            "name" if !rest.is_empty() => Some(Self::Name(rest.to_string())),
+            "port" => rest.parse().ok().map(Self::Port),
+            "udp-port" => rest.parse().ok().map(Self::UdpPort),
+            _ => None,
+        }
+    }
+
+    /// Whether the key is a TCP or UDP port.
+    pub fn is_port(&self) -> bool {
+        !matches!(self, Self::Name(_))
+    }
 }
 
 /// The instance name of a [`MemoryRegistry`] built with `default()`.
@@ -278,6 +309,16 @@ impl Registry for MemoryRegistry {
     fn ttl(&self) -> Option<Duration> {
         self.ttl
     }
+
+    async fn port_leases(&self) -> Result<Vec<Lease>, RegistryError> {
+        let now = Instant::now();
+        let leases = self.leases();
+        let live = leases
+            .values()
+            .filter(|held| held.lease.key.is_port())
+            .filter(|held| held.expires.is_none_or(|at| at > now));
+        Ok(live.map(|held| held.lease.clone()).collect())
+    }
 }
 
 /// The behaviour every [`Registry`] implementation must show. A backend crate runs
@@ -314,6 +355,22 @@ pub mod conformance {
             Ok(None),
             "keys are independent"
         );
+        run_port_list(registry).await;
+    }
+
+    /// The list of port leases holds every live port lease and nothing else.
+    async fn run_port_list(registry: &dyn Registry) {
+        let udp = LeaseKey::UdpPort(20_003);
+        let tcp = LeaseKey::Port(20_003);
+        let u = registry.claim(&udp, &owner("dave", "s5")).await.unwrap();
+        let t = registry.claim(&tcp, &owner("erin", "s6")).await.unwrap();
+        let mut listed = registry.port_leases().await.unwrap();
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(listed, vec![t.lease.clone(), u.lease.clone()]);
+        assert!(registry.release(&t.lease).await.unwrap());
+        assert_eq!(registry.port_leases().await.unwrap(), vec![u.lease.clone()]);
+        assert!(registry.release(&u.lease).await.unwrap());
+        assert_eq!(registry.port_leases().await.unwrap(), vec![]);
     }
 
     async fn run_key(registry: &dyn Registry, key: &LeaseKey) {
@@ -442,6 +499,20 @@ mod tests {
         let registry = MemoryRegistry::new("a", Some(Duration::from_secs(10)));
         conformance::run(&registry).await;
         conformance::run_expiry(&registry, tokio::time::advance).await;
+    }
+
+    #[test]
+    fn lease_keys_parse_what_they_display() {
+        for key in [
+            LeaseKey::Name("demo".into()),
+            LeaseKey::Port(20_001),
+            LeaseKey::UdpPort(53),
+        ] {
+            assert_eq!(LeaseKey::parse(&key.to_string()), Some(key));
+        }
+        for junk in ["", "name:", "port:x", "port:70000", "tcp:1", "udp-port"] {
+            assert_eq!(LeaseKey::parse(junk), None, "{junk}");
+        }
     }
 
     #[tokio::test]

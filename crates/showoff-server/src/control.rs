@@ -32,7 +32,7 @@ use crate::auth::Authenticator;
 use crate::config::NamePolicy;
 use crate::drain::Drain;
 use crate::limits::RateLimits;
-use crate::state::ports::PortPlan;
+use crate::state::ports::{PortPlan, PublicSocket};
 use crate::state::{PublicUrls, Routes, Sessions, Tunnel};
 use crate::stats::Stats;
 use crate::tls::Tls;
@@ -85,6 +85,25 @@ pub(crate) trait UdpTunnels: Send + Sync + 'static {
     fn serve(&self, socket: UdpSocket, tunnel: Arc<Tunnel>, path: DatagramPath);
 }
 
+/// The public ports this instance listens on for the other instances of a cluster (the edge
+/// mirrors every port they hold, so one balancer in front of all instances works).
+#[async_trait::async_trait]
+pub(crate) trait PortMirrors: Send + Sync + 'static {
+    /// Stops mirroring `key` and hands its bound socket over, for a tunnel of this instance
+    /// that now holds the port; `None` when it was not mirrored.
+    async fn take(&self, key: &showoff_core::LeaseKey) -> Option<PublicSocket>;
+}
+
+/// A server that is not in a cluster mirrors nothing.
+pub(crate) struct NoMirrors;
+
+#[async_trait::async_trait]
+impl PortMirrors for NoMirrors {
+    async fn take(&self, _key: &showoff_core::LeaseKey) -> Option<PublicSocket> {
+        None
+    }
+}
+
 /// What the control layer uses, and nothing else.
 pub(crate) struct ControlContext {
     pub(crate) settings: ControlSettings,
@@ -102,6 +121,7 @@ pub(crate) struct ControlContext {
     pub(crate) acme_requests: Option<mpsc::Sender<String>>,
     pub(crate) tcp_tunnels: Arc<dyn TcpTunnels>,
     pub(crate) udp_tunnels: Arc<dyn UdpTunnels>,
+    pub(crate) mirrors: Arc<dyn PortMirrors>,
     pub(crate) drain: Drain,
 }
 
@@ -210,6 +230,7 @@ pub(crate) mod tests {
             acme_requests: None,
             tcp_tunnels: served.clone(),
             udp_tunnels: served.clone(),
+            mirrors: Arc::new(NoMirrors),
             drain: Drain::default(),
         });
         (ctx, served)

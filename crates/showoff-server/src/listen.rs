@@ -228,6 +228,7 @@ pub(crate) type Arrived = Result<Arrival, Refusal>;
 /// Accepts connections until `until` completes. Each gets socket options, then a task on
 /// `tracker` (inside the span `span` makes for its peer) that runs `prelude` and hands the
 /// result to `handle`. Every listener of the server, TCP tunnel ports included, runs this loop.
+/// The listener is given back when `until` completes (a cluster hands a mirrored port over).
 pub(crate) async fn serve<H, F>(
     listener: TcpListener,
     until: impl Future<Output = ()>,
@@ -235,7 +236,8 @@ pub(crate) async fn serve<H, F>(
     tracker: TaskTracker,
     span: impl Fn(SocketAddr) -> Span,
     handle: H,
-) where
+) -> TcpListener
+where
     H: Fn(Arrived) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -244,7 +246,7 @@ pub(crate) async fn serve<H, F>(
     let prelude = Arc::new(prelude);
     loop {
         let accepted = tokio::select! {
-            _ = &mut until => return,
+            _ = &mut until => return listener,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

@@ -7,6 +7,7 @@
 //! the cluster tests ([`redis`]) and HAProxy in front of a cluster ([`haproxy`]).
 
 pub mod chaos;
+pub mod cluster;
 pub mod haproxy;
 pub mod impair;
 pub mod pebble;

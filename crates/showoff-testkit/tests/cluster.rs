@@ -7,26 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use showoff_cluster::{RedisRegistry, RedisSettings};
+use showoff_cluster::RedisRegistry;
 use showoff_core::registry::conformance;
-use showoff_core::{Claim, LeaseKey, Owner, Registry, RegistryError, Secret};
+use showoff_core::{Claim, LeaseKey, Owner, Registry, RegistryError};
 use showoff_proto::{RefusedCode, ServerMessage, TunnelKind};
 use showoff_server::config::ClusterConfig;
 use showoff_server::{ServerConfig, Services};
+use showoff_testkit::cluster::{SECRET, instance_parts, registry_settings};
 use showoff_testkit::raw_client::http_spec;
 use showoff_testkit::redis::RedisServer;
 use showoff_testkit::{
     TestClient, TestServer, eventually, raw_client, serve_http, visitor, within,
 };
-
-fn settings(redis: &RedisServer, instance: &str, prefix: &str) -> RedisSettings {
-    let mut settings = RedisSettings::new(Secret::new(redis.url()), instance);
-    settings.prefix = format!("{prefix}:");
-    settings.lease_ttl = Duration::from_secs(1);
-    settings.cache_ttl = Duration::from_millis(200);
-    settings.timeout = Duration::from_millis(500);
-    settings
-}
 
 fn owner(principal: &str, session: &str) -> Owner {
     Owner {
@@ -39,7 +31,7 @@ fn owner(principal: &str, session: &str) -> Owner {
 async fn the_redis_registry_passes_the_conformance_suite() {
     let redis = RedisServer::start();
     let registry =
-        RedisRegistry::connect(&settings(&redis, "node-a", "conformance")).expect("setup");
+        RedisRegistry::connect(&registry_settings(&redis, "node-a", "conformance")).expect("setup");
     conformance::run(&registry).await;
     conformance::run_expiry(&registry, tokio::time::sleep).await;
     assert_eq!(registry.unavailable(), None);
@@ -48,10 +40,10 @@ async fn the_redis_registry_passes_the_conformance_suite() {
 #[tokio::test]
 async fn instances_see_each_others_leases_and_events_drop_cached_lookups() {
     let redis = RedisServer::start();
-    let mut long_cache = settings(&redis, "node-b", "shared");
+    let mut long_cache = registry_settings(&redis, "node-b", "shared");
     long_cache.cache_ttl = Duration::from_secs(60);
     long_cache.lease_ttl = Duration::from_secs(30);
-    let a = RedisRegistry::connect(&settings(&redis, "node-a", "shared")).expect("setup");
+    let a = RedisRegistry::connect(&registry_settings(&redis, "node-a", "shared")).expect("setup");
     let b = RedisRegistry::connect(&long_cache).expect("setup");
     let key = LeaseKey::Name("demo".into());
 
@@ -134,7 +126,8 @@ async fn cached_free(redis: &RedisServer, registry: &RedisRegistry) -> bool {
 #[tokio::test]
 async fn redis_away_refuses_with_a_retryable_error_and_back_empty_takes_leases_back() {
     let mut redis = RedisServer::start();
-    let registry = RedisRegistry::connect(&settings(&redis, "node-a", "outage")).expect("setup");
+    let registry =
+        RedisRegistry::connect(&registry_settings(&redis, "node-a", "outage")).expect("setup");
     let key = LeaseKey::Port(20_001);
     let held = registry
         .claim(&key, &owner("alice", "s1"))
@@ -201,7 +194,7 @@ async fn redis_away_refuses_with_a_retryable_error_and_back_empty_takes_leases_b
 /// A server on a Redis registry with a 1 s lease TTL, on plain TCP whatever the transport
 /// under test (the test speaks the wire protocol by hand).
 async fn server_on(redis: &RedisServer, prefix: &str) -> TestServer {
-    let settings = settings(redis, "node-a", prefix);
+    let settings = registry_settings(redis, "node-a", prefix);
     let mut config = ServerConfig::ephemeral();
     config.cluster = ClusterConfig {
         redis: Some(settings.url.clone()),
@@ -299,39 +292,10 @@ async fn a_server_on_redis_keeps_its_tunnels_through_an_outage_and_takes_them_ba
     assert_eq!(reply.status, 200);
 }
 
-const SECRET: &str = "a cluster secret of 32 bytes ...";
-
 /// One instance of a cluster on `redis`, with a peer listener and `secret`.
 async fn instance(redis: &RedisServer, name: &str, prefix: &str, secret: &str) -> TestServer {
     let (config, services) = instance_parts(redis, name, prefix, secret);
     TestServer::start_with(config, services).await
-}
-
-/// The configuration and services of [`instance`].
-fn instance_parts(
-    redis: &RedisServer,
-    name: &str,
-    prefix: &str,
-    secret: &str,
-) -> (ServerConfig, Services) {
-    let mut settings = settings(redis, name, prefix);
-    settings.lease_ttl = Duration::from_secs(3);
-    let mut config = ServerConfig::ephemeral();
-    config.cluster = ClusterConfig {
-        redis: Some(settings.url.clone()),
-        instance: name.into(),
-        lease_ttl: settings.lease_ttl,
-        prefix: settings.prefix.clone(),
-        peer_addr: Some("127.0.0.1:0".parse().expect("addr")),
-        peer_advertise: String::new(),
-        secret: Some(Secret::new(secret)),
-    };
-    let registry = RedisRegistry::connect(&settings).expect("setup");
-    let services = Services {
-        registry: Some(Arc::new(registry)),
-        ..Services::default()
-    };
-    (config, services)
 }
 
 #[tokio::test]

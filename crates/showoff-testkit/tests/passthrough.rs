@@ -2,62 +2,13 @@
 //! client without terminating TLS, so the certificate and the plaintext stay with the client's
 //! own service; other names on the same listener are still terminated by the server.
 
-use std::sync::Arc;
-
-use rustls::pki_types::pem::PemObject;
 use showoff_client::{ClientError, ClientTls};
 use showoff_proto::{RefusedCode, TunnelKind, VisitorRules};
 use showoff_server::{PemPair, ServerConfig, TlsConfig};
 use showoff_testkit::pki::TestCa;
-use showoff_testkit::target::spawn_target;
+use showoff_testkit::target::{spawn_target, tls_service};
 use showoff_testkit::visitor::https_get;
 use showoff_testkit::{TestClient, TestServer, refusal, tunnel};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A local TLS service with its own certificate that answers every request with `body`.
-async fn tls_service(identity: PemPair, body: &'static str) -> std::net::SocketAddr {
-    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(identity.cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("chain");
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).expect("key");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("cert");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    addr
-}
 
 async fn server(certificates: Vec<PemPair>) -> TestServer {
     TestServer::start(ServerConfig {

@@ -355,6 +355,12 @@ async fn claim_requested_port(
         Claim::Fresh => {}
     }
     let handover = matches!(claimed.claim, Claim::TakenOver { .. });
+    // In a cluster this instance may be listening on the port for the instance that held it
+    // (the client moved here): that socket is the tunnel's now, with any visitor waiting on it.
+    if let Some(socket) = ctx.mirrors.take(&claimed.lease.key).await {
+        leases.push(claimed.lease);
+        return Ok(socket);
+    }
     loop {
         match plan.bind(Some(port)).await {
             Ok(socket) => {

@@ -5,14 +5,17 @@
 //!   plaintext;
 //! - any other name gets TLS terminated with the certificate its SNI selects, then the same HTTP
 //!   edge as plain visitors (with `X-Forwarded-Proto: https`); the bytes read are replayed into
-//!   the TLS acceptor ([`Prefixed`]).
+//!   the TLS acceptor ([`Prefixed`]);
+//! - in a cluster, a name no tunnel here serves is first offered to the instance holding it,
+//!   which takes the visitor if it is a passthrough tunnel there.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use showoff_core::{Exchange, Prefixed, Protocol};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -63,6 +66,11 @@ async fn serve(arrival: Arrival, ctx: &Arc<EdgeContext>) -> Result<(), EdgeError
         crate::edge::tcp::relay_visitor(stream, peer, buf, tunnel, ctx).await;
         return Ok(());
     }
+    if let Some(name) = held_elsewhere(ctx, sni.as_deref())
+        && forward_passthrough(&mut stream, peer, &buf, name, ctx).await
+    {
+        return Ok(());
+    }
     let Some(acceptor) = ctx.tls.https.clone() else {
         debug!(%peer, sni, "no TLS tunnel for this name and no certificate to terminate with");
         return Err(EdgeError::NotFound);
@@ -93,6 +101,52 @@ fn passthrough(ctx: &EdgeContext, sni: Option<&str>) -> Option<Arc<crate::state:
     let name = showoff_proto::host::route_name(sni?, &ctx.urls.domain)?;
     let tunnel = ctx.routes.get(name)?;
     (tunnel.info.kind == showoff_proto::TunnelKind::Tls).then_some(tunnel)
+}
+
+/// In a cluster, the tunnel name the server name routes to when no tunnel here serves it
+/// (another instance may hold it as a TLS passthrough tunnel).
+fn held_elsewhere<'a>(ctx: &EdgeContext, sni: Option<&'a str>) -> Option<&'a str> {
+    ctx.cluster.as_ref()?;
+    let name = showoff_proto::host::route_name(sni?, &ctx.urls.domain)?;
+    ctx.routes.get(name).is_none().then_some(name)
+}
+
+/// Offers a TLS visitor to the instance that holds `name`: a passthrough tunnel there gets
+/// the visitor's bytes, ClientHello first (`true`: done). An HTTP tunnel there, no holder or
+/// one that does not answer leave the visitor to be terminated here (`false`), where the
+/// HTTP edge forwards its requests or answers with the error page. Names that turned out to
+/// be HTTP tunnels are remembered for a moment, so their visitors are not offered each time.
+async fn forward_passthrough(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    hello: &[u8],
+    name: &str,
+    ctx: &EdgeContext,
+) -> bool {
+    use crate::edge::peer::{Unopened, mirror, opening};
+    let Some(cluster) = ctx.cluster.as_ref().filter(|c| !c.terminates(name)) else {
+        return false;
+    };
+    let opening = opening::Opening {
+        kind: opening::StreamKind::Tls,
+        key: showoff_core::LeaseKey::Name(name.to_string()),
+        visitor: peer,
+    };
+    let mut holder = match mirror::open_at_holder(cluster, &opening, ctx).await {
+        Ok(holder) => holder,
+        Err(Unopened::Terminate) => {
+            cluster.remember_terminated(name);
+            return false;
+        }
+        Err(Unopened::NotHere | Unopened::Unreachable) => return false,
+    };
+    if holder.write_all(hello).await.is_ok() {
+        tokio::select! {
+            _ = showoff_core::splice(stream, &mut holder) => {}
+            _ = ctx.drain.stopping().cancelled() => {}
+        }
+    }
+    true
 }
 
 /// Reads until `buf` holds a whole ClientHello record; returns its SNI, if any.

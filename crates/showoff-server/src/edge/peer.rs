@@ -11,6 +11,16 @@
 //! (`x-showoff-peer-*`), and is pooled by B like any upstream connection. Every step has a
 //! deadline ([`HANDSHAKE_TIMEOUT`]). A request that arrived on the peer listener is never
 //! forwarded again: a tunnel A does not hold is answered `421`, and B looks once more.
+//!
+//! A TCP or TLS passthrough visitor, or a UDP tunnel's datagrams, take a *stream* instead:
+//! B's answer line names it ([`opening`]), A answers `OK`, `NOT-HERE` or `TERMINATE`, and the
+//! connection is the visitor's from then on ([`stream`] on A's side, [`mirror`] on B's, which
+//! also listens on every port the other instances hold).
+
+pub(crate) mod datagrams;
+pub(crate) mod mirror;
+pub(crate) mod opening;
+pub(crate) mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +31,7 @@ use bytes::{Buf, BytesMut};
 use showoff_core::{LeaseKey, Registry, Secret, TunnelStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tracing::debug;
 
 use crate::edge::EdgeContext;
@@ -29,6 +39,7 @@ use crate::edge::error::EdgeError;
 use crate::edge::http::pool::UpstreamConn;
 use crate::edge::http::{Conn, Scheme};
 use crate::listen::Arrived;
+use opening::{Answer, Opening};
 
 /// How long each side of the peer handshake waits for the other.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +47,10 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IDLE_PER_PEER: usize = 64;
 /// The longest handshake line accepted.
 const MAX_LINE: usize = 512;
+/// How long a name's holder is believed when it says the name is an HTTP tunnel.
+const TERMINATED_FOR: Duration = Duration::from_secs(2);
+/// Names remembered so at most (then forgotten all at once).
+const MAX_TERMINATED: usize = 4096;
 /// The first words of the challenge.
 const HELLO: &str = "SHOWOFF-PEER/1";
 
@@ -46,6 +61,8 @@ pub(crate) struct ClusterEdge {
     pub(crate) registry: Arc<dyn Registry>,
     key: hmac::Key,
     idle: Mutex<HashMap<String, Vec<UpstreamConn>>>,
+    /// Names whose holder said lately they are HTTP tunnels (TLS is terminated here), and when.
+    terminated: Mutex<HashMap<String, Instant>>,
 }
 
 impl ClusterEdge {
@@ -55,7 +72,31 @@ impl ClusterEdge {
             registry,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
             idle: Mutex::default(),
+            terminated: Mutex::default(),
         }
+    }
+
+    /// Whether `name`'s holder said within [`TERMINATED_FOR`] that it is an HTTP tunnel.
+    pub(crate) fn terminates(&self, name: &str) -> bool {
+        let terminated = self
+            .terminated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        terminated
+            .get(name)
+            .is_some_and(|at| at.elapsed() < TERMINATED_FOR)
+    }
+
+    /// Remembers that `name` is an HTTP tunnel where it is held.
+    pub(crate) fn remember_terminated(&self, name: &str) {
+        let mut terminated = self
+            .terminated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if terminated.len() >= MAX_TERMINATED {
+            terminated.clear();
+        }
+        terminated.insert(name.to_string(), Instant::now());
     }
 
     /// The peer listener of the instance holding `key`; `None` when nobody holds it, or this
@@ -112,8 +153,35 @@ impl ClusterEdge {
         hmac::sign(&self.key, signed(nonce, instance).as_bytes())
     }
 
-    /// Dials `addr` and proves the cluster secret.
+    /// Dials `addr` and proves the cluster secret, for HTTP requests.
     async fn dial(&self, addr: &str) -> Result<TunnelStream, EdgeError> {
+        match self.handshake(addr, None).await {
+            Some((stream, Answer::Ok)) => Ok(stream),
+            _ => Err(EdgeError::PeerUnreachable),
+        }
+    }
+
+    /// Opens a stream to the holder at `addr`: the visitor's from the holder's `OK` on.
+    pub(crate) async fn open_stream(
+        &self,
+        addr: &str,
+        opening: &Opening,
+    ) -> Result<TunnelStream, Unopened> {
+        match self.handshake(addr, Some(opening)).await {
+            Some((stream, Answer::Ok)) => Ok(stream),
+            Some((_, Answer::NotHere)) => Err(Unopened::NotHere),
+            Some((_, Answer::Terminate)) => Err(Unopened::Terminate),
+            None => Err(Unopened::Unreachable),
+        }
+    }
+
+    /// The handshake on a new connection to `addr`, with a stream request or without;
+    /// `None` when the peer cannot be reached, refuses the proof or answers nonsense.
+    async fn handshake(
+        &self,
+        addr: &str,
+        opening: Option<&Opening>,
+    ) -> Option<(TunnelStream, Answer)> {
         let handshake = async {
             let mut stream = TcpStream::connect(addr).await.ok()?;
             let _ = stream.set_nodelay(true);
@@ -121,18 +189,31 @@ impl ClusterEdge {
             let challenge = read_line(&mut stream, &mut buf).await?;
             let nonce = challenge.strip_prefix(HELLO)?.trim().to_string();
             let proof = hex(self.proof(&nonce, &self.instance).as_ref());
-            let answer = format!("{} {proof}\r\n", self.instance);
+            let answer = match opening {
+                Some(opening) => format!("{} {proof} {opening}\r\n", self.instance),
+                None => format!("{} {proof}\r\n", self.instance),
+            };
             stream.write_all(answer.as_bytes()).await.ok()?;
-            (read_line(&mut stream, &mut buf).await? == "OK").then_some((stream, buf))
+            let answer = Answer::parse(&read_line(&mut stream, &mut buf).await?)?;
+            Some((TunnelStream::boxed(buf, stream), answer))
         };
-        match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Some((stream, rest))) => Ok(TunnelStream::boxed(rest, stream)),
-            _ => {
-                debug!(%addr, "peer listener unreachable or refused the proof");
-                Err(EdgeError::PeerUnreachable)
-            }
+        let answered = timeout(HANDSHAKE_TIMEOUT, handshake).await.ok().flatten();
+        if answered.is_none() {
+            debug!(%addr, "peer listener unreachable or refused the proof");
         }
+        answered
     }
+}
+
+/// Why a stream was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unopened {
+    /// The instance does not hold the tunnel (any more).
+    NotHere,
+    /// The name is an HTTP tunnel there: terminate TLS here and forward requests.
+    Terminate,
+    /// No answer, or no valid one, within the deadline.
+    Unreachable,
 }
 
 /// What the proof signs.
@@ -188,13 +269,16 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
         challenge(&mut stream, &mut buf, &nonce, &cluster),
     )
     .await;
-    if !matches!(proved, Ok(true)) {
+    let Ok(Some(request)) = proved else {
         ctx.stats.cluster.refused();
         debug!(%peer, "peer connection refused: no valid proof of the cluster secret");
         let _ = timeout(HANDSHAKE_TIMEOUT, stream.write_all(b"DENIED\r\n")).await;
         return;
+    };
+    if let Some(opening) = request {
+        return stream::serve(stream, buf, opening, ctx).await;
     }
-    if timeout(HANDSHAKE_TIMEOUT, stream.write_all(b"OK\r\n"))
+    if timeout(HANDSHAKE_TIMEOUT, stream.write_all(Answer::Ok.line()))
         .await
         .is_err()
     {
@@ -203,30 +287,26 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
     Conn::new(stream, peer, buf, Scheme::Peer, ctx).run().await;
 }
 
-/// Sends the challenge and checks the answer.
+/// Sends the challenge and checks the answer: `None` without a valid proof, else the stream
+/// request the answer carried, if any.
 async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     nonce: &str,
     cluster: &ClusterEdge,
-) -> bool {
-    if stream
+) -> Option<Option<Opening>> {
+    stream
         .write_all(format!("{HELLO} {nonce}\r\n").as_bytes())
         .await
-        .is_err()
-    {
-        return false;
+        .ok()?;
+    let answer = read_line(stream, buf).await?;
+    let mut words = answer.splitn(3, ' ');
+    let (instance, proof) = (words.next()?, unhex(words.next()?)?);
+    hmac::verify(&cluster.key, signed(nonce, instance).as_bytes(), &proof).ok()?;
+    match words.next() {
+        None => Some(None),
+        Some(request) => Opening::parse(request).map(Some),
     }
-    let Some(answer) = read_line(stream, buf).await else {
-        return false;
-    };
-    let Some((instance, proof)) = answer.split_once(' ') else {
-        return false;
-    };
-    let Some(proof) = unhex(proof) else {
-        return false;
-    };
-    hmac::verify(&cluster.key, signed(nonce, instance).as_bytes(), &proof).is_ok()
 }
 
 #[cfg(test)]
@@ -263,25 +343,52 @@ mod tests {
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(answer.as_bytes()).await.expect("answer");
         let mut buf = BytesMut::new();
-        assert!(challenge(&mut near, &mut buf, nonce, &a).await);
+        assert_eq!(challenge(&mut near, &mut buf, nonce, &a).await, Some(None));
 
         let wrong = cluster("node-b", "another secret of 16+");
         let forged = format!("node-b {}\r\n", hex(wrong.proof(nonce, "node-b").as_ref()));
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(forged.as_bytes()).await.expect("answer");
-        assert!(!challenge(&mut near, &mut BytesMut::new(), nonce, &a).await);
+        assert_eq!(
+            challenge(&mut near, &mut BytesMut::new(), nonce, &a).await,
+            None
+        );
 
         // The same answer to another challenge is worthless.
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(answer.as_bytes()).await.expect("answer");
         let other = "ffeeddccbbaa99887766554433221100";
-        assert!(!challenge(&mut near, &mut BytesMut::new(), other, &a).await);
+        assert_eq!(
+            challenge(&mut near, &mut BytesMut::new(), other, &a).await,
+            None
+        );
+
+        // A stream request rides on the answer, after the proof.
+        let stream = format!(
+            "node-b {} tcp 30001 192.0.2.1:4000\r\n",
+            hex(b.proof(nonce, "node-b").as_ref())
+        );
+        let (mut near, mut far) = tokio::io::duplex(4096);
+        far.write_all(stream.as_bytes()).await.expect("answer");
+        let opening = challenge(&mut near, &mut BytesMut::new(), nonce, &a).await;
+        let opening = opening.flatten().expect("a stream request");
+        assert_eq!(opening.key, LeaseKey::Port(30_001));
+        let garbled = stream.replace("tcp 30001", "tcp banana");
+        let (mut near, mut far) = tokio::io::duplex(4096);
+        far.write_all(garbled.as_bytes()).await.expect("answer");
+        assert_eq!(
+            challenge(&mut near, &mut BytesMut::new(), nonce, &a).await,
+            None
+        );
 
         // Nor does naming another instance than the one the proof is for.
         let renamed = answer.replacen("node-b", "node-c", 1);
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(renamed.as_bytes()).await.expect("answer");
-        assert!(!challenge(&mut near, &mut BytesMut::new(), nonce, &a).await);
+        assert_eq!(
+            challenge(&mut near, &mut BytesMut::new(), nonce, &a).await,
+            None
+        );
     }
 
     #[tokio::test]

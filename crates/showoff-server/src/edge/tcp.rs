@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, splice};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -69,8 +69,8 @@ async fn serve_visitor(arrived: Arrived, tunnel: Arc<Tunnel>, ctx: Arc<EdgeConte
 /// Splices one visitor with a fresh stream to the tunnel's client, after the tunnel's IP rules
 /// and visitor cap; `prefix` (bytes already read from the visitor) goes first. Also serves TLS
 /// passthrough visitors, whose prefix is their ClientHello.
-pub(crate) async fn relay_visitor(
-    visitor: TcpStream,
+pub(crate) async fn relay_visitor<V: AsyncRead + AsyncWrite + Unpin>(
+    visitor: V,
     peer: SocketAddr,
     prefix: BytesMut,
     tunnel: Arc<Tunnel>,
@@ -118,8 +118,8 @@ struct Visit {
 /// tunnel over (a takeover, or the client back after a lost link). Established streams run
 /// until either end closes: only a cut (revocation, expiry, the client's close) or the end of
 /// a drain's grace stops them, not the end of their session.
-async fn relay(
-    mut visitor: TcpStream,
+async fn relay<V: AsyncRead + AsyncWrite + Unpin>(
+    mut visitor: V,
     mut visit: Visit,
     tunnel: &Tunnel,
     ctx: &EdgeContext,

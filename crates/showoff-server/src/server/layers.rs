@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Listeners, Services, port_of};
 use crate::audit::AuditLog;
 use crate::config::ServerConfig;
-use crate::control::{ControlContext, ControlSettings};
+use crate::control::{ControlContext, ControlSettings, NoMirrors};
 use crate::drain::Drain;
 use crate::edge::peer::ClusterEdge;
+use crate::edge::peer::mirror::Mirrors;
 use crate::edge::tcp::TcpEdge;
 use crate::edge::udp::UdpEdge;
 use crate::edge::{EdgeContext, EdgeSettings};
@@ -45,6 +46,8 @@ pub(super) struct Layers {
     pub(super) tls: Arc<Tls>,
     pub(super) audit: AuditLog,
     pub(super) drain: Drain,
+    /// In a cluster: the ports this instance listens on for the others.
+    pub(super) mirrors: Option<Arc<Mirrors>>,
 }
 
 /// The services several layers share, before each gets its own context. Lives only while
@@ -84,7 +87,16 @@ impl Layers {
             .clone()
             .unwrap_or_else(|| Arc::new(MemoryRegistry::default()));
         let cluster = cluster_edge(config, &registry);
-        let edge = edge_context(config, &parts, services.exchange_sinks.clone(), cluster);
+        let edge = edge_context(
+            config,
+            &parts,
+            services.exchange_sinks.clone(),
+            cluster.clone(),
+        );
+        let mirrors = cluster.map(|cluster| {
+            let (tcp, udp) = port_plans(config);
+            Arc::new(Mirrors::new(edge.clone(), cluster, tcp, udp))
+        });
         let dialback = DialBackHub::new(
             dialback_settings(config),
             parts.stats.clone(),
@@ -114,19 +126,10 @@ impl Layers {
             acme_requests,
             tcp_tunnels: Arc::new(TcpEdge(edge.clone())),
             udp_tunnels: Arc::new(UdpEdge(edge.clone())),
+            mirrors: control_mirrors(mirrors.as_ref()),
             drain: parts.drain.clone(),
         });
-        let admin = Arc::new(AdminContext {
-            sessions: parts.sessions.clone(),
-            routes: parts.routes.clone(),
-            stats: parts.stats.clone(),
-            build: config.build.clone(),
-            token: config.admin.token.clone(),
-            metrics_auth: config.admin.metrics_auth,
-            log_control: services.log_control.clone(),
-            drain: parts.drain.clone(),
-            registry,
-        });
+        let admin = admin_context(config, &parts, &services, registry);
         Self {
             control,
             edge,
@@ -139,6 +142,7 @@ impl Layers {
             tls: parts.tls,
             audit: services.audit,
             drain: parts.drain,
+            mirrors,
         }
     }
 
@@ -247,6 +251,9 @@ impl Layers {
             tasks.spawn(crate::ops::admin::serve(admin, self.admin.clone()));
         }
         tasks.spawn(forget_full_buckets(self.limits.clone(), stopping));
+        if let Some(mirrors) = self.mirrors {
+            tasks.spawn(mirrors.run());
+        }
         if let Some((ctx, rx)) = self.acme {
             tasks.spawn(crate::ops::acme::run(ctx, rx));
         }
@@ -392,20 +399,56 @@ fn control_settings(
         warm_pool: config.warm_pool,
         tunnels_per_principal: config.rates.tunnels_per_principal,
         names: config.names.clone(),
-        ports: PortPlan {
-            ip: config.http_addr.ip(),
-            range: config.tcp_ports,
-            kind: PortKind::Tcp,
-        },
-        udp_ports: PortPlan {
-            ip: config.http_addr.ip(),
-            range: config.udp_ports,
-            kind: PortKind::Udp,
-        },
+        ports: port_plans(config).0,
+        udp_ports: port_plans(config).1,
         udp_flow_idle: config.udp.flow_idle,
         data_port,
         quic_port,
     }
+}
+
+/// What registration asks for mirrored ports: nothing outside a cluster.
+fn control_mirrors(mirrors: Option<&Arc<Mirrors>>) -> Arc<dyn crate::control::PortMirrors> {
+    match mirrors {
+        Some(mirrors) => mirrors.clone(),
+        None => Arc::new(NoMirrors),
+    }
+}
+
+fn admin_context(
+    config: &ServerConfig,
+    parts: &Parts,
+    services: &Services,
+    registry: Arc<dyn showoff_core::Registry>,
+) -> Arc<AdminContext> {
+    Arc::new(AdminContext {
+        sessions: parts.sessions.clone(),
+        routes: parts.routes.clone(),
+        stats: parts.stats.clone(),
+        build: config.build.clone(),
+        token: config.admin.token.clone(),
+        metrics_auth: config.admin.metrics_auth,
+        log_control: services.log_control.clone(),
+        drain: parts.drain.clone(),
+        registry,
+    })
+}
+
+/// Where TCP and UDP tunnel ports are bound: beside the public HTTP listener.
+fn port_plans(config: &ServerConfig) -> (PortPlan, PortPlan) {
+    let ip = config.http_addr.ip();
+    (
+        PortPlan {
+            ip,
+            range: config.tcp_ports,
+            kind: PortKind::Tcp,
+        },
+        PortPlan {
+            ip,
+            range: config.udp_ports,
+            kind: PortKind::Udp,
+        },
+    )
 }
 
 /// Every minute, drops rate-limit state of keys that are idle again (bounded memory).

@@ -102,7 +102,9 @@ impl PortPlan {
         ))
     }
 
-    fn bind_port(&self, port: u16) -> Option<PublicSocket> {
+    /// Binds exactly `port`, in the range or not (a port another instance of the cluster
+    /// handed out); `None` when it is in use here.
+    pub(crate) fn bind_port(&self, port: u16) -> Option<PublicSocket> {
         let addr = SocketAddr::new(self.ip, port);
         match self.kind {
             PortKind::Tcp => crate::listen::listen(addr).ok().map(PublicSocket::Tcp),

@@ -34,6 +34,15 @@ impl Routes {
         None
     }
 
+    /// The live tunnel holding the lease on `key` (a public port), if any. A scan of the
+    /// table: asked only for visitors another instance of a cluster forwards here.
+    pub(crate) fn holding(&self, key: &showoff_core::LeaseKey) -> Option<Arc<Tunnel>> {
+        self.read()
+            .values()
+            .find(|tunnel| tunnel.leases.iter().any(|lease| lease.key == *key))
+            .cloned()
+    }
+
     /// Every live tunnel.
     pub(crate) fn all(&self) -> Vec<Arc<Tunnel>> {
         self.read().values().cloned().collect()
@@ -79,5 +88,29 @@ mod tests {
         assert!(routes.remove("demo", "s2").is_some());
         assert!(routes.get("demo").is_none());
         assert_eq!(routes.all().len(), 1);
+    }
+
+    #[test]
+    fn the_tunnel_holding_a_port_is_found_by_its_lease() {
+        let routes = Routes::default();
+        let mut tcp = tunnel("t1", "s1", "alice");
+        tcp.leases.push(showoff_core::Lease {
+            key: showoff_core::LeaseKey::Port(30_001),
+            owner: showoff_core::Owner {
+                principal: "alice".into(),
+                session: "s1".into(),
+            },
+            instance: "node-a".into(),
+            generation: 7,
+        });
+        routes.insert(Arc::new(tcp));
+        routes.insert(Arc::new(tunnel("web", "s1", "alice")));
+        let found = routes.holding(&showoff_core::LeaseKey::Port(30_001));
+        assert_eq!(found.map(|t| t.info.name.clone()), Some("t1".into()));
+        assert!(
+            routes
+                .holding(&showoff_core::LeaseKey::UdpPort(30_001))
+                .is_none()
+        );
     }
 }

@@ -10,8 +10,12 @@
 //! a queue full or meets a cap is dropped and counted by reason
 //! (`showoff_udp_drops_total{reason}`). Each flow is reported once, when it ends, as an exchange
 //! event with its bytes.
+//!
+//! In a cluster, visitors who reach another instance on this tunnel's port come over a peer
+//! link ([`peer_link`]) into the same task, and their flows are answered over that link.
 
 mod index;
+mod peer_link;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use bytes::BytesMut;
 use showoff_core::{DatagramDrop, Exchange, FlowTable, Protocol};
 use showoff_proto::datagram::{self, Datagram, FlowOpen, MAX_UDP_PAYLOAD};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
@@ -29,6 +34,8 @@ use crate::edge::EdgeContext;
 use crate::state::Tunnel;
 use crate::transport::datagrams::DatagramPath;
 use index::{Visited, VisitorIndex};
+use peer_link::{PeerDatagram, PeerInbox, Replies};
+pub(crate) use peer_link::{serve_peer_link, takes_peer_links};
 
 /// The UDP edge, as the control layer starts it for each UDP tunnel.
 pub(crate) struct UdpEdge(pub(crate) Arc<EdgeContext>);
@@ -59,6 +66,9 @@ struct Flow {
     opened_ms: u32,
     bytes_in: u64,
     bytes_out: u64,
+    /// The peer link the visitor came over (it reached another instance of the cluster);
+    /// `None`: this instance's socket.
+    via: Option<Replies>,
 }
 
 impl Visited for Flow {
@@ -81,6 +91,8 @@ struct Relay {
     epoch: Instant,
     /// Scratch buffer datagrams are encoded into.
     out: BytesMut,
+    /// Datagrams other instances of the cluster took for this tunnel.
+    peers: mpsc::Receiver<PeerDatagram>,
 }
 
 async fn serve_tunnel(
@@ -90,7 +102,12 @@ async fn serve_tunnel(
     ctx: Arc<EdgeContext>,
 ) {
     let udp = ctx.settings.udp;
+    let (inbox, peers) = mpsc::channel(peer_link::INBOX);
+    if let Some(slot) = tunnel.edge_state::<PeerInbox>() {
+        let _ = slot.0.set(inbox);
+    }
     let mut relay = Relay {
+        peers,
         flows: FlowTable::new(udp.flows_per_tunnel, udp.flow_idle, ctx.flow_budget.clone()),
         by_visitor: VisitorIndex::default(),
         next: 1,
@@ -113,10 +130,13 @@ async fn serve_tunnel(
             _ = closed.cancelled() => break,
             _ = draining.cancelled() => break,
             received = relay.socket.recv_from(&mut buf) => match received {
-                Ok((len, visitor)) => relay.inbound(&buf[..len], visitor),
+                Ok((len, visitor)) => relay.inbound(&buf[..len], visitor, None),
                 // ICMP errors surface as failed receives on some systems: keep serving.
                 Err(error) => debug!(%error, "udp receive failed"),
             },
+            Some(peer) = relay.peers.recv() => {
+                relay.inbound(&peer.payload, peer.visitor, Some(&peer.reply));
+            }
             answer = relay.path.answers.recv() => match answer {
                 Some(datagram) => relay.answer(datagram),
                 None => break,
@@ -128,8 +148,9 @@ async fn serve_tunnel(
 }
 
 impl Relay {
-    /// A visitor's datagram: its flow found or opened, then sent towards the client.
-    fn inbound(&mut self, payload: &[u8], visitor: SocketAddr) {
+    /// A visitor's datagram, that came to this instance's socket (`via` is `None`) or over a
+    /// peer link: its flow found or opened, then sent towards the client.
+    fn inbound(&mut self, payload: &[u8], visitor: SocketAddr, via: Option<&Replies>) {
         let now = Instant::now();
         if !self.ctx.limits.datagram(visitor.ip()) {
             return self.ctx.stats.udp.dropped("rate_limited");
@@ -145,6 +166,16 @@ impl Relay {
         let Some(flow) = self.flows.touch(flow_id, now) else {
             return stats.dropped("unknown_flow");
         };
+        let moved = match (&flow.via, via) {
+            (Some(old), Some(new)) => !old.same_channel(new),
+            (None, None) => false,
+            _ => true,
+        };
+        if moved {
+            // The visitor's datagrams come another way now (another instance, or a new link):
+            // answers follow them.
+            flow.via = via.cloned();
+        }
         let open = (!flow.answered).then(|| FlowOpen {
             tunnel: self.tunnel.info.name.clone(),
             visitor,
@@ -182,6 +213,7 @@ impl Relay {
             opened_ms: millis_since(self.epoch, now),
             bytes_in: 0,
             bytes_out: 0,
+            via: None,
         };
         self.flows
             .insert(flow_id, flow, now)
@@ -201,6 +233,17 @@ impl Relay {
                     return stats.dropped("unknown_flow");
                 };
                 entry.answered = true;
+                if let Some(link) = &entry.via {
+                    let len = payload.len();
+                    return match link.try_send((entry.visitor, payload)) {
+                        Ok(()) => {
+                            entry.bytes_out += len as u64;
+                            stats.outbound(len);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => stats.dropped("queue_full"),
+                        Err(mpsc::error::TrySendError::Closed(_)) => stats.dropped("closed"),
+                    };
+                }
                 match showoff_core::send_now(&self.socket, &payload, Some(entry.visitor)) {
                     Ok(_) => {
                         entry.bytes_out += payload.len() as u64;
@@ -262,237 +305,4 @@ impl Relay {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use showoff_core::{DatagramQueue, FlowBudget};
-    use showoff_proto::VisitorRules;
-    use tokio::sync::mpsc;
-
-    use crate::state::access::Access;
-    use crate::state::tunnel::tests::tunnel;
-
-    struct Rig {
-        relay: Relay,
-        /// What the relay sent towards the client.
-        sent: Arc<DatagramQueue>,
-        budget: Arc<FlowBudget>,
-    }
-
-    /// A relay of tunnel `dns` in slot 3, its socket on loopback, its path an in-memory queue.
-    async fn relay_rig(cap: usize, max_datagram: usize, access: Access) -> Rig {
-        let ctx = crate::edge::tests::context();
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let sent = Arc::new(DatagramQueue::new(64, 1 << 20, max_datagram));
-        let (_answers_tx, answers) = mpsc::channel(8);
-        let budget = FlowBudget::new(100);
-        let mut tunnel = tunnel("dns", "s1", "alice");
-        tunnel.access = access;
-        let relay = Relay {
-            socket,
-            tunnel: Arc::new(tunnel),
-            path: DatagramPath {
-                link: sent.clone(),
-                answers,
-                slot: 3,
-            },
-            flows: FlowTable::new(cap, Duration::from_secs(120), budget.clone()),
-            by_visitor: VisitorIndex::default(),
-            next: 1,
-            epoch: Instant::now(),
-            out: BytesMut::new(),
-            ctx,
-        };
-        Rig {
-            relay,
-            sent,
-            budget,
-        }
-    }
-
-    fn sent(rig: &Rig) -> Option<Datagram> {
-        rig.sent
-            .try_pop()
-            .map(|bytes| Datagram::decode(bytes).expect("well formed"))
-    }
-
-    fn counted(rig: &Rig, sample: &str) -> bool {
-        let text = rig.relay.ctx.stats.encode().expect("metrics");
-        text.lines().any(|line| line == sample)
-    }
-
-    fn addr(text: &str) -> SocketAddr {
-        text.parse().expect("addr")
-    }
-
-    #[tokio::test]
-    async fn a_first_datagram_opens_its_flow_and_answers_reach_their_visitor() {
-        let mut rig = relay_rig(10, 65_000, Access::default()).await;
-        let visitor = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let from = visitor.local_addr().expect("addr");
-        rig.relay.inbound(b"query", from);
-        let Some(Datagram::Data {
-            flow,
-            open: Some(open),
-            payload,
-        }) = sent(&rig)
-        else {
-            panic!("expected a datagram with its flow's open header");
-        };
-        assert_eq!(flow & 0xff, 3, "the slot is the low byte");
-        assert_eq!((open.tunnel.as_str(), open.visitor), ("dns", from));
-        assert_eq!(&payload[..], b"query");
-        rig.relay.inbound(b"again", from);
-        assert!(
-            matches!(sent(&rig), Some(Datagram::Data { open: Some(_), flow: f, .. }) if f == flow),
-            "open until the client answered"
-        );
-        rig.relay.answer(Datagram::Data {
-            flow,
-            open: None,
-            payload: "answer".into(),
-        });
-        let mut buf = [0u8; 64];
-        let (len, source) = visitor.recv_from(&mut buf).await.expect("answer");
-        assert_eq!(&buf[..len], b"answer");
-        assert_eq!(source, rig.relay.socket.local_addr().expect("addr"));
-        rig.relay.inbound(b"third", from);
-        assert!(matches!(
-            sent(&rig),
-            Some(Datagram::Data { open: None, .. })
-        ));
-        assert!(counted(&rig, "showoff_udp_flows_opened_total 1"));
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_datagrams_total{direction="in"} 3"#
-        ));
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_datagrams_total{direction="out"} 1"#
-        ));
-    }
-
-    #[tokio::test]
-    async fn caps_ip_rules_and_the_path_limit_drop_and_count_without_truncating() {
-        let mut rig = relay_rig(2, 100, Access::default()).await;
-        rig.relay.inbound(b"a", addr("127.0.0.1:1001"));
-        rig.relay.inbound(b"b", addr("127.0.0.1:1002"));
-        rig.relay.inbound(b"c", addr("127.0.0.1:1003"));
-        assert_eq!(rig.relay.flows.len(), 2);
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_drops_total{reason="tunnel_flows_full"} 1"#
-        ));
-        while sent(&rig).is_some() {}
-        rig.relay.inbound(&[7u8; 200], addr("127.0.0.1:1001"));
-        assert!(sent(&rig).is_none(), "nothing of it was sent");
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_drops_total{reason="too_large"} 1"#
-        ));
-        let rules = VisitorRules {
-            deny_ips: vec!["127.0.0.0/8".into()],
-            ..VisitorRules::default()
-        };
-        let mut denied = relay_rig(10, 65_000, Access::parse(&rules).expect("rules")).await;
-        denied.relay.inbound(b"x", addr("127.0.0.1:2000"));
-        assert!(sent(&denied).is_none());
-        assert!(denied.relay.flows.is_empty());
-        assert!(counted(
-            &denied,
-            r#"showoff_udp_drops_total{reason="ip_forbidden"} 1"#
-        ));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_flows_end_with_a_close_and_answered_ones_stay() {
-        let mut rig = relay_rig(10, 65_000, Access::default()).await;
-        let (quiet, busy) = (addr("127.0.0.1:3001"), addr("127.0.0.1:3002"));
-        rig.relay.inbound(b"q", quiet);
-        rig.relay.inbound(b"b", busy);
-        let busy_flow = rig
-            .relay
-            .by_visitor
-            .get(busy, &rig.relay.flows)
-            .expect("flow");
-        let quiet_flow = rig
-            .relay
-            .by_visitor
-            .get(quiet, &rig.relay.flows)
-            .expect("flow");
-        while sent(&rig).is_some() {}
-        tokio::time::advance(Duration::from_secs(100)).await;
-        rig.relay.answer(Datagram::Data {
-            flow: busy_flow,
-            open: None,
-            payload: "a".into(),
-        });
-        tokio::time::advance(Duration::from_secs(30)).await;
-        rig.relay.sweep();
-        assert_eq!(sent(&rig), Some(Datagram::Close { flow: quiet_flow }));
-        assert_eq!(rig.relay.flows.len(), 1);
-        assert_eq!(rig.relay.by_visitor.get(quiet, &rig.relay.flows), None);
-        assert_eq!(rig.relay.by_visitor.len(), rig.relay.flows.len());
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_flows_ended_total{reason="idle"} 1"#
-        ));
-        // A visitor back after its flow ended gets a new flow, announced again.
-        rig.relay.inbound(b"back", quiet);
-        assert!(matches!(
-            sent(&rig),
-            Some(Datagram::Data { open: Some(_), flow, .. }) if flow != quiet_flow
-        ));
-    }
-
-    #[tokio::test]
-    async fn closes_are_idempotent_and_a_closed_tunnel_frees_every_flow() {
-        let mut rig = relay_rig(10, 65_000, Access::default()).await;
-        for port in 4001..4006 {
-            rig.relay.inbound(b"x", addr(&format!("127.0.0.1:{port}")));
-        }
-        let flow = rig
-            .relay
-            .by_visitor
-            .get(addr("127.0.0.1:4001"), &rig.relay.flows)
-            .expect("flow");
-        rig.relay.answer(Datagram::Close { flow });
-        rig.relay.answer(Datagram::Close { flow });
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_flows_ended_total{reason="client_closed"} 1"#
-        ));
-        rig.relay.answer(Datagram::Data {
-            flow,
-            open: None,
-            payload: "late".into(),
-        });
-        assert!(counted(
-            &rig,
-            r#"showoff_udp_drops_total{reason="unknown_flow"} 1"#
-        ));
-        assert_eq!(rig.budget.used(), 4);
-        rig.relay.inbound(b"again", addr("127.0.0.1:4001"));
-        let reopened = rig
-            .relay
-            .by_visitor
-            .get(addr("127.0.0.1:4001"), &rig.relay.flows);
-        assert!(
-            reopened.is_some_and(|id| id != flow),
-            "a closed flow's visitor opens a new one"
-        );
-        assert_eq!(rig.budget.used(), 5);
-        let (stats, budget) = (rig.relay.ctx.stats.clone(), rig.budget.clone());
-        rig.relay.end();
-        assert_eq!(budget.used(), 0, "no flow outlives its tunnel");
-        assert_eq!(stats.snapshot().udp_flows_active, 0);
-    }
-
-    #[test]
-    fn a_flow_spanning_the_offsets_wrap_keeps_its_exact_duration() {
-        let epoch = Instant::now();
-        let opened = epoch + Duration::from_millis(u64::from(u32::MAX) - 5);
-        let ended = opened + Duration::from_millis(20);
-        let elapsed = millis_since(epoch, ended).wrapping_sub(millis_since(epoch, opened));
-        assert_eq!(elapsed, 20);
-    }
-}
+mod tests;
