@@ -96,6 +96,12 @@ impl Keys {
         format!("{}ports", self.prefix)
     }
 
+    /// The sorted set of instances that announced a peer listener, each scored with when its
+    /// announcement lapses (Unix milliseconds).
+    pub fn instances(&self) -> String {
+        format!("{}instances", self.prefix)
+    }
+
     /// The generation counter.
     pub fn generation(&self) -> String {
         format!("{}generation", self.prefix)
@@ -134,6 +140,7 @@ mod tests {
         assert_eq!(keys.leased("other:lease:port:53"), None);
         assert_eq!(keys.leased("showoff:generation"), None);
         assert_eq!(keys.ports(), "showoff:ports");
+        assert_eq!(keys.instances(), "showoff:instances");
         assert_eq!(keys.generation(), "showoff:generation");
         assert_eq!(keys.events(), "showoff:events");
         assert_eq!(keys.instance("node-a"), "showoff:instance:node-a");

@@ -158,6 +158,19 @@ end
 return listed
 "#;
 
+const INSTANCES: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local listed = {}
+for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local addr = redis.call('GET', ARGV[2] .. name)
+  if addr then
+    table.insert(listed, name)
+    table.insert(listed, addr)
+  end
+end
+return listed
+"#;
+
 /// The scripts, hashed once (`EVALSHA`, loaded again when Redis has forgotten them).
 struct Scripts {
     claim: Script,
@@ -165,6 +178,7 @@ struct Scripts {
     release: Script,
     reassert: Script,
     ports: Script,
+    instances: Script,
 }
 
 /// Leases in Redis, shared by every instance of a cluster.
@@ -226,6 +240,7 @@ impl RedisRegistry {
             keys: keys.clone(),
             announcement: announcement.clone(),
             instance_key: keys.instance(&settings.instance),
+            instance: settings.instance.clone(),
             ttl_ms,
             client,
             connection: connection.clone(),
@@ -249,6 +264,7 @@ impl RedisRegistry {
                 release: Script::new(RELEASE),
                 reassert: Script::new(REASSERT),
                 ports: Script::new(PORTS),
+                instances: Script::new(INSTANCES),
             },
             cache,
             health,
@@ -466,5 +482,25 @@ impl Registry for RedisRegistry {
 
     fn port_changes(&self) -> Option<Arc<Notify>> {
         Some(self.ports_changed.clone())
+    }
+
+    fn silent_for(&self) -> Option<Duration> {
+        self.health.silent_for()
+    }
+
+    async fn instances(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        let mut invocation = self.scripts.instances.prepare_invoke();
+        // Announcements that lapsed a minute ago are pruned from the set.
+        let pruned = crate::watch::unix_millis().saturating_sub(60_000);
+        invocation
+            .key(self.keys.instances())
+            .arg(pruned)
+            .arg(self.keys.instance(""));
+        let mut connection = self.connection.clone();
+        let listed: Vec<String> = self.call(invocation.invoke_async(&mut connection)).await?;
+        Ok(listed
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect())
     }
 }

@@ -21,10 +21,29 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts to subscribe again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Whether Redis answered the last call, and if not, why.
-#[derive(Debug, Default)]
+/// Whether Redis answered the last call, and if not, why; and when it last answered.
+#[derive(Debug)]
 pub struct Health {
-    problem: Mutex<Option<String>>,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug)]
+struct HealthState {
+    /// Why the last call failed; `None` when it succeeded.
+    problem: Option<String>,
+    /// When a call last got its answer (or the registry was made).
+    last_answer: std::time::Instant,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(HealthState {
+                problem: None,
+                last_answer: std::time::Instant::now(),
+            }),
+        }
+    }
 }
 
 impl Health {
@@ -33,13 +52,17 @@ impl Health {
         Self::default()
     }
 
-    fn problem_slot(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.problem.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A call got its answer.
     pub fn answered(&self) {
-        let recovered = self.problem_slot().take();
+        let recovered = {
+            let mut state = self.state();
+            state.last_answer = std::time::Instant::now();
+            state.problem.take()
+        };
         if let Some(reason) = recovered {
             info!(was = %reason, "the cluster's Redis answers again");
         }
@@ -47,7 +70,7 @@ impl Health {
 
     /// A call failed for `reason`.
     pub fn failed(&self, reason: &str) {
-        let before = self.problem_slot().replace(reason.to_string());
+        let before = self.state().problem.replace(reason.to_string());
         if before.is_none() {
             warn!(%reason, "the cluster's Redis does not answer");
         }
@@ -55,7 +78,15 @@ impl Health {
 
     /// Why the last call failed; `None` when it succeeded.
     pub fn problem(&self) -> Option<String> {
-        self.problem_slot().clone()
+        self.state().problem.clone()
+    }
+
+    /// How long since Redis last answered, while the last call failed; `None` while calls
+    /// succeed. Counted from the last answer, not the first failure: leases renewed before
+    /// it lapse on that clock.
+    pub fn silent_for(&self) -> Option<std::time::Duration> {
+        let state = self.state();
+        state.problem.as_ref().map(|_| state.last_answer.elapsed())
     }
 }
 
@@ -90,6 +121,8 @@ pub(crate) struct Watch {
     /// What to announce, under which key, for how long (milliseconds).
     pub(crate) announcement: Arc<Announcement>,
     pub(crate) instance_key: String,
+    /// This instance's name.
+    pub(crate) instance: String,
     pub(crate) ttl_ms: u64,
     /// The cluster's key names, to tell port events apart.
     pub(crate) keys: crate::record::Keys,
@@ -179,20 +212,63 @@ impl Watch {
     /// same question and keeps the announcement alive for the lease TTL).
     async fn ping(&self) -> Result<(), String> {
         let mut connection = self.connection.clone();
-        let mut command = redis::cmd("PING");
-        if let Some(addr) = self.announcement.get() {
-            command = redis::cmd("SET");
-            command
-                .arg(&self.instance_key)
-                .arg(addr)
-                .arg("PX")
-                .arg(self.ttl_ms);
+        let mut pipe = redis::pipe();
+        match self.announcement.get() {
+            Some(addr) => {
+                let until = unix_millis().saturating_add(self.ttl_ms);
+                pipe.cmd("SET")
+                    .arg(&self.instance_key)
+                    .arg(addr)
+                    .arg("PX")
+                    .arg(self.ttl_ms)
+                    .ignore()
+                    .cmd("ZADD")
+                    .arg(self.keys.instances())
+                    .arg(until)
+                    .arg(&self.instance)
+                    .ignore();
+            }
+            None => {
+                pipe.cmd("PING").ignore();
+            }
         }
-        let ping = command.query_async::<String>(&mut connection);
+        let ping = pipe.query_async::<()>(&mut connection);
         match tokio::time::timeout(self.timeout, ping).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the instances set is scored with them).
+pub(crate) fn unix_millis() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_counted_from_the_last_answer_and_ends_with_the_next() {
+        let health = Health::new();
+        assert_eq!(health.silent_for(), None);
+        std::thread::sleep(Duration::from_millis(30));
+        health.failed("timed out");
+        let silent = health.silent_for().expect("silent");
+        assert!(
+            silent >= Duration::from_millis(30),
+            "from the last answer: {silent:?}"
+        );
+        health.failed("timed out again");
+        assert_eq!(health.problem().as_deref(), Some("timed out again"));
+        assert!(
+            health.silent_for() >= Some(silent),
+            "not restarted by a second failure"
+        );
+        health.answered();
+        assert_eq!((health.silent_for(), health.problem()), (None, None));
     }
 }

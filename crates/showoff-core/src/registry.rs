@@ -150,6 +150,17 @@ pub trait Registry: Send + Sync + 'static {
     fn port_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+    /// How long the backend has not answered, while it does not; `None` while it does (or
+    /// for a backend that cannot fail). An instance that is cut off from a backend its peers
+    /// still reach must stop serving before its leases lapse.
+    fn silent_for(&self) -> Option<Duration> {
+        None
+    }
+    /// The instances of the cluster that announced a peer listener lately, with where it is
+    /// (this one included); empty for a single server.
+    async fn instances(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        Ok(Vec::new())
+    }
 }
 
 impl LeaseKey {

@@ -6,6 +6,7 @@
 //! What the embedder provides beside the plain configuration are [`Services`]: the name
 //! registry, the token table, the audit sink, run-time log control and extra exchange sinks.
 
+mod fence;
 mod layers;
 
 use std::net::SocketAddr;

@@ -9,12 +9,14 @@
 //!   reach the client, visitor bookkeeping and a slot for its edge's own state.
 //! - [`routes`]: [`Routes`], name → live tunnel, read by the edges on every request.
 //! - [`access`]: per-tunnel visitor rules (IP lists, basic auth).
+//! - [`partition`]: whether this instance fenced itself off its cluster.
 //! - [`names`]: the naming rules (validity, reserved, banned, patterns) and readable names.
 //! - [`ports`]: binding a public port for a TCP tunnel.
 //! - [`urls`]: [`PublicUrls`], the one builder of every URL and origin the server shows.
 
 pub(crate) mod access;
 pub(crate) mod names;
+pub(crate) mod partition;
 pub(crate) mod ports;
 pub(crate) mod routes;
 pub(crate) mod sessions;

@@ -35,7 +35,20 @@ pub fn instance_parts(
     prefix: &str,
     secret: &str,
 ) -> (ServerConfig, Services) {
-    let mut settings = registry_settings(redis, name, prefix);
+    instance_parts_via(&redis.url(), name, prefix, secret)
+}
+
+/// [`instance_parts`] reaching Redis at `url` (e.g. through an impairment relay).
+pub fn instance_parts_via(
+    url: &str,
+    name: &str,
+    prefix: &str,
+    secret: &str,
+) -> (ServerConfig, Services) {
+    let mut settings = RedisSettings::new(Secret::new(url), name);
+    settings.prefix = format!("{prefix}:");
+    settings.cache_ttl = Duration::from_millis(200);
+    settings.timeout = Duration::from_millis(500);
     settings.lease_ttl = Duration::from_secs(3);
     let mut config = ServerConfig::ephemeral();
     config.cluster = ClusterConfig {

@@ -134,6 +134,11 @@ impl ControlLoop {
             let _ = self.send(refusal).await;
             return Err("replaced by another session");
         }
+        if let Some(why) = self.session.sent_away_for() {
+            let why = why.to_string();
+            let _ = self.say_goaway(why, 0).await;
+            return Err("sent to another instance");
+        }
         if self.ctx.drain.is_draining() && !self.said_goaway {
             let _ = self.go_away().await;
         }
@@ -141,10 +146,14 @@ impl ControlLoop {
     }
 
     async fn go_away(&mut self) -> Result<(), End> {
+        self.say_goaway("server shutting down".into(), 1000).await
+    }
+
+    async fn say_goaway(&mut self, reason: String, reconnect_after_ms: u64) -> Result<(), End> {
         self.said_goaway = true;
         let msg = ServerMessage::GoAway {
-            reason: "server shutting down".into(),
-            reconnect_after_ms: 1000,
+            reason,
+            reconnect_after_ms,
         };
         self.send(msg).await
     }

@@ -175,6 +175,37 @@ impl ClusterEdge {
         }
     }
 
+    /// Asks the instance at `addr` whether it reaches the cluster's Redis; `None` when it
+    /// does not answer `within`.
+    pub(crate) async fn reaches_redis(&self, addr: &str, within: Duration) -> Option<bool> {
+        let ask = async {
+            let (mut stream, mut buf) = self.prove(addr, HEALTH).await?;
+            match read_line(&mut stream, &mut buf).await?.as_bytes() {
+                b"REDIS-UP" => Some(true),
+                b"REDIS-DOWN" => Some(false),
+                _ => None,
+            }
+        };
+        timeout(within, ask).await.ok().flatten()
+    }
+
+    /// Connects to `addr` and sends the proof with `request` after it; the connection and
+    /// what was read past the challenge.
+    async fn prove(&self, addr: &str, request: &str) -> Option<(TcpStream, BytesMut)> {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let mut buf = BytesMut::with_capacity(MAX_LINE);
+        let challenge = read_line(&mut stream, &mut buf).await?;
+        let nonce = challenge.strip_prefix(HELLO)?.trim().to_string();
+        let proof = hex(self.proof(&nonce, &self.instance).as_ref());
+        let answer = match request {
+            "" => format!("{} {proof}\r\n", self.instance),
+            request => format!("{} {proof} {request}\r\n", self.instance),
+        };
+        stream.write_all(answer.as_bytes()).await.ok()?;
+        Some((stream, buf))
+    }
+
     /// The handshake on a new connection to `addr`, with a stream request or without;
     /// `None` when the peer cannot be reached, refuses the proof or answers nonsense.
     async fn handshake(
@@ -182,18 +213,9 @@ impl ClusterEdge {
         addr: &str,
         opening: Option<&Opening>,
     ) -> Option<(TunnelStream, Answer)> {
+        let request = opening.map(Opening::to_string).unwrap_or_default();
         let handshake = async {
-            let mut stream = TcpStream::connect(addr).await.ok()?;
-            let _ = stream.set_nodelay(true);
-            let mut buf = BytesMut::with_capacity(MAX_LINE);
-            let challenge = read_line(&mut stream, &mut buf).await?;
-            let nonce = challenge.strip_prefix(HELLO)?.trim().to_string();
-            let proof = hex(self.proof(&nonce, &self.instance).as_ref());
-            let answer = match opening {
-                Some(opening) => format!("{} {proof} {opening}\r\n", self.instance),
-                None => format!("{} {proof}\r\n", self.instance),
-            };
-            stream.write_all(answer.as_bytes()).await.ok()?;
+            let (mut stream, mut buf) = self.prove(addr, &request).await?;
             let answer = Answer::parse(&read_line(&mut stream, &mut buf).await?)?;
             Some((TunnelStream::boxed(buf, stream), answer))
         };
@@ -275,8 +297,17 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
         let _ = timeout(HANDSHAKE_TIMEOUT, stream.write_all(b"DENIED\r\n")).await;
         return;
     };
-    if let Some(opening) = request {
-        return stream::serve(stream, buf, opening, ctx).await;
+    match request {
+        Request::Http => {}
+        Request::Stream(opening) => return stream::serve(stream, buf, opening, ctx).await,
+        Request::Health => {
+            let answer = match cluster.registry.silent_for() {
+                None => REDIS_UP,
+                Some(_) => REDIS_DOWN,
+            };
+            let _ = timeout(HANDSHAKE_TIMEOUT, stream.write_all(answer)).await;
+            return;
+        }
     }
     if timeout(HANDSHAKE_TIMEOUT, stream.write_all(Answer::Ok.line()))
         .await
@@ -287,14 +318,32 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
     Conn::new(stream, peer, buf, Scheme::Peer, ctx).run().await;
 }
 
-/// Sends the challenge and checks the answer: `None` without a valid proof, else the stream
-/// request the answer carried, if any.
+/// What a proven peer asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// HTTP/1.1 requests follow.
+    Http,
+    /// One stream ([`opening`]).
+    Stream(Opening),
+    /// Whether this instance reaches the cluster's Redis (`redis?`): an instance that cannot
+    /// asks its peers before it fences itself off.
+    Health,
+}
+
+/// The question a [`Request::Health`] asks.
+const HEALTH: &str = "redis?";
+/// The answers to it.
+const REDIS_UP: &[u8] = b"REDIS-UP\r\n";
+const REDIS_DOWN: &[u8] = b"REDIS-DOWN\r\n";
+
+/// Sends the challenge and checks the answer: `None` without a valid proof, else what the
+/// answer asks for.
 async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     nonce: &str,
     cluster: &ClusterEdge,
-) -> Option<Option<Opening>> {
+) -> Option<Request> {
     stream
         .write_all(format!("{HELLO} {nonce}\r\n").as_bytes())
         .await
@@ -304,8 +353,9 @@ async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
     let (instance, proof) = (words.next()?, unhex(words.next()?)?);
     hmac::verify(&cluster.key, signed(nonce, instance).as_bytes(), &proof).ok()?;
     match words.next() {
-        None => Some(None),
-        Some(request) => Opening::parse(request).map(Some),
+        None => Some(Request::Http),
+        Some(HEALTH) => Some(Request::Health),
+        Some(request) => Opening::parse(request).map(Request::Stream),
     }
 }
 
@@ -343,7 +393,10 @@ mod tests {
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(answer.as_bytes()).await.expect("answer");
         let mut buf = BytesMut::new();
-        assert_eq!(challenge(&mut near, &mut buf, nonce, &a).await, Some(None));
+        assert_eq!(
+            challenge(&mut near, &mut buf, nonce, &a).await,
+            Some(Request::Http)
+        );
 
         let wrong = cluster("node-b", "another secret of 16+");
         let forged = format!("node-b {}\r\n", hex(wrong.proof(nonce, "node-b").as_ref()));
@@ -371,8 +424,15 @@ mod tests {
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(stream.as_bytes()).await.expect("answer");
         let opening = challenge(&mut near, &mut BytesMut::new(), nonce, &a).await;
-        let opening = opening.flatten().expect("a stream request");
+        let Some(Request::Stream(opening)) = opening else {
+            panic!("a stream request: {opening:?}");
+        };
         assert_eq!(opening.key, LeaseKey::Port(30_001));
+        let health = stream.replace("tcp 30001 192.0.2.1:4000", HEALTH);
+        let (mut near, mut far) = tokio::io::duplex(4096);
+        far.write_all(health.as_bytes()).await.expect("answer");
+        let asked = challenge(&mut near, &mut BytesMut::new(), nonce, &a).await;
+        assert_eq!(asked, Some(Request::Health));
         let garbled = stream.replace("tcp 30001", "tcp banana");
         let (mut near, mut far) = tokio::io::duplex(4096);
         far.write_all(garbled.as_bytes()).await.expect("answer");

@@ -3,7 +3,7 @@
 //! | method and path | answer |
 //! | --- | --- |
 //! | `GET /healthz` | 200 `ok` once every listener is bound (liveness) |
-//! | `GET /readyz` | 200 `ready` once the server accepts and metrics are registered; 503 `draining` during a drain (readiness); 200 `ready, degraded: <why>` while the registry (a cluster's Redis) does not answer |
+//! | `GET /readyz` | 200 `ready` once the server accepts and metrics are registered; 503 `draining` during a drain (readiness); 200 `ready, degraded: <why>` while the registry (a cluster's Redis) does not answer; 503 `partitioned: <why>` while this instance alone cannot reach it and fenced itself off |
 //! | `GET /version` | JSON: version, commit, build date, rustc |
 //! | `GET /metrics` | Prometheus text format; needs the admin token with `metrics_auth` |
 //! | `GET /api/v1/sessions` | JSON list of sessions: id, principal, peer, age, tunnels; needs the admin token |
@@ -45,6 +45,8 @@ pub(crate) struct AdminContext {
     pub(crate) drain: Drain,
     /// Asked whether it serves claims, for `/readyz`.
     pub(crate) registry: Arc<dyn showoff_core::Registry>,
+    /// Whether this instance fenced itself off its cluster, for `/readyz`.
+    pub(crate) partition: Arc<crate::state::partition::Partition>,
 }
 
 /// Changes the process's log filter at run time (`PUT /api/v1/log-level`). The binary owns the
@@ -106,6 +108,10 @@ async fn readyz(State(ctx): State<Arc<AdminContext>>) -> Response {
     }
     if !ctx.drain.is_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    }
+    // Cut off alone: the other instances serve this one's names now.
+    if let Some(why) = ctx.partition.reason() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
     }
     // Still ready: the tunnels already up serve every visitor that reaches this instance, and
     // a failing probe on every instance at once would take them all out of the balancer.

@@ -23,6 +23,7 @@ use crate::limits::RateLimits;
 use crate::listen::{ConnectionGate, Prelude};
 use crate::ops::acme::AcmeContext;
 use crate::ops::admin::AdminContext;
+use crate::state::partition::Partition;
 use crate::state::ports::{PortKind, PortPlan};
 use crate::state::{PublicUrls, Routes, Sessions, VisitorCaps};
 use crate::stats::Stats;
@@ -48,6 +49,8 @@ pub(super) struct Layers {
     pub(super) drain: Drain,
     /// In a cluster: the ports this instance listens on for the others.
     pub(super) mirrors: Option<Arc<Mirrors>>,
+    /// Whether this instance fenced itself off its cluster.
+    pub(super) partition: Arc<Partition>,
 }
 
 /// The services several layers share, before each gets its own context. Lives only while
@@ -129,7 +132,8 @@ impl Layers {
             mirrors: control_mirrors(mirrors.as_ref()),
             drain: parts.drain.clone(),
         });
-        let admin = admin_context(config, &parts, &services, registry);
+        let partition = Arc::new(Partition::default());
+        let admin = admin_context(config, &parts, &services, registry, partition.clone());
         Self {
             control,
             edge,
@@ -143,6 +147,7 @@ impl Layers {
             audit: services.audit,
             drain: parts.drain,
             mirrors,
+            partition,
         }
     }
 
@@ -253,6 +258,16 @@ impl Layers {
         tasks.spawn(forget_full_buckets(self.limits.clone(), stopping));
         if let Some(mirrors) = self.mirrors {
             tasks.spawn(mirrors.run());
+        }
+        if let Some(cluster) = self.edge.cluster.clone() {
+            let fencing = super::fence::Fencing {
+                registry: self.control.registry.clone(),
+                cluster,
+                sessions: self.sessions.clone(),
+                partition: self.partition.clone(),
+                stats: self.stats.clone(),
+            };
+            tasks.spawn(fencing.run(self.drain.stopping().clone()));
         }
         if let Some((ctx, rx)) = self.acme {
             tasks.spawn(crate::ops::acme::run(ctx, rx));
@@ -420,6 +435,7 @@ fn admin_context(
     parts: &Parts,
     services: &Services,
     registry: Arc<dyn showoff_core::Registry>,
+    partition: Arc<Partition>,
 ) -> Arc<AdminContext> {
     Arc::new(AdminContext {
         sessions: parts.sessions.clone(),
@@ -431,6 +447,7 @@ fn admin_context(
         log_control: services.log_control.clone(),
         drain: parts.drain.clone(),
         registry,
+        partition,
     })
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct Session {
     /// Set when another session of the same principal took a name over: the name, for the
     /// `replaced` refusal the client is sent before the session closes.
     replaced: std::sync::OnceLock<String>,
+    /// Set when the client must go to another instance: why, for its `GoAway`.
+    sent_away: std::sync::OnceLock<String>,
     /// Set when the session's principal was revoked: its established streams end too.
     revoked: std::sync::atomic::AtomicBool,
     /// How the session's streams travel.
@@ -51,6 +53,7 @@ impl Session {
             tunnels: Mutex::new(Vec::new()),
             cancel,
             replaced: std::sync::OnceLock::new(),
+            sent_away: std::sync::OnceLock::new(),
             revoked: Default::default(),
             transport: showoff_proto::TransportKind::Tcp,
         }
@@ -65,6 +68,11 @@ impl Session {
     /// The name another session took over, if this one was replaced.
     pub(crate) fn replaced_for(&self) -> Option<&str> {
         self.replaced.get().map(String::as_str)
+    }
+
+    /// Why the session's client was sent to another instance, if it was.
+    pub(crate) fn sent_away_for(&self) -> Option<&str> {
+        self.sent_away.get().map(String::as_str)
     }
 
     /// Whether the session was closed because its principal was revoked.
@@ -129,6 +137,17 @@ impl Sessions {
             let _ = session.replaced.set(name.to_string());
             session.cancel.cancel();
         }
+    }
+
+    /// Ends every session with a `GoAway` saying `why`: their clients reconnect, to another
+    /// instance of the cluster. Returns how many.
+    pub(crate) fn send_away(&self, why: &str) -> usize {
+        let map = self.map();
+        for session in map.values() {
+            let _ = session.sent_away.set(why.to_string());
+            session.cancel.cancel();
+        }
+        map.len()
     }
 
     /// Closes every session of `principal` (revoked token); returns how many.
