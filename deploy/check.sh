@@ -62,6 +62,19 @@ if helm template demo "$chart" --set 'tokens={t}' >/dev/null 2>"$out/helm-plain.
     say "the chart rendered plaintext control without allowPlaintext; it must refuse"; exit 1
 fi
 grep -q "control and data need TLS" "$out/helm-plain.err"
+say "helm lint + template of a three-replica cluster on the chart's own Redis"
+helm lint --strict "$chart" -f "$chart/ci/cluster-values.yaml" >/dev/null
+helm template demo "$chart" -f "$chart/ci/cluster-values.yaml" >"$out/helm-cluster.yaml"
+kubernetes-validate -k 1.32.0 --strict --quiet "$out/helm-cluster.yaml"
+for expected in "replicas: 3" "name: demo-showoff-peer" "clusterIP: None" "name: SHOWOFF_CLUSTER_REDIS" \
+    "redis-url: \"redis://demo-showoff-redis:6379\"" 'peer_addr: "0.0.0.0:7002"' "kind: PodDisruptionBudget" \
+    "preStop:" 'value: "$(POD_IP):7002"'; do
+    grep -qF "$expected" "$out/helm-cluster.yaml" || { say "cluster render lacks: $expected"; exit 1; }
+done
+if helm template demo "$chart" -f "$chart/ci/test-values.yaml" --set replicaCount=2 >/dev/null 2>"$out/helm-replicas.err"; then
+    say "the chart rendered two replicas without a cluster; it must refuse"; exit 1
+fi
+grep -q "replicaCount > 1 needs cluster.enabled" "$out/helm-replicas.err"
 grep -q 'allow_plaintext: "true"' "$out/helm.yaml" || { say "the opt-out render lacks allow_plaintext"; exit 1; }
 if grep -q "allow_plaintext" "$out/helm-tls.yaml"; then say "the TLS render allows plaintext"; exit 1; fi
 

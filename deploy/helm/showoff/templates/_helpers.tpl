@@ -31,3 +31,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "showoff.https" -}}
 {{- if or .Values.tls.secretName .Values.acme.enabled -}}true{{- end -}}
 {{- end -}}
+
+{{/* The cluster's Redis URL: cluster.redisUrl, or the chart's own Redis. */}}
+{{- define "showoff.redisUrl" -}}
+{{- if .Values.cluster.redisUrl -}}
+{{- .Values.cluster.redisUrl -}}
+{{- else if .Values.cluster.redis.deploy -}}
+redis://{{ include "showoff.fullname" . }}-redis:6379
+{{- else -}}
+{{- fail "cluster.enabled needs cluster.redisUrl or cluster.redis.deploy" -}}
+{{- end -}}
+{{- end -}}
