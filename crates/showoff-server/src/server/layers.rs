@@ -64,6 +64,23 @@ struct Parts {
     tls: Arc<Tls>,
     urls: PublicUrls,
     http01: Http01Answers,
+    partition: Arc<Partition>,
+}
+
+impl Parts {
+    fn new(config: &ServerConfig, tls: Arc<Tls>, listeners: &Listeners) -> Self {
+        Self {
+            stats: Arc::new(Stats::new(&config.build, config.admin.tunnel_metrics)),
+            limits: Arc::new(RateLimits::new(&config.rates)),
+            sessions: Arc::new(Sessions::default()),
+            routes: Arc::new(Routes::default()),
+            drain: Drain::default(),
+            tls,
+            urls: public_urls(config, listeners),
+            http01: Http01Answers::default(),
+            partition: Arc::default(),
+        }
+    }
 }
 
 impl Layers {
@@ -75,16 +92,7 @@ impl Layers {
         tls: Arc<Tls>,
         listeners: &Listeners,
     ) -> Self {
-        let parts = Parts {
-            stats: Arc::new(Stats::new(&config.build, config.admin.tunnel_metrics)),
-            limits: Arc::new(RateLimits::new(&config.rates)),
-            sessions: Arc::new(Sessions::default()),
-            routes: Arc::new(Routes::default()),
-            drain: Drain::default(),
-            tls,
-            urls: public_urls(config, listeners),
-            http01: Http01Answers::default(),
-        };
+        let parts = Parts::new(config, tls, listeners);
         let registry: Arc<dyn showoff_core::Registry> = services
             .registry
             .clone()
@@ -132,8 +140,7 @@ impl Layers {
             mirrors: control_mirrors(mirrors.as_ref()),
             drain: parts.drain.clone(),
         });
-        let partition = Arc::new(Partition::default());
-        let admin = admin_context(config, &parts, &services, registry, partition.clone());
+        let admin = admin_context(config, &parts, &services, registry);
         Self {
             control,
             edge,
@@ -147,7 +154,7 @@ impl Layers {
             audit: services.audit,
             drain: parts.drain,
             mirrors,
-            partition,
+            partition: parts.partition,
         }
     }
 
@@ -435,7 +442,6 @@ fn admin_context(
     parts: &Parts,
     services: &Services,
     registry: Arc<dyn showoff_core::Registry>,
-    partition: Arc<Partition>,
 ) -> Arc<AdminContext> {
     Arc::new(AdminContext {
         sessions: parts.sessions.clone(),
@@ -447,7 +453,7 @@ fn admin_context(
         log_control: services.log_control.clone(),
         drain: parts.drain.clone(),
         registry,
-        partition,
+        partition: parts.partition.clone(),
     })
 }
 
