@@ -87,10 +87,13 @@ done
 
 # --- config files the manifests ship, checked by the real binary ----------------------------
 say "shipped config files pass showoff server --check-config"
-# One static release build serves the config checks, the image and the host-side client.
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release -p showoff \
+# One static build serves the config checks, the image and the host-side client, in the
+# package-check profile (a release build with less optimisation: it builds in about half the
+# time, and nothing here measures speed).
+export SHOWOFF_PROFILE=package-check
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --profile "$SHOWOFF_PROFILE" -p showoff \
     --target x86_64-unknown-linux-gnu
-showoff="$root/target/x86_64-unknown-linux-gnu/release/showoff"
+showoff="$root/target/x86_64-unknown-linux-gnu/$SHOWOFF_PROFILE/showoff"
 python3 - "$out/helm.yaml" "$out/helm-config.yaml" <<'PY'
 import sys
 text = open(sys.argv[1]).read()
