@@ -224,17 +224,7 @@ pub fn encode_data(
         }
         buf.put_u8(open.tunnel.len() as u8);
         buf.put_slice(open.tunnel.as_bytes());
-        match open.visitor.ip() {
-            IpAddr::V4(ip) => {
-                buf.put_u8(4);
-                buf.put_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                buf.put_u8(6);
-                buf.put_slice(&ip.octets());
-            }
-        }
-        buf.put_u16(open.visitor.port());
+        put_addr(buf, open.visitor);
     }
     buf.put_slice(payload);
     Ok(())
@@ -260,14 +250,40 @@ fn decode_open(bytes: &mut Bytes) -> Result<FlowOpen, DatagramError> {
         .map_err(|_| DatagramError::BadTunnel)?
         .to_owned();
     bytes.advance(len);
-    let family = bytes.get_u8();
-    let ip = match family {
-        4 if bytes.len() >= 4 + 2 => {
+    Ok(FlowOpen {
+        tunnel,
+        visitor: get_addr(bytes)?,
+    })
+}
+
+/// Appends `addr` as `family:u8 ip port:u16` (family 4 or 6, then 4 or 16 address bytes), as
+/// a flow's `open` carries its visitor.
+pub fn put_addr(buf: &mut BytesMut, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            buf.put_u8(4);
+            buf.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            buf.put_u8(6);
+            buf.put_slice(&ip.octets());
+        }
+    }
+    buf.put_u16(addr.port());
+}
+
+/// Takes an address written by [`put_addr`] off the front of `bytes`.
+pub fn get_addr(bytes: &mut impl Buf) -> Result<SocketAddr, DatagramError> {
+    if !bytes.has_remaining() {
+        return Err(DatagramError::Truncated);
+    }
+    let ip = match bytes.get_u8() {
+        4 if bytes.remaining() >= 4 + 2 => {
             let mut octets = [0u8; 4];
             bytes.copy_to_slice(&mut octets);
             IpAddr::V4(Ipv4Addr::from(octets))
         }
-        6 if bytes.len() >= 16 + 2 => {
+        6 if bytes.remaining() >= 16 + 2 => {
             let mut octets = [0u8; 16];
             bytes.copy_to_slice(&mut octets);
             IpAddr::V6(Ipv6Addr::from(octets))
@@ -275,11 +291,7 @@ fn decode_open(bytes: &mut Bytes) -> Result<FlowOpen, DatagramError> {
         4 | 6 => return Err(DatagramError::Truncated),
         other => return Err(DatagramError::BadFamily(other)),
     };
-    let port = bytes.get_u16();
-    Ok(FlowOpen {
-        tunnel,
-        visitor: SocketAddr::new(ip, port),
-    })
+    Ok(SocketAddr::new(ip, bytes.get_u16()))
 }
 
 /// Datagrams on a stream (the mux and dial-back datagram channel): a 4-byte big-endian length,

@@ -4,7 +4,7 @@
 //! the address is the visitor's: the one a datagram came from (towards the holder) or goes
 //! to (back). A UDP payload (at most 65,507 bytes) always fits. Pure: encoding and decoding.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -26,17 +26,7 @@ pub(crate) fn encode(
     let len = u16::try_from(1 + addr_len + 2 + payload.len()).map_err(|_| Malformed)?;
     out.reserve(2 + usize::from(len));
     out.put_u16(len);
-    match visitor.ip() {
-        IpAddr::V4(ip) => {
-            out.put_u8(4);
-            out.put_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.put_u8(6);
-            out.put_slice(&ip.octets());
-        }
-    }
-    out.put_u16(visitor.port());
+    showoff_proto::datagram::put_addr(out, visitor);
     out.put_slice(payload);
     Ok(())
 }
@@ -52,24 +42,8 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<(SocketAddr, Bytes)>, 
     }
     buf.advance(2);
     let mut frame = buf.split_to(len);
-    if frame.is_empty() {
-        return Err(Malformed);
-    }
-    let ip = match frame.get_u8() {
-        4 if frame.len() >= 6 => {
-            let mut octets = [0u8; 4];
-            frame.copy_to_slice(&mut octets);
-            IpAddr::V4(Ipv4Addr::from(octets))
-        }
-        6 if frame.len() >= 18 => {
-            let mut octets = [0u8; 16];
-            frame.copy_to_slice(&mut octets);
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        _ => return Err(Malformed),
-    };
-    let port = frame.get_u16();
-    Ok(Some((SocketAddr::new(ip, port), frame.freeze())))
+    let visitor = showoff_proto::datagram::get_addr(&mut frame).map_err(|_| Malformed)?;
+    Ok(Some((visitor, frame.freeze())))
 }
 
 #[cfg(test)]
