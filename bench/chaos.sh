@@ -7,7 +7,7 @@
 #   bench/chaos.sh            full size
 #   bench/chaos.sh --quick    a small run (what the test suite does)
 #   bench/chaos.sh --seed N   repeat a run's random moments
-#   bench/chaos.sh --only cluster   only the cluster failover (Redis and HAProxy)
+#   bench/chaos.sh --only cluster   only the cluster scenarios: failover and drain (Redis and HAProxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "[chaos] building showoff and showoff-chaos (release)" >&2

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
 use showoff_core::{Claim, Claimed, Lease, LeaseKey, Owner, Registry, RegistryError, Secret};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cache::LookupCache;
 use crate::record::{Keys, Record};
+use crate::tls::RedisTls;
 use crate::watch::{Announcement, Health, Watch};
 
 /// Key prefix of a cluster's names.
@@ -58,6 +59,8 @@ pub struct RedisSettings {
     pub cache_ttl: Duration,
     /// Deadline of each Redis call (and of each connection attempt).
     pub timeout: Duration,
+    /// A CA and client certificate for a `rediss://` URL, beyond the system's roots.
+    pub tls: RedisTls,
 }
 
 impl RedisSettings {
@@ -70,6 +73,7 @@ impl RedisSettings {
             lease_ttl: DEFAULT_LEASE_TTL,
             cache_ttl: DEFAULT_CACHE_TTL,
             timeout: DEFAULT_TIMEOUT,
+            tls: RedisTls::default(),
         }
     }
 }
@@ -83,6 +87,12 @@ pub enum RedisSetupError {
     /// The lease TTL is under a second, too short to renew reliably.
     #[error("the lease TTL must be at least 1s (got {0:?})")]
     TtlTooShort(Duration),
+    /// A CA or client certificate was given for a URL that is not `rediss://`.
+    #[error("a Redis CA or client certificate needs a rediss:// (TLS) URL")]
+    TlsNeedsRediss,
+    /// The CA or client certificate does not parse.
+    #[error("invalid Redis TLS material: {0}")]
+    Tls(String),
 }
 
 const CLAIM: &str = r#"
@@ -220,8 +230,7 @@ impl RedisRegistry {
         if settings.lease_ttl < Duration::from_secs(1) {
             return Err(RedisSetupError::TtlTooShort(settings.lease_ttl));
         }
-        let client =
-            Client::open(settings.url.expose()).map_err(|e| RedisSetupError::Url(e.to_string()))?;
+        let client = crate::tls::open(&settings.url, &settings.tls)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.timeout))
             .set_connection_timeout(Some(settings.timeout))

@@ -14,6 +14,7 @@ use crate::process::Reaper;
 use crate::visitor::{get, metric};
 
 mod cluster;
+mod cluster_drain;
 mod crowd;
 mod cuts;
 mod disk;
@@ -23,6 +24,7 @@ mod restart;
 mod target;
 
 pub use self::cluster::cluster_failover;
+pub use self::cluster_drain::cluster_drain;
 pub use self::crowd::crowd;
 pub use self::cuts::control_cuts;
 pub use self::disk::audit_disk;

@@ -1,7 +1,8 @@
 //! A real `redis-server` on loopback for the cluster tests: no persistence (a restart loses
 //! every key, like a Redis without a volume), a port found free just before, killed on drop.
 //! [`RedisServer::stop`] and [`RedisServer::start_again`] take it away and bring it back on
-//! the same port, for outage tests.
+//! the same port, for outage tests. [`RedisServer::start_with`] adds a TLS port (certificates
+//! from [`crate::pki`]) and an ACL user, for the tests of `rediss://` and authentication.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,14 +11,41 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pebble::free_port;
+use crate::pki::TestCa;
 
 /// How long Redis may take to answer `PING` after it starts.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What a Redis started by [`RedisServer::start_with`] asks of its clients.
+#[derive(Default)]
+pub struct RedisOptions {
+    /// A TLS port beside the plain one, with a certificate for `127.0.0.1` signed by this CA.
+    pub tls: Option<RedisTlsOptions>,
+    /// An ACL user (name, password) with every right; the default user is then off.
+    pub user: Option<(String, String)>,
+}
+
+/// The TLS side of a test Redis.
+pub struct RedisTlsOptions {
+    /// Signs the server's certificate (and the clients' it accepts).
+    pub ca: TestCa,
+    /// Whether clients must present a certificate the CA signed (`tls-auth-clients yes`).
+    pub client_certificates: bool,
+}
+
 /// A running `redis-server`.
 pub struct RedisServer {
-    /// Where it listens.
+    /// Where it listens (plain TCP).
     pub addr: SocketAddr,
+    /// Where it listens with TLS, when started with [`RedisOptions::tls`].
+    pub tls_addr: Option<SocketAddr>,
+    /// The CA's certificate (PEM), when started with [`RedisOptions::tls`].
+    pub ca_pem: Option<String>,
+    /// A client certificate the CA signed, when started with [`RedisOptions::tls`].
+    pub client_pair: Option<showoff_server::PemPair>,
+    /// The ACL user, when started with one.
+    pub user: Option<(String, String)>,
+    args: Vec<String>,
     child: Option<Child>,
     dir: PathBuf,
 }
@@ -25,6 +53,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts Redis on a free loopback port and waits until it answers `PING`.
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts Redis with a TLS port and/or an ACL user, as `options` say.
+    pub fn start_with(options: RedisOptions) -> Self {
         for _ in 0..5 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let dir = std::env::temp_dir().join(format!(
@@ -35,14 +68,56 @@ impl RedisServer {
             std::fs::create_dir_all(&dir).expect("redis dir");
             let mut server = Self {
                 addr,
+                tls_addr: None,
+                ca_pem: None,
+                client_pair: None,
+                user: options.user.clone(),
+                args: Vec::new(),
                 child: None,
                 dir,
             };
+            server.args = server.options_args(&options);
             if server.spawn() {
                 return server;
             }
         }
         panic!("redis-server did not start on any of five free ports");
+    }
+
+    /// The command-line words of `options`; writes the TLS files into the server's directory.
+    fn options_args(&mut self, options: &RedisOptions) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some((name, password)) = &options.user {
+            // A directive's words follow it as separate arguments.
+            let user = format!("--user {name} on >{password} ~* &* +@all --user default off");
+            args.extend(user.split(' ').map(String::from));
+        }
+        if let Some(tls) = &options.tls {
+            let pair = tls.ca.server(&["127.0.0.1"]);
+            let file = |name: &str, text: &str| {
+                let path = self.dir.join(name);
+                std::fs::write(&path, text).expect("redis TLS file");
+                path.display().to_string()
+            };
+            let port = free_port();
+            self.tls_addr = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            self.ca_pem = Some(tls.ca.cert_pem.clone());
+            self.client_pair = Some(tls.ca.client("showoff"));
+            let auth = if tls.client_certificates { "yes" } else { "no" };
+            args.extend([
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                file("redis.crt", &pair.cert),
+                "--tls-key-file".into(),
+                file("redis.key", &pair.key),
+                "--tls-ca-cert-file".into(),
+                file("ca.crt", &tls.ca.cert_pem),
+                "--tls-auth-clients".into(),
+                auth.into(),
+            ]);
+        }
+        args
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -76,11 +151,15 @@ impl RedisServer {
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
-        let mut request = format!("*{}\r\n", words.len());
-        for word in words {
-            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+        if let Some((name, password)) = &self.user {
+            stream
+                .write_all(&resp(&["AUTH", name, password]))
+                .expect("send");
+            let mut ok = [0u8; 5];
+            stream.read_exact(&mut ok).expect("AUTH answered");
+            assert_eq!(&ok, b"+OK\r\n", "AUTH as the test's own user");
         }
-        stream.write_all(request.as_bytes()).expect("send");
+        stream.write_all(&resp(words)).expect("send");
         let mut answer = vec![0u8; 64 * 1024];
         let n = stream.read(&mut answer).expect("answer");
         String::from_utf8_lossy(&answer[..n]).into_owned()
@@ -100,6 +179,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.args)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -130,11 +210,21 @@ impl RedisServer {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut answer = [0u8; 7];
+        // `+PONG`, or `-NOAUTH …` from a Redis with ACL users: either way it is up.
+        let mut answer = [0u8; 1];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut answer).is_ok()
-            && &answer == b"+PONG\r\n"
+            && matches!(answer[0], b'+' | b'-')
     }
+}
+
+/// `words` as one RESP command.
+fn resp(words: &[&str]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", words.len());
+    for word in words {
+        request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+    }
+    request.into_bytes()
 }
 
 impl Drop for RedisServer {

@@ -127,13 +127,39 @@ fn host_name(env: &HashMap<String, String>) -> String {
 fn cluster_registry(
     cluster: &showoff_server::config::ClusterConfig,
     url: showoff_server::Secret,
+    tls: showoff_cluster::RedisTls,
 ) -> anyhow::Result<std::sync::Arc<dyn showoff_server::Registry>> {
     let mut settings = showoff_cluster::RedisSettings::new(url, &cluster.instance);
     settings.lease_ttl = cluster.lease_ttl;
     settings.prefix = cluster.prefix.clone();
+    settings.tls = tls;
     let registry =
         showoff_cluster::RedisRegistry::connect(&settings).context("cannot use --cluster-redis")?;
     Ok(std::sync::Arc::new(registry))
+}
+
+/// The CA and client certificate for a `rediss://` cluster Redis, read from the files the
+/// settings name; a certificate needs its key and a key its certificate.
+fn redis_tls(
+    values: &[(settings::Setting, String, settings::Source)],
+) -> anyhow::Result<showoff_cluster::RedisTls> {
+    let read = |key: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        settings::text_of(values, key)
+            .map(|path| std::fs::read(path).with_context(|| format!("cannot read {key} {path}")))
+            .transpose()
+    };
+    let client = match (read("cluster_redis_cert")?, read("cluster_redis_key")?) {
+        (Some(cert), Some(key)) => {
+            let key = String::from_utf8(key).context("cluster_redis_key is not PEM text")?;
+            Some((cert, showoff_server::Secret::new(key)))
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("cluster_redis_cert and cluster_redis_key go together"),
+    };
+    Ok(showoff_cluster::RedisTls {
+        ca: read("cluster_redis_ca")?,
+        client,
+    })
 }
 
 /// The server's configuration with every file it names read, and its services.
@@ -176,7 +202,10 @@ fn load_server(
         if config.cluster.instance.is_empty() {
             config.cluster.instance = host_name(env);
         }
-        services.registry = Some(cluster_registry(&config.cluster, url)?);
+        let tls = redis_tls(&resolved.values)?;
+        services.registry = Some(cluster_registry(&config.cluster, url, tls)?);
+    } else if redis_tls(&resolved.values)?.is_set() {
+        anyhow::bail!("cluster_redis_ca, _cert and _key need cluster_redis (a rediss:// URL)");
     }
     Ok(Loaded {
         config,

@@ -58,3 +58,10 @@ async fn a_killed_instances_tunnel_answers_through_the_balancer_again_with_one_h
     assert!(score.passed(), "{score:?}");
     assert_eq!(score.runs, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_instance_drained_under_load_loses_no_request_and_its_clients_move() {
+    let score = chaos::cluster_drain(Path::new(BIN), 1).await;
+    assert!(score.passed(), "{score:?}");
+    assert_eq!(score.runs, 1);
+}

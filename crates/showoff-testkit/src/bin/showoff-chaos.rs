@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
         scores = single_instance(&bin, sizes, seed).await;
     }
     scores.push(chaos::cluster_failover(&bin, failovers).await);
+    scores.push(chaos::cluster_drain(&bin, drains).await);
     report(&scores, seed, started)
 }
 

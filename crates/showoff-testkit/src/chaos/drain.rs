@@ -104,7 +104,7 @@ async fn drain_once(bin: &Path, target_port: u16) -> Result<Duration, String> {
 }
 
 /// The server's exit code and whether it logged a clean drain, waiting at most a minute.
-async fn exit_of(server: ServerProcess) -> Result<(Option<i32>, bool), String> {
+pub(super) async fn exit_of(server: ServerProcess) -> Result<(Option<i32>, bool), String> {
     let waited = tokio::task::spawn_blocking(move || {
         let mut server = server;
         let deadline = Instant::now() + Duration::from_secs(60);

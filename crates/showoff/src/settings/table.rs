@@ -595,6 +595,27 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.cluster.redis, Ok(secret(t))),
     ),
     setting(
+        "cluster_redis_ca",
+        "SHOWOFF_CLUSTER_REDIS_CA",
+        "",
+        "CA PEM file that verifies a `rediss://` Redis's certificate; empty: the system's roots",
+        read_by_binary,
+    ),
+    setting(
+        "cluster_redis_cert",
+        "SHOWOFF_CLUSTER_REDIS_CERT",
+        "",
+        "client certificate PEM file for a `rediss://` Redis that asks for one (`tls-auth-clients`)",
+        read_by_binary,
+    ),
+    setting(
+        "cluster_redis_key",
+        "SHOWOFF_CLUSTER_REDIS_KEY",
+        "",
+        "private key PEM file of `cluster_redis_cert`",
+        read_by_binary,
+    ),
+    setting(
         "instance",
         "SHOWOFF_INSTANCE",
         "",
