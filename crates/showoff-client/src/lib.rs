@@ -198,6 +198,9 @@ async fn reconnect_loop(
             memory.moved();
         }
         let config = &current;
+        // Where a session sent away by a draining server opens its successor.
+        let mut successor = current.clone();
+        successor.server = servers[next % servers.len()].clone();
         let mut welcomed = None;
         let outcome = session::run(
             config,
@@ -206,6 +209,7 @@ async fn reconnect_loop(
             streams,
             &mut welcomed,
             &mut memory,
+            &successor,
         );
         let outcome = outcome.await;
         attempt = attempt_after(attempt, welcomed.map(|at| at.elapsed()));

@@ -80,15 +80,27 @@ pub(crate) async fn run(
     streams: &TaskTracker,
     welcomed: &mut Option<Instant>,
     memory: &mut Memory,
+    successor: &ClientConfig,
 ) -> Result<SessionEnd, ClientError> {
     let mut connected = link::connect(config, memory).await?;
     loop {
         *welcomed = Some(Instant::now());
-        let end = serve(config, connected, events, shutdown, streams, memory).await?;
+        let end = serve(
+            config, connected, events, shutdown, streams, memory, successor,
+        )
+        .await?;
         match end {
             Served::Ended(end) => return Ok(end),
             Served::Switched(next) => connected = *next,
         }
+    }
+}
+
+/// The armed move's outcome; never resolves when none is armed.
+async fn wait_move(moving: &mut Option<link::Attempt>) -> Result<Connected, ClientError> {
+    match moving.as_mut() {
+        Some(attempt) => attempt.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -106,6 +118,7 @@ async fn serve(
     shutdown: &CancellationToken,
     streams: &TaskTracker,
     memory: &mut Memory,
+    successor: &ClientConfig,
 ) -> Result<Served, ClientError> {
     let Connected {
         conn,
@@ -145,6 +158,9 @@ async fn serve(
         go_away: None,
         link: link.clone(),
         probe,
+        successor: successor.clone(),
+        granted: memory.specs(config),
+        moving: None,
     }
     .run(shutdown, memory)
     .await;
@@ -286,6 +302,12 @@ struct ControlLoop {
     go_away: Option<Duration>,
     link: Link,
     probe: Probe,
+    /// Where the next session goes (the next server of the list, or the same balancer).
+    successor: ClientConfig,
+    /// The tunnels as granted, which the next session asks for.
+    granted: Vec<TunnelSpec>,
+    /// After a `GoAway`: the next session, opened while this one still serves.
+    moving: Option<link::Attempt>,
 }
 
 impl ControlLoop {
@@ -310,6 +332,15 @@ impl ControlLoop {
                     match self.on_frame(frame).await {
                         Ok(None) => {}
                         Ok(Some(end)) => return Ok(Served::Ended(end)),
+                        // Our own move took the names over: wait for it.
+                        Err(ClientError::Refused { code: RefusedCode::Replaced, .. })
+                            if self.moving.is_some() =>
+                        {
+                            let moved = wait_move(&mut self.moving).await;
+                            return self.moved(moved, memory).ok_or_else(|| {
+                                ClientError::Failed("replaced while moving".into())
+                            });
+                        }
                         // Our own probe took the names over: wait for it, not for the refusal.
                         Err(ClientError::Refused { code: RefusedCode::Replaced, .. })
                             if self.probe.is_armed() =>
@@ -321,6 +352,11 @@ impl ControlLoop {
                             return Err(ClientError::Failed("replaced while probing QUIC".into()));
                         }
                         Err(error) => return Err(error),
+                    }
+                }
+                moved = wait_move(&mut self.moving), if self.moving.is_some() => {
+                    if let Some(next) = self.moved(moved, memory) {
+                        return Ok(next);
                     }
                 }
                 probed = self.probe.wait(), if self.go_away.is_none() => {
@@ -337,6 +373,27 @@ impl ControlLoop {
                     heard = now;
                     deadline = Instant::now() + self.silence_limit;
                 }
+            }
+        }
+    }
+
+    /// Takes the outcome of a move: the session to serve next, or `None` (this one goes on
+    /// until the server closes it, then the client reconnects as after any `GoAway`).
+    fn moved(
+        &mut self,
+        outcome: Result<Connected, ClientError>,
+        memory: &mut Memory,
+    ) -> Option<Served> {
+        self.moving = None;
+        match outcome {
+            Ok(next) => {
+                info!("the next session is up; leaving the draining server");
+                memory.moved();
+                Some(Served::Switched(Box::new(next)))
+            }
+            Err(error) => {
+                warn!(%error, "could not open the next session; waiting for the server to close this one");
+                None
             }
         }
     }
@@ -378,8 +435,12 @@ impl ControlLoop {
                 reason,
                 reconnect_after_ms,
             } => {
-                info!(reason, "server is draining");
+                info!(reason, "server is draining; opening the next session");
                 self.go_away = Some(Duration::from_millis(reconnect_after_ms));
+                if self.moving.is_none() {
+                    let specs = self.granted.clone();
+                    self.moving = Some(link::move_to(self.successor.clone(), specs));
+                }
                 let _ = self.events.send(ClientEvent::GoAway { reason });
             }
             ServerMessage::TunnelClosed { tunnel, reason } => {

@@ -81,18 +81,12 @@ impl RedisSettings {
 /// Why a [`RedisRegistry`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSetupError {
-    /// The URL does not parse as a Redis URL.
-    #[error("invalid Redis URL: {0}")]
-    Url(String),
     /// The lease TTL is under a second, too short to renew reliably.
     #[error("the lease TTL must be at least 1s (got {0:?})")]
     TtlTooShort(Duration),
-    /// A CA or client certificate was given for a URL that is not `rediss://`.
-    #[error("a Redis CA or client certificate needs a rediss:// (TLS) URL")]
-    TlsNeedsRediss,
-    /// The CA or client certificate does not parse.
-    #[error("invalid Redis TLS material: {0}")]
-    Tls(String),
+    /// The Redis client could not be opened (URL or TLS material).
+    #[error(transparent)]
+    Open(#[from] crate::tls::OpenError),
 }
 
 const CLAIM: &str = r#"
@@ -236,7 +230,7 @@ impl RedisRegistry {
             .set_connection_timeout(Some(settings.timeout))
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| RedisSetupError::Url(e.to_string()))?;
+            .map_err(|e| crate::tls::OpenError::Url(e.to_string()))?;
         let keys = Keys::new(&settings.prefix);
         let cache = Arc::new(LookupCache::new(settings.cache_ttl));
         let health = Arc::new(Health::new());

@@ -6,7 +6,19 @@
 use redis::{Client, ClientTlsConfig, TlsCertificates};
 use showoff_core::Secret;
 
-use crate::redis::RedisSetupError;
+/// Why the Redis client could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL does not parse as a Redis URL.
+    #[error("invalid Redis URL: {0}")]
+    Url(String),
+    /// A CA or client certificate was given for a URL that is not `rediss://`.
+    #[error("a Redis CA or client certificate needs a rediss:// (TLS) URL")]
+    TlsNeedsRediss,
+    /// The CA or client certificate does not parse.
+    #[error("invalid Redis TLS material: {0}")]
+    Tls(String),
+}
 
 /// TLS material for a `rediss://` Redis beyond the system's trust store.
 #[derive(Debug, Clone, Default)]
@@ -25,11 +37,11 @@ impl RedisTls {
 }
 
 /// The Redis client for `url` with `tls`; TLS material needs a `rediss://` URL.
-pub fn open(url: &Secret, tls: &RedisTls) -> Result<Client, RedisSetupError> {
+pub fn open(url: &Secret, tls: &RedisTls) -> Result<Client, OpenError> {
     let url = url.expose();
     let secure = url.starts_with("rediss://");
     if tls.is_set() && !secure {
-        return Err(RedisSetupError::TlsNeedsRediss);
+        return Err(OpenError::TlsNeedsRediss);
     }
     if secure {
         // The process's TLS provider (aws-lc-rs, as everywhere in Showoff); another part may
@@ -37,7 +49,7 @@ pub fn open(url: &Secret, tls: &RedisTls) -> Result<Client, RedisSetupError> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
     if !tls.is_set() {
-        return Client::open(url).map_err(|e| RedisSetupError::Url(e.to_string()));
+        return Client::open(url).map_err(|e| OpenError::Url(e.to_string()));
     }
     if let Some(ca) = &tls.ca {
         certificates(ca, "the Redis CA")?;
@@ -52,18 +64,18 @@ pub fn open(url: &Secret, tls: &RedisTls) -> Result<Client, RedisSetupError> {
         }),
         root_cert: tls.ca.clone(),
     };
-    Client::build_with_tls(url, certificates).map_err(|e| RedisSetupError::Tls(e.to_string()))
+    Client::build_with_tls(url, certificates).map_err(|e| OpenError::Tls(e.to_string()))
 }
 
 /// Fails unless `pem` holds at least one certificate that parses.
-fn certificates(pem: &[u8], what: &str) -> Result<(), RedisSetupError> {
+fn certificates(pem: &[u8], what: &str) -> Result<(), OpenError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let parsed = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RedisSetupError::Tls(format!("{what} is not PEM: {e}")))?;
+        .map_err(|e| OpenError::Tls(format!("{what} is not PEM: {e}")))?;
     if parsed.is_empty() {
-        return Err(RedisSetupError::Tls(format!("{what} holds no certificate")));
+        return Err(OpenError::Tls(format!("{what} holds no certificate")));
     }
     Ok(())
 }
@@ -79,10 +91,7 @@ mod tests {
             client: None,
         };
         let refused = open(&Secret::new("redis://127.0.0.1:6379"), &tls).expect_err("refused");
-        assert!(
-            matches!(refused, RedisSetupError::TlsNeedsRediss),
-            "{refused}"
-        );
+        assert!(matches!(refused, OpenError::TlsNeedsRediss), "{refused}");
         assert!(refused.to_string().contains("rediss://"), "{refused}");
     }
 
@@ -93,7 +102,7 @@ mod tests {
             client: None,
         };
         let refused = open(&Secret::new("rediss://127.0.0.1:6380"), &tls).expect_err("refused");
-        assert!(matches!(refused, RedisSetupError::Tls(_)), "{refused}");
+        assert!(matches!(refused, OpenError::Tls(_)), "{refused}");
     }
 
     #[test]
@@ -114,6 +123,6 @@ mod tests {
         );
         let refused =
             open(&Secret::new("http://127.0.0.1"), &RedisTls::default()).expect_err("refused");
-        assert!(matches!(refused, RedisSetupError::Url(_)), "{refused}");
+        assert!(matches!(refused, OpenError::Url(_)), "{refused}");
     }
 }

@@ -1,11 +1,13 @@
 //! The server's lifecycle: starting → ready → draining → stopped, as one cheap handle
 //! ([`Drain`]) every layer holds instead of the tokens themselves.
 //!
-//! Two cancellation tokens and two task trackers: `drain` (stop accepting, say `GoAway`, let
-//! keep-alive visitors go) and `stop` (everything ends); `tasks` (sessions, data connections,
-//! accept loops, background jobs) and `visitors` (what the drain waits for). [`Drain::run`] is
-//! the whole procedure: cancel `drain`, wait for visitors within the grace, cancel `stop`, wait
-//! briefly for the rest, and report whether it was clean.
+//! Two cancellation tokens and three task trackers: `drain` (stop accepting, say `GoAway`, let
+//! keep-alive visitors go) and `stop` (everything ends); `tasks` (data connections, accept
+//! loops, background jobs), `sessions` (clients' control sessions) and `visitors` (what the
+//! drain waits for). [`Drain::run`] is the whole procedure: cancel `drain`; in a cluster, give
+//! the clients up to the handover to move their sessions to another instance (the peer
+//! listener keeps serving the visitors the others forward meanwhile); wait for visitors within
+//! the grace; cancel `stop`, wait briefly for the rest, and report whether it was clean.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,7 @@ pub(crate) struct Drain {
     drain: CancellationToken,
     stop: CancellationToken,
     tasks: TaskTracker,
+    sessions: TaskTracker,
     visitors: TaskTracker,
     ready: Arc<AtomicBool>,
     leaving: Arc<AtomicBool>,
@@ -64,6 +67,11 @@ impl Drain {
         &self.tasks
     }
 
+    /// Control sessions: in a cluster, the drain waits a while for their clients to move.
+    pub(crate) fn sessions(&self) -> &TaskTracker {
+        &self.sessions
+    }
+
     /// Visitor connections: what the drain waits for.
     pub(crate) fn visitors(&self) -> &TaskTracker {
         &self.visitors
@@ -79,9 +87,15 @@ impl Drain {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Waits out `delay` as not ready but still serving, drains within `grace`, then stops
-    /// everything; says whether visitors finished in time.
-    pub(crate) async fn run(&self, delay: Duration, grace: Duration) -> DrainReport {
+    /// Waits out `delay` as not ready but still serving, drains within `grace` (sessions get up
+    /// to `handover` of it to end, as their clients move elsewhere), then stops everything;
+    /// says whether visitors finished in time.
+    pub(crate) async fn run(
+        &self,
+        delay: Duration,
+        grace: Duration,
+        handover: Duration,
+    ) -> DrainReport {
         self.leaving.store(true, Ordering::Release);
         if !delay.is_zero() {
             info!(
@@ -93,15 +107,28 @@ impl Drain {
         info!(grace_secs = grace.as_secs(), "draining");
         self.drain.cancel();
         self.visitors.close();
-        let clean = tokio::time::timeout(grace, self.visitors.wait())
-            .await
-            .is_ok();
+        self.sessions.close();
+        let waits = async {
+            if !handover.is_zero()
+                && tokio::time::timeout(handover, self.sessions.wait())
+                    .await
+                    .is_err()
+            {
+                info!(
+                    sessions = self.sessions.len(),
+                    "sessions still here after the handover; stopping them"
+                );
+            }
+            self.visitors.wait().await;
+        };
+        let clean = tokio::time::timeout(grace, waits).await.is_ok();
         self.stop.cancel();
         self.tasks.close();
-        if tokio::time::timeout(STOP_WAIT, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        let rest = async {
+            self.tasks.wait().await;
+            self.sessions.wait().await;
+        };
+        if tokio::time::timeout(STOP_WAIT, rest).await.is_err() {
             warn!("background tasks did not stop in time");
         }
         if clean {
@@ -133,7 +160,9 @@ mod tests {
             .tasks()
             .spawn(async move { d.stopping().cancelled().await });
         assert!(!drain.is_draining());
-        let report = drain.run(Duration::ZERO, Duration::from_secs(10)).await;
+        let report = drain
+            .run(Duration::ZERO, Duration::from_secs(10), Duration::ZERO)
+            .await;
         assert!(report.clean, "the visitor finished inside the grace");
         assert!(drain.is_draining() && drain.stopping().is_cancelled());
         assert!(
@@ -150,7 +179,9 @@ mod tests {
             d.stopping().cancelled().await;
         });
         let started = tokio::time::Instant::now();
-        let report = drain.run(Duration::ZERO, Duration::from_secs(5)).await;
+        let report = drain
+            .run(Duration::ZERO, Duration::from_secs(5), Duration::ZERO)
+            .await;
         assert!(!report.clean);
         assert_eq!(
             started.elapsed(),
@@ -166,7 +197,11 @@ mod tests {
             let drain = drain.clone();
             async move {
                 drain
-                    .run(Duration::from_secs(5), Duration::from_secs(1))
+                    .run(
+                        Duration::from_secs(5),
+                        Duration::from_secs(1),
+                        Duration::ZERO,
+                    )
                     .await
             }
         });
@@ -178,6 +213,41 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(run.await.expect("joined").clean);
         assert!(drain.is_draining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_get_the_handover_to_move_and_are_stopped_after_it() {
+        let drain = Drain::default();
+        let d = drain.clone();
+        // A client that moves 300 ms into the drain.
+        drain.sessions().spawn(async move {
+            d.draining().cancelled().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        let started = tokio::time::Instant::now();
+        let handover = Duration::from_secs(5);
+        let report = drain
+            .run(Duration::ZERO, Duration::from_secs(30), handover)
+            .await;
+        assert!(report.clean);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(300),
+            "no longer than the move"
+        );
+        // A client that never moves: stopped at the end of the handover.
+        let drain = Drain::default();
+        let d = drain.clone();
+        drain
+            .sessions()
+            .spawn(async move { d.stopping().cancelled().await });
+        let started = tokio::time::Instant::now();
+        let report = drain
+            .run(Duration::ZERO, Duration::from_secs(30), handover)
+            .await;
+        assert!(report.clean, "a session is not a visitor");
+        assert_eq!(started.elapsed(), handover);
+        assert!(drain.sessions().is_empty(), "stopped");
     }
 
     #[test]

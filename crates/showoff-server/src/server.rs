@@ -11,6 +11,7 @@ mod layers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use showoff_core::{ExchangeSink, Registry};
 use tokio::net::TcpListener;
@@ -26,6 +27,10 @@ use crate::ops::admin::LogControl;
 use crate::state::Sessions;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::{PemPair, Tls};
+
+/// In a cluster, how long a drain waits for its clients to move their sessions to another
+/// instance (each opens the new session before it leaves this one) before it stops them.
+pub const SESSION_HANDOVER: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +304,14 @@ impl Server {
         // Every listener accepts and the metrics registry exists: ready.
         drain.mark_ready();
         shutdown.cancelled().await;
-        drain.run(config.drain_delay, config.shutdown_grace).await
+        // In a cluster the clients move to another instance before the sessions stop.
+        let handover = if config.cluster.enabled() {
+            SESSION_HANDOVER
+        } else {
+            Duration::ZERO
+        };
+        drain
+            .run(config.drain_delay, config.shutdown_grace, handover)
+            .await
     }
 }

@@ -269,6 +269,8 @@ pub struct KeepAlive {
     pub lost: u64,
     /// Answers other than 200.
     pub failed: u64,
+    /// The first answer other than 200: its status line and `x-showoff-error`.
+    pub first_failure: Option<String>,
 }
 
 /// Sends back-to-back requests on one keep-alive connection until the server says
@@ -328,6 +330,11 @@ pub async fn keep_alive_loop(addr: std::net::SocketAddr, host: String, limit: u6
             seen.answered += 1;
         } else {
             seen.failed += 1;
+            if seen.first_failure.is_none() {
+                let status = head.lines().next().unwrap_or_default();
+                let error = head.lines().find(|l| l.starts_with("x-showoff-error:"));
+                seen.first_failure = Some(format!("{status} {}", error.unwrap_or_default()));
+            }
         }
         if head.contains("\r\nconnection: close\r\n") {
             return seen;
@@ -342,6 +349,9 @@ impl KeepAlive {
         self.answered += other.answered;
         self.lost += other.lost;
         self.failed += other.failed;
+        if self.first_failure.is_none() {
+            self.first_failure.clone_from(&other.first_failure);
+        }
     }
 }
 

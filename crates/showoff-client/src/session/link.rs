@@ -149,7 +149,7 @@ impl Memory {
     }
 
     /// The tunnels to ask for: as granted before, else as configured.
-    fn specs(&self, config: &ClientConfig) -> Vec<TunnelSpec> {
+    pub(crate) fn specs(&self, config: &ClientConfig) -> Vec<TunnelSpec> {
         self.sticky
             .clone()
             .unwrap_or_else(|| config.tunnels.iter().map(|t| t.spec.clone()).collect())
@@ -346,7 +346,47 @@ async fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::Failed(format!("{addr} resolves to no address")))
 }
 
-type Attempt = Pin<Box<dyn std::future::Future<Output = Result<Connected, ClientError>> + Send>>;
+pub(crate) type Attempt =
+    Pin<Box<dyn std::future::Future<Output = Result<Connected, ClientError>> + Send>>;
+
+/// How long a client sent away by a draining server tries to open its next session while the
+/// old one still serves (under the server's handover of 5 s).
+const MOVE_WITHIN: Duration = Duration::from_secs(4);
+/// Pause between two tries of a move (the first may meet a balancer that has not yet seen the
+/// draining instance leave).
+const MOVE_RETRY: Duration = Duration::from_millis(200);
+
+/// The next session at `config.server` with the names `specs` asks for, tried until
+/// [`MOVE_WITHIN`] while the draining one still serves: make before break, so the names move
+/// with no gap. A permanent refusal ends it at once.
+pub(crate) fn move_to(config: ClientConfig, specs: Vec<TunnelSpec>) -> Attempt {
+    Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + MOVE_WITHIN;
+        loop {
+            let attempt = match config.transport {
+                TransportChoice::Tcp => connect_stream(&config, specs.clone(), TransportKind::Tcp),
+                TransportChoice::Quic => {
+                    let addr = quic_addr(&config);
+                    return connect_quic(&config, specs, addr).await;
+                }
+                TransportChoice::Mux | TransportChoice::Auto => {
+                    connect_stream(&config, specs.clone(), TransportKind::Mux)
+                }
+            };
+            match attempt.await {
+                Ok(connected) => return Ok(connected),
+                Err(error) if error.is_permanent() => return Err(error),
+                Err(error) if tokio::time::Instant::now() + MOVE_RETRY >= deadline => {
+                    return Err(error);
+                }
+                Err(error) => {
+                    debug!(%error, "the next session is not up yet; trying again");
+                    tokio::time::sleep(MOVE_RETRY).await;
+                }
+            }
+        }
+    })
+}
 
 /// The background QUIC probe of an `auto` session on mux.
 pub(crate) struct Probe {

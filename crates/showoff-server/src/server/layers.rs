@@ -185,7 +185,7 @@ impl Layers {
             listeners.control,
             draining.clone().cancelled_owned(),
             control_prelude,
-            tasks.clone(),
+            drain.sessions().clone(),
             |peer| tracing::info_span!("session", %peer, session = tracing::field::Empty, principal = tracing::field::Empty),
             move |arrived| crate::control::handshake::serve(arrived, ctx.clone()),
         ));
@@ -218,9 +218,11 @@ impl Layers {
         ));
         if let Some(peer) = listeners.peer {
             let edge = self.edge.clone();
+            // Open until the hard stop: while this instance drains, the others still forward
+            // to it the visitors of the tunnels it holds, until their clients have moved.
             tasks.spawn(crate::listen::serve(
                 peer,
-                draining.clone().cancelled_owned(),
+                stopping.clone().cancelled_owned(),
                 Prelude::plain(None),
                 drain.visitors().clone(),
                 |peer| tracing::info_span!("peer", %peer, tunnel = tracing::field::Empty),
@@ -254,7 +256,7 @@ impl Layers {
                 endpoint,
                 draining.clone(),
                 stopping.clone(),
-                tasks.clone(),
+                self.drain.sessions().clone(),
                 self.control.clone(),
             );
             tasks.spawn(serving);

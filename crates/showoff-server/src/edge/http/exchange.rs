@@ -53,7 +53,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let before = self.stream.counts();
         let tunnel = match self.route(&head) {
             Ok(tunnel) => tunnel,
-            Err(EdgeError::NotFound) => return self.not_routed(head).await,
+            Err(EdgeError::NotFound) => match self.not_routed(&head).await {
+                // Nobody else holds it: a client moving here may have taken it meanwhile.
+                Err(EdgeError::NotFound) if self.ctx.cluster.is_some() => self.route(&head)?,
+                other => return other,
+            },
             Err(error) => return Err(error),
         };
         let forwarded = self.forwarded_for(&head)?;
@@ -85,7 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     /// No tunnel of this instance serves the request's host: in a cluster, another instance's
     /// may (one hop there), unless the request already came from another instance.
-    async fn not_routed(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+    async fn not_routed(&mut self, head: &RequestHead) -> Result<Next, EdgeError> {
         if self.scheme == Scheme::Peer {
             return Err(EdgeError::NotHere);
         }
@@ -95,7 +99,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let name = showoff_proto::host::route_name(&head.host.name, &self.ctx.urls.domain)
             .ok_or(EdgeError::NotFound)?
             .to_string();
-        self.forward(&cluster, &head, &name).await
+        self.forward(&cluster, head, &name).await
     }
 
     /// Who the visitor is and what the target is told: from the headers and the connection,

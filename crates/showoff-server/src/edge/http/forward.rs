@@ -3,7 +3,8 @@
 //! visitor, and the response comes back through the same relay as any target's. When the
 //! other instance answers `421` (the tunnel moved) before anything reached the visitor, the
 //! lease is looked up afresh and a request without a body is sent once more; after that the
-//! visitor gets `404 tunnel_not_found`.
+//! visitor gets `404 tunnel_not_found`. A holder that cannot be dialled is looked up afresh
+//! once too (nothing was sent yet), so a lease that moved as its instance stopped is followed.
 
 use showoff_core::LeaseKey;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -95,7 +96,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 continued = true;
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
             }
-            let (mut up, reused) = cluster.checkout(&addr).await?;
+            let (mut up, reused) = match cluster.checkout(&addr).await {
+                Ok(checked_out) => checked_out,
+                // Nothing was sent: the holder may have just stopped and the lease moved.
+                Err(EdgeError::PeerUnreachable) if !looked_again => {
+                    looked_again = true;
+                    cluster.registry.forget(key);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, _)) if not_here(&resp) => {
                     if looked_again || head.framing != Framing::Empty {
