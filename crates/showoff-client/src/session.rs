@@ -83,15 +83,21 @@ pub(crate) async fn run(
     successor: &ClientConfig,
 ) -> Result<SessionEnd, ClientError> {
     let mut connected = link::connect(config, memory).await?;
+    let mut serving = config;
     loop {
         *welcomed = Some(Instant::now());
         let end = serve(
-            config, connected, events, shutdown, streams, memory, successor,
+            serving, connected, events, shutdown, streams, memory, successor,
         )
         .await?;
         match end {
             Served::Ended(end) => return Ok(end),
             Served::Switched(next) => connected = *next,
+            // Data connections and probes go to the server the session moved to.
+            Served::Moved(next) => {
+                connected = *next;
+                serving = successor;
+            }
         }
     }
 }
@@ -109,6 +115,8 @@ enum Served {
     Ended(SessionEnd),
     /// A probe brought a better session up; serve it next.
     Switched(Box<Connected>),
+    /// Sent away by a draining server, the session opened its successor; serve it next.
+    Moved(Box<Connected>),
 }
 
 async fn serve(
@@ -389,7 +397,7 @@ impl ControlLoop {
             Ok(next) => {
                 info!("the next session is up; leaving the draining server");
                 memory.moved();
-                Some(Served::Switched(Box::new(next)))
+                Some(Served::Moved(Box::new(next)))
             }
             Err(error) => {
                 warn!(%error, "could not open the next session; waiting for the server to close this one");

@@ -198,7 +198,7 @@ pub struct RedisRegistry {
     health: Arc<Health>,
     announcement: Arc<Announcement>,
     /// Peer addresses looked up lately, by instance, with when.
-    peers: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, Instant)>>,
+    peers: std::sync::Mutex<std::collections::HashMap<String, (String, Instant)>>,
     cache_ttl: Duration,
     /// Notified when an event names a port lease.
     ports_changed: Arc<Notify>,
@@ -452,19 +452,22 @@ impl Registry for RedisRegistry {
             .filter(|(_, at)| now.saturating_duration_since(*at) < self.cache_ttl)
             .map(|(addr, _)| addr.clone());
         if let Some(addr) = cached {
-            return Ok(addr);
+            return Ok(Some(addr));
         }
         let mut connection = self.connection.clone();
         let command = redis::cmd("GET").arg(self.keys.instance(instance)).clone();
         let addr: Option<String> = self.call(command.query_async(&mut connection)).await?;
-        let mut peers = self
-            .peers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if peers.len() >= crate::cache::MAX_ENTRIES {
-            peers.clear();
+        // A miss is not remembered: the instance may be announcing itself this moment.
+        if let Some(addr) = &addr {
+            let mut peers = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if peers.len() >= crate::cache::MAX_ENTRIES {
+                peers.clear();
+            }
+            peers.insert(instance.to_string(), (addr.clone(), now));
         }
-        peers.insert(instance.to_string(), (addr.clone(), now));
         Ok(addr)
     }
 

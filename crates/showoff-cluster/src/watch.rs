@@ -1,8 +1,9 @@
 //! The task each [`RedisRegistry`](crate::RedisRegistry) runs beside its calls: it keeps a
 //! subscription to the cluster's events channel (each message drops one cached lookup) and
 //! asks Redis `PING` every [`PING_EVERY`], so [`Health`] knows whether Redis answers even
-//! when no lease changes. While the subscription is down, or a ping goes unanswered, nothing
-//! is cached; it reconnects with a backoff of up to [`MAX_BACKOFF`].
+//! when no lease changes; the ping also keeps this instance's peer listener announced, and a
+//! new announcement is written at once. While the subscription is down, or a ping goes
+//! unanswered, nothing is cached; it reconnects with a backoff of up to [`MAX_BACKOFF`].
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -94,11 +95,15 @@ impl Health {
 #[derive(Debug, Default)]
 pub(crate) struct Announcement {
     addr: Mutex<Option<String>>,
+    /// Wakes the watch task to write a new address at once rather than at its next ping (the
+    /// other instances cannot forward here until it is written).
+    changed: tokio::sync::Notify,
 }
 
 impl Announcement {
     pub(crate) fn set(&self, addr: &str) {
         *self.addr.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr.to_string());
+        self.changed.notify_one();
     }
 
     fn get(&self) -> Option<String> {
@@ -183,34 +188,54 @@ impl Watch {
             tokio::select! {
                 _ = self.cancel.cancelled() => return None,
                 event = events.next() => match event {
-                    Some(message) => match message.get_payload::<String>() {
-                        Ok(key) => {
-                            if self.keys.leased(&key).is_some_and(|k| k.is_port()) {
-                                self.ports_changed.notify_one();
-                            }
-                            self.cache.invalidate(&key);
-                        }
-                        Err(error) => debug!(%error, "unreadable cluster event"),
-                    },
+                    Some(message) => self.event(&message),
                     None => {
                         self.health.failed("the events subscription was closed");
                         return Some(());
                     }
                 },
-                _ = ping.tick() => {
-                    if let Err(reason) = self.ping().await {
-                        self.health.failed(&reason);
-                        return Some(());
-                    }
-                    self.health.answered();
+                // A new announcement is written at once; each ping keeps it alive.
+                _ = ping.tick() => if !self.ping().await {
+                    return Some(());
+                },
+                _ = self.announcement.changed.notified() => if !self.ping().await {
+                    return Some(());
+                },
+            }
+        }
+    }
+
+    /// One cluster event: a key whose cached lookup is dropped.
+    fn event(&self, message: &redis::Msg) {
+        match message.get_payload::<String>() {
+            Ok(key) => {
+                if self.keys.leased(&key).is_some_and(|k| k.is_port()) {
+                    self.ports_changed.notify_one();
                 }
+                self.cache.invalidate(&key);
+            }
+            Err(error) => debug!(%error, "unreadable cluster event"),
+        }
+    }
+
+    /// Pings (and announces, [`Self::announce`]); false when Redis did not answer (the
+    /// subscription is then opened again).
+    async fn ping(&self) -> bool {
+        match self.announce().await {
+            Ok(()) => {
+                self.health.answered();
+                true
+            }
+            Err(reason) => {
+                self.health.failed(&reason);
+                false
             }
         }
     }
 
     /// Pings Redis, or with a peer listener announced, writes where it is (which answers the
     /// same question and keeps the announcement alive for the lease TTL).
-    async fn ping(&self) -> Result<(), String> {
+    async fn announce(&self) -> Result<(), String> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         match self.announcement.get() {

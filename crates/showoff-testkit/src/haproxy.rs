@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pebble::free_port;
+use crate::ports::steady_port;
 
 /// How long HAProxy may take to listen.
 const START_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ impl Haproxy {
         std::fs::create_dir_all(&dir).expect("haproxy dir");
         let frontends: Vec<SocketAddr> = pools
             .iter()
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], steady_port())))
             .collect();
         let config = dir.join("haproxy.cfg");
         std::fs::write(&config, render(pools, &frontends)).expect("haproxy config");

@@ -4,7 +4,8 @@
 //! ([`eventually`]) instead of sleeps; test certificates ([`pki`]); an impairment relay that
 //! delays, drops, stalls and cuts connections ([`impair`]); the real binary as a child
 //! process ([`process`]) and the chaos scenarios run against it ([`chaos`]); a real Redis for
-//! the cluster tests ([`redis`]) and HAProxy in front of a cluster ([`haproxy`]).
+//! the cluster tests ([`redis`]) and HAProxy in front of a cluster ([`haproxy`]); ports for
+//! processes restarted where others expect them ([`ports`]).
 
 pub mod chaos;
 pub mod cluster;
@@ -12,6 +13,7 @@ pub mod haproxy;
 pub mod impair;
 pub mod pebble;
 pub mod pki;
+pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod target;

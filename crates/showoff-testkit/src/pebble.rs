@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::pki::TestCa;
+use crate::ports::steady_port;
 use crate::{eventually, visitor};
 
 /// A running pebble and its fake DNS; both are killed on drop.
@@ -20,14 +21,6 @@ pub struct Pebble {
     management: SocketAddr,
     children: Vec<Child>,
     dir: PathBuf,
-}
-
-/// A port the OS had free a moment ago (pebble cannot report the port it bound to).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Pebble {
@@ -52,7 +45,7 @@ impl Pebble {
         let api_ca = write("api-ca.pem", &ca.cert_pem);
         let cert = write("cert.pem", &api.cert);
         let key = write("key.pem", &api.key);
-        let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let management = SocketAddr::from(([127, 0, 0, 1], steady_port()));
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{port}"),
             "managementListenAddress": management.to_string(),
@@ -80,7 +73,7 @@ impl Pebble {
                 "-tlsalpn01",
                 "",
             ])
-            .args(["-management", &format!("127.0.0.1:{}", free_port())])
+            .args(["-management", &format!("127.0.0.1:{}", steady_port())])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

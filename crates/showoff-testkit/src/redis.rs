@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pebble::free_port;
 use crate::pki::TestCa;
+use crate::ports::steady_port;
 
 /// How long Redis may take to answer `PING` after it starts.
 const START_DEADLINE: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ impl RedisServer {
     /// Starts Redis with a TLS port and/or an ACL user, as `options` say.
     pub fn start_with(options: RedisOptions) -> Self {
         for _ in 0..5 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let addr = SocketAddr::from(([127, 0, 0, 1], steady_port()));
             let dir = std::env::temp_dir().join(format!(
                 "showoff-redis-{}-{}",
                 std::process::id(),
@@ -99,7 +99,7 @@ impl RedisServer {
                 std::fs::write(&path, text).expect("redis TLS file");
                 path.display().to_string()
             };
-            let port = free_port();
+            let port = steady_port();
             self.tls_addr = Some(SocketAddr::from(([127, 0, 0, 1], port)));
             self.ca_pem = Some(tls.ca.cert_pem.clone());
             self.client_pair = Some(tls.ca.client("showoff"));

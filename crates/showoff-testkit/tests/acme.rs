@@ -9,8 +9,9 @@ use std::time::Duration;
 use showoff_client::ClientTls;
 use showoff_proto::TunnelKind;
 use showoff_server::{AcmeChallenge, AcmeConfig, ServerConfig, TlsConfig};
-use showoff_testkit::pebble::{Pebble, free_port};
+use showoff_testkit::pebble::Pebble;
 use showoff_testkit::pki::TestCa;
+use showoff_testkit::ports::steady_port;
 use showoff_testkit::target::spawn_target;
 use showoff_testkit::visitor::{get, https_get};
 use showoff_testkit::{TestClient, TestServer, tunnel, within};
@@ -105,7 +106,7 @@ async fn wait_for_order(server: &TestServer, code: &str) {
 #[tokio::test]
 async fn a_fresh_tunnel_gets_a_certificate_on_demand_and_keeps_it_across_restarts() {
     let ca = TestCa::new("control CA");
-    let port = free_port();
+    let port = steady_port();
     let store = storage("http01");
     // The pebble CA file must exist before the server reads it; write it through pebble's
     // start, which needs the server's ports: start the server first, pebble second.
@@ -155,7 +156,7 @@ async fn a_fresh_tunnel_gets_a_certificate_on_demand_and_keeps_it_across_restart
 #[tokio::test]
 async fn configured_names_are_certified_through_tls_alpn_01() {
     let ca = TestCa::new("control CA");
-    let port = free_port();
+    let port = steady_port();
     let store = storage("alpn");
     let placeholder = std::env::temp_dir().join(format!("showoff-pebble-ca-{port}.pem"));
     let mut config = acme(
@@ -197,7 +198,7 @@ async fn an_unreachable_acme_server_is_retried_and_counted_while_serving_goes_on
     let ca = TestCa::new("control CA");
     let store = storage("down");
     let mut config = acme(
-        Pebble::directory_for(free_port()),
+        Pebble::directory_for(steady_port()),
         std::path::PathBuf::from("/nonexistent-ca.pem"),
         store.clone(),
     );
@@ -237,7 +238,7 @@ async fn an_unwritable_acme_store_still_serves_the_certificate() {
     // was installed, so a store that cannot be written threw the new certificate away and the
     // order failed again and again.
     let ca = TestCa::new("control CA");
-    let port = free_port();
+    let port = steady_port();
     let file = storage("unwritable");
     std::fs::write(&file, "a file, so nothing can be created below it").expect("file");
     let placeholder = std::env::temp_dir().join(format!("showoff-pebble-ca-{port}.pem"));

@@ -106,6 +106,28 @@ async fn instances_see_each_others_leases_and_events_drop_cached_lookups() {
     .await;
 }
 
+#[tokio::test]
+async fn a_peer_listener_is_found_once_announced_and_a_miss_is_not_remembered() {
+    let redis = RedisServer::start();
+    let mut long_cache = registry_settings(&redis, "node-b", "peers");
+    long_cache.cache_ttl = Duration::from_secs(60);
+    let a = RedisRegistry::connect(&registry_settings(&redis, "node-a", "peers")).expect("setup");
+    let b = RedisRegistry::connect(&long_cache).expect("setup");
+    // B asks before A has announced (a visitor for A's first tunnel can be that early).
+    assert_eq!(b.peer_addr("node-a").await.expect("lookup"), None);
+    a.announce("127.0.0.1:7946");
+    within("b finds a's peer listener", async {
+        while b.peer_addr("node-a").await.expect("lookup").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        b.peer_addr("node-a").await.expect("lookup").as_deref(),
+        Some("127.0.0.1:7946")
+    );
+}
+
 /// Whether `registry` now answers lookups from its cache: a key it found free, then written
 /// behind its back (straight into Redis, with no event), still looks free. Each call probes a
 /// key of its own, so an answer cached by an earlier call cannot mislead it.

@@ -42,10 +42,7 @@ pub(super) struct Ports {
 
 impl Ports {
     fn free() -> Self {
-        let take = || {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            listener.local_addr().expect("addr")
-        };
+        let take = || SocketAddr::from(([127, 0, 0, 1], crate::ports::steady_port()));
         Self {
             control: take().to_string(),
             data: take().to_string(),

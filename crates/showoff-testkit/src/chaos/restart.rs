@@ -28,10 +28,7 @@ struct Tally {
 
 /// Ports picked once, so every start of the server listens on the same ones.
 fn fixed_ports() -> [String; 4] {
-    std::array::from_fn(|_| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        listener.local_addr().expect("addr").to_string()
-    })
+    std::array::from_fn(|_| format!("127.0.0.1:{}", crate::ports::steady_port()))
 }
 
 fn start_server(bin: &Path, ports: &[String; 4]) -> ServerProcess {

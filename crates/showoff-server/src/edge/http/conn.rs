@@ -142,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 info!(peer = %self.peer, host, status = page.status, code = page.code, message = %page.message, "tunnel failed")
             }
             Origin::Showoff => {
-                warn!(peer = %self.peer, host, status = page.status, code = page.code, "request refused by a limit")
+                warn!(peer = %self.peer, host, status = page.status, code = page.code, message = %page.message, "request refused by the server")
             }
         }
         if self.write(&page.to_bytes()).await.is_err() {
