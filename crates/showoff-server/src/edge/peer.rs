@@ -106,7 +106,17 @@ impl ClusterEdge {
             debug!(%error, %key, "lease lookup for forwarding failed");
             EdgeError::PeerUnreachable
         };
-        let Some(lease) = self.registry.lookup(key).await.map_err(unreachable)? else {
+        let mut found = self.registry.lookup(key).await.map_err(unreachable)?;
+        if found
+            .as_ref()
+            .is_some_and(|lease| *lease.instance == *self.instance)
+        {
+            // Here without a route: a cached answer may be older than a move elsewhere (the
+            // move's event not yet in), so Redis is asked afresh.
+            self.registry.forget(key);
+            found = self.registry.lookup(key).await.map_err(unreachable)?;
+        }
+        let Some(lease) = found else {
             return Ok(None);
         };
         if *lease.instance == *self.instance {
@@ -362,7 +372,7 @@ async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use showoff_core::MemoryRegistry;
+    use showoff_core::{Claimed, Lease, MemoryRegistry, Owner, RegistryError};
 
     fn cluster(instance: &str, secret: &str) -> ClusterEdge {
         ClusterEdge::new(
@@ -370,6 +380,67 @@ mod tests {
             Arc::new(MemoryRegistry::default()),
             &Secret::new(secret),
         )
+    }
+
+    /// A registry whose cache still says `stale` until the key is forgotten; the truth is
+    /// held by node-b at `127.0.0.1:7946`.
+    struct StaleCache {
+        stale: Mutex<Option<Lease>>,
+        truth: Lease,
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for StaleCache {
+        async fn claim(&self, _: &LeaseKey, _: &Owner) -> Result<Claimed, RegistryError> {
+            Err(RegistryError::Backend("not in this test".into()))
+        }
+        async fn renew(&self, _: &Lease) -> Result<(), RegistryError> {
+            Ok(())
+        }
+        async fn release(&self, _: &Lease) -> Result<bool, RegistryError> {
+            Ok(false)
+        }
+        async fn reassert(&self, _: &Lease) -> Result<(), RegistryError> {
+            Ok(())
+        }
+        async fn lookup(&self, _: &LeaseKey) -> Result<Option<Lease>, RegistryError> {
+            let stale = self.stale.lock().expect("stale").clone();
+            Ok(Some(stale.unwrap_or_else(|| self.truth.clone())))
+        }
+        fn ttl(&self) -> Option<Duration> {
+            None
+        }
+        fn forget(&self, _: &LeaseKey) {
+            *self.stale.lock().expect("stale") = None;
+        }
+        async fn peer_addr(&self, instance: &str) -> Result<Option<String>, RegistryError> {
+            Ok((instance == "node-b").then(|| "127.0.0.1:7946".to_string()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_lease_naming_this_instance_is_looked_up_afresh() {
+        let key = LeaseKey::Name("moved".into());
+        let lease = |instance: &str| Lease {
+            key: key.clone(),
+            owner: Owner {
+                principal: "alice".into(),
+                session: "s".into(),
+            },
+            instance: instance.into(),
+            generation: 1,
+        };
+        // This instance's route is gone and its cache has not heard of the move yet.
+        let registry = StaleCache {
+            stale: Mutex::new(Some(lease("node-a"))),
+            truth: lease("node-b"),
+        };
+        let edge = ClusterEdge::new("node-a", Arc::new(registry), &Secret::new("s3cret"));
+        assert_eq!(
+            edge.locate(&key).await,
+            Ok(Some("127.0.0.1:7946".to_string())),
+            "found where the tunnel went"
+        );
     }
 
     #[test]
