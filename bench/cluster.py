@@ -24,11 +24,9 @@ import run
 from run import SHOWOFF, Proc, System, free_port, log, start_client, start_nginx, wait_http, \
     wait_port
 
-SCENARIOS = [
-    # name, path, connections, threads, extra headers, latency percentiles wanted
-    ("latency_keepalive_c1", "/small", 1, 1, [], True),
-    ("small_keepalive_c50", "/small", 50, 2, [], False),
-    ("1mib_keepalive_c10", "/1m", 10, 2, [], False),
+# The hop's latency on one keep-alive connection, then run.py's throughput scenarios.
+SCENARIOS = [("latency_keepalive_c1", "/small", 1, 1, [], True)] + [
+    s for s in run.SCENARIOS if s[0] in ("small_keepalive_c50", "1mib_keepalive_c10")
 ]
 SECRET = "the benchmark cluster's shared secret"
 
@@ -84,8 +82,7 @@ def main():
             results = {}
             for r in range(opts.rounds):
                 for scenario in scenarios:
-                    order = systems[r % len(systems):] + systems[: r % len(systems)]
-                    for system in order:
+                    for system in run.rotated(systems, r):
                         got = run.run_wrk(system, scenario, opts.seconds)
                         results.setdefault((scenario[0], system.name), []).append(got)
                         log(scenario[0], system.name, got)
@@ -120,7 +117,7 @@ def markdown(results, systems, opts):
         cells = []
         for name in names:
             value = median(results, (scenario, name), metric)
-            cells.append("–" if value is None else f"{value / scale:,.{digits}f}")
+            cells.append(run.fmt(None if value is None else value / scale, digits))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     holder = median(results, ("latency_keepalive_c1", names[1]), "p50_us")
     hop = median(results, ("latency_keepalive_c1", names[2]), "p50_us")

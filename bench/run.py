@@ -314,6 +314,11 @@ class RssSampler(threading.Thread):
             time.sleep(0.1)
 
 
+def rotated(systems, r):
+    """Round `r`'s order of `systems`: each goes first in turn, so none always runs warm."""
+    return systems[r % len(systems):] + systems[: r % len(systems)]
+
+
 def run_wrk(system, scenario, seconds):
     name, path, conns, threads, headers, latency = scenario
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s"]
@@ -546,9 +551,8 @@ def main():
         for r in range(rounds_n):
             result = {}
             for scenario in SCENARIOS:
-                order = systems[r % len(systems):] + systems[: r % len(systems)]
                 result[scenario[0]] = {}
-                for system in order:
+                for system in rotated(systems, r):
                     log(f"round {r + 1}/{rounds_n} {scenario[0]} {system.name}")
                     result[scenario[0]][system.name] = run_wrk(system, scenario, seconds)
             rounds.append(result)

@@ -185,22 +185,24 @@ impl Watch {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let due = tokio::select! {
                 _ = self.cancel.cancelled() => return None,
                 event = events.next() => match event {
-                    Some(message) => self.event(&message),
+                    Some(message) => {
+                        self.event(&message);
+                        false
+                    }
                     None => {
                         self.health.failed("the events subscription was closed");
                         return Some(());
                     }
                 },
+                _ = ping.tick() => true,
                 // A new announcement is written at once; each ping keeps it alive.
-                _ = ping.tick() => if !self.ping().await {
-                    return Some(());
-                },
-                _ = self.announcement.changed.notified() => if !self.ping().await {
-                    return Some(());
-                },
+                _ = self.announcement.changed.notified() => true,
+            };
+            if due && !self.ping().await {
+                return Some(());
             }
         }
     }

@@ -5,6 +5,7 @@
 //! the port is checked free on TCP and UDP when it is handed out.
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// How many ports below the ephemeral range are handed out.
@@ -13,7 +14,7 @@ const SPAN: u32 = 10_000;
 /// A port on 127.0.0.1 free a moment ago that the kernel never picks by itself.
 pub fn steady_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let Some(low) = ephemeral_low().filter(|low| *low > SPAN + 1024) else {
+    let Some(low) = span_end() else {
         return any_free_port();
     };
     // Test processes run side by side: each starts at its own place in the span.
@@ -31,10 +32,15 @@ pub fn steady_port() -> u16 {
     any_free_port()
 }
 
-/// The first port of the kernel's ephemeral range, when it says.
-fn ephemeral_low() -> Option<u32> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    range.split_whitespace().next()?.parse().ok()
+/// The first port of the kernel's ephemeral range (read once), when it says and leaves room
+/// for the span above the privileged ports.
+fn span_end() -> Option<u32> {
+    static LOW: OnceLock<Option<u32>> = OnceLock::new();
+    *LOW.get_or_init(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        let low: u32 = range.split_whitespace().next()?.parse().ok()?;
+        (low > SPAN + 1024).then_some(low)
+    })
 }
 
 fn any_free_port() -> u16 {
@@ -53,7 +59,7 @@ mod tests {
         let a = steady_port();
         let b = steady_port();
         assert_ne!(a, b);
-        if let Some(low) = ephemeral_low().filter(|low| *low > SPAN + 1024) {
+        if let Some(low) = span_end() {
             assert!(
                 u32::from(a) < low && u32::from(b) < low,
                 "{a} {b} below {low}"
