@@ -86,6 +86,8 @@ pub struct ClientConfig {
     pub quic_port: Option<u16>,
     /// Pause between QUIC probes of an `auto` client running on mux.
     pub quic_probe_interval: Duration,
+    /// Captures every exchange of the `http` tunnels when set (the traffic inspector).
+    pub inspector: Option<crate::inspect::Inspector>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -100,6 +102,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("tls", &self.tls)
             .field("transport", &self.transport)
             .field("quic_port", &self.quic_port)
+            .field("inspector", &self.inspector.is_some())
             .finish()
     }
 }
@@ -119,6 +122,7 @@ impl ClientConfig {
             transport: TransportChoice::default(),
             quic_port: None,
             quic_probe_interval: DEFAULT_QUIC_PROBE_INTERVAL,
+            inspector: None,
         }
     }
 

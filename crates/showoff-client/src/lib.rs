@@ -12,9 +12,11 @@
 //! - [`session`]: one connected session: handshake, control loop, warm pool, streams.
 //! - [`target`]: where a tunnel's streams end ([`Target`]; local TCP services today).
 //! - [`transport`]: how the server is reached ([`Transport`]; TCP with optional TLS today).
+//! - [`inspect`]: the traffic inspector of `http` tunnels: capture, page, API, replay, HAR.
 
 pub mod backoff;
 pub mod config;
+pub mod inspect;
 pub mod proxy_header;
 mod session;
 pub mod target;

@@ -226,8 +226,13 @@ fn accept_welcome(
             udp_targets.insert(info.name, Arc::new(target));
             continue;
         }
-        let target: Arc<dyn Target> =
+        let mut target: Arc<dyn Target> =
             Arc::new(TcpTarget::new(local, asked.and_then(|t| t.proxy_protocol)));
+        if let Some(inspector) = &config.inspector
+            && info.kind == showoff_proto::TunnelKind::Http
+        {
+            target = inspector.wrap(&info.name, target);
+        }
         targets.insert(info.name, target);
     }
     let (control, rx) = mpsc::channel(64);

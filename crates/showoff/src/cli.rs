@@ -136,6 +136,38 @@ pub struct TransportArgs {
     pub quic_probe_interval: Option<u64>,
 }
 
+/// The traffic inspector of `http` tunnels and what the terminal shows; shared by `http` and
+/// `client`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct InspectArgs {
+    /// Address of the inspector's web page and API; loopback only [env: SHOWOFF_INSPECT_ADDR] [default: 127.0.0.1:4040, else the next free port up to 4049]
+    #[arg(long, env = "SHOWOFF_INSPECT_ADDR", hide_env = true)]
+    pub inspect_addr: Option<std::net::SocketAddr>,
+    /// Turn the inspector's page off (the terminal's request lines stay) [env: SHOWOFF_NO_INSPECT]
+    #[arg(long, env = "SHOWOFF_NO_INSPECT", hide_env = true)]
+    pub no_inspect: bool,
+    /// Memory the captured requests may use in all: bytes, or with KiB, MiB, GiB [env: SHOWOFF_INSPECT_MEMORY] [default: 64MiB]
+    #[arg(long, env = "SHOWOFF_INSPECT_MEMORY", hide_env = true, value_parser = crate::inspector::parse_size)]
+    pub inspect_memory: Option<u64>,
+    /// Bytes of each body kept in memory; the rest is cut with a mark, or spilled [env: SHOWOFF_INSPECT_BODY_CAP] [default: 256KiB]
+    #[arg(long, env = "SHOWOFF_INSPECT_BODY_CAP", hide_env = true, value_parser = crate::inspector::parse_size)]
+    pub inspect_body_cap: Option<u64>,
+    /// Write bodies past the cap whole into a new directory under DIR (downloads and replays get every byte) [env: SHOWOFF_INSPECT_SPILL] [default: off]
+    #[arg(
+        long,
+        env = "SHOWOFF_INSPECT_SPILL",
+        hide_env = true,
+        value_name = "DIR"
+    )]
+    pub inspect_spill: Option<PathBuf>,
+    /// Bytes the spilled bodies may take on disk in all [env: SHOWOFF_INSPECT_SPILL_MAX] [default: 1GiB]
+    #[arg(long, env = "SHOWOFF_INSPECT_SPILL_MAX", hide_env = true, value_parser = crate::inspector::parse_size)]
+    pub inspect_spill_max: Option<u64>,
+    /// Print only the tunnel lines: no request lines, no inspector line
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
 /// `showoff client` flags; they win over `SHOWOFF_*` variables, which win over the file.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -157,6 +189,9 @@ pub struct ClientArgs {
     /// The transport (flags and variables win over the file's keys)
     #[command(flatten)]
     pub transport: TransportArgs,
+    /// The inspector (flags and variables win over the file's keys)
+    #[command(flatten)]
+    pub inspect: InspectArgs,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,
@@ -294,6 +329,9 @@ pub struct TunnelArgs {
     /// The transport
     #[command(flatten)]
     pub transport: TransportArgs,
+    /// The inspector (http)
+    #[command(flatten)]
+    pub inspect: InspectArgs,
     /// Print one JSON object per event instead of text
     #[arg(long)]
     pub json: bool,

@@ -48,6 +48,18 @@ pub struct ClientFile {
     pub quic_port: Option<u16>,
     /// Seconds between QUIC probes of an `auto` client on mux.
     pub quic_probe_interval: Option<u64>,
+    /// `false` turns the inspector's page off.
+    pub inspect: Option<bool>,
+    /// Address of the inspector's page and API (loopback).
+    pub inspect_addr: Option<std::net::SocketAddr>,
+    /// Memory the inspector may use (`64MiB`).
+    pub inspect_memory: Option<String>,
+    /// Bytes of each body the inspector keeps (`256KiB`).
+    pub inspect_body_cap: Option<String>,
+    /// Directory for bodies past the cap.
+    pub inspect_spill: Option<PathBuf>,
+    /// Disk the spilled bodies may take (`1GiB`).
+    pub inspect_spill_max: Option<String>,
     /// The tunnels to open, at least one.
     pub tunnels: Vec<FileTunnel>,
 }
@@ -115,6 +127,18 @@ pub fn parse(path: &str, ext: &str, text: &str) -> Result<ClientFile, SettingsEr
 }
 
 impl ClientFile {
+    /// The inspector's keys.
+    pub fn inspect(&self) -> crate::inspector::InspectFile {
+        crate::inspector::InspectFile {
+            inspect: self.inspect,
+            inspect_addr: self.inspect_addr,
+            inspect_memory: self.inspect_memory.clone(),
+            inspect_body_cap: self.inspect_body_cap.clone(),
+            inspect_spill: self.inspect_spill.clone(),
+            inspect_spill_max: self.inspect_spill_max.clone(),
+        }
+    }
+
     /// The top-level log and thread settings, for [`crate::settings::globals`].
     pub fn globals(&self) -> FileValues {
         let mut global = BTreeMap::new();

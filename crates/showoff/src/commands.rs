@@ -50,7 +50,8 @@ pub async fn run(
             let transport =
                 client_file::transport_args(&file, &args.transport).map_err(anyhow::Error::msg)?;
             client_file::apply_transport(&mut config, &transport);
-            run_client(config, args.json).await
+            let inspect = crate::inspector::merge(&args.inspect, &file.inspect())?;
+            run_client(config, args.json, &inspect).await
         }
     }
 }
@@ -398,17 +399,41 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
     config.reconnect = !args.no_reconnect;
     config.tls = load_tls(&args.tls)?;
     client_file::apply_transport(&mut config, &args.transport);
-    run_client(config, args.json).await
+    run_client(config, args.json, &args.inspect).await
 }
 
-/// Runs the client library, printing its events, until a signal or a permanent error.
-async fn run_client(config: ClientConfig, json: bool) -> anyhow::Result<()> {
+/// Runs the client library, printing its events, until a signal or a permanent error. The
+/// inspector's page line follows the first tunnel lines (text) or comes first (`--json`).
+async fn run_client(
+    mut config: ClientConfig,
+    json: bool,
+    inspect: &crate::cli::InspectArgs,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::signals::spawn_handler(shutdown.clone())?;
+    let has_http = config
+        .tunnels
+        .iter()
+        .any(|t| t.spec.kind == TunnelKind::Http);
+    let lines = crate::inspector::lines(inspect.quiet, json);
+    let running = crate::inspector::start(inspect, has_http, lines, &shutdown).await?;
+    let mut page = running.as_ref().and_then(|r| r.url.clone());
+    config.inspector = running.map(|r| r.inspector);
+    if json && let Some(url) = page.take() {
+        println!("{}", serde_json::json!({"event": "inspector", "url": url}));
+    }
+    if inspect.quiet {
+        page = None;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             print_event(&event, json);
+            if matches!(event, ClientEvent::Connected { .. })
+                && let Some(url) = page.take()
+            {
+                println!("inspector: {url}");
+            }
         }
     });
     let result = showoff_client::run(config, tx, shutdown).await;

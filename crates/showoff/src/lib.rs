@@ -4,7 +4,8 @@
 //! Layout: [`cli`] (flags), [`settings`] (the settings table and the layering of defaults,
 //! config file, `SHOWOFF_*` environment and flags), [`client_file`] and [`token_file`] (the
 //! client's and the server's other files), [`audit_file`], [`logging`], [`signals`],
-//! [`watch`] (file change polling), [`commands`] (what each subcommand does).
+//! [`watch`] (file change polling), [`inspector`] (the client's traffic inspector and
+//! request lines), [`commands`] (what each subcommand does).
 
 pub mod audit_file;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod client_file;
 pub mod commands;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod inspector;
 pub mod logging;
 pub mod settings;
 pub mod signals;

@@ -1,0 +1,481 @@
+//! Follows the HTTP/1.1 exchanges of one stream between the server and a local target, from
+//! the bytes the relay moves each way, and stores each as an [`Entry`] when it ends.
+//!
+//! The relay hands every chunk it moved to [`Capture::to_target`] or [`Capture::from_target`]
+//! after moving it, so capture never delays a byte: framing is read in place
+//! ([`super::framing`]), at most the per-body cap of each body is copied (after reserving it
+//! against the memory budget), and the rest is only counted, or handed to the spill writer
+//! without waiting. Pipelined requests pair with responses in order; a `101` turns the stream
+//! into one entry whose byte counts grow until it closes. Anything the capture cannot frame
+//! stops it for this stream (counted as `unparsed`); the relay goes on untouched.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use super::Shared;
+use super::entry::{Body, Cut, Entry, Headers, Request, Response, Upgrade, header};
+use super::framing::{Framing, Reader, Step};
+use super::spill::SpillSink;
+
+/// Header slots a head may use; a head with more is not followed.
+const MAX_HEADERS: usize = 128;
+
+/// A body being captured.
+#[derive(Default)]
+struct BodyCapture {
+    data: Vec<u8>,
+    size: u64,
+    cut: Option<Cut>,
+    spill: Option<SpillSink>,
+    /// Bytes of `data` reserved against the budget.
+    reserved: usize,
+}
+
+impl BodyCapture {
+    /// A capture that expects `length` bytes (when known), so its buffer is sized once.
+    fn expecting(length: Option<u64>, shared: &Shared) -> Self {
+        let mut body = Self::default();
+        if let Some(length) = length {
+            let expected = usize::try_from(length).unwrap_or(usize::MAX);
+            body.data.reserve_exact(expected.min(shared.body_cap));
+        }
+        body
+    }
+
+    fn push(&mut self, bytes: &[u8], shared: &Shared) {
+        self.size += bytes.len() as u64;
+        if let Some(spill) = &mut self.spill {
+            spill.write(bytes, shared);
+            return;
+        }
+        if self.cut.is_some() {
+            return;
+        }
+        let take = shared
+            .body_cap
+            .saturating_sub(self.data.len())
+            .min(bytes.len());
+        if take > 0 {
+            if !shared.store.reserve(take) {
+                shared.store.drops.budget.fetch_add(1, Ordering::Relaxed);
+                self.cut = Some(Cut::Budget);
+                return;
+            }
+            self.reserved += take;
+            self.data.extend_from_slice(&bytes[..take]);
+        }
+        if take < bytes.len() {
+            self.cut = Some(Cut::Cap);
+            // Past the cap: the whole body goes to disk when spilling is on.
+            self.spill = shared.spill.as_ref().map(|spiller| {
+                let mut sink = spiller.open();
+                sink.write(&self.data, shared);
+                sink.write(&bytes[take..], shared);
+                sink
+            });
+        }
+    }
+
+    /// The captured body; `closed` when the stream ended before it did.
+    fn finish(self, closed: bool, shared: &Shared) -> Body {
+        let cut = match self.cut {
+            None if closed => Some(Cut::Closed),
+            cut => cut,
+        };
+        let spilled = self.spill.map(|sink| sink.finish(closed, shared));
+        Body {
+            captured: self.data.into(),
+            size: self.size,
+            cut,
+            spilled,
+        }
+    }
+}
+
+/// One exchange between its request head and its end.
+struct Building {
+    entry: Entry,
+    started: Instant,
+    request_body: BodyCapture,
+    request_done: bool,
+    response_body: BodyCapture,
+    /// The response head came (`entry.response` is set).
+    answered: bool,
+    response_done: bool,
+}
+
+impl Building {
+    fn reserved(&self) -> usize {
+        self.request_body.reserved + self.response_body.reserved
+    }
+}
+
+/// An upgraded connection's entry, as stored, and its counts since.
+struct Upgraded {
+    entry: Entry,
+    started: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// The capture of one stream.
+pub(crate) struct Capture {
+    shared: Arc<Shared>,
+    tunnel: Arc<str>,
+    replay_of: Option<u64>,
+    /// Told the id of the first exchange (a replay's caller waits for it).
+    announce: Option<tokio::sync::oneshot::Sender<u64>>,
+    up: Reader,
+    down: Reader,
+    queue: VecDeque<Building>,
+    upgraded: Option<Upgraded>,
+    stopped: bool,
+}
+
+impl Capture {
+    /// Follows a stream of `tunnel`; a replay names the entry it replays and hears its id.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tunnel: Arc<str>,
+        replay: Option<(u64, tokio::sync::oneshot::Sender<u64>)>,
+    ) -> Self {
+        let (replay_of, announce) = replay.map_or((None, None), |(of, tx)| (Some(of), Some(tx)));
+        Self {
+            shared,
+            tunnel,
+            replay_of,
+            announce,
+            up: Reader::default(),
+            down: Reader::default(),
+            queue: VecDeque::new(),
+            upgraded: None,
+            stopped: false,
+        }
+    }
+
+    /// Bytes the relay wrote towards the target.
+    pub(crate) fn to_target(&mut self, data: &[u8]) {
+        if let Some(up) = &mut self.upgraded {
+            up.bytes_in += data.len() as u64;
+            return;
+        }
+        let mut rest = data;
+        while !rest.is_empty() && !self.stopped {
+            let (used, step) = self.up.step(rest);
+            match step {
+                Step::Head(head) => self.request_head(&head),
+                Step::Body(bytes) => self.request_body(bytes, false),
+                Step::Last(bytes) => self.request_body(bytes, true),
+                Step::End => self.request_body(&[], true),
+                Step::More => {}
+                Step::Broken(why) => self.stop(why),
+            }
+            rest = &rest[used..];
+        }
+    }
+
+    /// Bytes the relay read from the target.
+    pub(crate) fn from_target(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while !rest.is_empty() && !self.stopped {
+            if let Some(up) = &mut self.upgraded {
+                up.bytes_out += rest.len() as u64;
+                return;
+            }
+            let (used, step) = self.down.step(rest);
+            match step {
+                Step::Head(head) => self.response_head(&head),
+                Step::Body(bytes) => self.response_body(bytes, false),
+                Step::Last(bytes) => self.response_body(bytes, true),
+                Step::End => self.response_body(&[], true),
+                Step::More => {}
+                Step::Broken(why) => self.stop(why),
+            }
+            rest = &rest[used..];
+        }
+    }
+
+    fn request_head(&mut self, head: &[u8]) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut slots);
+        let (Ok(httparse::Status::Complete(_)), Some(method), Some(path)) =
+            (parsed.parse(head), parsed.method, parsed.path)
+        else {
+            return self.stop("request head not HTTP/1.1");
+        };
+        let headers = own_headers(parsed.headers);
+        let framing = request_framing(&headers);
+        self.up.body(framing);
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let id = self.shared.store.next_id();
+        if let Some(announce) = self.announce.take() {
+            let _ = announce.send(id);
+        }
+        let request = Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            version: version(parsed.version),
+            headers,
+            body: Body::default(),
+            head_size: head.len(),
+        };
+        let entry = Entry {
+            id,
+            tunnel: self.tunnel.to_string(),
+            started: SystemTime::now(),
+            duration: Default::default(),
+            remote_addr: forwarded_for(&request.headers),
+            request,
+            response: None,
+            upgrade: None,
+            error: None,
+            replay_of: self.replay_of,
+        };
+        self.queue.push_back(Building {
+            entry,
+            started: Instant::now(),
+            request_body: BodyCapture::expecting(length, &self.shared),
+            request_done: framing == Framing::Empty || framing == Framing::Length(0),
+            response_body: BodyCapture::default(),
+            answered: false,
+            response_done: false,
+        });
+    }
+
+    fn request_body(&mut self, bytes: &[u8], last: bool) {
+        let shared = self.shared.clone();
+        let Some(at) = self.queue.iter().rposition(|b| !b.request_done) else {
+            return self.stop("request body without a head");
+        };
+        let building = &mut self.queue[at];
+        building.request_body.push(bytes, &shared);
+        if last {
+            building.request_done = true;
+            self.finish_ready();
+        }
+    }
+
+    fn response_head(&mut self, head: &[u8]) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let (Ok(httparse::Status::Complete(_)), Some(status)) = (parsed.parse(head), parsed.code)
+        else {
+            return self.stop("response head not HTTP/1.1");
+        };
+        let Some(at) = self.queue.iter().position(|b| !b.answered) else {
+            return self.stop("a response without a request");
+        };
+        if (100..200).contains(&status) && status != 101 {
+            // Informational (100 Continue, 103 Early Hints): the final response follows.
+            return self.down.body(Framing::Empty);
+        }
+        let headers = own_headers(parsed.headers);
+        let building = &mut self.queue[at];
+        let framing = response_framing(&building.entry.request.method, status, &headers);
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        building.answered = true;
+        building.response_body = BodyCapture::expecting(length, &self.shared);
+        building.entry.response = Some(Response {
+            status,
+            reason: parsed.reason.unwrap_or_default().to_string(),
+            version: version(parsed.version),
+            headers,
+            body: Body::default(),
+            head_size: head.len(),
+            waited: building.started.elapsed(),
+        });
+        if status == 101 {
+            return self.upgrade(at);
+        }
+        self.down.body(framing);
+        if matches!(framing, Framing::Empty | Framing::Length(0)) {
+            self.queue[at].response_done = true;
+            self.finish_ready();
+        }
+    }
+
+    fn response_body(&mut self, bytes: &[u8], last: bool) {
+        let shared = self.shared.clone();
+        let Some(at) = self
+            .queue
+            .iter()
+            .position(|b| b.answered && !b.response_done)
+        else {
+            return self.stop("response body without a head");
+        };
+        let building = &mut self.queue[at];
+        building.response_body.push(bytes, &shared);
+        if last {
+            building.response_done = true;
+            self.finish_ready();
+        }
+    }
+
+    /// `101 Switching Protocols`: the stream is one entry from now on, stored at once and
+    /// replaced with its byte counts when the stream closes.
+    fn upgrade(&mut self, at: usize) {
+        self.up.opaque();
+        self.down.opaque();
+        let Some(building) = self.queue.remove(at) else {
+            return;
+        };
+        let (reserved, started) = (building.reserved(), building.started);
+        let mut entry = finished(building, false, &self.shared);
+        entry.upgrade = Some(Upgrade {
+            open: true,
+            ..Upgrade::default()
+        });
+        let stored = self.shared.store.insert(entry, reserved);
+        self.upgraded = Some(Upgraded {
+            entry: (*stored).clone(),
+            started,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        self.release_all();
+    }
+
+    /// Stores, in order, every exchange at the front whose request and response both ended.
+    fn finish_ready(&mut self) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|b| b.request_done && b.response_done)
+        {
+            let Some(building) = self.queue.pop_front() else {
+                return;
+            };
+            let reserved = building.reserved();
+            let entry = finished(building, false, &self.shared);
+            self.shared.store.insert(entry, reserved);
+        }
+    }
+
+    /// Stops following this stream: what it holds is given back and the drop counted.
+    fn stop(&mut self, why: &'static str) {
+        tracing::debug!(tunnel = %self.tunnel, why, "inspector stopped following a stream");
+        self.shared
+            .store
+            .drops
+            .unparsed
+            .fetch_add(1, Ordering::Relaxed);
+        self.stopped = true;
+        self.release_all();
+    }
+
+    fn release_all(&mut self) {
+        for building in self.queue.drain(..) {
+            self.shared.store.release(building.reserved());
+        }
+    }
+
+    /// The stream closed: a body read until close ends here; exchanges still open are stored
+    /// as cut short; an upgraded connection's entry gets its final counts.
+    pub(crate) fn closed(&mut self) {
+        if let Some(up) = self.upgraded.take() {
+            let mut entry = up.entry;
+            entry.duration = up.started.elapsed();
+            entry.upgrade = Some(Upgrade {
+                bytes_in: up.bytes_in,
+                bytes_out: up.bytes_out,
+                open: false,
+            });
+            self.shared.store.replace(entry);
+            return;
+        }
+        if self.stopped {
+            return;
+        }
+        let until_close = self.down.until_close();
+        while let Some(mut building) = self.queue.pop_front() {
+            let reserved = building.reserved();
+            let ends_here = until_close && building.answered && !building.response_done;
+            building.response_done |= ends_here;
+            let cut_short = !(building.request_done && building.response_done);
+            let mut entry = finished(building, cut_short, &self.shared);
+            if cut_short {
+                entry.error = Some(Cut::Closed.as_str());
+            }
+            self.shared.store.insert(entry, reserved);
+        }
+    }
+}
+
+/// The stored form of an exchange; `closed` marks bodies still open as cut by the close.
+fn finished(building: Building, closed: bool, shared: &Shared) -> Entry {
+    let Building {
+        mut entry,
+        started,
+        request_body,
+        request_done,
+        response_body,
+        response_done,
+        ..
+    } = building;
+    entry.duration = started.elapsed();
+    entry.request.body = request_body.finish(closed && !request_done, shared);
+    if let Some(response) = &mut entry.response {
+        response.body = response_body.finish(closed && !response_done, shared);
+    }
+    entry
+}
+
+fn own_headers(headers: &[httparse::Header<'_>]) -> Headers {
+    headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            (h.name.to_string(), value)
+        })
+        .collect()
+}
+
+fn version(minor: Option<u8>) -> &'static str {
+    match minor {
+        Some(0) => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn is_chunked(headers: &Headers) -> bool {
+    headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    })
+}
+
+fn content_length(headers: &Headers) -> Option<u64> {
+    header(headers, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
+fn request_framing(headers: &Headers) -> Framing {
+    if is_chunked(headers) {
+        return Framing::Chunked;
+    }
+    content_length(headers).map_or(Framing::Empty, Framing::Length)
+}
+
+fn response_framing(method: &str, status: u16, headers: &Headers) -> Framing {
+    if method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
+        return Framing::Empty;
+    }
+    if is_chunked(headers) {
+        return Framing::Chunked;
+    }
+    content_length(headers).map_or(Framing::Close, Framing::Length)
+}
+
+/// The first address of `X-Forwarded-For`: the visitor as the server (or a proxy before it)
+/// reported it.
+fn forwarded_for(headers: &Headers) -> Option<String> {
+    let chain = header(headers, "x-forwarded-for")?;
+    let first = chain.split(',').next()?.trim();
+    (!first.is_empty()).then(|| first.to_string())
+}
