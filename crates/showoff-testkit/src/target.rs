@@ -1,7 +1,9 @@
 //! A real HTTP/1.1 target for tunnels, built on hyper, that records what it saw.
 //!
 //! Routes: `/slow?ms=N` answers after N ms; `/big?bytes=N[&cl=1]` streams N bytes (chunked, or
-//! with `Content-Length`); `/ws` is a WebSocket echo; anything else answers with a JSON echo
+//! with `Content-Length`); `/bytes?n=N` answers N bytes counting 0 to 255 over and over
+//! (`application/octet-stream`); `/text` answers plain text; `/image.png` a small PNG; `/ws` is
+//! a WebSocket echo; anything else answers with a JSON echo
 //! of the request (`method`, `path`, `headers`, `body_bytes`), counting body bytes as they
 //! stream without keeping them.
 
@@ -124,9 +126,40 @@ async fn handle(
             Response::new(full("slow done"))
         }
         "/big" => big(&req),
+        "/bytes" => {
+            let n = query(&req, "n").unwrap_or(256) as usize;
+            let bytes: Vec<u8> = (0..n).map(|i| (i % 256) as u8).collect();
+            typed("application/octet-stream", Bytes::from(bytes))
+        }
+        "/text" => typed(
+            "text/plain; charset=utf-8",
+            Bytes::from_static(TEXT.as_bytes()),
+        ),
+        "/image.png" => typed("image/png", Bytes::from_static(PNG)),
         "/ws" => websocket(req),
         _ => echo(req, label).await,
     })
+}
+
+/// What `/text` answers.
+pub const TEXT: &str = "plain text from the target\nsecond line\n";
+
+/// What `/image.png` answers: a 2×2 PNG, red, green, blue and white.
+pub const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x08, 0x02, 0x00, 0x00, 0x00, 0xfd, 0xd4, 0x9a,
+    0x73, 0x00, 0x00, 0x00, 0x12, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xc0,
+    0x00, 0xc2, 0x0c, 0xff, 0x81, 0x00, 0x00, 0x1f, 0xee, 0x05, 0xfb, 0x0b, 0xd9, 0x68, 0x8b, 0x00,
+    0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+fn typed(content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
 }
 
 fn big(req: &Request<Incoming>) -> Response<Body> {

@@ -231,7 +231,21 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
+    let body = Bytes::from(body.to_string());
+    request_to(addr, "localhost", method, path, headers, body).await
+}
+
+/// One request with `Host: host`, any method, headers and body, on a fresh connection.
+pub async fn request_to(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
     let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -239,13 +253,11 @@ pub async fn request(
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "localhost");
+        .header("host", host);
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let req = req
-        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-        .expect("request");
+    let req = req.body(http_body_util::Full::new(body)).expect("request");
     within("response", async {
         read_reply(sender.send_request(req).await.expect("response")).await
     })

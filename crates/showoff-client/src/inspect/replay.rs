@@ -106,8 +106,9 @@ impl Inspector {
         let target = self
             .target_of(&entry.tunnel)
             .ok_or_else(|| ReplayError::NoTunnel(entry.tunnel.clone()))?;
+        let mut head = head_of(&entry, &edits)?;
         let body = body_of(&entry, &edits)?;
-        let head = head_of(&entry, &edits, body.len())?;
+        head.extend_from_slice(restated(body.len()).as_bytes());
         let mut events = self.subscribe();
         let exchange = async {
             let (mut stream, replay_id) =
@@ -184,8 +185,8 @@ fn body_of(entry: &Entry, edits: &Edits) -> Result<Source, ReplayError> {
     Ok(Source::Memory(body.captured.clone()))
 }
 
-/// The request head to send, edits applied and checked.
-fn head_of(entry: &Entry, edits: &Edits, body_len: u64) -> Result<Vec<u8>, ReplayError> {
+/// The request line and headers to send, edits applied and checked; [`restated`] ends it.
+fn head_of(entry: &Entry, edits: &Edits) -> Result<Vec<u8>, ReplayError> {
     let method = edits.method.as_deref().unwrap_or(&entry.request.method);
     if method.is_empty() || !method.bytes().all(is_token) {
         return Err(ReplayError::BadEdit(format!(
@@ -218,9 +219,12 @@ fn head_of(entry: &Entry, edits: &Edits, body_len: u64) -> Result<Vec<u8>, Repla
         }
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    let restated = format!("content-length: {body_len}\r\nconnection: close\r\n\r\n");
-    head.extend_from_slice(restated.as_bytes());
     Ok(head)
+}
+
+/// The framing headers the replay states itself, and the head's end.
+fn restated(body_len: u64) -> String {
+    format!("content-length: {body_len}\r\nconnection: close\r\n\r\n")
 }
 
 /// A `tchar` of RFC 9110 §5.6.2.
@@ -268,7 +272,8 @@ mod tests {
     fn the_request_is_restated_with_its_length_and_a_close() {
         let e = entry(b"{\"a\":1}", None);
         let body = body_of(&e, &Edits::default()).expect("body");
-        let head = head_of(&e, &Edits::default(), body.len()).expect("head");
+        let mut head = head_of(&e, &Edits::default()).expect("head");
+        head.extend_from_slice(restated(body.len()).as_bytes());
         let head = String::from_utf8(head).expect("utf8");
         assert_eq!(
             head,
@@ -320,7 +325,7 @@ mod tests {
                 ..Edits::default()
             },
         ] {
-            let error = head_of(&e, &edits, 0).expect_err("refused");
+            let error = head_of(&e, &edits).expect_err("refused");
             assert_eq!(error.code(), "bad_edit", "{edits:?}");
         }
         let bad = Edits {
