@@ -26,8 +26,10 @@ use showoff_core::{Exchange, ExchangeSink, Protocol};
 use crate::config::BuildInfo;
 
 mod cluster;
+pub(crate) mod recent;
 mod udp;
 pub(crate) use cluster::ClusterStats;
+pub(crate) use recent::Recent;
 pub(crate) use udp::UdpStats;
 
 /// Why a data connection was turned away.
@@ -132,6 +134,8 @@ pub struct Stats {
     pub(crate) udp: UdpStats,
     /// Requests forwarded between the instances of a cluster.
     pub(crate) cluster: ClusterStats,
+    /// Each tunnel's last minutes and refusals by code, for the dashboard.
+    pub(crate) recent: Recent,
     tunnel_metrics_cap: usize,
     tracked_tunnels: Mutex<std::collections::HashSet<String>>,
     registry: Registry,
@@ -210,6 +214,7 @@ impl Stats {
             tunnel_requests: Family::default(),
             udp: UdpStats::default(),
             cluster: ClusterStats::default(),
+            recent: Recent::new(),
             tunnel_metrics_cap,
             tracked_tunnels: Mutex::new(Default::default()),
             registry: Registry::with_prefix("showoff"),
@@ -424,6 +429,7 @@ impl Stats {
     }
 
     pub(crate) fn session_refused(&self, code: &'static str) {
+        self.recent.refused(code);
         self.sessions_refused
             .get_or_create(&CodeLabel { code })
             .inc();
@@ -492,6 +498,7 @@ impl Stats {
 impl ExchangeSink for Stats {
     /// Errors by code; relayed HTTP requests by status class, duration and tunnel; bytes.
     fn record(&self, exchange: &Exchange<'_>) {
+        self.recent.record(exchange);
         if let Some(code) = exchange.error {
             self.error(code);
             return;

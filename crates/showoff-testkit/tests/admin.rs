@@ -323,3 +323,122 @@ async fn metrics_can_need_the_admin_token_too() {
         "probes stay open"
     );
 }
+
+/// `admin:<token>` as basic auth, the way a browser sends it.
+fn basic(token: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("admin:{token}"));
+    format!("Basic {encoded}")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_tunnels_rates_errors_latency_and_refusals() {
+    let config = ServerConfig {
+        tokens: vec![Secret::new("right")],
+        ..admin_config(Some(TEST_ADMIN_TOKEN))
+    };
+    let server = TestServer::start(config).await;
+    let admin = server.addrs.admin.expect("admin listener");
+    let target = showoff_testkit::target::spawn_target("a").await;
+    let closed = showoff_testkit::target::closed_port().await;
+    let mut good = TestClient::config(
+        &server,
+        vec![
+            tunnel(TunnelKind::Http, Some("dash"), target.addr),
+            tunnel(TunnelKind::Http, Some("broken"), closed.addr),
+        ],
+    );
+    good.token = "right".into();
+    let client = TestClient::start(good.clone()).await.expect("session");
+    let mut wrong = good;
+    wrong.token = "wrong".into();
+    wrong.reconnect = false;
+    assert!(TestClient::start(wrong).await.is_err());
+    let host = server.host("dash");
+    for _ in 0..30 {
+        assert_eq!(get(server.addrs.http, &host, "/ok").await.status, 200);
+    }
+    assert_eq!(
+        get(server.addrs.http, &host, "/slow?ms=40").await.status,
+        200
+    );
+    let broken = server.host("broken");
+    for _ in 0..3 {
+        assert_eq!(get(server.addrs.http, &broken, "/").await.status, 502);
+    }
+
+    let data: serde_json::Value =
+        serde_json::from_str(&server.admin_get("/api/v1/dashboard").await.body).expect("json");
+    let dash = &data["tunnels"][1];
+    assert_eq!(dash["name"], "dash");
+    assert_eq!(data["tunnels"][0]["recent"]["error_rate_1m"], 1.0, "{data}");
+    assert_eq!(
+        data["tunnels"][0]["recent"]["error_series"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|n| n.as_u64()).sum::<u64>()),
+        Some(3)
+    );
+    assert_eq!(dash["principal"], data["sessions"][0]["principal"]);
+    let recent = &dash["recent"];
+    assert_eq!(recent["requests_5m"], 31, "{data}");
+    assert!(recent["rate_1m"].as_f64().expect("rate") > 0.0, "{data}");
+    assert_eq!(recent["error_rate_1m"], 0.0);
+    let p99 = recent["p99_ms"].as_f64().expect("p99");
+    assert!(
+        p99 >= 40.0,
+        "the slow request is the 99th percentile: {p99}"
+    );
+    assert!(recent["bytes_out_5m"].as_u64().expect("bytes") > 0);
+    assert_eq!(data["sessions"][0]["transport"], client.transport.as_str());
+    assert_eq!(data["refused"]["auth_failed"], 1, "{data}");
+    assert_eq!(data["totals"]["tunnels"], 2);
+    let overall = data["totals"]["error_rate_1m"].as_f64().expect("errors");
+    assert!((overall - 3.0 / 34.0).abs() < 1e-6, "{overall}");
+
+    // The page and its data take the token as basic auth's password, and only for reads.
+    let page = request(admin, "GET", "/dashboard", &[], "").await;
+    assert_eq!(page.status, 401);
+    let challenge = page.headers["www-authenticate"].to_str().expect("ascii");
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    let auth = basic(TEST_ADMIN_TOKEN);
+    let page = request(admin, "GET", "/dashboard", &[("authorization", &auth)], "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/dashboard/app.js"));
+    let script = request(
+        admin,
+        "GET",
+        "/dashboard/app.js",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert!(script.body.contains("/dashboard/data"));
+    let via_basic = request(
+        admin,
+        "GET",
+        "/dashboard/data",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(via_basic.status, 200);
+    let wrong = basic("not-the-token");
+    let refused = request(
+        admin,
+        "GET",
+        "/dashboard/data",
+        &[("authorization", &wrong)],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    let change = request(
+        admin,
+        "PUT",
+        "/api/v1/log-level",
+        &[("authorization", &auth)],
+        "debug",
+    )
+    .await;
+    assert_eq!(change.status, 401, "basic auth never changes anything");
+}

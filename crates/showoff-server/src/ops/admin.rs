@@ -10,6 +10,8 @@
 //! | `GET /api/v1/tunnels` | JSON list of tunnels: name, kind, public URL, port, session, target, idle time; needs the admin token |
 //! | `PUT /api/v1/log-level` | body: a level or filter (`debug`, `showoff_server=trace`); needs the admin token |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of N seconds (1–60) in pprof format; needs the admin token |
+//! | `GET /dashboard` | the operator dashboard page ([`dashboard`]); the admin token as bearer or basic auth password |
+//! | `GET /dashboard/data`, `GET /api/v1/dashboard` | JSON: sessions, tunnels with rates, errors, latency and bytes over the last 5 minutes, refused sessions by code; needs the admin token |
 //!
 //! Token-guarded endpoints answer 401 unless an admin token is configured and presented as
 //! `Authorization: Bearer <admin token>` (with no token configured they are off, and say so).
@@ -30,6 +32,8 @@ use crate::config::{BuildInfo, Secret};
 use crate::drain::Drain;
 use crate::state::{Routes, Sessions};
 use crate::stats::Stats;
+
+mod dashboard;
 
 /// What the admin endpoints read, and nothing else.
 pub(crate) struct AdminContext {
@@ -99,6 +103,10 @@ fn router(ctx: Arc<AdminContext>) -> Router {
         .route("/api/v1/tunnels", get(tunnels))
         .route("/api/v1/log-level", put(log_level))
         .route("/debug/pprof/profile", get(profile))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/data", get(dashboard::data))
+        .route("/api/v1/dashboard", get(dashboard::data))
         .with_state(ctx)
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct Conn<S> {
     /// An upstream connection the target authenticated for this visitor connection, and the
     /// tunnel (name, session) it belongs to; later requests to that tunnel ride it.
     pub(super) pinned: Option<(String, Arc<str>, UpstreamConn)>,
+    /// The tunnel the current request was routed to, so a failure is counted against it.
+    pub(super) routed: Option<Arc<crate::state::Tunnel>>,
 }
 
 /// How an exchange left the connection.
@@ -57,6 +59,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             scheme,
             ctx,
             pinned: None,
+            routed: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Err(error) => return self.fail(error, "").await,
             };
             let host = head.host.name.clone();
+            self.routed = None;
             match self.exchange(head).await {
                 Ok(Next::KeepAlive) => continue,
                 Ok(Next::Close) => return self.close_lingering().await,
@@ -130,7 +134,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// Sends an error page, logs it once by origin, and closes after draining the visitor.
     pub(crate) async fn fail(&mut self, error: EdgeError, host: &str) {
         let page = error.page(host);
+        let routed = self.routed.take();
         self.ctx.exchanges.emit(&Exchange {
+            tunnel: routed.as_ref().map(|t| t.info.name.as_str()),
             status: Some(page.status),
             ..Exchange::failed(Protocol::Http, self.peer.ip(), page.code)
         });

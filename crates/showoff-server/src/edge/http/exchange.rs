@@ -60,6 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             },
             Err(error) => return Err(error),
         };
+        self.routed = Some(tunnel.clone());
         let forwarded = self.forwarded_for(&head)?;
         self.admit(&tunnel, &head, &forwarded)?;
         let _slot = tunnel

@@ -1,0 +1,190 @@
+//! The operator dashboard on the admin listener: `/dashboard` (a page embedded in the binary,
+//! no build step) and its data, `GET /dashboard/data` or `GET /api/v1/dashboard` (JSON):
+//! sessions with their principals, transports and addresses; tunnels with request rate, error
+//! rate, p50/p99 latency and bytes over the last minutes; refused sessions by code.
+//!
+//! Drawn from what `/api/v1/sessions`, `/api/v1/tunnels` and `/metrics` read: the session and
+//! route tables, and the exchange events (through [`crate::stats::Recent`]). Behind the admin
+//! token: `Authorization: Bearer <token>`, or HTTP basic auth with the token as the password,
+//! so a browser asks for it once. Basic auth is taken for these reads only, never for a
+//! request that changes anything, so a page elsewhere cannot make the browser act with it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AdminContext;
+use crate::stats::recent::{BUCKET, BUCKETS};
+
+const PAGE: &str = include_str!("dashboard/index.html");
+const SCRIPT: &str = include_str!("dashboard/app.js");
+
+/// `GET /dashboard`.
+pub(crate) async fn page(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
+    asset(&ctx, &headers, "text/html; charset=utf-8", PAGE)
+}
+
+/// `GET /dashboard/app.js`.
+pub(crate) async fn script(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
+    asset(&ctx, &headers, "text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn asset(
+    ctx: &AdminContext,
+    headers: &HeaderMap,
+    content_type: &'static str,
+    text: &'static str,
+) -> Response {
+    if let Err(denied) = authorize_read(ctx, headers) {
+        return *denied;
+    }
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    ];
+    (headers, text).into_response()
+}
+
+/// `GET /dashboard/data` and `GET /api/v1/dashboard`.
+pub(crate) async fn data(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize_read(&ctx, &headers) {
+        return *denied;
+    }
+    let mut response = axum::Json(snapshot(&ctx)).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// The admin token as a bearer token or as basic auth's password; a refusal asks the browser
+/// for it.
+fn authorize_read(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &ctx.token else {
+        let off = (
+            StatusCode::UNAUTHORIZED,
+            "disabled: no admin token is configured\n",
+        );
+        return Err(Box::new(off.into_response()));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v.split_once(' ') {
+            Some(("Bearer", token)) => Some(token.as_bytes().to_vec()),
+            Some(("Basic", encoded)) => basic_password(encoded),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if showoff_proto::id::constant_time_eq(&presented, token.expose().as_bytes()) {
+        return Ok(());
+    }
+    let mut denied = (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    denied.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"showoff admin\", charset=\"UTF-8\""),
+    );
+    Err(Box::new(denied))
+}
+
+/// The password of a basic auth value (`base64(user:password)`); any user name.
+fn basic_password(encoded: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+/// Everything the page shows, at this moment.
+fn snapshot(ctx: &AdminContext) -> Value {
+    let sessions = ctx.sessions.all();
+    let principals: HashMap<&str, &str> = sessions
+        .iter()
+        .map(|s| (&*s.id, s.principal.id.as_str()))
+        .collect();
+    let figures = ctx.stats.recent.figures();
+    let mut tunnels: Vec<Value> = ctx
+        .routes
+        .all()
+        .iter()
+        .map(|t| {
+            let session = t.session_id.to_string();
+            let mut view = json!({
+                "name": t.info.name,
+                "kind": t.info.kind.as_str(),
+                "public_url": t.info.public_url,
+                "port": t.info.port,
+                "session": session,
+                "principal": principals.get(session.as_str()),
+                "target": t.spec.target,
+                "idle_secs": t.idle_for().as_secs(),
+            });
+            view["recent"] = figures.get(&t.info.name).map_or(Value::Null, |f| {
+                serde_json::to_value(f).unwrap_or(Value::Null)
+            });
+            view
+        })
+        .collect();
+    tunnels.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let sessions: Vec<Value> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "id": &*s.id,
+                "principal": s.principal.id,
+                "peer": s.peer.to_string(),
+                "transport": s.transport.as_str(),
+                "connected_secs": s.started.elapsed().as_secs(),
+                "tunnels": s.tunnel_names(),
+            })
+        })
+        .collect();
+    let rate: f64 = figures.values().map(|f| f.rate_1m).sum();
+    let errors: f64 = figures.values().map(|f| f.rate_1m * f.error_rate_1m).sum();
+    json!({
+        "version": ctx.build.version,
+        "draining": ctx.drain.stopping().is_cancelled(),
+        "bucket_secs": BUCKET.as_secs(),
+        "buckets": BUCKETS,
+        "totals": {
+            "sessions": sessions.len(),
+            "tunnels": tunnels.len(),
+            "rate_1m": rate,
+            "error_rate_1m": if rate > 0.0 { errors / rate } else { 0.0 },
+            "bytes_in_5m": figures.values().map(|f| f.bytes_in_5m).sum::<u64>(),
+            "bytes_out_5m": figures.values().map(|f| f.bytes_out_5m).sum::<u64>(),
+        },
+        "sessions": sessions,
+        "tunnels": tunnels,
+        "refused": ctx.stats.recent.refusals(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_gives_its_password() {
+        // "admin:s3cret:with:colons"
+        let encoded = "YWRtaW46czNjcmV0OndpdGg6Y29sb25z";
+        assert_eq!(
+            basic_password(encoded),
+            Some(b"s3cret:with:colons".to_vec())
+        );
+        assert_eq!(basic_password("not base64!"), None);
+        // "no-colon"
+        assert_eq!(basic_password("bm8tY29sb24="), None);
+    }
+}
