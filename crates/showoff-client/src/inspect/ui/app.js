@@ -248,8 +248,15 @@ async function footer() {
     const s = await json("/api/status");
     const d = s.drops;
     const spill = s.spill_used === null ? "" : ` · spilled ${size(s.spill_used)}`;
-    $("status").textContent = `${s.entries} captured · memory ${size(s.memory_used)} of ${size(s.memory_budget)} · body cap ${size(s.body_cap)}${spill} · dropped: ${d.evicted} evicted, ${d.budget} bodies cut by the budget, ${d.unparsed} streams not followed, ${d.spill} spills incomplete`;
+    $("footer").textContent = `${s.entries} captured · memory ${size(s.memory_used)} of ${size(s.memory_budget)} · body cap ${size(s.body_cap)}${spill} · dropped: ${d.evicted} evicted, ${d.budget} bodies cut by the budget, ${d.unparsed} streams not followed, ${d.spill} spills incomplete`;
   } catch (_) { /* the client stopped */ }
+}
+
+let footerSoon = null;
+
+/** Refreshes the footer shortly after a burst of events, not once per event. */
+function footerLater() {
+  if (footerSoon === null) footerSoon = setTimeout(() => { footerSoon = null; footer(); }, 300);
 }
 
 function follow() {
@@ -260,6 +267,7 @@ function follow() {
     const e = JSON.parse(ev.data);
     entries.set(e.id, e);
     render();
+    footerLater();
     if (e.id === selected) select(e.id);
   });
   source.addEventListener("clear", () => { entries.clear(); render(); });

@@ -28,7 +28,11 @@ function percent(share) {
   return `${(share * 100).toFixed(share > 0 && share < 0.01 ? 2 : 1)} %`;
 }
 
-function spark(series, errors) {
+function spark(series, errors, buckets) {
+  // Padded on the left to the whole window, so a young tunnel's bars stand at the right.
+  const pad = Math.max(0, buckets - series.length);
+  series = Array(pad).fill(0).concat(series);
+  errors = Array(pad).fill(0).concat(errors);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   const width = 150, height = 24, max = Math.max(1, ...series);
@@ -55,6 +59,8 @@ function rows(id, items, build) {
   $(id).hidden = items.length === 0;
 }
 
+let buckets = 30;
+
 function tunnelRow(t) {
   const tr = document.createElement("tr");
   tr.dataset.name = t.name;
@@ -65,7 +71,7 @@ function tunnelRow(t) {
     cell(r ? percent(r.error_rate_1m) : "–", `num${r && r.error_rate_1m > 0 ? " bad" : ""}`),
     cell(ms(r && r.p50_ms), "num"), cell(ms(r && r.p99_ms), "num"),
     cell(r ? size(r.bytes_in_5m) : "–", "num"), cell(r ? size(r.bytes_out_5m) : "–", "num"),
-    cell(r ? spark(r.series, r.error_series) : ""));
+    cell(r ? spark(r.series, r.error_series, buckets) : ""));
   return tr;
 }
 
@@ -87,7 +93,8 @@ async function refresh() {
     const response = await fetch("/dashboard/data", { credentials: "same-origin", cache: "no-store" });
     if (!response.ok) throw new Error(`${response.status}`);
     const d = await response.json();
-    $("version").textContent = `version ${d.version}`;
+    buckets = d.buckets;
+    $("version").textContent = d.version ? `version ${d.version}` : "";
     $("state").textContent = d.draining ? "draining" : "serving";
     $("t-sessions").textContent = d.totals.sessions;
     $("t-tunnels").textContent = d.totals.tunnels;
