@@ -403,7 +403,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the client library, printing its events, until a signal or a permanent error. The
-/// inspector's page line follows the first tunnel lines (text) or comes first (`--json`).
+/// inspector's page line follows the first tunnel lines.
 async fn run_client(
     mut config: ClientConfig,
     json: bool,
@@ -419,9 +419,6 @@ async fn run_client(
     let running = crate::inspector::start(inspect, has_http, lines, &shutdown).await?;
     let mut page = running.as_ref().and_then(|r| r.url.clone());
     config.inspector = running.map(|r| r.inspector);
-    if json && let Some(url) = page.take() {
-        println!("{}", serde_json::json!({"event": "inspector", "url": url}));
-    }
     if inspect.quiet {
         page = None;
     }
@@ -432,7 +429,11 @@ async fn run_client(
             if matches!(event, ClientEvent::Connected { .. })
                 && let Some(url) = page.take()
             {
-                println!("inspector: {url}");
+                if json {
+                    println!("{}", serde_json::json!({"event": "inspector", "url": url}));
+                } else {
+                    println!("inspector: {url}");
+                }
             }
         }
     });

@@ -188,19 +188,53 @@ pub fn lines(quiet: bool, json: bool) -> Lines {
     }
 }
 
+/// Lines waiting for stdout before new ones are dropped.
+const PRINT_QUEUE: usize = 1024;
+
+/// A thread that writes lines to stdout, fed without waiting: a stdout nobody reads (a full
+/// pipe) costs request lines, never the relay.
+fn printer() -> std::sync::mpsc::SyncSender<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(PRINT_QUEUE);
+    let spawned = std::thread::Builder::new()
+        .name("showoff-lines".into())
+        .spawn(move || {
+            use std::io::Write;
+            while let Ok(line) = rx.recv() {
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "request lines off: no printer thread");
+    }
+    tx
+}
+
 async fn print_lines(inspector: Inspector, lines: Lines, shutdown: CancellationToken) {
     let mut events = inspector.subscribe();
     let colour = std::io::stdout().is_terminal();
+    let out = printer();
+    let mut dropped = 0u64;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
             event = events.recv() => event,
         };
         match event {
-            Ok(StoreEvent::Entry(entry)) => match lines {
-                Lines::Json => println!("{}", json_line(&entry)),
-                _ => println!("{}", text_line(&entry, colour)),
-            },
+            Ok(StoreEvent::Entry(entry)) => {
+                let line = match lines {
+                    Lines::Json => json_line(&entry),
+                    _ => text_line(&entry, colour),
+                };
+                if out.try_send(line).is_err() {
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::debug!(dropped, "request lines dropped: stdout is not read");
+                    }
+                }
+            }
             Ok(StoreEvent::Cleared) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "request lines skipped: the terminal fell behind");
