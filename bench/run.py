@@ -46,7 +46,7 @@ SCENARIOS = [
     ("1mib_c1", "/1m", 1, 1, [], False),
     ("latency_close_c1", "/small", 1, 1, ["Connection: close"], True),
 ]
-SYSTEMS = ["direct", "showoff_http", "showoff_tcp", "showoff_tcp_mux", "showoff_tcp_quic",
+SYSTEMS = ["direct", "showoff_http", "showoff_http_noinspect", "showoff_tcp", "showoff_tcp_mux", "showoff_tcp_quic",
            "rathole", "bore"]
 
 
@@ -188,11 +188,17 @@ def start_showoff(nginx_port, workdir):
     )
     wait_port(control, "showoff server")
     systems, clients = [], []
-    for kind, transport, name in (("http", "tcp", "showoff_http"), ("tcp", "tcp", "showoff_tcp"),
-                                  ("tcp", "mux", "showoff_tcp_mux")):
-        client, port = start_client(kind, nginx_port, control, f"bench-{kind}-{transport}",
-                                    ["--transport", transport])
-        host = f"bench-{kind}-{transport}.localhost:{port}" if kind == "http" else None
+    # `showoff http` captures every exchange for its inspector by default; the same tunnel
+    # with --no-inspect shows what the capture costs. Both --quiet: no request lines.
+    inspected = ["--quiet", "--inspect-addr", f"127.0.0.1:{free_port()}"]
+    for kind, transport, name, extra in (
+            ("http", "tcp", "showoff_http", inspected),
+            ("http", "tcp", "showoff_http_noinspect", ["--quiet", "--no-inspect"]),
+            ("tcp", "tcp", "showoff_tcp", []), ("tcp", "mux", "showoff_tcp_mux", [])):
+        tunnel = "bench-" + name.replace("_", "-")
+        client, port = start_client(kind, nginx_port, control, tunnel,
+                                    ["--transport", transport, *extra])
+        host = f"{tunnel}.localhost:{port}" if kind == "http" else None
         systems.append(System(name, port, host, [server, client]))
         clients.append(client)
     cert, key = self_signed(workdir)
@@ -423,6 +429,18 @@ def markdown(results):
                 f"{fmt(e.get('p50_us'))} | {fmt(e.get('p99_us'))} | "
                 f"{fmt(e.get('cpu_us_per_req'), 1)} | {fmt(e.get('errors'))} |"
             )
+    lines += ["", "The inspector's cost: `showoff http` as users run it (every exchange captured for "
+              "the inspector) against the same tunnel with `--no-inspect`, median of same-round "
+              "ratios of req/s.", "", "| scenario | with / without inspector | tunnel CPU µs/req with | without |",
+              "| --- | ---: | ---: | ---: |"]
+    for scenario in [x[0] for x in SCENARIOS]:
+        ratio = median_ratio(results["raw_rounds"], scenario, "showoff_http",
+                             "showoff_http_noinspect", "req_per_s")
+        with_, without = (s.get(scenario, {}).get(name, {}) for name in
+                          ("showoff_http", "showoff_http_noinspect"))
+        if ratio is not None:
+            lines.append(f"| {scenario} | {fmt(ratio, 3)} | {fmt(with_.get('cpu_us_per_req'), 1)} | "
+                         f"{fmt(without.get('cpu_us_per_req'), 1)} |")
     lines += ["", "Resident memory (KiB): idle after start, peak under load, after load.", "",
               "| process | idle | peak | after |", "| --- | ---: | ---: | ---: |"]
     for key in sorted(results["rss"]["idle"]):
