@@ -168,6 +168,12 @@ impl Inspector {
         self.0.store.subscribe()
     }
 
+    /// A capture of one stream, as the fuzz target drives it.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn capture_for_fuzzing(&self) -> FuzzCapture {
+        FuzzCapture(Capture::new(self.0.clone(), "fuzz".into(), None))
+    }
+
     /// What the inspector holds now.
     pub fn status(&self) -> Status {
         Status {
@@ -178,6 +184,28 @@ impl Inspector {
             spill_used: self.0.spill.as_ref().map(spill::Spiller::disk_used),
             drops: self.0.store.drop_counts(),
         }
+    }
+}
+
+/// A capture that closes when dropped, for the fuzz target.
+#[cfg(feature = "fuzzing")]
+pub(crate) struct FuzzCapture(Capture);
+
+#[cfg(feature = "fuzzing")]
+impl FuzzCapture {
+    pub(crate) fn to_target(&mut self, data: &[u8]) {
+        self.0.to_target(data);
+    }
+
+    pub(crate) fn from_target(&mut self, data: &[u8]) {
+        self.0.from_target(data);
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Drop for FuzzCapture {
+    fn drop(&mut self) {
+        self.0.closed();
     }
 }
 

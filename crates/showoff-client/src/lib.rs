@@ -16,6 +16,8 @@
 
 pub mod backoff;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod inspect;
 pub mod proxy_header;
 mod session;
