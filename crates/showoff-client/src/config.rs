@@ -10,8 +10,7 @@ use crate::backoff::Backoff;
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7000";
 /// Default time in-flight streams get to finish when the client stops.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Deadline for connecting to the server or to a local target.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::target::CONNECT_TIMEOUT;
 /// How long `auto` gives a QUIC handshake before it falls back to mux.
 pub const QUIC_FALLBACK: Duration = Duration::from_secs(3);
 /// Default pause between QUIC probes of an `auto` client that fell back to mux.

@@ -25,9 +25,9 @@ pub fn inspector_capture(data: &[u8]) {
         let (chunk, tail) = tail.split_at(len);
         let stream = &mut streams[usize::from(step >> 7)];
         if step & 0x40 == 0 {
-            stream.to_target(chunk);
+            stream.wrote_to_target(chunk);
         } else {
-            stream.from_target(chunk);
+            stream.read_from_target(chunk);
         }
         rest = tail;
         assert!(

@@ -193,12 +193,12 @@ pub(crate) struct FuzzCapture(Capture);
 
 #[cfg(feature = "fuzzing")]
 impl FuzzCapture {
-    pub(crate) fn to_target(&mut self, data: &[u8]) {
-        self.0.to_target(data);
+    pub(crate) fn wrote_to_target(&mut self, data: &[u8]) {
+        self.0.wrote_to_target(data);
     }
 
-    pub(crate) fn from_target(&mut self, data: &[u8]) {
-        self.0.from_target(data);
+    pub(crate) fn read_from_target(&mut self, data: &[u8]) {
+        self.0.read_from_target(data);
     }
 }
 
@@ -265,7 +265,7 @@ impl AsyncRead for Tee {
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let read = &buf.filled()[before..];
         if !read.is_empty() {
-            this.capture.from_target(read);
+            this.capture.read_from_target(read);
         }
         Poll::Ready(Ok(()))
     }
@@ -279,7 +279,7 @@ impl AsyncWrite for Tee {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        this.capture.to_target(&buf[..written]);
+        this.capture.wrote_to_target(&buf[..written]);
         Poll::Ready(Ok(written))
     }
 

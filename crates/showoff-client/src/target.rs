@@ -10,8 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::CONNECT_TIMEOUT;
 use crate::proxy_header::{self, ProxyVersion};
+
+/// Deadline for connecting to the server or to a local target.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The far end of one stream, as a target hands it back.
 pub type TargetStream = Box<dyn StreamIo>;

@@ -6,8 +6,7 @@ use async_trait::async_trait;
 use showoff_core::StreamIo;
 use tokio::time::timeout;
 
-use crate::config::CONNECT_TIMEOUT;
-use crate::target::connect;
+use crate::target::{CONNECT_TIMEOUT, connect};
 use crate::tls::Connector;
 
 /// `TCP_USER_TIMEOUT` of connections to the server: three default heartbeat intervals, the

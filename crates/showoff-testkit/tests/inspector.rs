@@ -289,6 +289,16 @@ async fn replay_reaches_the_target_again_with_the_edit_applied() {
     assert_eq!(echo["body_bytes"], "the edited body".len());
 }
 
+/// An API call and what it must answer: method, path, headers, body, status, error code.
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn bad_api_calls_get_their_codes_and_nothing_breaks() {
     let s = Setup::start(small()).await;
@@ -298,7 +308,7 @@ async fn bad_api_calls_get_their_codes_and_nothing_breaks() {
     let upload = s.entry("/upload").await;
     let id = upload["id"].as_u64().expect("id");
 
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "GET",
             "/api/requests/999999".into(),

@@ -147,10 +147,10 @@ pub struct InspectArgs {
     #[arg(long, env = "SHOWOFF_NO_INSPECT", hide_env = true)]
     pub no_inspect: bool,
     /// Memory the captured requests may use in all: bytes, or with KiB, MiB, GiB [env: SHOWOFF_INSPECT_MEMORY] [default: 64MiB]
-    #[arg(long, env = "SHOWOFF_INSPECT_MEMORY", hide_env = true, value_parser = crate::inspector::parse_size)]
+    #[arg(long, env = "SHOWOFF_INSPECT_MEMORY", hide_env = true, value_parser = crate::settings::parse::size)]
     pub inspect_memory: Option<u64>,
     /// Bytes of each body kept in memory; the rest is cut with a mark, or spilled [env: SHOWOFF_INSPECT_BODY_CAP] [default: 256KiB]
-    #[arg(long, env = "SHOWOFF_INSPECT_BODY_CAP", hide_env = true, value_parser = crate::inspector::parse_size)]
+    #[arg(long, env = "SHOWOFF_INSPECT_BODY_CAP", hide_env = true, value_parser = crate::settings::parse::size)]
     pub inspect_body_cap: Option<u64>,
     /// Write bodies past the cap whole into a new directory under DIR (downloads and replays get every byte) [env: SHOWOFF_INSPECT_SPILL] [default: off]
     #[arg(
@@ -161,7 +161,7 @@ pub struct InspectArgs {
     )]
     pub inspect_spill: Option<PathBuf>,
     /// Bytes the spilled bodies may take on disk in all [env: SHOWOFF_INSPECT_SPILL_MAX] [default: 1GiB]
-    #[arg(long, env = "SHOWOFF_INSPECT_SPILL_MAX", hide_env = true, value_parser = crate::inspector::parse_size)]
+    #[arg(long, env = "SHOWOFF_INSPECT_SPILL_MAX", hide_env = true, value_parser = crate::settings::parse::size)]
     pub inspect_spill_max: Option<u64>,
     /// Print only the tunnel lines: no request lines, no inspector line
     #[arg(long, short = 'q')]

@@ -13,31 +13,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::InspectArgs;
+use crate::settings::parse::size as parse_size;
 
 /// Ports tried after the default one is taken (another client's inspector): 4040 to 4049.
 const DEFAULT_PORTS: u16 = 10;
-
-/// `1048576`, `64MiB`, `256KiB`, `1GiB` (also `KB`/`MB`/`GB` and `K`/`M`/`G`, in 1024s).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| {
-        format!("{text:?} is not a size: give bytes, or a number with KiB, MiB or GiB")
-    })?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
 
 /// The inspector keys of a client config file (each flag and variable wins over its key).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

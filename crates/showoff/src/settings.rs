@@ -13,7 +13,7 @@
 
 mod file;
 mod globals;
-mod parse;
+pub mod parse;
 mod table;
 
 use std::collections::{BTreeMap, HashMap};

@@ -18,7 +18,7 @@
 //! `origin_forbidden` to a changing request (`POST`, `DELETE`) from another site's page.
 
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -380,11 +380,6 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-/// RFC 3339 with milliseconds, UTC.
-pub(crate) fn timestamp(at: SystemTime) -> String {
-    showoff_core::time::rfc3339(at)
-}
-
 fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 10_000.0).round() / 10.0
 }
@@ -394,7 +389,7 @@ pub fn summary(e: &Entry) -> Value {
     let mut value = json!({
         "id": e.id,
         "tunnel": e.tunnel,
-        "started": timestamp(e.started),
+        "started": showoff_core::time::rfc3339(e.started),
         "method": e.request.method,
         "path": e.request.path,
         "status": e.status(),

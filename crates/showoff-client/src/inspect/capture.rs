@@ -1,7 +1,7 @@
 //! Follows the HTTP/1.1 exchanges of one stream between the server and a local target, from
 //! the bytes the relay moves each way, and stores each as an [`Entry`] when it ends.
 //!
-//! The relay hands every chunk it moved to [`Capture::to_target`] or [`Capture::from_target`]
+//! The relay hands every chunk it moved to [`Capture::wrote_to_target`] or [`Capture::read_from_target`]
 //! after moving it, so capture never delays a byte: framing is read in place
 //! ([`super::framing`]), at most the per-body cap of each body is copied (after reserving it
 //! against the memory budget), and the rest is only counted, or handed to the spill writer
@@ -156,7 +156,7 @@ impl Capture {
     }
 
     /// Bytes the relay wrote towards the target.
-    pub(crate) fn to_target(&mut self, data: &[u8]) {
+    pub(crate) fn wrote_to_target(&mut self, data: &[u8]) {
         if let Some(up) = &mut self.upgraded {
             up.bytes_in += data.len() as u64;
             return;
@@ -177,7 +177,7 @@ impl Capture {
     }
 
     /// Bytes the relay read from the target.
-    pub(crate) fn from_target(&mut self, data: &[u8]) {
+    pub(crate) fn read_from_target(&mut self, data: &[u8]) {
         let mut rest = data;
         while !rest.is_empty() && !self.stopped {
             if let Some(up) = &mut self.upgraded {

@@ -328,7 +328,7 @@ mod tests {
             let mut body = Vec::new();
             let mut ended = false;
             for part in input.chunks(piece) {
-                let mut rest = &part[..];
+                let mut rest = part;
                 while !rest.is_empty() {
                     let (used, step) = reader.step(rest);
                     match step {

@@ -25,7 +25,7 @@ fn entry(e: &Entry) -> Value {
         .as_ref()
         .map_or(total, |r| r.waited.as_secs_f64() * 1000.0);
     let mut value = json!({
-        "startedDateTime": super::api::timestamp(e.started),
+        "startedDateTime": showoff_core::time::rfc3339(e.started),
         "time": total,
         "request": request(e),
         "response": response(e),

@@ -23,10 +23,10 @@ fn capture(inspector: &Inspector) -> Capture {
 fn exchange(inspector: &Inspector, up: &[u8], down: &[u8], piece: usize) -> Vec<Arc<Entry>> {
     let mut capture = capture(inspector);
     for part in up.chunks(piece) {
-        capture.to_target(part);
+        capture.wrote_to_target(part);
     }
     for part in down.chunks(piece) {
-        capture.from_target(part);
+        capture.read_from_target(part);
     }
     capture.closed();
     inspector.entries()
@@ -133,14 +133,16 @@ fn a_stream_that_closes_mid_exchange_is_stored_as_cut_short() {
 fn an_upgrade_is_one_entry_whose_counts_grow_until_it_closes() {
     let inspector = inspector(1 << 20, 1 << 16);
     let mut capture = capture(&inspector);
-    capture.to_target(b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     capture
-        .from_target(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi");
+        .wrote_to_target(b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    capture.read_from_target(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+    );
     let open = inspector.entries();
     assert_eq!(open.len(), 1);
     assert!(open[0].upgrade.expect("upgrade").open);
-    capture.to_target(&[0u8; 100]);
-    capture.from_target(&[0u8; 50]);
+    capture.wrote_to_target(&[0u8; 100]);
+    capture.read_from_target(&[0u8; 50]);
     capture.closed();
     let closed = inspector.entries();
     assert_eq!(closed.len(), 1, "replaced, not added");
@@ -173,10 +175,10 @@ fn the_memory_budget_holds_under_many_large_exchanges() {
     for round in 0..50 {
         for capture in &mut captures {
             for part in up.chunks(3000) {
-                capture.to_target(part);
+                capture.wrote_to_target(part);
                 assert!(inspector.status().memory_used <= budget, "round {round}");
             }
-            capture.from_target(down);
+            capture.read_from_target(down);
         }
     }
     let status = inspector.status();

@@ -190,3 +190,25 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
         _ => Err("expected true or false".into()),
     }
 }
+
+/// `1048576`, `64MiB`, `256KiB`, `1GiB` (also `KB`/`MB`/`GB` and `K`/`M`/`G`, in 1024s).
+pub fn size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a size: give bytes, or a number with KiB, MiB or GiB")
+    })?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
