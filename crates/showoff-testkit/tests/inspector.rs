@@ -78,6 +78,15 @@ impl Setup {
         (reply.status.as_u16(), json)
     }
 
+    /// The entry `id` with its heads and bodies.
+    async fn entry_by_id(&self, id: u64) -> Value {
+        let (status, detail) = self
+            .api("GET", &format!("/api/requests/{id}"), &[], "")
+            .await;
+        assert_eq!(status, 200, "{detail}");
+        detail
+    }
+
     /// The newest entry whose path is `path`, once it is there.
     async fn entry(&self, path: &str) -> Value {
         eventually(&format!("an entry for {path}"), || {
@@ -556,4 +565,77 @@ async fn a_large_upload_streams_through_with_the_inspector_on() {
         "{:?}",
         s.inspector.status()
     );
+}
+
+#[tokio::test]
+async fn a_spilled_body_downloads_whole_and_replays_unedited() {
+    let dir = std::env::temp_dir().join(format!("showoff-spill-e2e-{}", std::process::id()));
+    let s = Setup::start(InspectConfig {
+        body_cap: 4096,
+        spill: Some(dir.clone()),
+        ..InspectConfig::default()
+    })
+    .await;
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    let reply = s
+        .visit("POST", "/upload", &[], Bytes::from(body.clone()))
+        .await;
+    assert_eq!(reply.echo()["body_bytes"], body.len());
+    let entry = s.entry("/upload").await;
+    let id = entry["id"].as_u64().expect("id");
+    assert_eq!(entry["request"]["body"]["captured"], 4096);
+    eventually("the spill written", || {
+        s.inspector
+            .get(id)
+            .is_some_and(|e| e.request.body.on_disk())
+    })
+    .await;
+    let path = format!("/api/requests/{id}/request/body?download=1");
+    let raw = TcpStream::connect(s.api).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(raw))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let request = http::Request::get(&path)
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("attachment")
+    );
+    let downloaded = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(downloaded.len(), body.len());
+    assert!(downloaded[..] == body[..], "the whole body, byte for byte");
+
+    let (status, again) = s
+        .api("POST", &format!("/api/requests/{id}/replay"), &[], "")
+        .await;
+    assert_eq!(status, 200, "{again}");
+    let replay = s.entry_by_id(again["id"].as_u64().expect("id")).await;
+    let echo: Value =
+        serde_json::from_str(replay["response"]["body"]["data"].as_str().expect("text"))
+            .expect("echo");
+    assert_eq!(
+        echo["body_bytes"],
+        body.len(),
+        "the replay streamed the spilled body"
+    );
+    let (_, status) = s.api("GET", "/api/status", &[], "").await;
+    assert!(
+        status["spill_used"].as_u64().expect("spill") >= 2 * body.len() as u64 - 8192,
+        "{status}"
+    );
+    s.inspector.clear();
+    let (_, status) = s.api("GET", "/api/status", &[], "").await;
+    assert_eq!(status["spill_used"], 0, "the files went with their entries");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }

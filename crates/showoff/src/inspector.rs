@@ -300,6 +300,63 @@ mod tests {
         assert_eq!(size(3 << 20), "3.0 MB");
     }
 
+    fn entry(status: Option<u16>, body: u64) -> Entry {
+        use showoff_client::inspect::entry::{Body, Request, Response};
+        let body = Body {
+            size: body,
+            ..Body::default()
+        };
+        Entry {
+            id: 1,
+            tunnel: "demo".into(),
+            started: std::time::SystemTime::now(),
+            duration: std::time::Duration::from_millis(12),
+            remote_addr: None,
+            request: Request {
+                method: "GET".into(),
+                path: "/api/users".into(),
+                version: "HTTP/1.1",
+                headers: vec![],
+                body: Body::default(),
+                head_size: 40,
+            },
+            response: status.map(|status| Response {
+                status,
+                reason: "OK".into(),
+                version: "HTTP/1.1",
+                headers: vec![],
+                body,
+                head_size: 29,
+                waited: std::time::Duration::from_millis(10),
+            }),
+            upgrade: None,
+            error: status.is_none().then_some("stream_closed"),
+            replay_of: None,
+        }
+    }
+
+    #[test]
+    fn request_lines_read_like_the_issue_says() {
+        assert_eq!(
+            text_line(&entry(Some(200), 1200), false),
+            "GET /api/users 200 12 ms 1.2 KB"
+        );
+        assert_eq!(
+            text_line(&entry(Some(503), 0), true),
+            "GET /api/users \x1b[31m503\x1b[0m 12 ms 29 B"
+        );
+        assert_eq!(
+            text_line(&entry(None, 0), false),
+            "GET /api/users stream_closed 12 ms 0 B"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&json_line(&entry(Some(200), 5))).expect("json");
+        assert_eq!(
+            (json["event"].as_str(), json["status"].as_u64()),
+            (Some("request"), Some(200))
+        );
+    }
+
     #[test]
     fn flags_win_over_the_file() {
         let file = InspectFile {

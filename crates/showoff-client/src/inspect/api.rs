@@ -28,7 +28,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -247,14 +247,22 @@ async fn body(
         }
     };
     let content_type = header(headers, "content-type").unwrap_or("application/octet-stream");
-    let bytes = match body.spilled.as_ref().filter(|_| body.on_disk()) {
-        Some(file) => match tokio::fs::read(file.path()).await {
-            Ok(bytes) => axum::body::Bytes::from(bytes),
+    // A spilled body streams from its file (it may be gigabytes); the entry, and with it the
+    // file, is held until the stream ends.
+    let mut response = match body.spilled.as_ref().filter(|_| body.on_disk()) {
+        Some(file) => match tokio::fs::File::open(file.path()).await {
+            Ok(opened) => {
+                let held = entry.clone();
+                let stream = tokio_util::io::ReaderStream::new(opened).map(move |chunk| {
+                    let _ = &held;
+                    chunk
+                });
+                axum::body::Body::from_stream(stream).into_response()
+            }
             Err(e) => return error(StatusCode::GONE, "spill_unreadable", e),
         },
-        None => body.captured.clone(),
+        None => body.captured.clone().into_response(),
     };
-    let mut response = bytes.into_response();
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(content_type) {
         headers.insert(header::CONTENT_TYPE, value);
