@@ -22,33 +22,35 @@ fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
-fn client(args: &[&str], stdout: Stdio) -> std::process::Child {
-    Command::new(BIN)
-        .args(args)
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("client starts")
-}
-
-#[tokio::test]
-async fn json_output_names_the_inspector_and_prints_one_line_per_request() {
+/// A server, a target and `showoff http` for it named `name` with `--json`, the inspector on
+/// a free loopback port, and `extra` flags; stdout is piped and left to the test.
+async fn start(name: &str, extra: &[&str]) -> (ServerProcess, std::process::Child) {
     let server = ServerProcess::start(Path::new(BIN), &[]);
     let control = server.addr("control").to_string();
     let target = spawn_target("cli").await;
     let port = target.addr.port().to_string();
-    let args = [
-        "http",
-        &port,
-        "--server",
-        &control,
-        "--name",
-        "cli",
-        "--json",
-        "--inspect-addr",
-        "127.0.0.1:0",
-    ];
-    let mut child = client(&args, Stdio::piped());
+    let client = Command::new(BIN)
+        .args([
+            "http", &port, "--server", &control, "--name", name, "--json",
+        ])
+        .args(["--inspect-addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    (server, client)
+}
+
+/// The tunnel's `host:port` from its `connected` line.
+fn host_of(connected: &serde_json::Value) -> String {
+    let url = connected["public_url"].as_str().expect("url");
+    url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn json_output_names_the_inspector_and_prints_one_line_per_request() {
+    let (server, mut child) = start("cli", &[]).await;
     let out = lines(child.stdout.take().expect("stdout"));
     let _child = Reaper(child);
     let connected = json(&wait_for(&out, "the tunnel line", |l| {
@@ -59,10 +61,9 @@ async fn json_output_names_the_inspector_and_prints_one_line_per_request() {
     }));
     let url = inspector["url"].as_str().expect("url").to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let public = connected["public_url"].as_str().expect("url");
-    let host = public.trim_start_matches("http://");
+    let host = host_of(&connected);
     for path in ["/first", "/second?x=1"] {
-        assert_eq!(get(server.addr("http"), host, path).await.status, 200);
+        assert_eq!(get(server.addr("http"), &host, path).await.status, 200);
         let line = json(&wait_for(&out, "a request line", |l| {
             l.contains("\"request\"")
         }));
@@ -82,32 +83,12 @@ async fn json_output_names_the_inspector_and_prints_one_line_per_request() {
 
 #[tokio::test]
 async fn quiet_keeps_only_the_tunnel_line() {
-    let server = ServerProcess::start(Path::new(BIN), &[]);
-    let control = server.addr("control").to_string();
-    let target = spawn_target("cli").await;
-    let port = target.addr.port().to_string();
-    let args = [
-        "http",
-        &port,
-        "--server",
-        &control,
-        "--name",
-        "hush",
-        "--json",
-        "--quiet",
-        "--inspect-addr",
-        "127.0.0.1:0",
-    ];
-    let mut child = client(&args, Stdio::piped());
+    let (server, mut child) = start("hush", &["--quiet"]).await;
     let out = lines(child.stdout.take().expect("stdout"));
     let _child = Reaper(child);
     let connected = json(&wait_for(&out, "the tunnel line", |_| true));
     assert_eq!(connected["event"], "connected");
-    let host = connected["public_url"]
-        .as_str()
-        .expect("url")
-        .trim_start_matches("http://")
-        .to_string();
+    let host = host_of(&connected);
     for _ in 0..3 {
         assert_eq!(get(server.addr("http"), &host, "/").await.status, 200);
     }
@@ -117,33 +98,14 @@ async fn quiet_keeps_only_the_tunnel_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stdout_nobody_reads_never_stalls_the_tunnel() {
-    let server = ServerProcess::start(Path::new(BIN), &[]);
-    let control = server.addr("control").to_string();
-    let target = spawn_target("cli").await;
-    let port = target.addr.port().to_string();
     // Request lines go to a pipe that is never read after the tunnel line: it fills at 64 KiB
     // (about 200 lines), and the tunnel must go on serving.
-    let args = [
-        "http",
-        &port,
-        "--server",
-        &control,
-        "--name",
-        "unread",
-        "--json",
-        "--inspect-addr",
-        "127.0.0.1:0",
-    ];
-    let mut child = client(&args, Stdio::piped());
+    let (server, mut child) = start("unread", &[]).await;
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let _child = Reaper(child);
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut first).expect("tunnel line");
-    let host = json(&first)["public_url"]
-        .as_str()
-        .expect("url")
-        .trim_start_matches("http://")
-        .to_string();
+    let host = host_of(&json(&first));
     let mut conn = HttpConn::open(server.addr("http")).await;
     let path = format!("/{}", "long-path-".repeat(20));
     for i in 0..2_000 {

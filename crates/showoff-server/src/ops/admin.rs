@@ -226,6 +226,13 @@ async fn tunnels(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Re
 
 /// Checks `Authorization: Bearer <admin token>`; `Err` is the response to send instead.
 fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    check_token(ctx, headers, false)
+}
+
+/// Checks the admin token as a bearer token or, when `basic`, as HTTP basic auth's password
+/// (any user name; a refusal then asks the browser for it). Basic auth is for the dashboard's
+/// reads only: a browser sends it on its own, so nothing that changes state may take it.
+fn check_token(ctx: &AdminContext, headers: &HeaderMap, basic: bool) -> Result<(), Box<Response>> {
     let Some(token) = &ctx.token else {
         let off = (
             StatusCode::UNAUTHORIZED,
@@ -236,17 +243,36 @@ fn authorize(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Box<Response
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| match v.split_once(' ') {
+            Some(("Bearer", token)) => Some(token.as_bytes().to_vec()),
+            Some(("Basic", encoded)) if basic => basic_password(encoded),
+            _ => None,
+        })
         .unwrap_or_default();
-    if showoff_proto::id::constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
+    if showoff_proto::id::constant_time_eq(&presented, token.expose().as_bytes()) {
         return Ok(());
     }
+    let challenge = if basic {
+        "Basic realm=\"showoff admin\", charset=\"UTF-8\""
+    } else {
+        "Bearer"
+    };
     let mut denied = (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
     denied.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
+        header::HeaderValue::from_static(challenge),
     );
     Err(Box::new(denied))
+}
+
+/// The password of a basic auth value (`base64(user:password)`); any user name.
+fn basic_password(encoded: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 async fn log_level(

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -66,44 +66,9 @@ pub(crate) async fn data(State(ctx): State<Arc<AdminContext>>, headers: HeaderMa
     response
 }
 
-/// The admin token as a bearer token or as basic auth's password; a refusal asks the browser
-/// for it.
+/// The admin token as a bearer token or as basic auth's password.
 fn authorize_read(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let Some(token) = &ctx.token else {
-        let off = (
-            StatusCode::UNAUTHORIZED,
-            "disabled: no admin token is configured\n",
-        );
-        return Err(Box::new(off.into_response()));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| match v.split_once(' ') {
-            Some(("Bearer", token)) => Some(token.as_bytes().to_vec()),
-            Some(("Basic", encoded)) => basic_password(encoded),
-            _ => None,
-        })
-        .unwrap_or_default();
-    if showoff_proto::id::constant_time_eq(&presented, token.expose().as_bytes()) {
-        return Ok(());
-    }
-    let mut denied = (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
-    denied.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Basic realm=\"showoff admin\", charset=\"UTF-8\""),
-    );
-    Err(Box::new(denied))
-}
-
-/// The password of a basic auth value (`base64(user:password)`); any user name.
-fn basic_password(encoded: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let colon = decoded.iter().position(|b| *b == b':')?;
-    Some(decoded[colon + 1..].to_vec())
+    super::check_token(ctx, headers, true)
 }
 
 /// Everything the page shows, at this moment.
