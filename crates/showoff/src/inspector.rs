@@ -300,6 +300,10 @@ mod tests {
         assert_eq!(size(3 << 20), "3.0 MB");
     }
 
+    fn bytes_of(text: &'static str) -> showoff_client::inspect::entry::Bytes {
+        text.as_bytes().to_vec().into()
+    }
+
     fn entry(status: Option<u16>, body: u64) -> Entry {
         use showoff_client::inspect::entry::{Body, Request, Response};
         let body = Body {
@@ -311,22 +315,18 @@ mod tests {
             tunnel: "demo".into(),
             started: std::time::SystemTime::now(),
             duration: std::time::Duration::from_millis(12),
-            remote_addr: None,
             request: Request {
                 method: "GET".into(),
                 path: "/api/users".into(),
                 version: "HTTP/1.1",
-                headers: vec![],
+                head: bytes_of("GET /api/users HTTP/1.1\r\n\r\n"),
                 body: Body::default(),
-                head_size: 40,
             },
             response: status.map(|status| Response {
                 status,
-                reason: "OK".into(),
                 version: "HTTP/1.1",
-                headers: vec![],
+                head: bytes_of("HTTP/1.1 200 OK\r\nServer: test\r\n\r\n"),
                 body,
-                head_size: 29,
                 waited: std::time::Duration::from_millis(10),
             }),
             upgrade: None,
@@ -343,7 +343,7 @@ mod tests {
         );
         assert_eq!(
             text_line(&entry(Some(503), 0), true),
-            "GET /api/users \x1b[31m503\x1b[0m 12 ms 29 B"
+            "GET /api/users \x1b[31m503\x1b[0m 12 ms 33 B"
         );
         assert_eq!(
             text_line(&entry(None, 0), false),

@@ -166,7 +166,7 @@ impl Filter {
             .path
             .as_ref()
             .is_none_or(|p| entry.request.path.contains(p.as_str()));
-        let tunnel = self.tunnel.as_ref().is_none_or(|t| *t == entry.tunnel);
+        let tunnel = self.tunnel.as_ref().is_none_or(|t| **t == *entry.tunnel);
         let status = self
             .status
             .as_ref()
@@ -229,8 +229,8 @@ async fn body(
         Err(denied) => return *denied,
     };
     let (body, headers) = match (side.as_str(), &entry.response) {
-        ("request", _) => (&entry.request.body, &entry.request.headers),
-        ("response", Some(response)) => (&response.body, &response.headers),
+        ("request", _) => (&entry.request.body, entry.request.headers()),
+        ("response", Some(response)) => (&response.body, response.headers()),
         ("response", None) => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -246,7 +246,7 @@ async fn body(
             );
         }
     };
-    let content_type = header(headers, "content-type").unwrap_or("application/octet-stream");
+    let content_type = header(&headers, "content-type").unwrap_or("application/octet-stream");
     // A spilled body streams from its file (it may be gigabytes); the entry, and with it the
     // file, is held until the stream ends.
     let mut response = match body.spilled.as_ref().filter(|_| body.on_disk()) {
@@ -396,7 +396,7 @@ fn millis(duration: Duration) -> f64 {
 pub fn summary(e: &Entry) -> Value {
     let mut value = json!({
         "id": e.id,
-        "tunnel": e.tunnel,
+        "tunnel": &*e.tunnel,
         "started": showoff_core::time::rfc3339(e.started),
         "method": e.request.method,
         "path": e.request.path,
@@ -404,8 +404,8 @@ pub fn summary(e: &Entry) -> Value {
         "duration_ms": millis(e.duration),
         "request_size": e.request_size(),
         "response_size": e.response_size(),
-        "remote_addr": e.remote_addr,
-        "content_type": e.response.as_ref().and_then(|r| header(&r.headers, "content-type")),
+        "remote_addr": e.remote_addr(),
+        "content_type": e.response.as_ref().and_then(|r| header(&r.headers(), "content-type").map(str::to_string)),
         "error": e.error,
         "replay_of": e.replay_of,
     });
@@ -426,16 +426,16 @@ pub fn full(e: &Entry) -> Value {
         "method": e.request.method,
         "path": e.request.path,
         "version": e.request.version,
-        "headers": headers(&e.request.headers),
-        "body": body_json(&e.request.body, &e.request.headers),
+        "headers": headers(&e.request.headers()),
+        "body": body_json(&e.request.body, &e.request.headers()),
     });
     if let Some(r) = &e.response {
         value["response"] = json!({
             "status": r.status,
-            "reason": r.reason,
+            "reason": r.reason(),
             "version": r.version,
-            "headers": headers(&r.headers),
-            "body": body_json(&r.body, &r.headers),
+            "headers": headers(&r.headers()),
+            "body": body_json(&r.body, &r.headers()),
             "waited_ms": millis(r.waited),
         });
     }

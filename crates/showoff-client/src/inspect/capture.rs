@@ -15,12 +15,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use super::Shared;
-use super::entry::{Body, Cut, Entry, Headers, Request, Response, Upgrade, header};
+use super::entry::{Body, Cut, Entry, MAX_FIELDS, Request, Response, Upgrade};
 use super::framing::{Framing, Reader, Step};
 use super::spill::SpillSink;
-
-/// Header slots a head may use; a head with more is not followed.
-const MAX_HEADERS: usize = 128;
 
 /// A body being captured.
 #[derive(Default)]
@@ -165,7 +162,7 @@ impl Capture {
         while !rest.is_empty() && !self.stopped {
             let (used, step) = self.up.step(rest);
             match step {
-                Step::Head(head) => self.request_head(&head),
+                Step::Head(head) => self.request_head(head),
                 Step::Body(bytes) => self.request_body(bytes, false),
                 Step::Last(bytes) => self.request_body(bytes, true),
                 Step::End => self.request_body(&[], true),
@@ -186,7 +183,7 @@ impl Capture {
             }
             let (used, step) = self.down.step(rest);
             match step {
-                Step::Head(head) => self.response_head(&head),
+                Step::Head(head) => self.response_head(head),
                 Step::Body(bytes) => self.response_body(bytes, false),
                 Step::Last(bytes) => self.response_body(bytes, true),
                 Step::End => self.response_body(&[], true),
@@ -197,16 +194,20 @@ impl Capture {
         }
     }
 
-    fn request_head(&mut self, head: &[u8]) {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    fn request_head(&mut self, head: Vec<u8>) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut parsed = httparse::Request::new(&mut slots);
         let (Ok(httparse::Status::Complete(_)), Some(method), Some(path)) =
-            (parsed.parse(head), parsed.method, parsed.path)
+            (parsed.parse(&head), parsed.method, parsed.path)
         else {
             return self.stop("request head not HTTP/1.1");
         };
-        let headers = own_headers(parsed.headers);
-        let framing = request_framing(&headers);
+        let framing = request_framing(parsed.headers);
+        let (method, path, version) = (
+            method.to_string(),
+            path.to_string(),
+            version(parsed.version),
+        );
         self.up.body(framing);
         let length = match framing {
             Framing::Length(n) => Some(n),
@@ -217,19 +218,17 @@ impl Capture {
             let _ = announce.send(id);
         }
         let request = Request {
-            method: method.to_string(),
-            path: path.to_string(),
-            version: version(parsed.version),
-            headers,
+            method,
+            path,
+            version,
+            head: head.into(),
             body: Body::default(),
-            head_size: head.len(),
         };
         let entry = Entry {
             id,
-            tunnel: self.tunnel.to_string(),
+            tunnel: self.tunnel.clone(),
             started: SystemTime::now(),
             duration: Default::default(),
-            remote_addr: forwarded_for(&request.headers),
             request,
             response: None,
             upgrade: None,
@@ -260,10 +259,10 @@ impl Capture {
         }
     }
 
-    fn response_head(&mut self, head: &[u8]) {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    fn response_head(&mut self, head: Vec<u8>) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut parsed = httparse::Response::new(&mut slots);
-        let (Ok(httparse::Status::Complete(_)), Some(status)) = (parsed.parse(head), parsed.code)
+        let (Ok(httparse::Status::Complete(_)), Some(status)) = (parsed.parse(&head), parsed.code)
         else {
             return self.stop("response head not HTTP/1.1");
         };
@@ -274,9 +273,9 @@ impl Capture {
             // Informational (100 Continue, 103 Early Hints): the final response follows.
             return self.down.body(Framing::Empty);
         }
-        let headers = own_headers(parsed.headers);
         let building = &mut self.queue[at];
-        let framing = response_framing(&building.entry.request.method, status, &headers);
+        let framing = response_framing(&building.entry.request.method, status, parsed.headers);
+        let version = version(parsed.version);
         let length = match framing {
             Framing::Length(n) => Some(n),
             _ => None,
@@ -285,11 +284,9 @@ impl Capture {
         building.response_body = BodyCapture::expecting(length, &self.shared);
         building.entry.response = Some(Response {
             status,
-            reason: parsed.reason.unwrap_or_default().to_string(),
-            version: version(parsed.version),
-            headers,
+            version,
+            head: head.into(),
             body: Body::default(),
-            head_size: head.len(),
             waited: building.started.elapsed(),
         });
         if status == 101 {
@@ -428,16 +425,6 @@ fn finished(building: Building, closed: bool, shared: &Shared) -> Entry {
     entry
 }
 
-fn own_headers(headers: &[httparse::Header<'_>]) -> Headers {
-    headers
-        .iter()
-        .map(|h| {
-            let value = String::from_utf8_lossy(h.value).into_owned();
-            (h.name.to_string(), value)
-        })
-        .collect()
-}
-
 fn version(minor: Option<u8>) -> &'static str {
     match minor {
         Some(0) => "HTTP/1.0",
@@ -445,37 +432,42 @@ fn version(minor: Option<u8>) -> &'static str {
     }
 }
 
-fn is_chunked(headers: &Headers) -> bool {
-    headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+/// The value of field `name` in a parsed head.
+fn field<'h>(fields: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
+    fields
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn is_chunked(fields: &[httparse::Header<'_>]) -> bool {
+    fields.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && h.value
+                .to_ascii_lowercase()
+                .windows(7)
+                .any(|w| w == b"chunked")
     })
 }
 
-fn content_length(headers: &Headers) -> Option<u64> {
-    header(headers, "content-length").and_then(|v| v.trim().parse().ok())
+fn content_length(fields: &[httparse::Header<'_>]) -> Option<u64> {
+    let value = std::str::from_utf8(field(fields, "content-length")?).ok()?;
+    value.trim().parse().ok()
 }
 
-fn request_framing(headers: &Headers) -> Framing {
-    if is_chunked(headers) {
+fn request_framing(fields: &[httparse::Header<'_>]) -> Framing {
+    if is_chunked(fields) {
         return Framing::Chunked;
     }
-    content_length(headers).map_or(Framing::Empty, Framing::Length)
+    content_length(fields).map_or(Framing::Empty, Framing::Length)
 }
 
-fn response_framing(method: &str, status: u16, headers: &Headers) -> Framing {
+fn response_framing(method: &str, status: u16, fields: &[httparse::Header<'_>]) -> Framing {
     if method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
         return Framing::Empty;
     }
-    if is_chunked(headers) {
+    if is_chunked(fields) {
         return Framing::Chunked;
     }
-    content_length(headers).map_or(Framing::Close, Framing::Length)
-}
-
-/// The first address of `X-Forwarded-For`: the visitor as the server (or a proxy before it)
-/// reported it.
-fn forwarded_for(headers: &Headers) -> Option<String> {
-    let chain = header(headers, "x-forwarded-for")?;
-    let first = chain.split(',').next()?.trim();
-    (!first.is_empty()).then(|| first.to_string())
+    content_length(fields).map_or(Framing::Close, Framing::Length)
 }

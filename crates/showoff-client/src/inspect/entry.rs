@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+pub use bytes::Bytes;
 
 /// Why a captured body stops before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,30 @@ pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The fields of a head as captured (`head` holds the start line too), parsed when asked: the
+/// capture keeps a head as the one buffer it was read into, and only the page and the API,
+/// which look at few entries, pay for splitting it.
+pub fn fields_of(head: &[u8]) -> Headers {
+    let end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(head.len(), |at| at + 2);
+    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    match httparse::parse_headers(&head[end..], &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value).into_owned();
+                (h.name.to_string(), value)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Header fields a captured head may have (the capture follows no head with more).
+pub const MAX_FIELDS: usize = 128;
+
 /// The request side.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -76,12 +100,17 @@ pub struct Request {
     pub path: String,
     /// `HTTP/1.1` or `HTTP/1.0`.
     pub version: &'static str,
-    /// Header fields.
-    pub headers: Headers,
+    /// The head as it crossed the tunnel, request line and blank line included.
+    pub head: Bytes,
     /// Body.
     pub body: Body,
-    /// Bytes of the head on the wire.
-    pub head_size: usize,
+}
+
+impl Request {
+    /// Header fields, in order.
+    pub fn headers(&self) -> Headers {
+        fields_of(&self.head)
+    }
 }
 
 /// The response side.
@@ -89,18 +118,32 @@ pub struct Request {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Reason phrase.
-    pub reason: String,
     /// `HTTP/1.1` or `HTTP/1.0`.
     pub version: &'static str,
-    /// Header fields.
-    pub headers: Headers,
+    /// The head as it crossed the tunnel, status line and blank line included.
+    pub head: Bytes,
     /// Body.
     pub body: Body,
-    /// Bytes of the head on the wire.
-    pub head_size: usize,
     /// From the request's head to the response's head.
     pub waited: Duration,
+}
+
+impl Response {
+    /// Header fields, in order.
+    pub fn headers(&self) -> Headers {
+        fields_of(&self.head)
+    }
+
+    /// The reason phrase of the status line.
+    pub fn reason(&self) -> String {
+        let line = self.head.split(|b| *b == b'\n').next().unwrap_or_default();
+        let text = String::from_utf8_lossy(line);
+        text.trim_end()
+            .splitn(3, ' ')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 /// One exchange.
@@ -109,14 +152,12 @@ pub struct Entry {
     /// Increasing id, unique in this client process.
     pub id: u64,
     /// The tunnel it came through.
-    pub tunnel: String,
+    pub tunnel: std::sync::Arc<str>,
     /// When its request head was seen.
     pub started: SystemTime,
     /// From the request head to the response's end (for an upgrade: to the connection's end,
     /// or to the switch while it is open).
     pub duration: Duration,
-    /// The visitor as the first address of `X-Forwarded-For` names it.
-    pub remote_addr: Option<String>,
     /// What was asked.
     pub request: Request,
     /// What was answered; `None` when the stream ended first.
@@ -141,22 +182,32 @@ pub struct Upgrade {
     pub open: bool,
 }
 
-/// What an entry costs in bytes beside its bodies: the struct and its strings.
-const ENTRY_OVERHEAD: usize = 512;
+/// What an entry costs in bytes beside its heads and bodies: the structs, the method and path
+/// strings and the allocator's share of each of the five allocations.
+const ENTRY_OVERHEAD: usize = 400;
 
 impl Entry {
     /// The bytes this entry holds in memory, as the budget counts them.
     pub fn memory(&self) -> usize {
-        let heads = |h: &Headers| h.iter().map(|(n, v)| n.len() + v.len() + 48).sum::<usize>();
-        let response = self.response.as_ref().map_or(0, |r| {
-            heads(&r.headers) + r.reason.len() + r.body.captured.len()
-        });
+        let response = self
+            .response
+            .as_ref()
+            .map_or(0, |r| r.head.len() + r.body.captured.len());
         ENTRY_OVERHEAD
-            + self.tunnel.len()
+            + self.request.method.len()
             + self.request.path.len()
-            + heads(&self.request.headers)
+            + self.request.head.len()
             + self.request.body.captured.len()
             + response
+    }
+
+    /// The visitor as the first address of `X-Forwarded-For` names it (the server's, or a
+    /// trusted proxy's before it).
+    pub fn remote_addr(&self) -> Option<String> {
+        let headers = self.request.headers();
+        let chain = header(&headers, "x-forwarded-for")?;
+        let first = chain.split(',').next()?.trim();
+        (!first.is_empty()).then(|| first.to_string())
     }
 
     /// The response status, if a response head came.
@@ -166,13 +217,13 @@ impl Entry {
 
     /// Bytes of the request on the wire: head and body.
     pub fn request_size(&self) -> u64 {
-        self.request.head_size as u64 + self.request.body.size
+        self.request.head.len() as u64 + self.request.body.size
     }
 
     /// Bytes of the response on the wire: head and body.
     pub fn response_size(&self) -> u64 {
         self.response
             .as_ref()
-            .map_or(0, |r| r.head_size as u64 + r.body.size)
+            .map_or(0, |r| r.head.len() as u64 + r.body.size)
     }
 }

@@ -145,6 +145,12 @@ impl Reader {
                 .count();
         }
         let rest = &data[used..];
+        if self.pending.is_empty()
+            && let Some(at) = find_blank_line(rest)
+        {
+            // The whole head is here: copy it alone, not the body bytes after it.
+            return (used + at + 4, Step::Head(rest[..at + 4].to_vec()));
+        }
         // The end of the head may straddle what was kept and what arrived.
         let keep = self.pending.len().min(3);
         let from = self.pending.len() - keep;

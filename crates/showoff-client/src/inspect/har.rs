@@ -67,8 +67,9 @@ fn headers(list: &Headers) -> Value {
 }
 
 fn request(e: &Entry) -> Value {
-    let host = header(&e.request.headers, "host").unwrap_or("localhost");
-    let scheme = header(&e.request.headers, "x-forwarded-proto").unwrap_or("http");
+    let fields = e.request.headers();
+    let host = header(&fields, "host").unwrap_or("localhost");
+    let scheme = header(&fields, "x-forwarded-proto").unwrap_or("http");
     let url = format!("{scheme}://{host}{}", e.request.path);
     let query: Vec<Value> = e
         .request
@@ -88,13 +89,13 @@ fn request(e: &Entry) -> Value {
         "url": url,
         "httpVersion": e.request.version,
         "cookies": [],
-        "headers": headers(&e.request.headers),
+        "headers": headers(&fields),
         "queryString": query,
-        "headersSize": e.request.head_size,
+        "headersSize": e.request.head.len(),
         "bodySize": e.request.body.size,
     });
     if e.request.body.size > 0 {
-        let mime = header(&e.request.headers, "content-type").unwrap_or("application/octet-stream");
+        let mime = header(&fields, "content-type").unwrap_or("application/octet-stream");
         let (text, _) = text_of(&e.request.body);
         value["postData"] = json!({ "mimeType": mime, "text": text });
     }
@@ -110,7 +111,8 @@ fn response(e: &Entry) -> Value {
             "_error": e.error.unwrap_or("no response"),
         });
     };
-    let mime = header(&r.headers, "content-type").unwrap_or("application/octet-stream");
+    let fields = r.headers();
+    let mime = header(&fields, "content-type").unwrap_or("application/octet-stream");
     let (text, encoding) = text_of(&r.body);
     let mut content = json!({ "size": r.body.size, "mimeType": mime, "text": text });
     if let Some(encoding) = encoding {
@@ -118,13 +120,13 @@ fn response(e: &Entry) -> Value {
     }
     json!({
         "status": r.status,
-        "statusText": r.reason,
+        "statusText": r.reason(),
         "httpVersion": r.version,
         "cookies": [],
-        "headers": headers(&r.headers),
+        "headers": headers(&fields),
         "content": content,
-        "redirectURL": header(&r.headers, "location").unwrap_or(""),
-        "headersSize": r.head_size,
+        "redirectURL": header(&fields, "location").unwrap_or(""),
+        "headersSize": r.head.len(),
         "bodySize": r.body.size,
     })
 }

@@ -105,7 +105,7 @@ impl Inspector {
         let entry = self.get(id).ok_or(ReplayError::NotFound(id))?;
         let target = self
             .target_of(&entry.tunnel)
-            .ok_or_else(|| ReplayError::NoTunnel(entry.tunnel.clone()))?;
+            .ok_or_else(|| ReplayError::NoTunnel(entry.tunnel.to_string()))?;
         let mut head = head_of(&entry, &edits)?;
         let body = body_of(&entry, &edits)?;
         head.extend_from_slice(restated(body.len()).as_bytes());
@@ -201,7 +201,14 @@ fn head_of(entry: &Entry, edits: &Edits) -> Result<Vec<u8>, ReplayError> {
             "path {path:?} must start with / and hold no spaces or control characters"
         )));
     }
-    let headers: &Headers = edits.headers.as_ref().unwrap_or(&entry.request.headers);
+    let captured;
+    let headers: &Headers = match &edits.headers {
+        Some(edited) => edited,
+        None => {
+            captured = entry.request.headers();
+            &captured
+        }
+    };
     let mut head = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
     for (name, value) in headers {
         if name.is_empty() || !name.bytes().all(is_token) {
@@ -243,23 +250,19 @@ mod tests {
             tunnel: "demo".into(),
             started: std::time::SystemTime::now(),
             duration: Duration::ZERO,
-            remote_addr: None,
             request: Request {
                 method: "POST".into(),
                 path: "/orders".into(),
                 version: "HTTP/1.1",
-                headers: vec![
-                    ("Host".into(), "demo.localhost".into()),
-                    ("Transfer-Encoding".into(), "chunked".into()),
-                    ("X-Trace".into(), "1".into()),
-                ],
+                head: bytes::Bytes::from_static(
+                    b"POST /orders HTTP/1.1\r\nHost: demo.localhost\r\nTransfer-Encoding: chunked\r\nX-Trace: 1\r\n\r\n",
+                ),
                 body: Body {
                     captured: bytes::Bytes::copy_from_slice(body),
                     size: body.len() as u64 + u64::from(cut.is_some()) * 10,
                     cut,
                     spilled: None,
                 },
-                head_size: 60,
             },
             response: None,
             upgrade: None,

@@ -234,18 +234,16 @@ mod tests {
             tunnel: "demo".into(),
             started: SystemTime::now(),
             duration: Duration::from_millis(1),
-            remote_addr: None,
             request: Request {
                 method: "POST".into(),
                 path: "/".into(),
                 version: "HTTP/1.1",
-                headers: vec![],
+                head: bytes::Bytes::from_static(b"POST / HTTP/1.1\r\n\r\n"),
                 body: Body {
                     captured: vec![b'x'; body].into(),
                     size: body as u64,
                     ..Body::default()
                 },
-                head_size: 20,
             },
             response: None,
             upgrade: None,

@@ -44,10 +44,10 @@ fn a_json_exchange_is_captured_whole_in_any_pieces() {
         assert_eq!(entry.request.method, "POST");
         assert_eq!(entry.request.path, "/api/users?x=1");
         assert_eq!(&entry.request.body.captured[..], b"{\"name\":\"a\"}\n");
-        assert_eq!(entry.remote_addr.as_deref(), Some("198.51.100.7"));
+        assert_eq!(entry.remote_addr().as_deref(), Some("198.51.100.7"));
         let response = entry.response.as_ref().expect("response");
         assert_eq!(
-            (response.status, response.reason.as_str()),
+            (response.status, response.reason().as_str()),
             (201, "Created")
         );
         assert_eq!(&response.body.captured[..], b"{\"id\":1}");
