@@ -182,9 +182,10 @@ pub struct Upgrade {
     pub open: bool,
 }
 
-/// What an entry costs in bytes beside its heads and bodies: the structs, the method and path
-/// strings and the allocator's share of each of the five allocations.
-const ENTRY_OVERHEAD: usize = 400;
+/// What an entry costs in bytes beside its heads, bodies, method and path: the entry itself
+/// behind its `Arc`, its place in the store, and the allocator's share (about 16 bytes, plus
+/// rounding) of each of its up to six allocations.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 16 + 8 + 6 * 24;
 
 impl Entry {
     /// The bytes this entry holds in memory, as the budget counts them.
@@ -208,6 +209,15 @@ impl Entry {
         let chain = header(&headers, "x-forwarded-for")?;
         let first = chain.split(',').next()?.trim();
         (!first.is_empty()).then(|| first.to_string())
+    }
+
+    /// True when a body of this entry is (being) written to disk.
+    pub fn spills(&self) -> bool {
+        self.request.body.spilled.is_some()
+            || self
+                .response
+                .as_ref()
+                .is_some_and(|r| r.body.spilled.is_some())
     }
 
     /// The response status, if a response head came.

@@ -242,8 +242,18 @@ impl Reader {
     }
 }
 
+/// Where the first `\r\n\r\n` starts: a jump from line feed to line feed (a head has a few
+/// dozen), not a comparison at every byte.
 fn find_blank_line(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+    let mut from = 0;
+    while let Some(at) = bytes[from..].iter().position(|b| *b == b'\n') {
+        let lf = from + at;
+        if lf >= 3 && bytes[lf - 3..lf] == *b"\r\n\r" {
+            return Some(lf - 3);
+        }
+        from = lf + 1;
+    }
+    None
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

@@ -104,7 +104,7 @@ impl Store {
         if before + bytes <= self.budget {
             return true;
         }
-        let evicted = self.evict_for(bytes);
+        let evicted = self.evict_for();
         let fits = self.used.load(Ordering::Relaxed) <= self.budget;
         drop(evicted);
         if !fits {
@@ -118,20 +118,23 @@ impl Store {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// Removes the oldest entries until the budget holds or none is left; returns them so they
-    /// are freed (and their spill files removed) after the lock is released.
-    fn evict_for(&self, _bytes: usize) -> Vec<Arc<Entry>> {
+    /// Removes the oldest entries until the budget holds or none is left. Entries without a
+    /// spilled body are freed at once; the others are returned, so their files are removed
+    /// after the lock is released.
+    fn evict_for(&self) -> Vec<Arc<Entry>> {
         let mut entries = self.entries();
-        let mut evicted = Vec::new();
+        let mut spilled = Vec::new();
         while self.used.load(Ordering::Relaxed) > self.budget {
             let Some(oldest) = entries.pop_front() else {
                 break;
             };
             self.used.fetch_sub(oldest.memory(), Ordering::Relaxed);
             self.drops.evicted.fetch_add(1, Ordering::Relaxed);
-            evicted.push(oldest);
+            if oldest.spills() {
+                spilled.push(oldest);
+            }
         }
-        evicted
+        spilled
     }
 
     /// Stores a finished entry whose bodies' bytes the capture reserved; its heads are
@@ -140,14 +143,11 @@ impl Store {
         let entry = Arc::new(entry);
         let memory = entry.memory();
         self.account(memory, reserved);
-        let evicted = {
-            let mut entries = self.entries();
-            entries.push_back(entry.clone());
-            drop(entries);
-            self.evict_for(0)
-        };
-        drop(evicted);
-        let _ = self.events.send(StoreEvent::Entry(entry.clone()));
+        self.entries().push_back(entry.clone());
+        if self.used.load(Ordering::Relaxed) > self.budget {
+            drop(self.evict_for());
+        }
+        self.announce(StoreEvent::Entry(entry.clone()));
         entry
     }
 
@@ -168,8 +168,15 @@ impl Store {
             }
         };
         self.account(memory, old.as_ref().map_or(0, |e| e.memory()));
-        drop(self.evict_for(0));
-        let _ = self.events.send(StoreEvent::Entry(entry));
+        drop(self.evict_for());
+        self.announce(StoreEvent::Entry(entry));
+    }
+
+    /// Tells the followers, if any (with none, the event is not even built into the queue).
+    fn announce(&self, event: StoreEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event);
+        }
     }
 
     /// Moves the budget from `held` bytes to `memory` bytes.
@@ -197,7 +204,7 @@ impl Store {
         let memory: usize = removed.iter().map(|e| e.memory()).sum();
         self.release(memory);
         drop(removed);
-        let _ = self.events.send(StoreEvent::Cleared);
+        self.announce(StoreEvent::Cleared);
     }
 
     /// Follows new entries.
