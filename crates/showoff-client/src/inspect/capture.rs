@@ -35,8 +35,13 @@ impl BodyCapture {
     fn expecting(length: Option<u64>, shared: &Shared) -> Self {
         let mut body = Self::default();
         if let Some(length) = length {
-            let expected = usize::try_from(length).unwrap_or(usize::MAX);
-            body.data.reserve_exact(expected.min(shared.body_cap));
+            let expected = usize::try_from(length)
+                .unwrap_or(usize::MAX)
+                .min(shared.body_cap);
+            match shared.store.pooled(expected) {
+                Some(buffer) => body.data = buffer,
+                None => body.data.reserve_exact(expected),
+            }
         }
         body
     }
