@@ -359,3 +359,21 @@ async fn cpu_profile(duration: Duration) -> Result<Vec<u8>, String> {
     let profile = report.pprof().map_err(|e| e.to_string())?;
     Ok(profile.encode_to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_gives_its_password() {
+        // "admin:s3cret:with:colons"
+        let encoded = "YWRtaW46czNjcmV0OndpdGg6Y29sb25z";
+        assert_eq!(
+            basic_password(encoded),
+            Some(b"s3cret:with:colons".to_vec())
+        );
+        assert_eq!(basic_password("not base64!"), None);
+        // "no-colon"
+        assert_eq!(basic_password("bm8tY29sb24="), None);
+    }
+}

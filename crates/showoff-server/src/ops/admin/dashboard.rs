@@ -135,21 +135,3 @@ fn snapshot(ctx: &AdminContext) -> Value {
         "refused": ctx.stats.recent.refusals(),
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_auth_gives_its_password() {
-        // "admin:s3cret:with:colons"
-        let encoded = "YWRtaW46czNjcmV0OndpdGg6Y29sb25z";
-        assert_eq!(
-            basic_password(encoded),
-            Some(b"s3cret:with:colons".to_vec())
-        );
-        assert_eq!(basic_password("not base64!"), None);
-        // "no-colon"
-        assert_eq!(basic_password("bm8tY29sb24="), None);
-    }
-}
