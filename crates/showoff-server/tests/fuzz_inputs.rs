@@ -69,8 +69,9 @@ fn every_target_of_fuzz_is_replayed_here() {
     for (name, _) in files(&fuzz_dir().join("fuzz_targets")) {
         let stem = Path::new(&name).file_stem().expect("stem");
         let stem = stem.to_string_lossy();
-        // The binary's file targets replay in crates/showoff/tests/fuzz_inputs.rs.
-        let elsewhere = ["config_file", "client_file"].contains(&&*stem);
+        // The binary's file targets replay in crates/showoff/tests/fuzz_inputs.rs, the
+        // inspector's capture in showoff-client's `fuzzing` tests.
+        let elsewhere = ["config_file", "client_file", "inspector_capture"].contains(&&*stem);
         assert!(
             elsewhere || TARGETS.iter().any(|(target, _)| *target == stem),
             "fuzz target {stem} has no replay here"
