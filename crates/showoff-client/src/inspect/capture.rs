@@ -22,12 +22,11 @@ use super::spill::SpillSink;
 /// A body being captured.
 #[derive(Default)]
 struct BodyCapture {
+    /// The bytes kept, every one of them reserved against the budget.
     data: Vec<u8>,
     size: u64,
     cut: Option<Cut>,
     spill: Option<SpillSink>,
-    /// Bytes of `data` reserved against the budget.
-    reserved: usize,
 }
 
 impl BodyCapture {
@@ -65,7 +64,6 @@ impl BodyCapture {
                 self.cut = Some(Cut::Budget);
                 return;
             }
-            self.reserved += take;
             self.data.extend_from_slice(&bytes[..take]);
         }
         if take < bytes.len() {
@@ -96,6 +94,13 @@ impl BodyCapture {
     }
 }
 
+/// Which way bytes went: towards the target (requests) or back (responses).
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
 /// One exchange between its request head and its end.
 struct Building {
     entry: Entry,
@@ -110,7 +115,7 @@ struct Building {
 
 impl Building {
     fn reserved(&self) -> usize {
-        self.request_body.reserved + self.response_body.reserved
+        self.request_body.data.len() + self.response_body.data.len()
     }
 }
 
@@ -159,43 +164,65 @@ impl Capture {
 
     /// Bytes the relay wrote towards the target.
     pub(crate) fn wrote_to_target(&mut self, data: &[u8]) {
-        if let Some(up) = &mut self.upgraded {
-            up.bytes_in += data.len() as u64;
-            return;
-        }
+        self.follow(Side::Request, data);
+    }
+
+    /// Bytes the relay read from the target.
+    pub(crate) fn read_from_target(&mut self, data: &[u8]) {
+        self.follow(Side::Response, data);
+    }
+
+    /// Reads `data` on `side`: heads and bodies until it is used up; after an upgrade, counts.
+    fn follow(&mut self, side: Side, data: &[u8]) {
         let mut rest = data;
         while !rest.is_empty() && !self.stopped {
-            let (used, step) = self.up.step(rest);
-            match step {
-                Step::Head(head) => self.request_head(head),
-                Step::Body(bytes) => self.request_body(bytes, false),
-                Step::Last(bytes) => self.request_body(bytes, true),
-                Step::End => self.request_body(&[], true),
-                Step::More => {}
-                Step::Broken(why) => self.stop(why),
+            if let Some(up) = &mut self.upgraded {
+                match side {
+                    Side::Request => up.bytes_in += rest.len() as u64,
+                    Side::Response => up.bytes_out += rest.len() as u64,
+                }
+                return;
+            }
+            let reader = match side {
+                Side::Request => &mut self.up,
+                Side::Response => &mut self.down,
+            };
+            let (used, step) = reader.step(rest);
+            match (step, side) {
+                (Step::Head(head), Side::Request) => self.request_head(head),
+                (Step::Head(head), Side::Response) => self.response_head(head),
+                (Step::Body(bytes), _) => self.body(side, bytes, false),
+                (Step::Last(bytes), _) => self.body(side, bytes, true),
+                (Step::End, _) => self.body(side, &[], true),
+                (Step::More, _) => {}
+                (Step::Broken(why), _) => self.stop(why),
             }
             rest = &rest[used..];
         }
     }
 
-    /// Bytes the relay read from the target.
-    pub(crate) fn read_from_target(&mut self, data: &[u8]) {
-        let mut rest = data;
-        while !rest.is_empty() && !self.stopped {
-            if let Some(up) = &mut self.upgraded {
-                up.bytes_out += rest.len() as u64;
-                return;
-            }
-            let (used, step) = self.down.step(rest);
-            match step {
-                Step::Head(head) => self.response_head(head),
-                Step::Body(bytes) => self.response_body(bytes, false),
-                Step::Last(bytes) => self.response_body(bytes, true),
-                Step::End => self.response_body(&[], true),
-                Step::More => {}
-                Step::Broken(why) => self.stop(why),
-            }
-            rest = &rest[used..];
+    /// Body bytes on `side`, `last` when they end it: the request being sent (the newest not
+    /// done), or the response being read (the oldest answered, not done).
+    fn body(&mut self, side: Side, bytes: &[u8], last: bool) {
+        let at = match side {
+            Side::Request => self.queue.iter().rposition(|b| !b.request_done),
+            Side::Response => self
+                .queue
+                .iter()
+                .position(|b| b.answered && !b.response_done),
+        };
+        let Some(at) = at else {
+            return self.stop("body bytes without a head");
+        };
+        let building = &mut self.queue[at];
+        let (body, done) = match side {
+            Side::Request => (&mut building.request_body, &mut building.request_done),
+            Side::Response => (&mut building.response_body, &mut building.response_done),
+        };
+        body.push(bytes, &self.shared);
+        if last {
+            *done = true;
+            self.finish_ready();
         }
     }
 
@@ -251,19 +278,6 @@ impl Capture {
         });
     }
 
-    fn request_body(&mut self, bytes: &[u8], last: bool) {
-        let shared = self.shared.clone();
-        let Some(at) = self.queue.iter().rposition(|b| !b.request_done) else {
-            return self.stop("request body without a head");
-        };
-        let building = &mut self.queue[at];
-        building.request_body.push(bytes, &shared);
-        if last {
-            building.request_done = true;
-            self.finish_ready();
-        }
-    }
-
     fn response_head(&mut self, head: Vec<u8>) {
         let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut parsed = httparse::Response::new(&mut slots);
@@ -300,23 +314,6 @@ impl Capture {
         self.down.body(framing);
         if matches!(framing, Framing::Empty | Framing::Length(0)) {
             self.queue[at].response_done = true;
-            self.finish_ready();
-        }
-    }
-
-    fn response_body(&mut self, bytes: &[u8], last: bool) {
-        let shared = self.shared.clone();
-        let Some(at) = self
-            .queue
-            .iter()
-            .position(|b| b.answered && !b.response_done)
-        else {
-            return self.stop("response body without a head");
-        };
-        let building = &mut self.queue[at];
-        building.response_body.push(bytes, &shared);
-        if last {
-            building.response_done = true;
             self.finish_ready();
         }
     }

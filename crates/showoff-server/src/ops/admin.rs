@@ -173,20 +173,20 @@ async fn sessions(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> R
     if let Err(denied) = authorize(&ctx, &headers) {
         return *denied;
     }
-    let views: Vec<SessionView> = ctx
-        .sessions
-        .all()
-        .iter()
-        .map(|s| SessionView {
-            id: s.id.to_string(),
-            principal: s.principal.id.clone(),
-            peer: s.peer.to_string(),
-            connected_secs: s.started.elapsed().as_secs(),
-            tunnels: s.tunnel_names(),
-            transport: s.transport.as_str(),
-        })
-        .collect();
+    let views: Vec<SessionView> = ctx.sessions.all().iter().map(|s| session_view(s)).collect();
     axum::Json(views).into_response()
+}
+
+/// How `/api/v1/sessions` and the dashboard show a session.
+fn session_view(s: &crate::state::Session) -> SessionView {
+    SessionView {
+        id: s.id.to_string(),
+        principal: s.principal.id.clone(),
+        peer: s.peer.to_string(),
+        connected_secs: s.started.elapsed().as_secs(),
+        tunnels: s.tunnel_names(),
+        transport: s.transport.as_str(),
+    }
 }
 
 /// One tunnel as the API shows it.
@@ -206,22 +206,22 @@ async fn tunnels(State(ctx): State<Arc<AdminContext>>, headers: HeaderMap) -> Re
     if let Err(denied) = authorize(&ctx, &headers) {
         return *denied;
     }
-    let mut views: Vec<TunnelView> = ctx
-        .routes
-        .all()
-        .iter()
-        .map(|t| TunnelView {
-            name: t.info.name.clone(),
-            kind: t.info.kind.as_str(),
-            public_url: t.info.public_url.clone(),
-            port: t.info.port,
-            session: t.session_id.to_string(),
-            target: t.spec.target.clone(),
-            idle_secs: t.idle_for().as_secs(),
-        })
-        .collect();
+    let mut views: Vec<TunnelView> = ctx.routes.all().iter().map(|t| tunnel_view(t)).collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
     axum::Json(views).into_response()
+}
+
+/// How `/api/v1/tunnels` and the dashboard show a tunnel.
+fn tunnel_view(t: &crate::state::Tunnel) -> TunnelView {
+    TunnelView {
+        name: t.info.name.clone(),
+        kind: t.info.kind.as_str(),
+        public_url: t.info.public_url.clone(),
+        port: t.info.port,
+        session: t.session_id.to_string(),
+        target: t.spec.target.clone(),
+        idle_secs: t.idle_for().as_secs(),
+    }
 }
 
 /// Checks `Authorization: Bearer <admin token>`; `Err` is the response to send instead.

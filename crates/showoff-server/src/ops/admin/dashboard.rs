@@ -9,7 +9,6 @@
 //! so a browser asks for it once. Basic auth is taken for these reads only, never for a
 //! request that changes anything, so a page elsewhere cannot make the browser act with it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -18,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AdminContext;
-use crate::stats::recent::{BUCKET, BUCKETS};
+use crate::stats::recent::{BUCKET, BUCKETS, TunnelFigures};
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
@@ -71,49 +70,34 @@ fn authorize_read(ctx: &AdminContext, headers: &HeaderMap) -> Result<(), Box<Res
     super::check_token(ctx, headers, true)
 }
 
+/// A tunnel as `/api/v1/tunnels` shows it, with its principal and its last minutes.
+#[derive(serde::Serialize)]
+struct TunnelRow {
+    #[serde(flatten)]
+    view: super::TunnelView,
+    principal: String,
+    recent: Option<TunnelFigures>,
+}
+
 /// Everything the page shows, at this moment.
 fn snapshot(ctx: &AdminContext) -> Value {
-    let sessions = ctx.sessions.all();
-    let principals: HashMap<&str, &str> = sessions
-        .iter()
-        .map(|s| (&*s.id, s.principal.id.as_str()))
-        .collect();
     let figures = ctx.stats.recent.figures();
-    let mut tunnels: Vec<Value> = ctx
+    let mut tunnels: Vec<TunnelRow> = ctx
         .routes
         .all()
         .iter()
-        .map(|t| {
-            let session = t.session_id.to_string();
-            let mut view = json!({
-                "name": t.info.name,
-                "kind": t.info.kind.as_str(),
-                "public_url": t.info.public_url,
-                "port": t.info.port,
-                "session": session,
-                "principal": principals.get(session.as_str()),
-                "target": t.spec.target,
-                "idle_secs": t.idle_for().as_secs(),
-            });
-            view["recent"] = figures.get(&t.info.name).map_or(Value::Null, |f| {
-                serde_json::to_value(f).unwrap_or(Value::Null)
-            });
-            view
+        .map(|t| TunnelRow {
+            view: super::tunnel_view(t),
+            principal: t.principal.to_string(),
+            recent: figures.get(&t.info.name).cloned(),
         })
         .collect();
-    tunnels.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    let sessions: Vec<Value> = sessions
+    tunnels.sort_by(|a, b| a.view.name.cmp(&b.view.name));
+    let sessions: Vec<super::SessionView> = ctx
+        .sessions
+        .all()
         .iter()
-        .map(|s| {
-            json!({
-                "id": &*s.id,
-                "principal": s.principal.id,
-                "peer": s.peer.to_string(),
-                "transport": s.transport.as_str(),
-                "connected_secs": s.started.elapsed().as_secs(),
-                "tunnels": s.tunnel_names(),
-            })
-        })
+        .map(|s| super::session_view(s))
         .collect();
     let rate: f64 = figures.values().map(|f| f.rate_1m).sum();
     let errors: f64 = figures.values().map(|f| f.rate_1m * f.error_rate_1m).sum();
