@@ -87,6 +87,9 @@ pub struct ClientConfig {
     pub quic_probe_interval: Duration,
     /// Captures every exchange of the `http` tunnels when set (the traffic inspector).
     pub inspector: Option<crate::inspect::Inspector>,
+    /// Makes spans (session, stream, target dial) that join the server's traces; the binary
+    /// installs the exporter. Off: no span is made.
+    pub trace: bool,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -102,6 +105,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("transport", &self.transport)
             .field("quic_port", &self.quic_port)
             .field("inspector", &self.inspector.is_some())
+            .field("trace", &self.trace)
             .finish()
     }
 }
@@ -122,6 +126,7 @@ impl ClientConfig {
             quic_port: None,
             quic_probe_interval: DEFAULT_QUIC_PROBE_INTERVAL,
             inspector: None,
+            trace: false,
         }
     }
 

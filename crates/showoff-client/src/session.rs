@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use showoff_core::trace::TARGET;
 use showoff_proto::{
     ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, RefusedCode, Role,
     ServerMessage, TransportKind, TunnelInfo, TunnelSpec,
@@ -29,7 +30,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use self::link::{Link, Memory, Probe};
 use self::streams::Dial;
@@ -61,6 +62,8 @@ pub(crate) struct Ctx {
     udp: Arc<udp::UdpTunnels>,
     /// Cancelled when the session ends: its datagram channels close with it (streams run on).
     stop: CancellationToken,
+    /// Streams and target dials are traced.
+    trace: bool,
 }
 
 /// A session the server welcomed, not yet served.
@@ -139,6 +142,7 @@ async fn serve(
     let _stop_pool = session_stop.clone().drop_guard();
     let welcomed = accept_welcome(config, welcome, memory, session_stop.clone())?;
     info!(transport = transport.as_str(), "session up");
+    let trace = session_span(config, transport.as_str(), &welcomed.tunnels);
     let max_udp_payload = (!welcomed.ctx.udp.targets.is_empty())
         .then(|| udp::session_payload_limit(link.quic_connection()));
     let _ = events.send(ClientEvent::Connected {
@@ -171,9 +175,40 @@ async fn serve(
         moving: None,
     }
     .run(shutdown, memory)
+    .instrument(trace.clone())
     .await;
+    if let Err(error) = &result {
+        trace.record("otel.status_code", "error");
+        trace.record("error.type", error.to_string().as_str());
+    }
     link.finish();
     result
+}
+
+/// The session's span (`CLIENT`), from the welcome to the session's end, with an event for each
+/// tunnel up, heartbeat loss and go-away; [`tracing::Span::none`] when tracing is off.
+fn session_span(
+    config: &ClientConfig,
+    transport: &str,
+    tunnels: &[(TunnelInfo, String)],
+) -> tracing::Span {
+    if !config.trace {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "showoff.client.session",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        server.address = config.server.as_str(),
+        showoff.transport = transport,
+        error.type = tracing::field::Empty,
+    );
+    for (tunnel, _) in tunnels {
+        let (name, url) = (tunnel.name.as_str(), tunnel.public_url.as_str());
+        tracing::debug!(target: TARGET, parent: &span, tunnel = name, url, "open");
+    }
+    span
 }
 
 /// What a `Welcome` sets up for the rest of the session.
@@ -245,6 +280,7 @@ fn accept_welcome(
         transport: link::tcp_transport(config)?,
         udp: Arc::new(udp::UdpTunnels::new(udp_targets, flow_idle_secs)),
         stop,
+        trace: config.trace,
     });
     Ok(Welcomed {
         tunnels,
@@ -381,6 +417,7 @@ impl ControlLoop {
                     // Any byte on the connection is a sign of life, not only a frame.
                     let now = self.link.received();
                     if now.is_none() || now == heard {
+                        tracing::debug!(target: TARGET, "heartbeat_lost");
                         return Err(ClientError::Failed("no heartbeat from the server".into()));
                     }
                     heard = now;
@@ -449,6 +486,7 @@ impl ControlLoop {
                 reconnect_after_ms,
             } => {
                 info!(reason, "server is draining; opening the next session");
+                tracing::debug!(target: TARGET, reason = reason.as_str(), "go_away");
                 self.go_away = Some(Duration::from_millis(reconnect_after_ms));
                 if self.moving.is_none() {
                     let specs = self.granted.clone();

@@ -24,6 +24,18 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    /// Lowercase name, as in logs and span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Udp => "udp",
+        }
+    }
+}
+
 /// The HTTP facts of an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpExchange<'a> {

@@ -17,6 +17,8 @@
 //! - [`exchange`]: one [`Exchange`] event per HTTP request and TCP connection, and the
 //!   [`ExchangeSink`]s that consume it (metrics, access log; inspector and tracing later).
 //! - [`secret`]: [`Secret`], a string that never prints.
+//! - [`trace`]: W3C trace context between hops (visitor, server, client, target) on top of
+//!   `tracing` spans of target [`trace::TARGET`].
 //! - [`time`]: civil dates and RFC 3339 timestamps without a date crate.
 //!
 //! Nothing here reads files, the environment or signals.
@@ -31,6 +33,7 @@ pub mod registry;
 pub mod secret;
 pub mod stream;
 pub mod time;
+pub mod trace;
 
 pub use datagram::{ChannelEnd, DatagramDrop, DatagramQueue, carry_channel, send_now};
 pub use exchange::{Exchange, ExchangeSink, Exchanges, HttpExchange, Protocol};
@@ -44,3 +47,4 @@ pub use secret::Secret;
 pub use stream::{
     Prefixed, SPLICE_BUF, StreamIo, TunnelStream, set_user_timeout, splice, tune_socket,
 };
+pub use trace::TraceHeaders;

@@ -18,6 +18,9 @@ pub struct StreamMeta {
     pub tunnel: String,
     /// The visitor's address.
     pub visitor_addr: SocketAddr,
+    /// The trace context of the span that asks for the stream, when tracing is on; sent in
+    /// the stream-open message so the client's span joins the trace.
+    pub trace: Option<crate::TraceHeaders>,
 }
 
 /// Why no stream (or flow) could be opened.

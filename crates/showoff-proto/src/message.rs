@@ -119,6 +119,13 @@ pub enum ServerMessage {
         tunnel: String,
         /// The visitor's address as the server saw it.
         visitor_addr: String,
+        /// W3C `traceparent` of the server's span that asked for the stream, when the server
+        /// traces: the client's stream span is its child. Absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+        /// W3C `tracestate` that goes with `traceparent`, when not empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracestate: Option<String>,
     },
     /// Heartbeat; answer with `Pong`.
     Ping,
@@ -208,11 +215,15 @@ impl std::fmt::Debug for ServerMessage {
                 id,
                 tunnel,
                 visitor_addr,
+                traceparent,
+                tracestate,
             } => f
                 .debug_struct("Dial")
                 .field("id", id)
                 .field("tunnel", tunnel)
                 .field("visitor_addr", visitor_addr)
+                .field("traceparent", traceparent)
+                .field("tracestate", tracestate)
                 .finish(),
             Self::Ping => f.write_str("Ping"),
             Self::TunnelClosed { tunnel, reason } => f

@@ -346,6 +346,25 @@ impl ProxyConfig {
     }
 }
 
+/// Tracing: whether the server makes spans (the binary installs the exporter that turns them
+/// into OpenTelemetry spans) and whose trace context it continues.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Spans are made; off, the edges make none and pass `traceparent` through untouched.
+    pub enabled: bool,
+    /// Visitors whose `traceparent` is continued (trusted proxies' are too); anyone else's
+    /// only becomes a link of a new trace.
+    pub trust: Vec<ipnet::IpNet>,
+}
+
+impl TraceConfig {
+    /// Whether a visitor at `ip` (behind `proxy`'s trusted proxies) may set our parent span.
+    pub fn trusts(&self, ip: std::net::IpAddr, proxy: &ProxyConfig) -> bool {
+        let ip = ip.to_canonical();
+        self.trust.iter().any(|net| net.contains(&ip)) || proxy.trusts(ip)
+    }
+}
+
 /// Server-wide rules for tunnel names, on top of DNS-label rules and per-principal patterns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamePolicy {
@@ -433,6 +452,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// PROXY protocol and trusted proxies for real visitor addresses.
     pub proxy: ProxyConfig,
+    /// OpenTelemetry spans: on or off, and whose `traceparent` is continued.
+    pub trace: TraceConfig,
     /// Certificates, mTLS, the HTTPS listener.
     pub tls: TlsConfig,
     /// Control and data may listen on non-loopback addresses without TLS (a TLS-terminating
@@ -509,6 +530,7 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             auth: AuthConfig::default(),
             proxy: ProxyConfig::default(),
+            trace: TraceConfig::default(),
             tls: TlsConfig::default(),
             allow_plaintext: false,
             names: NamePolicy::default(),

@@ -8,6 +8,7 @@
 //! - [`udp`]: UDP tunnels, one public UDP port each, relayed flow by flow.
 //! - [`peer`]: the links between the instances of a cluster: one hop to the instance holding
 //!   a tunnel, and the peer listener that takes such hops.
+//! - [`spans`]: the spans each edge makes when tracing is on.
 //! - [`error`]: the one mapping from edge failures to status codes and stable error codes,
 //!   used by every edge.
 //!
@@ -21,6 +22,7 @@ pub(crate) mod h2;
 pub(crate) mod http;
 pub(crate) mod https;
 pub(crate) mod peer;
+pub(crate) mod spans;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
@@ -52,6 +54,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) redirect_http: bool,
     /// Which peers' `X-Forwarded-*` and PROXY headers are believed.
     pub(crate) proxy: ProxyConfig,
+    /// Whether spans are made, and whose trace context is continued.
+    pub(crate) trace: crate::config::TraceConfig,
     /// UDP flows' caps and idle timeout.
     pub(crate) udp: UdpConfig,
 }
@@ -109,6 +113,7 @@ pub(crate) mod tests {
                 upgrades: vec!["websocket".into()],
                 redirect_http: false,
                 proxy: ProxyConfig::default(),
+                trace: Default::default(),
                 udp: UdpConfig::default(),
             },
             prelude: crate::listen::Prelude::plain(None),

@@ -54,7 +54,7 @@ pub mod transport;
 pub use config::{
     AcmeChallenge, AcmeConfig, AdminConfig, AuthConfig, BuildInfo, ConfigError, ConnectionLimits,
     NamePolicy, PemPair, PolicyConfig, PortRange, ProxyConfig, ProxyProtocol, RateConfig, Secret,
-    ServerConfig, TlsConfig, UdpConfig, WebhookConfig,
+    ServerConfig, TlsConfig, TraceConfig, UdpConfig, WebhookConfig,
 };
 pub use control::MAX_TUNNELS_PER_SESSION;
 pub use drain::DrainReport;

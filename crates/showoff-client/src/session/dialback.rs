@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use showoff_proto::{ClientMessage, PROTOCOL_VERSION, Role};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use super::streams::{Dial, answer, dial_target, splice};
 use super::{Conn, Ctx, framed};
@@ -20,6 +20,11 @@ const POOL_RETRY: Duration = Duration::from_secs(1);
 
 /// Answers a `Dial` from the control connection: target first, then the data connection.
 pub(crate) async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
+    let span = dial.span(&ctx);
+    relay_dial(ctx, dial).instrument(span).await;
+}
+
+async fn relay_dial(ctx: Arc<Ctx>, dial: Dial) {
     if let Some(target) = ctx.udp.targets.get(&dial.tunnel).cloned() {
         // A UDP tunnel's datagram channel: no target to dial first.
         let parts = match open_data(&ctx, Some(dial.id)).await {
@@ -93,7 +98,8 @@ pub(crate) async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: T
                 // Re-dial only once this stream is set up: the replacement's connect and
                 // handshake would otherwise compete with the visitor's first bytes.
                 let (set_up, wait) = tokio::sync::oneshot::channel();
-                streams.spawn(answer(ctx.clone(), conn, dial, Some(set_up)));
+                let span = dial.span(&ctx);
+                streams.spawn(answer(ctx.clone(), conn, dial, Some(set_up)).instrument(span));
                 let _ = wait.await;
             }
             // Closed by the server (pool full, session gone) or nonsense: wait, then re-dial.

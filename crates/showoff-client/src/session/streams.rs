@@ -8,9 +8,12 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use showoff_core::TraceHeaders;
+use showoff_core::trace::TARGET;
 use showoff_proto::{ClientMessage, HANDSHAKE_TIMEOUT, ServerMessage};
 use tokio::io::AsyncWriteExt;
-use tracing::debug;
+use tracing::field::Empty;
+use tracing::{Instrument, debug};
 
 use super::{Conn, Ctx};
 use crate::transport::ServerStream;
@@ -24,6 +27,8 @@ pub(crate) struct Dial {
     pub(crate) id: String,
     pub(crate) tunnel: String,
     pub(crate) visitor_addr: String,
+    /// The server's pairing span, when it traces.
+    pub(crate) trace: Option<TraceHeaders>,
 }
 
 impl Dial {
@@ -34,17 +39,47 @@ impl Dial {
                 id,
                 tunnel,
                 visitor_addr,
+                traceparent,
+                tracestate,
             } => Some(Self {
                 id,
                 tunnel,
                 visitor_addr,
+                trace: traceparent.map(|traceparent| TraceHeaders {
+                    traceparent,
+                    tracestate,
+                }),
             }),
             _ => None,
         }
     }
+
+    /// The stream's span (`SERVER`), a child of the server's pairing span when the server
+    /// sent one; [`tracing::Span::none`] when tracing is off.
+    pub(crate) fn span(&self, ctx: &Ctx) -> tracing::Span {
+        if !ctx.trace {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            target: TARGET,
+            "showoff.client.stream",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            showoff.tunnel = self.tunnel.as_str(),
+            client.address = self.visitor_addr.as_str(),
+            showoff.bytes_in = Empty,
+            showoff.bytes_out = Empty,
+            error.type = Empty,
+        );
+        if let Some(trace) = &self.trace {
+            showoff_core::trace::join(&span, trace);
+        }
+        span
+    }
 }
 
-/// Opens the target end of the dial's tunnel.
+/// Opens the target end of the dial's tunnel, in a `showoff.client.dial` span (`CLIENT`) when
+/// tracing is on.
 pub(crate) async fn dial_target(
     ctx: &Ctx,
     dial: &Dial,
@@ -53,7 +88,26 @@ pub(crate) async fn dial_target(
         .targets
         .get(&dial.tunnel)
         .ok_or_else(|| format!("unknown tunnel {:?}", dial.tunnel))?;
-    target.open(dial.visitor_addr.parse().ok()).await
+    let visitor = dial.visitor_addr.parse().ok();
+    if !ctx.trace {
+        return target.open(visitor).await;
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "showoff.client.dial",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        server.address = target.address(),
+        error.type = Empty,
+    );
+    let opened = target.open(visitor).instrument(span.clone()).await;
+    if let Err(reason) = &opened {
+        span.record("otel.status_code", "error");
+        span.record("error.type", reason.as_str());
+        tracing::Span::current().record("otel.status_code", "error");
+        tracing::Span::current().record("error.type", "target_unreachable");
+    }
+    opened
 }
 
 /// Serves a stream the server opened (mux, QUIC): reads its `Dial` within the handshake
@@ -67,7 +121,8 @@ pub(crate) async fn serve_opened(ctx: Arc<Ctx>, stream: ServerStream) {
     let Some(dial) = Dial::from_frame(frame) else {
         return debug!("a stream from the server did not start with a dial");
     };
-    answer(ctx, conn, dial, None).await;
+    let span = dial.span(&ctx);
+    answer(ctx, conn, dial, None).instrument(span).await;
 }
 
 /// Answers a `Dial` that arrived on `conn` itself: target, `StreamReady` or `StreamError`,
@@ -131,11 +186,14 @@ async fn ready(
     sent.is_ok()
 }
 
-/// Copies both ways until both directions are done.
+/// Copies both ways until both directions are done; the byte counts go to the current span.
 pub(crate) async fn splice(data: &mut ServerStream, target: &mut crate::target::TargetStream) {
-    if let Err(error) =
-        tokio::io::copy_bidirectional_with_sizes(data, target, SPLICE_BUF, SPLICE_BUF).await
-    {
-        debug!(%error, "stream ended");
+    match tokio::io::copy_bidirectional_with_sizes(data, target, SPLICE_BUF, SPLICE_BUF).await {
+        Ok((to_target, from_target)) => {
+            let span = tracing::Span::current();
+            span.record("showoff.bytes_in", to_target);
+            span.record("showoff.bytes_out", from_target);
+        }
+        Err(error) => debug!(%error, "stream ended"),
     }
 }

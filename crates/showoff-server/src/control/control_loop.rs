@@ -5,6 +5,7 @@
 //! someone else holds them now), and says `GoAway` when the server drains. Each `select!` arm
 //! calls one method.
 
+use showoff_core::trace::TARGET;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,7 @@ impl ControlLoop {
 
     async fn say_goaway(&mut self, reason: String, reconnect_after_ms: u64) -> Result<(), End> {
         self.said_goaway = true;
+        tracing::debug!(target: TARGET, reason = reason.as_str(), reconnect_after_ms, "go_away");
         let msg = ServerMessage::GoAway {
             reason,
             reconnect_after_ms,
@@ -177,6 +179,7 @@ impl ControlLoop {
                 self.ctx.dialback.fail(&id, &self.session.id, reason);
             }
             ClientMessage::Close { tunnel } => {
+                tracing::debug!(target: TARGET, tunnel = tunnel.as_str(), "close");
                 self.close_tunnel(&tunnel);
             }
             other => {
@@ -200,6 +203,7 @@ impl ControlLoop {
             self.last_seen = Instant::now();
         }
         if self.last_seen.elapsed() > self.ctx.settings.heartbeat_timeout {
+            tracing::debug!(target: TARGET, silent_ms = self.last_seen.elapsed().as_millis() as u64, "heartbeat_lost");
             return Err("heartbeat timeout");
         }
         self.close_idle_tunnels().await?;
@@ -324,6 +328,8 @@ mod tests {
                 id: format!("{i:022}"),
                 tunnel: "t".repeat(64),
                 visitor_addr: "192.0.2.1:40000".into(),
+                traceparent: None,
+                tracestate: None,
             };
             tx.try_send(dial).expect("queued");
         }

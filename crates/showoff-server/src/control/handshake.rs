@@ -3,8 +3,11 @@
 //! `Welcome` or `Refused`; then the session's [`ControlLoop`] until it ends. Every refusal is
 //! logged, counted by code and audited once, here.
 
+use showoff_core::trace::TARGET;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -88,14 +91,21 @@ pub(crate) async fn serve_stream(
         certificate,
         quic,
     };
+    let trace = session_span(&ctx, peer);
     let setup = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut framed, tx, client, &ctx));
-    let guard = match setup.await {
+    let guard = match setup.instrument(trace.clone()).await {
         Ok(Ok(guard)) => guard,
         Ok(Err(refusal)) => {
+            if let ServerMessage::Refused { code, .. } = &refusal {
+                trace.record("otel.status_code", "error");
+                trace.record("showoff.refused", code.as_str());
+            }
             refuse(&ctx, &mut framed, peer, refusal).await;
             return false;
         }
         Err(_) => {
+            trace.record("otel.status_code", "error");
+            trace.record("showoff.refused", "handshake_timeout");
             debug!(%peer, "control handshake timed out");
             return false;
         }
@@ -118,13 +128,44 @@ pub(crate) async fn serve_stream(
         .peer(peer);
     ctx.audit
         .record(up.session(&session.id).names(session.tunnel_names()));
+    trace.record("showoff.session", &*session.id);
+    trace.record("showoff.principal", session.principal.id.as_str());
+    trace.record("showoff.transport", transport);
+    tracing::debug!(target: TARGET, parent: &trace, principal = session.principal.id.as_str(), transport, "auth");
+    for name in session.tunnel_names() {
+        tracing::debug!(target: TARGET, parent: &trace, tunnel = name.as_str(), "open");
+    }
     let end = ControlLoop::new(framed, rx, session.clone(), ctx.clone())
         .watching(guard.link.clone())
         .run()
+        .instrument(trace.clone())
         .await;
+    trace.record("showoff.end_reason", end);
     info!(%peer, session = %session.id, reason = end, "session ended");
     drop(guard);
     true
+}
+
+/// The control session's span (`SERVER`), from the handshake to the session's end, with events
+/// for authentication, each tunnel opened or closed, heartbeat loss and go-away; made only when
+/// tracing is on.
+fn session_span(ctx: &ControlContext, peer: SocketAddr) -> tracing::Span {
+    if !ctx.settings.trace {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "showoff.session",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        client.address = %peer.ip(),
+        client.port = peer.port(),
+        showoff.session = Empty,
+        showoff.principal = Empty,
+        showoff.transport = Empty,
+        showoff.refused = Empty,
+        showoff.end_reason = Empty,
+    )
 }
 
 /// Logs, counts and audits a refusal, then tells the client.

@@ -7,15 +7,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, splice};
+use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, TraceHeaders, splice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::control::TcpTunnels;
 use crate::edge::EdgeContext;
 use crate::edge::error::EdgeError;
+use crate::edge::spans;
 use crate::listen::Arrived;
 use crate::state::Tunnel;
 
@@ -86,10 +87,17 @@ pub(crate) async fn relay_visitor<V: AsyncRead + AsyncWrite + Unpin>(
         prefix,
         may_retry: true,
     };
-    let (bytes_in, bytes_out, error) = match relay(visitor, visit, &tunnel, ctx).await {
+    let span = spans::connection(&ctx.settings, protocol.as_str(), &tunnel.info.name, peer);
+    let relayed = relay(visitor, visit, &tunnel, ctx).instrument(span.clone());
+    let (bytes_in, bytes_out, error) = match relayed.await {
         Ok((bytes_in, bytes_out)) => (bytes_in, bytes_out, None),
         Err(error) => (0, 0, Some(error.code())),
     };
+    span.record("showoff.bytes_in", bytes_in);
+    span.record("showoff.bytes_out", bytes_out);
+    if let Some(code) = error {
+        spans::failed(&span, code);
+    }
     ctx.exchanges.emit(&Exchange {
         protocol,
         tunnel: Some(&tunnel.info.name),
@@ -136,11 +144,19 @@ async fn relay<V: AsyncRead + AsyncWrite + Unpin>(
             EdgeError::from(full)
         })?;
     tunnel.touch();
+    let open = spans::open(&ctx.settings, &tunnel.info.name);
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),
         visitor_addr: peer,
+        trace: TraceHeaders::of(&open),
     };
-    let mut stream = match tunnel.opener.open(&meta).await {
+    let opened = tunnel.opener.open(&meta).instrument(open.clone()).await;
+    if let Err(error) = &opened {
+        open.record("otel.status_code", "error");
+        open.record("error.type", EdgeError::Open(error.clone()).code());
+    }
+    drop(open);
+    let mut stream = match opened {
         Ok(stream) => stream,
         Err(OpenError::ClientGone) if visit.may_retry => {
             let Some(successor) = successor(ctx, tunnel) else {

@@ -395,6 +395,7 @@ fn edge_settings(config: &ServerConfig) -> EdgeSettings {
         upgrades: config.allowed_upgrades.clone(),
         redirect_http: config.tls.redirect_http,
         proxy: config.proxy.clone(),
+        trace: config.trace.clone(),
         udp: config.udp,
     }
 }
@@ -428,6 +429,7 @@ fn control_settings(
         udp_flow_idle: config.udp.flow_idle,
         data_port,
         quic_port,
+        trace: config.trace.enabled,
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn channel(
         meta: StreamMeta {
             tunnel,
             visitor_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            trace: None,
         },
         queue: queue.clone(),
         answers: tx,

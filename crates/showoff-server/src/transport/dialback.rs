@@ -199,6 +199,8 @@ impl DialBack {
             id,
             tunnel: meta.tunnel.clone(),
             visitor_addr: meta.visitor_addr.to_string(),
+            traceparent: meta.trace.as_ref().map(|t| t.traceparent.clone()),
+            tracestate: meta.trace.as_ref().and_then(|t| t.tracestate.clone()),
         }
     }
 
@@ -258,10 +260,13 @@ impl StreamOpener for DialBack {
             settings.max_pending_total,
         )
         .ok_or(OpenError::OverCapacity)?;
+        let span = tracing::Span::current();
+        span.record("showoff.transport", "tcp");
         while let Some(conn) = self.take_pooled() {
             match self.open_pooled(conn, meta).await {
                 Pooled::Ready(stream) => {
                     self.hub.stats.pool_hits.inc();
+                    span.record("showoff.warm_pool", "hit");
                     return Ok(stream);
                 }
                 Pooled::Failed(error) => return Err(error),
@@ -269,6 +274,7 @@ impl StreamOpener for DialBack {
             }
         }
         self.hub.stats.pool_misses.inc();
+        span.record("showoff.warm_pool", "miss");
         self.open_dialled(meta).await
     }
 }
@@ -295,6 +301,7 @@ mod tests {
         StreamMeta {
             tunnel: "demo".into(),
             visitor_addr: "192.0.2.7:5000".parse().expect("addr"),
+            trace: None,
         }
     }
 

@@ -77,6 +77,7 @@ impl MuxLink {
 #[async_trait]
 impl StreamOpener for MuxLink {
     async fn open(&self, meta: &StreamMeta) -> Result<TunnelStream, OpenError> {
+        tracing::Span::current().record("showoff.transport", "mux");
         let mux = self.mux().await?;
         let opened = tokio::time::timeout(self.pending_timeout, mux.open()).await;
         let stream = match opened {
@@ -102,6 +103,7 @@ mod tests {
         StreamMeta {
             tunnel: "demo".into(),
             visitor_addr: "192.0.2.7:5000".parse().expect("addr"),
+            trace: None,
         }
     }
 

@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use showoff_core::StreamMeta;
+use showoff_core::{StreamMeta, TraceHeaders};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use super::body::Framing;
 use super::conn::Conn;
@@ -20,7 +20,9 @@ use super::head::RequestHead;
 use super::pool::{UpstreamConn, checkout};
 use super::relay::{Pace, pump_body, read_more};
 use super::response::{Asked, Response, parse_response};
+use crate::edge::EdgeSettings;
 use crate::edge::error::EdgeError;
+use crate::edge::spans;
 use crate::state::Tunnel;
 
 /// Why sending a request upstream failed.
@@ -54,7 +56,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         loop {
             let (mut up, reused) = match self.take_pinned(tunnel) {
                 Some(up) => (up, true),
-                None => checkout(tunnel, meta).await?,
+                None => traced_checkout(&self.ctx.settings, tunnel, meta).await?,
             };
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, body_done)) => return Ok((up, resp, body_done)),
@@ -118,6 +120,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
         }
     }
+}
+
+/// An idle upstream connection of the tunnel's pool, or a new stream; traced as pairing,
+/// and the new stream's open message carries the pairing span's context.
+async fn traced_checkout(
+    settings: &EdgeSettings,
+    tunnel: &Tunnel,
+    meta: &StreamMeta,
+) -> Result<(UpstreamConn, bool), EdgeError> {
+    let span = spans::open(settings, &tunnel.info.name);
+    if span.is_disabled() {
+        return checkout(tunnel, meta).await;
+    }
+    let meta = StreamMeta {
+        trace: TraceHeaders::of(&span),
+        ..meta.clone()
+    };
+    let checked_out = checkout(tunnel, &meta).instrument(span.clone()).await;
+    match &checked_out {
+        Ok((_, reused)) => {
+            tracing::Span::current().record("showoff.upstream.reused", reused);
+            if *reused {
+                span.record("showoff.transport", "pooled");
+            }
+        }
+        Err(error) => {
+            span.record("otel.status_code", "error");
+            span.record("error.type", error.code());
+        }
+    }
+    checked_out
 }
 
 /// Reads the response head into `buf` (interim 1xx answers are skipped); body bytes that came

@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use showoff_core::{Exchange, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::head::{RequestHead, parse_head};
 use super::meter::Metered;
@@ -17,6 +17,7 @@ use super::pool::UpstreamConn;
 use super::{DRAIN_IDLE, LINGER, LINGER_BYTES, READ_CHUNK, Scheme};
 use crate::edge::EdgeContext;
 use crate::edge::error::{EdgeError, Origin};
+use crate::edge::spans;
 
 /// One visitor connection, plain or TLS.
 pub(crate) struct Conn<S> {
@@ -31,6 +32,9 @@ pub(crate) struct Conn<S> {
     pub(super) pinned: Option<(String, Arc<str>, UpstreamConn)>,
     /// The tunnel the current request was routed to, so a failure is counted against it.
     pub(super) routed: Option<Arc<crate::state::Tunnel>>,
+    /// The connection's log span (which records the tunnel); each request's trace span, when
+    /// tracing is on, is entered inside it.
+    pub(super) log_span: tracing::Span,
 }
 
 /// How an exchange left the connection.
@@ -60,6 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             ctx,
             pinned: None,
             routed: None,
+            log_span: tracing::Span::current(),
         }
     }
 
@@ -72,10 +77,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             };
             let host = head.host.name.clone();
             self.routed = None;
-            match self.exchange(head).await {
+            let span = spans::request(
+                &self.ctx.settings,
+                &head,
+                self.peer,
+                self.scheme.as_str(),
+                self.scheme == Scheme::Peer,
+            );
+            match self.exchange(head).instrument(span.clone()).await {
                 Ok(Next::KeepAlive) => continue,
-                Ok(Next::Close) => return self.close_lingering().await,
-                Err(error) => return self.fail(error, &host).await,
+                Ok(Next::Close) => {
+                    drop(span);
+                    return self.close_lingering().await;
+                }
+                Err(error) => {
+                    // The span ends once the page is written, not after the linger.
+                    let written = self.error_page(error, &host).instrument(span).await;
+                    if written {
+                        self.close_lingering().await;
+                    }
+                    return;
+                }
             }
         }
     }
@@ -133,7 +155,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     /// Sends an error page, logs it once by origin, and closes after draining the visitor.
     pub(crate) async fn fail(&mut self, error: EdgeError, host: &str) {
+        if self.error_page(error, host).await {
+            self.close_lingering().await;
+        }
+    }
+
+    /// Reports, logs and writes an error page; whether it was written (the connection then
+    /// closes lingering). The current span records the status and the code.
+    async fn error_page(&mut self, error: EdgeError, host: &str) -> bool {
         let page = error.page(host);
+        let span = tracing::Span::current();
+        span.record("http.response.status_code", page.status);
+        span.record("showoff.error", page.code);
+        if page.status >= 500 {
+            span.record("otel.status_code", "error");
+        }
         let routed = self.routed.take();
         self.ctx.exchanges.emit(&Exchange {
             tunnel: routed.as_ref().map(|t| t.info.name.as_str()),
@@ -151,10 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 warn!(peer = %self.peer, host, status = page.status, code = page.code, message = %page.message, "request refused by the server")
             }
         }
-        if self.write(&page.to_bytes()).await.is_err() {
-            return;
-        }
-        self.close_lingering().await;
+        self.write(&page.to_bytes()).await.is_ok()
     }
 
     pub(super) async fn close_lingering(&mut self) {

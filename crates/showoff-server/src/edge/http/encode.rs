@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 use http::header::{self, HeaderName};
+use showoff_core::TraceHeaders;
 use showoff_proto::{HostHeader, TunnelSpec};
 
 use super::body::Framing;
@@ -34,10 +35,30 @@ const NOT_FORWARDED: [HeaderName; 18] = [
     HeaderName::from_static(PEER_HOST),
 ];
 
+/// The W3C trace headers: when Showoff traces, the visitor's are replaced by the span of the
+/// hop that sends the request (see [`showoff_core::trace`]); otherwise they pass untouched.
+const TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+fn put_trace(out: &mut BytesMut, trace: Option<&TraceHeaders>) {
+    if let Some(trace) = trace {
+        put_header(out, "traceparent", trace.traceparent.as_bytes());
+        if let Some(state) = &trace.tracestate {
+            put_header(out, "tracestate", state.as_bytes());
+        }
+    }
+}
+
 /// The request head as forwarded to the instance that holds its tunnel: the visitor's head as
 /// received (that instance applies the tunnel's rules and policy), framing restated, and what
 /// this instance decided about the visitor in the peer headers.
-pub(crate) fn encode_forward(head: &RequestHead, forwarded: &Forwarded) -> BytesMut {
+pub(crate) fn encode_forward(
+    head: &RequestHead,
+    forwarded: &Forwarded,
+    trace: Option<&TraceHeaders>,
+) -> BytesMut {
     let mut out = BytesMut::with_capacity(head.len + 192);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -53,10 +74,12 @@ pub(crate) fn encode_forward(head: &RequestHead, forwarded: &Forwarded) -> Bytes
         HeaderName::from_static(PEER_HOST),
     ];
     for (name, value) in &head.headers {
-        if !restated.contains(name) {
+        let retraced = trace.is_some() && TRACE_HEADERS.contains(name);
+        if !restated.contains(name) && !retraced {
             put_header(&mut out, name.as_str(), value.as_bytes());
         }
     }
+    put_trace(&mut out, trace);
     put_header(
         &mut out,
         PEER_VISITOR,
@@ -81,6 +104,7 @@ pub(crate) fn encode_request(
     head: &RequestHead,
     spec: &TunnelSpec,
     forwarded: &Forwarded,
+    trace: Option<&TraceHeaders>,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(head.len + 128);
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -94,7 +118,13 @@ pub(crate) fn encode_request(
         let dropped_upgrade = name == header::UPGRADE && !head.upgrade;
         // Credentials for Showoff's own basic auth are not the target's business.
         let consumed_auth = name == header::AUTHORIZATION && spec.visitors.basic_auth.is_some();
-        if NOT_FORWARDED.contains(name) || named_by_connection || dropped_upgrade || consumed_auth {
+        let retraced = trace.is_some() && TRACE_HEADERS.contains(name);
+        if NOT_FORWARDED.contains(name)
+            || named_by_connection
+            || dropped_upgrade
+            || consumed_auth
+            || retraced
+        {
             continue;
         }
         put_header(&mut out, name.as_str(), value.as_bytes());
@@ -113,6 +143,7 @@ pub(crate) fn encode_request(
         None => head.raw_host.as_bytes(),
     };
     put_header(&mut out, "x-forwarded-host", forwarded_host);
+    put_trace(&mut out, trace);
     match head.framing {
         Framing::Empty => {}
         Framing::Length(n) => put_header(&mut out, "content-length", n.to_string().as_bytes()),
@@ -188,7 +219,7 @@ mod tests {
 
     /// The encoded request as (request line, lowercase headers).
     fn sent(h: &RequestHead, policy: HostHeader) -> (String, Vec<(String, String)>) {
-        let bytes = encode_request(h, &spec(policy), &peer());
+        let bytes = encode_request(h, &spec(policy), &peer(), None);
         let text = String::from_utf8(bytes.to_vec()).expect("utf8");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         let mut lines = text.trim_end().split("\r\n");
@@ -247,6 +278,34 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn trace_headers_pass_untouched_when_off_and_are_replaced_when_on() {
+        let h = head(
+            "GET / HTTP/1.1\r\nHost: a.localhost\r\n\
+             traceparent: 00-11111111111111111111111111111111-2222222222222222-01\r\n\
+             tracestate: visitor=1\r\n\r\n",
+        );
+        let (_, off) = sent(&h, HostHeader::Preserve);
+        assert_eq!(
+            value(&off, "traceparent"),
+            Some("00-11111111111111111111111111111111-2222222222222222-01")
+        );
+        assert_eq!(value(&off, "tracestate"), Some("visitor=1"));
+        let ours = TraceHeaders {
+            traceparent: "00-33333333333333333333333333333333-4444444444444444-01".into(),
+            tracestate: None,
+        };
+        let bytes = encode_request(&h, &spec(HostHeader::Preserve), &peer(), Some(&ours));
+        let text = String::from_utf8(bytes.to_vec()).expect("utf8");
+        assert_eq!(text.matches("traceparent").count(), 1, "{text}");
+        assert!(text.contains(&format!("traceparent: {}\r\n", ours.traceparent)));
+        assert!(!text.contains("tracestate"), "{text}");
+        let forwarded = encode_forward(&h, &peer(), Some(&ours));
+        let text = String::from_utf8(forwarded.to_vec()).expect("utf8");
+        assert_eq!(text.matches("traceparent").count(), 1, "{text}");
+        assert!(text.contains(&ours.traceparent));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use showoff_core::{Exchange, HttpExchange, Protocol, StreamMeta};
+use showoff_core::{Exchange, HttpExchange, Protocol, StreamMeta, TraceHeaders};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Scheme;
 use super::body::Framing;
@@ -19,6 +20,7 @@ use super::response::{Response, connection_scheme};
 use crate::edge::error::EdgeError;
 use crate::edge::forwarded::{Forwarded, forwarded, peer_forwarded};
 use crate::edge::http::head::HeadError;
+use crate::edge::spans;
 use crate::state::Tunnel;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -67,7 +69,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .visitor_slot(self.ctx.settings.visitor_caps, forwarded.visitor)
             .map_err(EdgeError::from)?;
         tunnel.touch();
-        tracing::Span::current().record("tunnel", tunnel.info.name.as_str());
+        self.log_span.record("tunnel", tunnel.info.name.as_str());
+        tracing::Span::current().record("showoff.tunnel", tunnel.info.name.as_str());
         let (status, next) = self.proxy(&head, &tunnel, &forwarded).await?;
         let (read, written) = self.stream.counts();
         self.ctx.exchanges.emit(&Exchange {
@@ -175,14 +178,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let meta = StreamMeta {
             tunnel: tunnel.info.name.clone(),
             visitor_addr: SocketAddr::new(forwarded.visitor, self.peer.port()),
+            trace: None,
         };
-        let request = encode_request(head, &tunnel.spec, forwarded);
-        let (mut up, mut resp, body_done) = self.send(tunnel, &meta, head, &request).await?;
+        let span = spans::upstream(&self.ctx.settings, &tunnel.info.name);
+        let trace = TraceHeaders::of(&span);
+        let request = encode_request(head, &tunnel.spec, forwarded, trace.as_ref());
+        let sent = self.send(tunnel, &meta, head, &request);
+        let (mut up, mut resp, body_done) = sent
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| spans::failed(&span, error.code()))?;
+        span.record("http.response.status_code", resp.status);
+        tracing::Span::current().record("http.response.status_code", resp.status);
+        if resp.status >= 500 {
+            span.record("otel.status_code", "error");
+            tracing::Span::current().record("otel.status_code", "error");
+        }
         if resp.status == 101 && head.upgrade {
-            self.splice_upgrade(up, resp).await;
+            self.splice_upgrade(up, resp).instrument(span).await;
             return Ok((101, Next::Close));
         }
-        let delivered = self.relay(&mut up, &mut resp).await;
+        let delivered = self.relay(&mut up, &mut resp).instrument(span).await;
         if delivered && body_done && resp.upstream_reusable {
             self.keep_upstream(tunnel, head, &resp, up);
         }

@@ -6,8 +6,9 @@
 //! visitor gets `404 tunnel_not_found`. A holder that cannot be dialled is looked up afresh
 //! once too (nothing was sent yet), so a lease that moved as its instance stopped is followed.
 
-use showoff_core::LeaseKey;
+use showoff_core::{LeaseKey, TraceHeaders};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
 
 use super::body::Framing;
 use super::client::{SendError, replayable};
@@ -19,6 +20,7 @@ use super::response::Response;
 use crate::edge::error::EdgeError;
 use crate::edge::forwarded::forwarded;
 use crate::edge::peer::ClusterEdge;
+use crate::edge::spans;
 
 /// The error header of the other instance's own "not here" page.
 const NOT_HERE: &str = "x-showoff-error: tunnel_not_found";
@@ -49,26 +51,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.scheme.as_str(),
             &self.ctx.settings.proxy,
         );
-        let request = encode_forward(head, &forwarded);
+        let span = spans::forward(&self.ctx.settings, name);
+        let trace = TraceHeaders::of(&span);
+        let request = encode_forward(head, &forwarded, trace.as_ref());
         let stats = self.ctx.stats.clone();
-        let (addr, mut up, mut resp, body_done) =
-            match self.forward_turn(cluster, &key, head, &request).await {
-                Ok(turn) => turn,
-                Err(error) => {
-                    // Counted only for what happened at the peer: a request for a name
-                    // nobody holds, or one the visitor broke, was never the peer's.
-                    if error == EdgeError::PeerUnreachable {
-                        stats.cluster.forwarded("peer_unreachable");
-                    }
-                    return Err(error);
+        let turn = self.forward_turn(cluster, &key, head, &request);
+        let (addr, mut up, mut resp, body_done) = match turn.instrument(span.clone()).await {
+            Ok(turn) => turn,
+            Err(error) => {
+                spans::failed(&span, error.code());
+                // Counted only for what happened at the peer: a request for a name
+                // nobody holds, or one the visitor broke, was never the peer's.
+                if error == EdgeError::PeerUnreachable {
+                    stats.cluster.forwarded("peer_unreachable");
                 }
-            };
+                return Err(error);
+            }
+        };
         stats.cluster.forwarded("ok");
+        span.record("server.address", addr.as_str());
+        span.record("http.response.status_code", resp.status);
+        tracing::Span::current().record("http.response.status_code", resp.status);
         if resp.status == 101 && head.upgrade {
-            self.splice_upgrade(up, resp).await;
+            self.splice_upgrade(up, resp).instrument(span).await;
             return Ok(Next::Close);
         }
-        let delivered = self.relay(&mut up, &mut resp).await;
+        let delivered = self.relay(&mut up, &mut resp).instrument(span).await;
         if delivered && body_done && resp.upstream_reusable {
             cluster.put_back(&addr, up);
         }

@@ -17,6 +17,7 @@
 mod index;
 mod peer_link;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use tracing::debug;
 
 use crate::control::UdpTunnels;
 use crate::edge::EdgeContext;
+use crate::edge::spans;
 use crate::state::Tunnel;
 use crate::transport::datagrams::DatagramPath;
 use index::{Visited, VisitorIndex};
@@ -93,6 +95,8 @@ struct Relay {
     out: BytesMut,
     /// Datagrams other instances of the cluster took for this tunnel.
     peers: mpsc::Receiver<PeerDatagram>,
+    /// Each open flow's span, when tracing is on (empty otherwise: a flow itself stays small).
+    spans: HashMap<u64, tracing::Span>,
 }
 
 async fn serve_tunnel(
@@ -113,6 +117,7 @@ async fn serve_tunnel(
         next: 1,
         epoch: Instant::now(),
         out: BytesMut::new(),
+        spans: HashMap::new(),
         socket,
         tunnel,
         path,
@@ -221,6 +226,10 @@ impl Relay {
         self.next += 1;
         self.by_visitor.insert(visitor, flow_id, &self.flows);
         self.ctx.stats.udp.flow_opened();
+        if self.ctx.settings.trace.enabled {
+            let span = spans::flow(&self.tunnel.info.name, visitor, flow_id);
+            self.spans.insert(flow_id, span);
+        }
         Ok(flow_id)
     }
 
@@ -287,6 +296,11 @@ impl Relay {
 
     fn ended(&mut self, id: u64, flow: Flow, reason: &'static str) {
         self.by_visitor.remove(flow.visitor, id);
+        if let Some(span) = self.spans.remove(&id) {
+            span.record("showoff.bytes_in", flow.bytes_in);
+            span.record("showoff.bytes_out", flow.bytes_out);
+            span.record("showoff.end_reason", reason);
+        }
         self.ctx.stats.udp.flow_ended(reason);
         self.ctx.exchanges.emit(&Exchange {
             protocol: Protocol::Udp,

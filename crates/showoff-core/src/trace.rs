@@ -1,0 +1,206 @@
+//! Trace context across Showoff's hops (W3C Trace Context), on top of `tracing` spans.
+//!
+//! The server and the client describe their work as `tracing` spans of target [`TARGET`]; when
+//! the binary installs the OpenTelemetry layer, those spans (and nothing else) become exported
+//! spans. This module carries the context between hops: read from a visitor's `traceparent` /
+//! `tracestate` ([`remote`]), continued or only linked depending on trust ([`adopt`]), written
+//! towards the target and into the stream-open message ([`TraceHeaders::of`]), and joined on
+//! the client ([`join`]).
+//!
+//! Spans are only made when tracing is on (a flag each side's context holds): off, the edges
+//! create [`tracing::Span::none`], which costs nothing to enter or record on.
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The `tracing` target of every span and span event meant for export.
+pub const TARGET: &str = "showoff::trace";
+
+/// The W3C trace headers of one hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    /// `traceparent`: version, trace id, parent span id, flags.
+    pub traceparent: String,
+    /// `tracestate`, when the trace has one.
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// The context of `span`, as the next hop's parent; `None` when the span is disabled or
+    /// no OpenTelemetry layer gave it a context.
+    pub fn of(span: &Span) -> Option<Self> {
+        if span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut headers = Headers::default();
+        TraceContextPropagator::new().inject_context(&cx, &mut headers);
+        Some(Self {
+            traceparent: headers.traceparent?,
+            tracestate: headers.tracestate.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// The context these headers describe, when `traceparent` is valid.
+    pub fn context(&self) -> Option<SpanContext> {
+        let carrier = Headers {
+            traceparent: Some(self.traceparent.clone()),
+            tracestate: self.tracestate.clone(),
+        };
+        valid(TraceContextPropagator::new().extract(&carrier))
+    }
+}
+
+/// The two headers as a propagator carrier.
+#[derive(Default)]
+struct Headers {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl Injector for Headers {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.traceparent = Some(value),
+            "tracestate" => self.tracestate = Some(value),
+            _ => {}
+        }
+    }
+}
+
+impl Extractor for Headers {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent.as_deref(),
+            "tracestate" => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// An HTTP header map as a propagator carrier (reads only).
+struct HeaderCarrier<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+fn valid(cx: Context) -> Option<SpanContext> {
+    let span = cx.span().span_context().clone();
+    span.is_valid().then_some(span)
+}
+
+/// The trace context a request arrived with (`traceparent`, `tracestate`), when it is valid.
+pub fn remote(headers: &http::HeaderMap) -> Option<SpanContext> {
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    valid(TraceContextPropagator::new().extract(&HeaderCarrier(headers)))
+}
+
+/// Makes `span` continue the remote trace when `trusted`; otherwise `span` starts a new trace
+/// and only links to the remote one, so an outsider can neither pick our trace ids nor force
+/// sampling. Call before anything reads the span's context.
+pub fn adopt(span: &Span, remote: Option<SpanContext>, trusted: bool) {
+    let Some(remote) = remote else { return };
+    if trusted {
+        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+    } else {
+        span.add_link(remote);
+    }
+}
+
+/// Makes `span` (a client's stream) a child of the server's span that asked for it.
+pub fn join(span: &Span, headers: &TraceHeaders) {
+    if let Some(parent) = headers.context() {
+        let _ = span.set_parent(Context::new().with_remote_span_context(parent));
+    }
+}
+
+/// The trace id of `span` in hex (what logs carry), when it has a context.
+pub fn trace_id(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let id = span.context().span().span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_valid_traceparent_is_read_with_its_state() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", PARENT.parse().expect("value"));
+        headers.insert("tracestate", "vendor=1".parse().expect("value"));
+        let cx = remote(&headers).expect("valid");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(cx.span_id().to_string(), "b7ad6b7169203331");
+        assert!(cx.is_sampled() && cx.is_remote());
+        assert_eq!(cx.trace_state().header(), "vendor=1");
+    }
+
+    #[test]
+    fn garbage_and_all_zero_ids_are_no_context() {
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01x",
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("traceparent", bad.parse().expect("value"));
+            assert!(remote(&headers).is_none(), "{bad:?}");
+        }
+        assert!(remote(&http::HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn headers_round_trip_through_the_dial_fields() {
+        let headers = TraceHeaders {
+            traceparent: PARENT.into(),
+            tracestate: Some("a=b".into()),
+        };
+        let cx = headers.context().expect("valid");
+        assert_eq!(cx.span_id().to_string(), "b7ad6b7169203331");
+        let bad = TraceHeaders {
+            traceparent: "nonsense".into(),
+            tracestate: None,
+        };
+        assert!(bad.context().is_none());
+    }
+
+    #[test]
+    fn a_disabled_span_has_no_context_and_costs_no_lookup() {
+        let span = Span::none();
+        assert_eq!(TraceHeaders::of(&span), None);
+        assert_eq!(trace_id(&span), None);
+        adopt(&span, None, true);
+    }
+}

@@ -1,0 +1,152 @@
+//! The edges' spans, made only when tracing is on (otherwise [`Span::none`], which costs
+//! nothing to enter or record on). Names, kinds and attributes are listed in
+//! `docs/operations.md` ("Tracing"); the trace context between hops is
+//! [`showoff_core::trace`]'s.
+//!
+//! Fields declared `Empty` are recorded later by whoever learns them (the route, the status,
+//! the transport's pool), through `Span::current()` or the span itself.
+
+use std::net::SocketAddr;
+
+use showoff_core::trace::{self, TARGET};
+use tracing::Span;
+use tracing::field::Empty;
+
+use super::EdgeSettings;
+
+/// One visitor HTTP request (`SERVER`): continues the visitor's `traceparent` when the visitor
+/// is trusted, else starts a trace linked to it. Its trace id is recorded for the logs.
+pub(crate) fn request(
+    settings: &EdgeSettings,
+    head: &super::http::head::RequestHead,
+    peer: SocketAddr,
+    scheme: &'static str,
+    peer_hop: bool,
+) -> Span {
+    if !settings.trace.enabled {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "http.request",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = head.method.as_str(),
+        url.path = head.target.as_str(),
+        url.scheme = scheme,
+        server.address = head.host.name.as_str(),
+        client.address = %peer.ip(),
+        showoff.tunnel = Empty,
+        http.response.status_code = Empty,
+        showoff.error = Empty,
+        trace_id = Empty,
+    );
+    // A request another instance forwarded carries that instance's span: always continued.
+    let trusted = peer_hop || settings.trace.trusts(peer.ip(), &settings.proxy);
+    trace::adopt(&span, trace::remote(&head.headers), trusted);
+    if let Some(id) = trace::trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// The exchange with the target through the tunnel (`CLIENT`): its context is what the
+/// target receives in `traceparent`.
+pub(crate) fn upstream(settings: &EdgeSettings, tunnel: &str) -> Span {
+    if !settings.trace.enabled {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "showoff.upstream",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        showoff.tunnel = tunnel,
+        showoff.upstream.reused = Empty,
+        http.response.status_code = Empty,
+    )
+}
+
+/// Pairing: a stream to the client is opened (or an idle one taken). The transport records
+/// which it is and whether its warm pool had a connection.
+pub(crate) fn open(settings: &EdgeSettings, tunnel: &str) -> Span {
+    if !settings.trace.enabled {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "showoff.stream.open",
+        otel.status_code = Empty,
+        showoff.tunnel = tunnel,
+        showoff.transport = Empty,
+        showoff.warm_pool = Empty,
+        error.type = Empty,
+    )
+}
+
+/// One hop to the cluster instance holding the tunnel (`CLIENT`).
+pub(crate) fn forward(settings: &EdgeSettings, tunnel: &str) -> Span {
+    if !settings.trace.enabled {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "showoff.forward",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        showoff.tunnel = tunnel,
+        server.address = Empty,
+        http.response.status_code = Empty,
+    )
+}
+
+/// One visitor connection of a TCP or TLS-passthrough tunnel (`SERVER`), from accept to close.
+pub(crate) fn connection(
+    settings: &EdgeSettings,
+    protocol: &'static str,
+    tunnel: &str,
+    peer: SocketAddr,
+) -> Span {
+    if !settings.trace.enabled {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "showoff.connection",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        network.transport = "tcp",
+        showoff.protocol = protocol,
+        showoff.tunnel = tunnel,
+        client.address = %peer.ip(),
+        client.port = peer.port(),
+        showoff.bytes_in = Empty,
+        showoff.bytes_out = Empty,
+        showoff.error = Empty,
+    )
+}
+
+/// One UDP flow (`SERVER`): a visitor address on a UDP tunnel, from its first datagram to
+/// its end (idle, the client's close, the tunnel's). The caller makes it only when tracing is
+/// on and keeps it beside the flow.
+pub(crate) fn flow(tunnel: &str, visitor: SocketAddr, id: u64) -> Span {
+    tracing::info_span!(
+        target: TARGET,
+        "showoff.flow",
+        otel.kind = "server",
+        network.transport = "udp",
+        showoff.tunnel = tunnel,
+        showoff.flow = id,
+        client.address = %visitor.ip(),
+        client.port = visitor.port(),
+        showoff.bytes_in = Empty,
+        showoff.bytes_out = Empty,
+        showoff.end_reason = Empty,
+    )
+}
+
+/// Marks `span` failed with Showoff's error code.
+pub(crate) fn failed(span: &Span, code: &str) {
+    span.record("otel.status_code", "error");
+    span.record("showoff.error", code);
+}
