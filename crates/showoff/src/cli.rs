@@ -35,6 +35,21 @@ pub struct Cli {
     /// Runtime worker threads [env: SHOWOFF_THREADS] [default: all cores for the server, 1 for clients]
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Export traces to this OpenTelemetry collector (OTLP): `http://collector:4318` (spans go to `/v1/traces`) or, with `--otlp-protocol grpc`, `http://collector:4317` [env: SHOWOFF_OTLP_ENDPOINT] [default: off]
+    #[arg(long, global = true)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: `http` (protobuf) or `grpc` [env: SHOWOFF_OTLP_PROTOCOL] [default: http]
+    #[arg(long, global = true)]
+    pub otlp_protocol: Option<String>,
+    /// Headers sent with every export, `name=value,...` (a collector's API key) [env: SHOWOFF_OTLP_HEADERS]
+    #[arg(long, global = true)]
+    pub otlp_headers: Option<String>,
+    /// Resource attributes beside service.name/version/instance.id, `key=value,...` [env: SHOWOFF_OTLP_RESOURCE]
+    #[arg(long, global = true)]
+    pub otlp_resource: Option<String>,
+    /// Share of new traces sampled, 0 to 1 (a continued trace follows its parent's decision) [env: SHOWOFF_TRACE_SAMPLE] [default: 1]
+    #[arg(long, global = true)]
+    pub trace_sample: Option<String>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

@@ -13,7 +13,7 @@ use showoff_proto::{HostHeader, TunnelKind, TunnelSpec, VisitorRules};
 use crate::settings::{FileValues, SettingsError};
 
 /// The whole file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     /// Server control address, `host:port`.
@@ -30,6 +30,16 @@ pub struct ClientFile {
     pub log_level: Option<String>,
     /// Runtime worker threads.
     pub threads: Option<usize>,
+    /// OTLP collector traces are exported to (off when absent).
+    pub otlp_endpoint: Option<String>,
+    /// `http` or `grpc`.
+    pub otlp_protocol: Option<String>,
+    /// Headers sent with every export, `name=value,...`.
+    pub otlp_headers: Option<String>,
+    /// Resource attributes, `key=value,...`.
+    pub otlp_resource: Option<String>,
+    /// Share of new traces sampled, 0 to 1.
+    pub trace_sample: Option<f64>,
     /// Connect over TLS (implied by the other `tls_*` keys).
     pub tls: Option<bool>,
     /// CA PEM file that verifies the server.
@@ -139,13 +149,18 @@ impl ClientFile {
         }
     }
 
-    /// The top-level log and thread settings, for [`crate::settings::globals`].
+    /// The top-level log, thread and trace export settings, for [`crate::settings::globals`].
     pub fn globals(&self) -> FileValues {
         let mut global = BTreeMap::new();
         for (key, value) in [
             ("log_format", self.log_format.clone()),
             ("log_level", self.log_level.clone()),
             ("threads", self.threads.map(|t| t.to_string())),
+            ("otlp_endpoint", self.otlp_endpoint.clone()),
+            ("otlp_protocol", self.otlp_protocol.clone()),
+            ("otlp_headers", self.otlp_headers.clone()),
+            ("otlp_resource", self.otlp_resource.clone()),
+            ("trace_sample", self.trace_sample.map(|r| r.to_string())),
         ] {
             if let Some(value) = value {
                 global.insert(key.to_string(), value);

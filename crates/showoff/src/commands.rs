@@ -21,13 +21,14 @@ pub async fn run(
     file: FileValues,
     client_file: Option<ClientFile>,
     log_control: LogControl,
+    trace: bool,
 ) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server(args) => server(args, &env, &file, log_control).await,
-        Command::Http(args) => client(TunnelKind::Http, args).await,
-        Command::Tcp(args) => client(TunnelKind::Tcp, args).await,
-        Command::Tls(args) => client(TunnelKind::Tls, args).await,
-        Command::Udp(args) => client(TunnelKind::Udp, args).await,
+        Command::Server(args) => server(args, &env, &file, log_control, trace).await,
+        Command::Http(args) => client(TunnelKind::Http, args, trace).await,
+        Command::Tcp(args) => client(TunnelKind::Tcp, args, trace).await,
+        Command::Tls(args) => client(TunnelKind::Tls, args, trace).await,
+        Command::Udp(args) => client(TunnelKind::Udp, args, trace).await,
         Command::Token(TokenCommand::Sign(args)) => sign_token(&args, &env),
         Command::Token(TokenCommand::New(args)) => {
             parse_kinds(&args.kinds)?;
@@ -50,6 +51,7 @@ pub async fn run(
             let transport =
                 client_file::transport_args(&file, &args.transport).map_err(anyhow::Error::msg)?;
             client_file::apply_transport(&mut config, &transport);
+            config.trace = trace;
             let inspect = crate::inspector::merge(&args.inspect, &file.inspect())?;
             run_client(config, args.json, &inspect).await
         }
@@ -222,6 +224,7 @@ async fn server(
     env: &HashMap<String, String>,
     file: &FileValues,
     log_control: LogControl,
+    trace: bool,
 ) -> anyhow::Result<()> {
     let Loaded {
         mut config,
@@ -230,6 +233,7 @@ async fn server(
         token_path,
         tls_files,
     } = load_server(&args, env, file)?;
+    config.trace.enabled = trace;
     if args.check_config {
         print!("{}", settings::describe(&values));
         if let Some(table) = &services.token_table {
@@ -366,7 +370,7 @@ fn attach_auth_files(
     Ok(())
 }
 
-async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
+async fn client(kind: TunnelKind, args: TunnelArgs, trace: bool) -> anyhow::Result<()> {
     if let Some(version) = args.proxy_protocol {
         showoff_client::proxy_header::check_applies(kind, version)
             .map_err(|why| anyhow::anyhow!("--proxy-protocol: {why}"))?;
@@ -399,6 +403,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs) -> anyhow::Result<()> {
     config.reconnect = !args.no_reconnect;
     config.tls = load_tls(&args.tls)?;
     client_file::apply_transport(&mut config, &args.transport);
+    config.trace = trace;
     run_client(config, args.json, &args.inspect).await
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`cli`] (flags), [`settings`] (the settings table and the layering of defaults,
 //! config file, `SHOWOFF_*` environment and flags), [`client_file`] and [`token_file`] (the
-//! client's and the server's other files), [`audit_file`], [`logging`], [`signals`],
+//! client's and the server's other files), [`audit_file`], [`logging`], [`telemetry`]
+//! (OpenTelemetry export), [`signals`],
 //! [`watch`] (file change polling), [`inspector`] (the client's traffic inspector and
 //! request lines), [`commands`] (what each subcommand does).
 
@@ -17,5 +18,6 @@ pub mod inspector;
 pub mod logging;
 pub mod settings;
 pub mod signals;
+pub mod telemetry;
 pub mod token_file;
 pub mod watch;

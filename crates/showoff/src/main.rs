@@ -74,7 +74,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let log_control = logging::init(&globals.log_format, &globals.log_level);
     let runtime = match runtime(&cli.command, globals.threads).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -82,7 +81,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli, env, file, client, log_control)) {
+    // The trace exporter is built inside the runtime its exports run on.
+    let entered = runtime.enter();
+    let service = match &cli.command {
+        cli::Command::Server(_) => Some("showoff-server"),
+        cli::Command::Token(_) => None,
+        _ => Some("showoff-client"),
+    };
+    let otlp = globals.otlp.as_ref().zip(service);
+    let (log_control, telemetry) =
+        match logging::init(&globals.log_format, &globals.log_level, otlp) {
+            Ok(installed) => installed,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    drop(entered);
+    let trace = telemetry.is_some();
+    let ran = runtime.block_on(async {
+        let ran = commands::run(cli, env, file, client, log_control, trace).await;
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown().await;
+        }
+        ran
+    });
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -7,7 +7,17 @@ use std::path::Path;
 use super::{SERVER_SETTINGS, SettingsError};
 
 /// Keys a config file may hold besides `[server]`.
-const FILE_TOP_LEVEL: &[&str] = &["server", "log_format", "log_level", "threads"];
+const FILE_TOP_LEVEL: &[&str] = &[
+    "server",
+    "log_format",
+    "log_level",
+    "threads",
+    "otlp_endpoint",
+    "otlp_protocol",
+    "otlp_headers",
+    "otlp_resource",
+    "trace_sample",
+];
 
 /// Values from a config file: server settings by key, and the global ones.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

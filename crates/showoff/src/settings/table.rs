@@ -320,6 +320,13 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         "CIDRs trusted for PROXY headers and incoming X-Forwarded-* (default: none)",
         |b, t| set(&mut b.config.proxy.trusted, networks(t)),
     ),
+    setting(
+        "trace_trust",
+        "SHOWOFF_TRACE_TRUST",
+        "",
+        "CIDRs whose visitors' W3C traceparent is continued when tracing (trusted proxies' too); others start a new trace linked to theirs",
+        |b, t| set(&mut b.config.trace.trust, networks(t)),
+    ),
     secret_setting(
         "admin_token",
         "SHOWOFF_ADMIN_TOKEN",
