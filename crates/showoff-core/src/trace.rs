@@ -134,6 +134,12 @@ pub fn join(span: &Span, headers: &TraceHeaders) {
     }
 }
 
+/// A count as a span attribute: OpenTelemetry integers are signed (a `u64` recorded as is
+/// would arrive as text).
+pub fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The trace id of `span` in hex (what logs carry), when it has a context.
 pub fn trace_id(span: &Span) -> Option<String> {
     if span.is_disabled() {

@@ -82,12 +82,22 @@ impl ServerProcess {
     /// [`Self::start`] on given control, data, HTTP and admin addresses (a restart on the
     /// same ports).
     pub fn start_on(bin: &Path, addrs: [&str; 4], extra: &[&OsStr]) -> Self {
+        Self::spawn(bin, addrs, extra, &[])
+    }
+
+    /// [`Self::start`] with variables added to its environment.
+    pub fn start_with_env(bin: &Path, extra: &[&OsStr], env: &[(&str, &str)]) -> Self {
+        Self::spawn(bin, ["127.0.0.1:0"; 4], extra, env)
+    }
+
+    fn spawn(bin: &Path, addrs: [&str; 4], extra: &[&OsStr], env: &[(&str, &str)]) -> Self {
         let [control, data, http, admin] = addrs;
         let mut server = Command::new(bin)
             .args(["server", "--log-format", "json"])
             .args(["--control-addr", control, "--data-addr", data])
             .args(["--http-addr", http, "--admin-addr", admin])
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("server starts");

@@ -128,7 +128,9 @@ where
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
-        .with_filter(Targets::new().with_target(showoff_core::trace::TARGET, tracing::Level::TRACE));
+        .with_filter(
+            Targets::new().with_target(showoff_core::trace::TARGET, tracing::Level::TRACE),
+        );
     Ok((layer, Telemetry { provider }))
 }
 
@@ -188,9 +190,10 @@ impl RuntimeClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
         Ok(Self { runtime, client })
     }
 }
@@ -205,9 +208,11 @@ impl HttpClient for RuntimeClient {
             let body = Limited::new(body, MAX_RESPONSE).collect().await?.to_bytes();
             Ok::<_, HttpError>(Response::from_parts(parts, body))
         };
+        // The deadline is made inside the task: its timer needs the runtime's driver, which
+        // the batch processor's thread does not have.
         let task = self
             .runtime
-            .spawn(tokio::time::timeout(EXPORT_TIMEOUT, exchange));
+            .spawn(async move { tokio::time::timeout(EXPORT_TIMEOUT, exchange).await });
         match task.await? {
             Ok(result) => result,
             Err(_) => Err("the collector did not answer in time".into()),
@@ -225,10 +230,7 @@ mod tests {
             traces_url("http://127.0.0.1:4318"),
             "http://127.0.0.1:4318/v1/traces"
         );
-        assert_eq!(
-            traces_url("http://c:4318/"),
-            "http://c:4318/v1/traces"
-        );
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
         assert_eq!(
             traces_url("https://c/otlp/v1/traces"),
             "https://c/otlp/v1/traces"

@@ -191,8 +191,8 @@ pub(crate) async fn splice(data: &mut ServerStream, target: &mut crate::target::
     match tokio::io::copy_bidirectional_with_sizes(data, target, SPLICE_BUF, SPLICE_BUF).await {
         Ok((to_target, from_target)) => {
             let span = tracing::Span::current();
-            span.record("showoff.bytes_in", to_target);
-            span.record("showoff.bytes_out", from_target);
+            span.record("showoff.bytes_in", showoff_core::trace::int(to_target));
+            span.record("showoff.bytes_out", showoff_core::trace::int(from_target));
         }
         Err(error) => debug!(%error, "stream ended"),
     }

@@ -152,7 +152,7 @@ impl ControlLoop {
 
     async fn say_goaway(&mut self, reason: String, reconnect_after_ms: u64) -> Result<(), End> {
         self.said_goaway = true;
-        tracing::debug!(target: TARGET, reason = reason.as_str(), reconnect_after_ms, "go_away");
+        tracing::debug!(target: TARGET, reason = reason.as_str(), reconnect_after_ms = showoff_core::trace::int(reconnect_after_ms), "go_away");
         let msg = ServerMessage::GoAway {
             reason,
             reconnect_after_ms,
@@ -203,7 +203,7 @@ impl ControlLoop {
             self.last_seen = Instant::now();
         }
         if self.last_seen.elapsed() > self.ctx.settings.heartbeat_timeout {
-            tracing::debug!(target: TARGET, silent_ms = self.last_seen.elapsed().as_millis() as u64, "heartbeat_lost");
+            tracing::debug!(target: TARGET, silent_ms = showoff_core::trace::int(self.last_seen.elapsed().as_millis() as u64), "heartbeat_lost");
             return Err("heartbeat timeout");
         }
         self.close_idle_tunnels().await?;

@@ -159,7 +159,7 @@ fn session_span(ctx: &ControlContext, peer: SocketAddr) -> tracing::Span {
         otel.kind = "server",
         otel.status_code = Empty,
         client.address = %peer.ip(),
-        client.port = peer.port(),
+        client.port = i64::from(peer.port()),
         showoff.session = Empty,
         showoff.principal = Empty,
         showoff.transport = Empty,

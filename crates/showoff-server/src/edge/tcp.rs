@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use showoff_core::trace;
 use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, TraceHeaders, splice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -93,8 +94,8 @@ pub(crate) async fn relay_visitor<V: AsyncRead + AsyncWrite + Unpin>(
         Ok((bytes_in, bytes_out)) => (bytes_in, bytes_out, None),
         Err(error) => (0, 0, Some(error.code())),
     };
-    span.record("showoff.bytes_in", bytes_in);
-    span.record("showoff.bytes_out", bytes_out);
+    span.record("showoff.bytes_in", trace::int(bytes_in));
+    span.record("showoff.bytes_out", trace::int(bytes_out));
     if let Some(code) = error {
         spans::failed(&span, code);
     }

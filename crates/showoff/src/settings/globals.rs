@@ -95,7 +95,11 @@ fn otlp(
             reason,
         }
     };
-    let protocol = match pick(cli("otlp_protocol"), "SHOWOFF_OTLP_PROTOCOL", "otlp_protocol") {
+    let protocol = match pick(
+        cli("otlp_protocol"),
+        "SHOWOFF_OTLP_PROTOCOL",
+        "otlp_protocol",
+    ) {
         None => OtlpProtocol::Http,
         Some(picked) => match picked.0.parse() {
             Ok(protocol) => protocol,
@@ -120,9 +124,12 @@ fn otlp(
     };
     let headers = pairs("otlp_headers", "SHOWOFF_OTLP_HEADERS")?;
     let resource = pairs("otlp_resource", "SHOWOFF_OTLP_RESOURCE")?;
-    let Some((endpoint, layer)) = pick(cli("otlp_endpoint"), "SHOWOFF_OTLP_ENDPOINT", "otlp_endpoint")
-        .filter(|(e, _)| !e.is_empty() && e != "off")
-    else {
+    let Some((endpoint, layer)) = pick(
+        cli("otlp_endpoint"),
+        "SHOWOFF_OTLP_ENDPOINT",
+        "otlp_endpoint",
+    )
+    .filter(|(e, _)| !e.is_empty() && e != "off") else {
         return Ok(None);
     };
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {

@@ -165,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn error_page(&mut self, error: EdgeError, host: &str) -> bool {
         let page = error.page(host);
         let span = tracing::Span::current();
-        span.record("http.response.status_code", page.status);
+        span.record("http.response.status_code", i64::from(page.status));
         span.record("showoff.error", page.code);
         if page.status >= 500 {
             span.record("otel.status_code", "error");

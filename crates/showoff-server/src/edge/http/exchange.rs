@@ -188,8 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .instrument(span.clone())
             .await
             .inspect_err(|error| spans::failed(&span, error.code()))?;
-        span.record("http.response.status_code", resp.status);
-        tracing::Span::current().record("http.response.status_code", resp.status);
+        span.record("http.response.status_code", i64::from(resp.status));
+        tracing::Span::current().record("http.response.status_code", i64::from(resp.status));
         if resp.status >= 500 {
             span.record("otel.status_code", "error");
             tracing::Span::current().record("otel.status_code", "error");

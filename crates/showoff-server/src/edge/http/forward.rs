@@ -70,8 +70,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         stats.cluster.forwarded("ok");
         span.record("server.address", addr.as_str());
-        span.record("http.response.status_code", resp.status);
-        tracing::Span::current().record("http.response.status_code", resp.status);
+        span.record("http.response.status_code", i64::from(resp.status));
+        tracing::Span::current().record("http.response.status_code", i64::from(resp.status));
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).instrument(span).await;
             return Ok(Next::Close);

@@ -297,8 +297,11 @@ impl Relay {
     fn ended(&mut self, id: u64, flow: Flow, reason: &'static str) {
         self.by_visitor.remove(flow.visitor, id);
         if let Some(span) = self.spans.remove(&id) {
-            span.record("showoff.bytes_in", flow.bytes_in);
-            span.record("showoff.bytes_out", flow.bytes_out);
+            span.record("showoff.bytes_in", showoff_core::trace::int(flow.bytes_in));
+            span.record(
+                "showoff.bytes_out",
+                showoff_core::trace::int(flow.bytes_out),
+            );
             span.record("showoff.end_reason", reason);
         }
         self.ctx.stats.udp.flow_ended(reason);

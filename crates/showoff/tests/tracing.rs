@@ -1,0 +1,391 @@
+//! Tracing with real parts: the real `showoff server` and `showoff http` export their spans over
+//! OTLP to a real receiver (Python, on the OpenTelemetry protocol definitions: OTLP/HTTP and
+//! gRPC, `tests/otel/receiver.py`), and the target is a Python HTTP server instrumented with
+//! the OpenTelemetry SDK (`tests/otel/target.py`) exporting to the same receiver. A visitor's
+//! request must come out as one trace: server request → upstream exchange → stream pairing →
+//! the client's stream → its target dial, and the target's own span under the upstream
+//! exchange. An untrusted visitor's `traceparent` is only linked; a trusted one's is the
+//! parent; sampling 0 exports nothing. `scripts/test` installs the Python packages
+//! (`tests/otel/requirements.txt`).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use showoff_testkit::process::{Reaper, ServerProcess, lines, wait_line};
+use showoff_testkit::visitor::request_to;
+
+const BIN: &str = env!("CARGO_BIN_EXE_showoff");
+/// A visitor's own trace context.
+const VISITOR_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const VISITOR_SPAN: &str = "00f067aa0ba902b7";
+/// Batches leave every 100 ms instead of every 5 s, so the test waits little.
+const FAST_BATCHES: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+
+fn otel_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otel")
+}
+
+/// The receiver: its ports and the spans it printed.
+struct Receiver {
+    _child: Reaper,
+    spans: mpsc::Receiver<String>,
+    http: u16,
+    grpc: u16,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .arg(otel_dir().join("receiver.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the receiver");
+        let out = lines(child.stdout.take().expect("stdout"));
+        let ports = wait_line(
+            &out,
+            "the receiver's ports",
+            Duration::from_secs(30),
+            |_| true,
+        );
+        let ports: Value = serde_json::from_str(&ports).unwrap_or_else(|_| {
+            panic!(
+                "the receiver did not start (pip install -r tests/otel/requirements.txt): {ports}"
+            )
+        });
+        let port = |key: &str| ports[key].as_u64().expect("port") as u16;
+        Self {
+            http: port("http"),
+            grpc: port("grpc"),
+            _child: Reaper(child),
+            spans: out,
+        }
+    }
+
+    fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    /// Spans received until `done` holds for them (or the deadline, which fails the test).
+    fn until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut spans = Vec::new();
+        while !done(&spans) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.spans.recv_timeout(left) {
+                Ok(line) => spans.push(serde_json::from_str(&line).expect("span JSON")),
+                Err(_) => panic!("no {what} in time; received: {spans:#?}"),
+            }
+        }
+        spans
+    }
+
+    /// Whatever arrives within `wait` (for asserting that nothing does).
+    fn within(&self, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        while let Ok(line) = self
+            .spans
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            got.push(line);
+        }
+        got
+    }
+}
+
+/// The instrumented target, exporting to `receiver`; its port.
+fn target(receiver: &Receiver) -> (Reaper, u16) {
+    let mut child = Command::new("python3")
+        .arg(otel_dir().join("target.py"))
+        .arg(format!("{}/v1/traces", receiver.http_endpoint()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the target");
+    let out = lines(child.stdout.take().expect("stdout"));
+    let port = wait_line(&out, "the target's port", Duration::from_secs(30), |_| true);
+    (Reaper(child), port.trim().parse().expect("port"))
+}
+
+/// `showoff http PORT` against `server`, named `name`, with `flags`; its public host.
+fn client(server: &ServerProcess, port: u16, name: &str, flags: &[&str]) -> (Reaper, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "http",
+            &port.to_string(),
+            "--name",
+            name,
+            "--json",
+            "--no-inspect",
+        ])
+        .args(["--server", &server.addr("control").to_string()])
+        .args(flags)
+        .envs(FAST_BATCHES)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("client starts");
+    let out = lines(child.stdout.take().expect("stdout"));
+    let up = wait_line(&out, "the tunnel line", Duration::from_secs(20), |l| {
+        l.contains("\"connected\"")
+    });
+    let up: Value = serde_json::from_str(&up).expect("JSON");
+    let url = up["public_url"].as_str().expect("url");
+    (Reaper(child), url.trim_start_matches("http://").to_string())
+}
+
+fn server(flags: &[&str]) -> ServerProcess {
+    let flags: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+    ServerProcess::start_with_env(Path::new(BIN), &flags, &FAST_BATCHES)
+}
+
+fn named<'a>(spans: &'a [Value], name: &str) -> Option<&'a Value> {
+    spans.iter().find(|s| s["name"] == name)
+}
+
+fn span<'a>(spans: &'a [Value], name: &str) -> &'a Value {
+    named(spans, name).unwrap_or_else(|| panic!("no {name} span in {spans:#?}"))
+}
+
+/// Asserts `child`'s parent is `parent`, in the same trace.
+fn child_of(child: &Value, parent: &Value) {
+    assert_eq!(
+        child["trace_id"], parent["trace_id"],
+        "{child:#} / {parent:#}"
+    );
+    assert_eq!(
+        child["parent_span_id"], parent["span_id"],
+        "{} must be a child of {}",
+        child["name"], parent["name"]
+    );
+}
+
+async fn visit(server: &ServerProcess, host: &str, path: &str, traceparent: &str) -> String {
+    let headers = [("traceparent", traceparent)];
+    let reply = request_to(
+        server.addr("http"),
+        host,
+        "GET",
+        path,
+        &headers,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+fn visitor_parent() -> String {
+    format!("00-{VISITOR_TRACE}-{VISITOR_SPAN}-01")
+}
+
+#[tokio::test]
+async fn a_request_is_one_trace_from_the_server_through_the_client_to_the_target() {
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.http_endpoint();
+    let server = server(&["--otlp-endpoint", &endpoint]);
+    let (_client, host) = client(&server, port, "traced", &["--otlp-endpoint", &endpoint]);
+    let echoed = visit(&server, &host, "/hello", &visitor_parent()).await;
+
+    let spans = receiver.until("complete trace", |spans| {
+        [
+            "http.request",
+            "showoff.upstream",
+            "showoff.stream.open",
+            "showoff.client.stream",
+            "showoff.client.dial",
+            "target /hello",
+        ]
+        .iter()
+        .all(|name| named(spans, name).is_some())
+    });
+    let request = span(&spans, "http.request");
+    let upstream = span(&spans, "showoff.upstream");
+    let open = span(&spans, "showoff.stream.open");
+    let stream = span(&spans, "showoff.client.stream");
+    let dial = span(&spans, "showoff.client.dial");
+    let target = span(&spans, "target /hello");
+
+    // The visitor on loopback is not trusted: a new trace, linked to the visitor's.
+    assert_eq!(request["parent_span_id"], "", "{request:#}");
+    assert_ne!(request["trace_id"], VISITOR_TRACE);
+    assert_eq!(
+        request["links"],
+        serde_json::json!([{"trace_id": VISITOR_TRACE, "span_id": VISITOR_SPAN}])
+    );
+    child_of(upstream, request);
+    child_of(open, upstream);
+    child_of(stream, open);
+    child_of(dial, stream);
+    child_of(target, upstream);
+    // What the target was sent is the upstream span, sampled; the visitor's header is gone.
+    let trace = request["trace_id"].as_str().expect("id");
+    let sent = format!(
+        "00-{trace}-{}-01",
+        upstream["span_id"].as_str().expect("id")
+    );
+    assert_eq!(echoed, sent);
+
+    for (span, service) in [
+        (request, "showoff-server"),
+        (open, "showoff-server"),
+        (stream, "showoff-client"),
+        (dial, "showoff-client"),
+        (target, "target"),
+    ] {
+        assert_eq!(span["service"], service, "{span:#}");
+    }
+    assert!(request["resource"]["service.instance.id"].is_string());
+    assert_eq!(request["kind"], 2, "SERVER");
+    assert_eq!(upstream["kind"], 3, "CLIENT");
+    let attrs = &request["attributes"];
+    assert_eq!(attrs["http.request.method"], "GET");
+    assert_eq!(attrs["url.path"], "/hello");
+    assert_eq!(attrs["showoff.tunnel"], "traced");
+    assert_eq!(attrs["http.response.status_code"], 200);
+    assert_eq!(open["attributes"]["showoff.transport"], "tcp");
+    assert!(
+        ["hit", "miss"].contains(
+            &open["attributes"]["showoff.warm_pool"]
+                .as_str()
+                .unwrap_or("")
+        ),
+        "{open:#}"
+    );
+    assert_eq!(
+        dial["attributes"]["server.address"],
+        format!("127.0.0.1:{port}")
+    );
+    assert!(
+        stream["attributes"]["showoff.bytes_out"].as_i64() > Some(0),
+        "{stream:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_visitor_continues_its_trace_over_grpc_and_logs_carry_the_trace_id() {
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.grpc_endpoint();
+    let export = ["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"];
+    let mut flags = export.to_vec();
+    flags.extend([
+        "--trace-trust",
+        "127.0.0.0/8",
+        "--log-level",
+        "info,showoff_server=debug",
+    ]);
+    let server = server(&flags);
+    let (_client, host) = client(&server, port, "trusted", &export);
+    visit(&server, &host, "/continued", &visitor_parent()).await;
+
+    let spans = receiver.until("the continued trace", |spans| {
+        named(spans, "target /continued").is_some() && named(spans, "showoff.client.dial").is_some()
+    });
+    let request = span(&spans, "http.request");
+    assert_eq!(request["via"], "grpc");
+    assert_eq!(request["trace_id"], VISITOR_TRACE);
+    assert_eq!(request["parent_span_id"], VISITOR_SPAN);
+    assert_eq!(
+        span(&spans, "showoff.client.dial")["trace_id"],
+        VISITOR_TRACE
+    );
+    assert_eq!(span(&spans, "target /continued")["trace_id"], VISITOR_TRACE);
+
+    // A refused request's span has its status and code, and its log line the trace id.
+    let refused = request_to(
+        server.addr("http"),
+        "nobody.localhost",
+        "GET",
+        "/",
+        &[(
+            "traceparent",
+            "00-11111111111111111111111111111111-2222222222222222-01",
+        )],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    let spans = receiver.until("the refused request", |spans| {
+        spans
+            .iter()
+            .any(|s| s["trace_id"] == "11111111111111111111111111111111")
+    });
+    let failed = spans
+        .iter()
+        .find(|s| s["trace_id"] == "11111111111111111111111111111111")
+        .expect("span");
+    assert_eq!(failed["attributes"]["http.response.status_code"], 404);
+    assert_eq!(failed["attributes"]["showoff.error"], "tunnel_not_found");
+    let logged = wait_line(
+        &server.log,
+        "the refusal's log line",
+        Duration::from_secs(10),
+        |l| l.contains("request refused"),
+    );
+    assert!(
+        logged.contains("\"trace_id\":\"11111111111111111111111111111111\""),
+        "{logged}"
+    );
+}
+
+#[tokio::test]
+async fn sampling_zero_exports_nothing_and_tells_the_target_so() {
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.http_endpoint();
+    let off = ["--otlp-endpoint", &endpoint, "--trace-sample", "0"];
+    let server = server(&off);
+    let (_client, host) = client(&server, port, "unsampled", &off);
+    for i in 0..5 {
+        // An untrusted visitor asking for sampling does not get it.
+        let echoed = visit(&server, &host, &format!("/{i}"), &visitor_parent()).await;
+        assert!(
+            echoed.starts_with("00-") && echoed.ends_with("-00"),
+            "{echoed}"
+        );
+        assert!(!echoed.contains(VISITOR_TRACE), "{echoed}");
+    }
+    // Batches leave every 100 ms: a second and a half covers many.
+    let exported = receiver.within(Duration::from_millis(1500));
+    assert!(exported.is_empty(), "exported: {exported:#?}");
+}
+
+#[test]
+fn a_bad_export_setting_is_refused_at_start() {
+    for (flags, says) in [
+        (vec!["--otlp-endpoint", "collector:4318"], "otlp_endpoint"),
+        (
+            vec![
+                "--otlp-endpoint",
+                "http://127.0.0.1:1",
+                "--trace-sample",
+                "2",
+            ],
+            "trace_sample",
+        ),
+        (vec!["--otlp-protocol", "thrift"], "otlp_protocol"),
+        (vec!["--otlp-headers", "novalue"], "otlp_headers"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["server", "--check-config"])
+            .args(&flags)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}
