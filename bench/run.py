@@ -46,8 +46,8 @@ SCENARIOS = [
     ("1mib_c1", "/1m", 1, 1, [], False),
     ("latency_close_c1", "/small", 1, 1, ["Connection: close"], True),
 ]
-SYSTEMS = ["direct", "showoff_http", "showoff_http_noinspect", "showoff_tcp", "showoff_tcp_mux", "showoff_tcp_quic",
-           "rathole", "bore"]
+SYSTEMS = ["direct", "showoff_http", "showoff_http_noinspect", "showoff_http_trace1",
+           "showoff_http_trace100", "showoff_tcp", "showoff_tcp_mux", "showoff_tcp_quic", "rathole", "bore"]
 
 
 def log(*args):
@@ -201,6 +201,8 @@ def start_showoff(nginx_port, workdir):
         host = f"{tunnel}.localhost:{port}" if kind == "http" else None
         systems.append(System(name, port, host, [server, client]))
         clients.append(client)
+    traced, traced_procs = start_traced(nginx_port)
+    systems += traced
     cert, key = self_signed(workdir)
     qcontrol, qdata, qhttp = free_port(), free_port(), free_port()
     quic_server = Proc(
@@ -215,7 +217,33 @@ def start_showoff(nginx_port, workdir):
     client, port = start_client("tcp", nginx_port, qcontrol, "bench-quic",
                                 ["--transport", "quic", "--tls-ca", str(cert)])
     systems.append(System("showoff_tcp_quic", port, None, [quic_server, client]))
-    return systems, [server, quic_server] + clients + [client]
+    return systems, [server, quic_server] + clients + [client] + traced_procs
+
+
+def start_traced(nginx_port):
+    """Tracing on, at 1 % and at 100 % sampling: a server and an `http` client (no inspector)
+    each, exporting over OTLP/HTTP to a sink that answers without decoding; compared with
+    showoff_http_noinspect (tracing off)."""
+    sink_port = free_port()
+    sink = Proc("sink", [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(sink_port)])
+    wait_port(sink_port, "OTLP sink")
+    systems, procs = [], [sink]
+    for name, ratio in (("showoff_http_trace1", "0.01"), ("showoff_http_trace100", "1")):
+        export = ["--otlp-endpoint", f"http://127.0.0.1:{sink_port}", "--trace-sample", ratio]
+        control, data, http = free_port(), free_port(), free_port()
+        server = Proc(
+            "server",
+            [str(SHOWOFF), "server", "--log-level", "warn", "--admin-addr", "off",
+             "--control-addr", f"127.0.0.1:{control}", "--data-addr", f"127.0.0.1:{data}",
+             "--http-addr", f"127.0.0.1:{http}", "--tcp-ports", "0-0", *export],
+        )
+        wait_port(control, "traced showoff server")
+        tunnel = "bench-" + name.replace("_", "-")
+        client, port = start_client("http", nginx_port, control, tunnel,
+                                    ["--quiet", "--no-inspect", *export])
+        systems.append(System(name, port, f"{tunnel}.localhost:{port}", [server, client]))
+        procs += [server, client]
+    return systems, procs
 
 
 def start_rathole(nginx_port, workdir):
@@ -441,6 +469,21 @@ def markdown(results):
         if ratio is not None:
             lines.append(f"| {scenario} | {fmt(ratio, 3)} | {fmt(with_.get('cpu_us_per_req'), 1)} | "
                          f"{fmt(without.get('cpu_us_per_req'), 1)} |")
+    lines += ["", "Tracing's cost: `showoff http --no-inspect` with spans exported over OTLP/HTTP "
+              "at 1 % and at 100 % sampling, against the same tunnel with tracing off, median of "
+              "same-round ratios of req/s.", "",
+              "| scenario | 1 % / off | 100 % / off | tunnel CPU µs/req off | 1 % | 100 % |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for scenario in [x[0] for x in SCENARIOS]:
+        one, all_ = (median_ratio(results["raw_rounds"], scenario, name, "showoff_http_noinspect",
+                                  "req_per_s")
+                     for name in ("showoff_http_trace1", "showoff_http_trace100"))
+        off, at1, at100 = (s.get(scenario, {}).get(name, {}) for name in
+                           ("showoff_http_noinspect", "showoff_http_trace1", "showoff_http_trace100"))
+        if one is not None and all_ is not None:
+            lines.append(f"| {scenario} | {fmt(one, 3)} | {fmt(all_, 3)} | "
+                         f"{fmt(off.get('cpu_us_per_req'), 1)} | {fmt(at1.get('cpu_us_per_req'), 1)} | "
+                         f"{fmt(at100.get('cpu_us_per_req'), 1)} |")
     lines += ["", "Resident memory (KiB): idle after start, peak under load, after load.", "",
               "| process | idle | peak | after |", "| --- | ---: | ---: | ---: |"]
     for key in sorted(results["rss"]["idle"]):
@@ -532,7 +575,13 @@ def main():
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--only", default="", help="comma-separated scenarios to run (A/B checks; "
                         "prints only, leaving bench/results and the charts of the last full run)")
+    parser.add_argument("--systems", default="", help="comma-separated systems to measure "
+                        "besides direct (A/B checks; prints only, like --only)")
     args = parser.parse_args()
+    if args.systems:
+        unknown = set(args.systems.split(",")) - set(SYSTEMS)
+        if unknown:
+            parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     if args.only:
         global SCENARIOS
         wanted = args.only.split(",")
@@ -555,6 +604,9 @@ def main():
         bore = start_bore(nginx_port)
         procs += rathole.procs + bore.procs
         systems = [System("direct", nginx_port)] + showoff_systems + [rathole, bore]
+        if args.systems:
+            wanted = ["direct"] + args.systems.split(",")
+            systems = [x for x in systems if x.name in wanted]
         for system in systems:
             wait_http(system.port, system.host)
         tunnels = [x for x in systems if x.procs]
@@ -591,7 +643,7 @@ def main():
         "summary": summarise(rounds), "raw_rounds": rounds, "rss": rss, "idle_tunnels": idle,
     }
     md = markdown(results)
-    if args.only:
+    if args.only or args.systems:
         # A subset is a side check: it prints, and leaves the full run's results and charts.
         print(md)
         return

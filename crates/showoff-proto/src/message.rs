@@ -121,11 +121,12 @@ pub enum ServerMessage {
         visitor_addr: String,
         /// W3C `traceparent` of the server's span that asked for the stream, when the server
         /// traces: the client's stream span is its child. Absent otherwise.
+        /// (`Box<str>`: this message stays small, and `traceparent` is never changed.)
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        traceparent: Option<String>,
+        traceparent: Option<Box<str>>,
         /// W3C `tracestate` that goes with `traceparent`, when not empty.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        tracestate: Option<String>,
+        tracestate: Option<Box<str>>,
     },
     /// Heartbeat; answer with `Pong`.
     Ping,

@@ -40,8 +40,11 @@ pub(crate) async fn announce(
         id: id.clone(),
         tunnel: meta.tunnel.clone(),
         visitor_addr: meta.visitor_addr.to_string(),
-        traceparent: meta.trace.as_ref().map(|t| t.traceparent.clone()),
-        tracestate: meta.trace.as_ref().and_then(|t| t.tracestate.clone()),
+        traceparent: meta.trace.as_ref().map(|t| t.traceparent.as_str().into()),
+        tracestate: meta
+            .trace
+            .as_ref()
+            .and_then(|t| t.tracestate.as_deref().map(Into::into)),
     };
     let exchange = async {
         framed.send(dial).await.map_err(|_| OpenError::ClientGone)?;

@@ -46,8 +46,8 @@ impl Dial {
                 tunnel,
                 visitor_addr,
                 trace: traceparent.map(|traceparent| TraceHeaders {
-                    traceparent,
-                    tracestate,
+                    traceparent: traceparent.into(),
+                    tracestate: tracestate.map(Into::into),
                 }),
             }),
             _ => None,

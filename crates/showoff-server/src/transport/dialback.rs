@@ -199,8 +199,11 @@ impl DialBack {
             id,
             tunnel: meta.tunnel.clone(),
             visitor_addr: meta.visitor_addr.to_string(),
-            traceparent: meta.trace.as_ref().map(|t| t.traceparent.clone()),
-            tracestate: meta.trace.as_ref().and_then(|t| t.tracestate.clone()),
+            traceparent: meta.trace.as_ref().map(|t| t.traceparent.as_str().into()),
+            tracestate: meta
+                .trace
+                .as_ref()
+                .and_then(|t| t.tracestate.as_deref().map(Into::into)),
         }
     }
 
@@ -320,6 +323,7 @@ mod tests {
                 id,
                 tunnel,
                 visitor_addr,
+                ..
             }) => {
                 assert_eq!(
                     (tunnel.as_str(), visitor_addr.as_str()),

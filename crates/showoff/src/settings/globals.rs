@@ -73,10 +73,10 @@ pub fn globals(
 }
 
 /// The trace export settings; `None` without an endpoint (the others are still checked).
-fn otlp(
-    flags: &crate::cli::Cli,
-    pick: &dyn Fn(Option<String>, &str, &str) -> Option<(String, Source)>,
-) -> Result<Option<ExportSettings>, SettingsError> {
+/// A setting's text and where it came from: flag, then variable, then file key.
+type Pick<'a> = dyn Fn(Option<String>, &str, &str) -> Option<(String, Source)> + 'a;
+
+fn otlp(flags: &crate::cli::Cli, pick: &Pick<'_>) -> Result<Option<ExportSettings>, SettingsError> {
     let cli = |key: &str| -> Option<String> {
         match key {
             "otlp_endpoint" => flags.otlp_endpoint.clone(),

@@ -37,6 +37,7 @@ async fn relay_rig(cap: usize, max_datagram: usize, access: Access) -> Rig {
         epoch: Instant::now(),
         out: BytesMut::new(),
         peers: mpsc::channel(1).1,
+        spans: Default::default(),
         ctx,
     };
     Rig {
