@@ -6,7 +6,9 @@
 mod acme;
 mod auth;
 mod cluster;
+mod proxy;
 mod tls;
+mod trace;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,7 +20,9 @@ pub use self::auth::{
     WebhookConfig,
 };
 pub use self::cluster::{ClusterConfig, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
+pub use self::proxy::ProxyConfig;
 pub use self::tls::{PemPair, TlsConfig};
+pub use self::trace::TraceConfig;
 pub use showoff_core::Secret;
 
 /// Default control listener.
@@ -324,44 +328,6 @@ impl std::str::FromStr for ProxyProtocol {
             "required" => Ok(Self::Required),
             _ => Err("expected off, optional or required".into()),
         }
-    }
-}
-
-/// Which peers may say who the visitor really is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// PROXY protocol v1/v2 on the public HTTP and HTTPS listeners and TCP tunnel ports.
-    pub protocol: ProxyProtocol,
-    /// PROXY protocol on the control listener (client addresses for rate limits and policies).
-    pub control: ProxyProtocol,
-    /// Load balancers and proxies trusted for PROXY headers and incoming `X-Forwarded-*`.
-    pub trusted: Vec<ipnet::IpNet>,
-}
-
-impl ProxyConfig {
-    /// Whether `ip` is a trusted proxy.
-    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.trusted.iter().any(|net| net.contains(&ip))
-    }
-}
-
-/// Tracing: whether the server makes spans (the binary installs the exporter that turns them
-/// into OpenTelemetry spans) and whose trace context it continues.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceConfig {
-    /// Spans are made; off, the edges make none and pass `traceparent` through untouched.
-    pub enabled: bool,
-    /// Visitors whose `traceparent` is continued (trusted proxies' are too); anyone else's
-    /// only becomes a link of a new trace.
-    pub trust: Vec<ipnet::IpNet>,
-}
-
-impl TraceConfig {
-    /// Whether a visitor at `ip` (behind `proxy`'s trusted proxies) may set our parent span.
-    pub fn trusts(&self, ip: std::net::IpAddr, proxy: &ProxyConfig) -> bool {
-        let ip = ip.to_canonical();
-        self.trust.iter().any(|net| net.contains(&ip)) || proxy.trusts(ip)
     }
 }
 

@@ -27,45 +27,42 @@ fn runtime(command: &cli::Command, threads: Option<usize>) -> tokio::runtime::Bu
     builder
 }
 
+/// The config file the subcommand reads: the server's settings, or a client file (whose
+/// top-level keys are the global settings).
+fn read_files(
+    cli: &cli::Cli,
+    env: &HashMap<String, String>,
+) -> Result<(settings::FileValues, Option<client_file::ClientFile>), String> {
+    match &cli.command {
+        cli::Command::Server(args) => match settings::config_path(args.config.as_deref(), env) {
+            Some(path) => Ok((settings::load_file(&path).map_err(|e| e.to_string())?, None)),
+            None => Ok((settings::FileValues::default(), None)),
+        },
+        cli::Command::Client(args) => {
+            let Some(path) = settings::config_path(args.config.as_deref(), env) else {
+                return Err(
+                    "showoff client needs a config file: -c showoff.toml (or SHOWOFF_CONFIG)"
+                        .into(),
+                );
+            };
+            let file = client_file::load(&path).map_err(|e| e.to_string())?;
+            Ok((file.globals(), Some(file)))
+        }
+        _ => Ok((settings::FileValues::default(), None)),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("SHOWOFF_"))
         .collect();
-    let mut client = None;
-    let file = match &cli.command {
-        cli::Command::Server(args) => match settings::config_path(args.config.as_deref(), &env) {
-            Some(path) => match settings::load_file(&path) {
-                Ok(file) => file,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => settings::FileValues::default(),
-        },
-        cli::Command::Client(args) => match settings::config_path(args.config.as_deref(), &env) {
-            Some(path) => match client_file::load(&path) {
-                Ok(file) => {
-                    client = Some(file);
-                    client
-                        .as_ref()
-                        .map(client_file::ClientFile::globals)
-                        .unwrap_or_default()
-                }
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => {
-                eprintln!(
-                    "error: showoff client needs a config file: -c showoff.toml (or SHOWOFF_CONFIG)"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => settings::FileValues::default(),
+    let (file, client) = match read_files(&cli, &env) {
+        Ok(read) => read,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
     };
     let globals = match settings::globals(&cli, &env, &file) {
         Ok(globals) => globals,
