@@ -90,6 +90,9 @@ pub struct ClientConfig {
     /// Makes spans (session, stream, target dial) that join the server's traces; the binary
     /// installs the exporter. Off: no span is made.
     pub trace: bool,
+    /// Share of the streams the server did not trace (no `traceparent` came with them) that are
+    /// sampled, 0 to 1; streams the server traced follow its decision.
+    pub trace_sample: f64,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -106,6 +109,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("quic_port", &self.quic_port)
             .field("inspector", &self.inspector.is_some())
             .field("trace", &self.trace)
+            .field("trace_sample", &self.trace_sample)
             .finish()
     }
 }
@@ -127,6 +131,7 @@ impl ClientConfig {
             quic_probe_interval: DEFAULT_QUIC_PROBE_INTERVAL,
             inspector: None,
             trace: false,
+            trace_sample: 1.0,
         }
     }
 

@@ -64,6 +64,8 @@ pub(crate) struct Ctx {
     stop: CancellationToken,
     /// Streams and target dials are traced.
     trace: bool,
+    /// Share of streams without the server's trace context that are sampled.
+    trace_sample: f64,
 }
 
 /// A session the server welcomed, not yet served.
@@ -281,6 +283,7 @@ fn accept_welcome(
         udp: Arc::new(udp::UdpTunnels::new(udp_targets, flow_idle_secs)),
         stop,
         trace: config.trace,
+        trace_sample: config.trace_sample,
     });
     Ok(Welcomed {
         tunnels,

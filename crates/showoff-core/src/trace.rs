@@ -7,13 +7,17 @@
 //! towards the target and into the stream-open message ([`TraceHeaders::of`]), and joined on
 //! the client ([`join`]).
 //!
-//! Spans are only made when tracing is on (a flag each side's context holds): off, the edges
-//! create [`tracing::Span::none`], which costs nothing to enter or record on.
+//! Spans are only made when tracing is on (a flag each side's context holds) and the trace is
+//! sampled: the [`Decision`] is taken once at the root of each trace (a request, a TCP
+//! connection, a UDP flow, a client stream without a parent), by the ratio or by a trusted
+//! parent's flag; unsampled work makes [`tracing::Span::none`], which costs nothing to enter or
+//! record on, and only passes on a `traceparent` whose flags say "not sampled".
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -56,6 +60,95 @@ impl TraceHeaders {
         };
         valid(TraceContextPropagator::new().extract(&carrier))
     }
+}
+
+impl TraceHeaders {
+    /// Whether the trace these headers continue is sampled (the `traceparent` flags).
+    pub fn sampled(&self) -> bool {
+        let flags = self.traceparent.rsplit('-').next().unwrap_or_default();
+        u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)
+    }
+
+    /// Headers for work that is not sampled: a new span id in the parent's trace (a new trace
+    /// without one), flags `00`, the parent's `tracestate` kept.
+    fn unsampled(parent: Option<&SpanContext>) -> Self {
+        let ids = RandomIdGenerator::default();
+        let trace_id = parent.map_or_else(|| ids.new_trace_id(), SpanContext::trace_id);
+        let state = parent
+            .map(|p| p.trace_state().header())
+            .filter(|s| !s.is_empty());
+        Self {
+            traceparent: format!("00-{trace_id}-{}-00", ids.new_span_id()),
+            tracestate: state,
+        }
+    }
+}
+
+/// How one unit of work (a request, a connection, a flow, a stream) is traced, decided once at
+/// the root of the trace, so that unsampled work makes no span at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Decision {
+    /// Tracing is off: no span, trace headers pass through untouched.
+    #[default]
+    Off,
+    /// Not sampled: no span is made; the next hops are told so (flags `00`) by these headers.
+    Unsampled(TraceHeaders),
+    /// Sampled: spans are made, and each passes its own context on.
+    Sampled,
+}
+
+impl Decision {
+    /// The decision at the root: a trusted `parent`'s own, else `ratio` of new traces, by the
+    /// same rule as OpenTelemetry's ratio sampler (the low 63 bits of a random trace id).
+    pub fn root(ratio: f64, parent: Option<&SpanContext>) -> Self {
+        let sampled = match parent {
+            Some(parent) => parent.is_sampled(),
+            None => ratio_sampled(RandomIdGenerator::default().new_trace_id(), ratio),
+        };
+        if sampled {
+            Self::Sampled
+        } else {
+            Self::Unsampled(TraceHeaders::unsampled(parent))
+        }
+    }
+
+    /// A hop whose parent told its decision in `headers` (the client's stream): sampled only
+    /// when the parent was; without headers, a root at `ratio`.
+    pub fn follow(headers: Option<&TraceHeaders>, ratio: f64) -> Self {
+        match headers {
+            Some(headers) if headers.sampled() => Self::Sampled,
+            Some(headers) => Self::Unsampled(headers.clone()),
+            None => Self::root(ratio, None),
+        }
+    }
+
+    /// Whether spans are made.
+    pub fn sampled(&self) -> bool {
+        matches!(self, Self::Sampled)
+    }
+
+    /// What the next hop is sent: `span`'s context when sampled, the unsampled headers, or
+    /// nothing when tracing is off.
+    pub fn headers(&self, span: &Span) -> Option<TraceHeaders> {
+        match self {
+            Self::Off => None,
+            Self::Unsampled(headers) => Some(headers.clone()),
+            Self::Sampled => TraceHeaders::of(span),
+        }
+    }
+}
+
+/// OpenTelemetry's ratio rule: sampled when the trace id's low 63 bits fall under `ratio`.
+fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let low = u64::from_be_bytes([
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+    ]);
+    (low >> 1) < bound
 }
 
 /// The two headers as a propagator carrier.
@@ -200,6 +293,59 @@ mod tests {
             tracestate: None,
         };
         assert!(bad.context().is_none());
+    }
+
+    #[test]
+    fn the_ratio_decides_new_traces_and_a_parent_decides_its_own() {
+        let sampled = (0..10_000)
+            .filter(|_| Decision::root(0.1, None).sampled())
+            .count();
+        assert!(
+            (800..1200).contains(&sampled),
+            "{sampled} of 10,000 at 10 %"
+        );
+        assert!((0..100).all(|_| Decision::root(1.0, None).sampled()));
+        assert!((0..100).all(|_| !Decision::root(0.0, None).sampled()));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", PARENT.parse().expect("value"));
+        headers.insert("tracestate", "vendor=1".parse().expect("value"));
+        let parent = remote(&headers).expect("valid");
+        assert_eq!(Decision::root(0.0, Some(&parent)), Decision::Sampled);
+        let unsampled_parent = PARENT.replace("-01", "-00");
+        headers.insert("traceparent", unsampled_parent.parse().expect("value"));
+        let parent = remote(&headers).expect("valid");
+        let Decision::Unsampled(next) = Decision::root(1.0, Some(&parent)) else {
+            panic!("an unsampled parent's trace is not sampled");
+        };
+        assert!(
+            next.traceparent
+                .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
+        );
+        assert!(next.traceparent.ends_with("-00") && !next.sampled());
+        assert_ne!(next.traceparent, unsampled_parent, "a span id of its own");
+        assert_eq!(next.tracestate.as_deref(), Some("vendor=1"));
+        assert!(next.context().is_some(), "a valid traceparent");
+    }
+
+    #[test]
+    fn a_hop_follows_the_decision_it_was_told() {
+        let sampled = TraceHeaders {
+            traceparent: PARENT.into(),
+            tracestate: None,
+        };
+        assert!(sampled.sampled());
+        assert_eq!(Decision::follow(Some(&sampled), 0.0), Decision::Sampled);
+        let unsampled = TraceHeaders {
+            traceparent: PARENT.replace("-01", "-00"),
+            tracestate: None,
+        };
+        assert_eq!(
+            Decision::follow(Some(&unsampled), 1.0),
+            Decision::Unsampled(unsampled.clone())
+        );
+        assert!(Decision::follow(None, 1.0).sampled());
+        assert!(!Decision::follow(None, 0.0).sampled());
+        assert_eq!(Decision::Off.headers(&Span::none()), None);
     }
 
     #[test]

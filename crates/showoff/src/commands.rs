@@ -21,7 +21,7 @@ pub async fn run(
     file: FileValues,
     client_file: Option<ClientFile>,
     log_control: LogControl,
-    trace: bool,
+    trace: Option<f64>,
 ) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args, &env, &file, log_control, trace).await,
@@ -51,7 +51,7 @@ pub async fn run(
             let transport =
                 client_file::transport_args(&file, &args.transport).map_err(anyhow::Error::msg)?;
             client_file::apply_transport(&mut config, &transport);
-            config.trace = trace;
+            (config.trace, config.trace_sample) = (trace.is_some(), trace.unwrap_or(1.0));
             let inspect = crate::inspector::merge(&args.inspect, &file.inspect())?;
             run_client(config, args.json, &inspect).await
         }
@@ -224,7 +224,7 @@ async fn server(
     env: &HashMap<String, String>,
     file: &FileValues,
     log_control: LogControl,
-    trace: bool,
+    trace: Option<f64>,
 ) -> anyhow::Result<()> {
     let Loaded {
         mut config,
@@ -233,7 +233,8 @@ async fn server(
         token_path,
         tls_files,
     } = load_server(&args, env, file)?;
-    config.trace.enabled = trace;
+    config.trace.enabled = trace.is_some();
+    config.trace.sample = trace.unwrap_or(1.0);
     if args.check_config {
         print!("{}", settings::describe(&values));
         if let Some(table) = &services.token_table {
@@ -370,7 +371,7 @@ fn attach_auth_files(
     Ok(())
 }
 
-async fn client(kind: TunnelKind, args: TunnelArgs, trace: bool) -> anyhow::Result<()> {
+async fn client(kind: TunnelKind, args: TunnelArgs, trace: Option<f64>) -> anyhow::Result<()> {
     if let Some(version) = args.proxy_protocol {
         showoff_client::proxy_header::check_applies(kind, version)
             .map_err(|why| anyhow::anyhow!("--proxy-protocol: {why}"))?;
@@ -403,7 +404,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs, trace: bool) -> anyhow::Resu
     config.reconnect = !args.no_reconnect;
     config.tls = load_tls(&args.tls)?;
     client_file::apply_transport(&mut config, &args.transport);
-    config.trace = trace;
+    (config.trace, config.trace_sample) = (trace.is_some(), trace.unwrap_or(1.0));
     run_client(config, args.json, &args.inspect).await
 }
 

@@ -95,7 +95,9 @@ fn main() -> ExitCode {
             }
         };
     drop(entered);
-    let trace = telemetry.is_some();
+    let trace = telemetry
+        .is_some()
+        .then(|| globals.otlp.as_ref().map_or(1.0, |o| o.sample));
     let ran = runtime.block_on(async {
         let ran = commands::run(cli, env, file, client, log_control, trace).await;
         if let Some(telemetry) = telemetry {

@@ -116,7 +116,9 @@ where
             .build(),
     }
     .map_err(|e| format!("cannot export traces to {}: {e}", settings.endpoint))?;
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample)));
+    // Showoff decides sampling itself at each trace's root (`showoff_core::trace::Decision`) and
+    // makes no span for unsampled work, so every span that reaches the SDK is kept.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(sampler)

@@ -389,3 +389,38 @@ fn a_bad_export_setting_is_refused_at_start() {
         assert!(stderr.contains(says), "{flags:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_trusted_parent_decides_sampling_whatever_the_ratio() {
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.http_endpoint();
+    let export = ["--otlp-endpoint", &endpoint, "--trace-sample", "0"];
+    let mut flags = export.to_vec();
+    flags.extend(["--trace-trust", "127.0.0.0/8"]);
+    let server = server(&flags);
+    let (_client, host) = client(&server, port, "parented", &export);
+
+    // Sampled by the visitor: the whole trace is exported, the client's spans too, although
+    // both processes sample no new trace.
+    visit(&server, &host, "/sampled", &visitor_parent()).await;
+    let spans = receiver.until("the parent's sampled trace", |spans| {
+        named(spans, "target /sampled").is_some() && named(spans, "showoff.client.dial").is_some()
+    });
+    assert_eq!(span(&spans, "http.request")["trace_id"], VISITOR_TRACE);
+
+    // Not sampled by the visitor: nothing is exported, and the target hears the same trace,
+    // still not sampled.
+    let unsampled = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let echoed = visit(&server, &host, "/unsampled", unsampled).await;
+    assert!(
+        echoed.starts_with("00-5bf92f3577b34da6a3ce929d0e0e4736-") && echoed.ends_with("-00"),
+        "{echoed}"
+    );
+    assert_ne!(echoed, unsampled, "a span id of the server's own");
+    let exported = receiver.within(Duration::from_millis(1500));
+    assert!(
+        exported.iter().all(|s| !s.contains("5bf92f3577b34da6a3ce929d0e0e4736")),
+        "exported: {exported:#?}"
+    );
+}

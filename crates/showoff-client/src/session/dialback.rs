@@ -19,7 +19,7 @@ use super::{Conn, Ctx, framed};
 const POOL_RETRY: Duration = Duration::from_secs(1);
 
 /// Answers a `Dial` from the control connection: target first, then the data connection.
-pub(crate) async fn serve_dial(ctx: Arc<Ctx>, dial: Dial) {
+pub(crate) async fn serve_dial(ctx: Arc<Ctx>, mut dial: Dial) {
     let span = dial.span(&ctx);
     relay_dial(ctx, dial).instrument(span).await;
 }
@@ -94,7 +94,7 @@ pub(crate) async fn pool_slot(ctx: Arc<Ctx>, stop: CancellationToken, streams: T
             frame = conn.next() => frame,
         };
         match frame.and_then(Result::ok).and_then(Dial::from_frame) {
-            Some(dial) => {
+            Some(mut dial) => {
                 // Re-dial only once this stream is set up: the replacement's connect and
                 // handshake would otherwise compete with the visitor's first bytes.
                 let (set_up, wait) = tokio::sync::oneshot::channel();

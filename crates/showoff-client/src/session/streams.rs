@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use showoff_core::TraceHeaders;
-use showoff_core::trace::TARGET;
+use showoff_core::trace::{Decision, TARGET};
 use showoff_proto::{ClientMessage, HANDSHAKE_TIMEOUT, ServerMessage};
 use tokio::io::AsyncWriteExt;
 use tracing::field::Empty;
@@ -29,6 +29,8 @@ pub(crate) struct Dial {
     pub(crate) visitor_addr: String,
     /// The server's pairing span, when it traces.
     pub(crate) trace: Option<TraceHeaders>,
+    /// Spans are made for this stream (set by [`Dial::span`]).
+    traced: bool,
 }
 
 impl Dial {
@@ -49,15 +51,19 @@ impl Dial {
                     traceparent: traceparent.into(),
                     tracestate: tracestate.map(Into::into),
                 }),
+                traced: false,
             }),
             _ => None,
         }
     }
 
     /// The stream's span (`SERVER`), a child of the server's pairing span when the server
-    /// sent one; [`tracing::Span::none`] when tracing is off.
-    pub(crate) fn span(&self, ctx: &Ctx) -> tracing::Span {
-        if !ctx.trace {
+    /// sent one; [`tracing::Span::none`] when tracing is off or the trace is not sampled (the
+    /// server's decision, or the client's ratio for a stream the server did not trace).
+    pub(crate) fn span(&mut self, ctx: &Ctx) -> tracing::Span {
+        self.traced =
+            ctx.trace && Decision::follow(self.trace.as_ref(), ctx.trace_sample).sampled();
+        if !self.traced {
             return tracing::Span::none();
         }
         let span = tracing::info_span!(
@@ -89,7 +95,7 @@ pub(crate) async fn dial_target(
         .get(&dial.tunnel)
         .ok_or_else(|| format!("unknown tunnel {:?}", dial.tunnel))?;
     let visitor = dial.visitor_addr.parse().ok();
-    if !ctx.trace {
+    if !dial.traced {
         return target.open(visitor).await;
     }
     let span = tracing::info_span!(
@@ -118,7 +124,7 @@ pub(crate) async fn serve_opened(ctx: Arc<Ctx>, stream: ServerStream) {
     let Ok(Some(Ok(frame))) = frame else {
         return debug!("a stream from the server carried no dial");
     };
-    let Some(dial) = Dial::from_frame(frame) else {
+    let Some(mut dial) = Dial::from_frame(frame) else {
         return debug!("a stream from the server did not start with a dial");
     };
     let span = dial.span(&ctx);

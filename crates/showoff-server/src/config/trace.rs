@@ -3,13 +3,25 @@
 
 /// Tracing: whether the server makes spans (the binary installs the exporter that turns them
 /// into OpenTelemetry spans) and whose trace context it continues.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TraceConfig {
     /// Spans are made; off, the edges make none and pass `traceparent` through untouched.
     pub enabled: bool,
     /// Visitors whose `traceparent` is continued (trusted proxies' are too); anyone else's
     /// only becomes a link of a new trace.
     pub trust: Vec<ipnet::IpNet>,
+    /// Share of new traces sampled, 0 to 1 (decided at each root: request, connection, flow).
+    pub sample: f64,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            trust: Vec::new(),
+            sample: 1.0,
+        }
+    }
 }
 
 impl TraceConfig {

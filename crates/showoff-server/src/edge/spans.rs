@@ -8,23 +8,32 @@
 
 use std::net::SocketAddr;
 
-use showoff_core::trace::{self, TARGET};
+use showoff_core::trace::{self, Decision, TARGET};
 use tracing::Span;
 use tracing::field::Empty;
 
 use super::EdgeSettings;
 
-/// One visitor HTTP request (`SERVER`): continues the visitor's `traceparent` when the visitor
-/// is trusted, else starts a trace linked to it. Its trace id is recorded for the logs.
+/// One visitor HTTP request (`SERVER`), and how the request is traced. The decision is taken
+/// here: a trusted visitor's `traceparent` decides (and becomes the parent), anyone else's
+/// request is sampled at the configured ratio (and links to theirs). An unsampled request
+/// makes no span. A sampled one records its trace id for the logs.
 pub(crate) fn request(
     settings: &EdgeSettings,
     head: &super::http::head::RequestHead,
     peer: SocketAddr,
     scheme: &'static str,
     peer_hop: bool,
-) -> Span {
+) -> (Span, Decision) {
     if !settings.trace.enabled {
-        return Span::none();
+        return (Span::none(), Decision::Off);
+    }
+    let remote = trace::remote(&head.headers);
+    // A request another instance forwarded carries that instance's span: always continued.
+    let trusted = peer_hop || settings.trace.trusts(peer.ip(), &settings.proxy);
+    let decision = Decision::root(settings.trace.sample, remote.as_ref().filter(|_| trusted));
+    if !decision.sampled() {
+        return (Span::none(), decision);
     }
     let span = tracing::info_span!(
         target: TARGET,
@@ -41,19 +50,17 @@ pub(crate) fn request(
         showoff.error = Empty,
         trace_id = Empty,
     );
-    // A request another instance forwarded carries that instance's span: always continued.
-    let trusted = peer_hop || settings.trace.trusts(peer.ip(), &settings.proxy);
-    trace::adopt(&span, trace::remote(&head.headers), trusted);
+    trace::adopt(&span, remote, trusted);
     if let Some(id) = trace::trace_id(&span) {
         span.record("trace_id", id.as_str());
     }
-    span
+    (span, decision)
 }
 
 /// The exchange with the target through the tunnel (`CLIENT`): its context is what the
 /// target receives in `traceparent`.
-pub(crate) fn upstream(settings: &EdgeSettings, tunnel: &str) -> Span {
-    if !settings.trace.enabled {
+pub(crate) fn upstream(decision: &Decision, tunnel: &str) -> Span {
+    if !decision.sampled() {
         return Span::none();
     }
     tracing::info_span!(
@@ -69,8 +76,8 @@ pub(crate) fn upstream(settings: &EdgeSettings, tunnel: &str) -> Span {
 
 /// Pairing: a stream to the client is opened (or an idle one taken). The transport records
 /// which it is and whether its warm pool had a connection.
-pub(crate) fn open(settings: &EdgeSettings, tunnel: &str) -> Span {
-    if !settings.trace.enabled {
+pub(crate) fn open(decision: &Decision, tunnel: &str) -> Span {
+    if !decision.sampled() {
         return Span::none();
     }
     tracing::info_span!(
@@ -85,8 +92,8 @@ pub(crate) fn open(settings: &EdgeSettings, tunnel: &str) -> Span {
 }
 
 /// One hop to the cluster instance holding the tunnel (`CLIENT`).
-pub(crate) fn forward(settings: &EdgeSettings, tunnel: &str) -> Span {
-    if !settings.trace.enabled {
+pub(crate) fn forward(decision: &Decision, tunnel: &str) -> Span {
+    if !decision.sampled() {
         return Span::none();
     }
     tracing::info_span!(
@@ -106,11 +113,15 @@ pub(crate) fn connection(
     protocol: &'static str,
     tunnel: &str,
     peer: SocketAddr,
-) -> Span {
+) -> (Span, Decision) {
     if !settings.trace.enabled {
-        return Span::none();
+        return (Span::none(), Decision::Off);
     }
-    tracing::info_span!(
+    let decision = Decision::root(settings.trace.sample, None);
+    if !decision.sampled() {
+        return (Span::none(), decision);
+    }
+    let span = tracing::info_span!(
         target: TARGET,
         "showoff.connection",
         otel.kind = "server",
@@ -123,12 +134,13 @@ pub(crate) fn connection(
         showoff.bytes_in = Empty,
         showoff.bytes_out = Empty,
         showoff.error = Empty,
-    )
+    );
+    (span, decision)
 }
 
 /// One UDP flow (`SERVER`): a visitor address on a UDP tunnel, from its first datagram to
 /// its end (idle, the client's close, the tunnel's). The caller makes it only when tracing is
-/// on and keeps it beside the flow.
+/// on and the flow is sampled ([`Decision::root`]), and keeps it beside the flow.
 pub(crate) fn flow(tunnel: &str, visitor: SocketAddr, id: u64) -> Span {
     tracing::info_span!(
         target: TARGET,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use showoff_core::trace;
-use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, TraceHeaders, splice};
+use showoff_core::trace::Decision;
+use showoff_core::{Exchange, OpenError, Protocol, StreamMeta, splice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -83,12 +84,14 @@ pub(crate) async fn relay_visitor<V: AsyncRead + AsyncWrite + Unpin>(
         _ => Protocol::Tcp,
     };
     let started = Instant::now();
+    let (span, decision) =
+        spans::connection(&ctx.settings, protocol.as_str(), &tunnel.info.name, peer);
     let visit = Visit {
         peer,
         prefix,
         may_retry: true,
+        decision,
     };
-    let span = spans::connection(&ctx.settings, protocol.as_str(), &tunnel.info.name, peer);
     let relayed = relay(visitor, visit, &tunnel, ctx).instrument(span.clone());
     let (bytes_in, bytes_out, error) = match relayed.await {
         Ok((bytes_in, bytes_out)) => (bytes_in, bytes_out, None),
@@ -120,6 +123,8 @@ struct Visit {
     /// Whether a session that ends while the stream is set up may be replaced by its
     /// successor's (once).
     may_retry: bool,
+    /// How the connection is traced.
+    decision: Decision,
 }
 
 /// The checks, the stream and the splice; the bytes moved each way. A stream the client could
@@ -145,11 +150,11 @@ async fn relay<V: AsyncRead + AsyncWrite + Unpin>(
             EdgeError::from(full)
         })?;
     tunnel.touch();
-    let open = spans::open(&ctx.settings, &tunnel.info.name);
+    let open = spans::open(&visit.decision, &tunnel.info.name);
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),
         visitor_addr: peer,
-        trace: TraceHeaders::of(&open),
+        trace: visit.decision.headers(&open),
     };
     let opened = tunnel.opener.open(&meta).instrument(open.clone()).await;
     if let Err(error) = &opened {

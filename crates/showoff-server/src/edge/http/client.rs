@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use showoff_core::{StreamMeta, TraceHeaders};
+use showoff_core::StreamMeta;
+use showoff_core::trace::Decision;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::{Instrument, debug};
@@ -20,7 +21,6 @@ use super::head::RequestHead;
 use super::pool::{UpstreamConn, checkout};
 use super::relay::{Pace, pump_body, read_more};
 use super::response::{Asked, Response, parse_response};
-use crate::edge::EdgeSettings;
 use crate::edge::error::EdgeError;
 use crate::edge::spans;
 use crate::state::Tunnel;
@@ -56,7 +56,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         loop {
             let (mut up, reused) = match self.take_pinned(tunnel) {
                 Some(up) => (up, true),
-                None => traced_checkout(&self.ctx.settings, tunnel, meta).await?,
+                None => traced_checkout(&self.decision, tunnel, meta).await?,
             };
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, body_done)) => return Ok((up, resp, body_done)),
@@ -125,16 +125,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 /// An idle upstream connection of the tunnel's pool, or a new stream; traced as pairing,
 /// and the new stream's open message carries the pairing span's context.
 async fn traced_checkout(
-    settings: &EdgeSettings,
+    decision: &Decision,
     tunnel: &Tunnel,
     meta: &StreamMeta,
 ) -> Result<(UpstreamConn, bool), EdgeError> {
-    let span = spans::open(settings, &tunnel.info.name);
-    if span.is_disabled() {
+    if *decision == Decision::Off {
         return checkout(tunnel, meta).await;
     }
+    let span = spans::open(decision, &tunnel.info.name);
     let meta = StreamMeta {
-        trace: TraceHeaders::of(&span),
+        trace: decision.headers(&span),
         ..meta.clone()
     };
     let checked_out = checkout(tunnel, &meta).instrument(span.clone()).await;

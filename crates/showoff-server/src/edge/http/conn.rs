@@ -35,6 +35,8 @@ pub(crate) struct Conn<S> {
     /// The connection's log span (which records the tunnel); each request's trace span, when
     /// tracing is on, is entered inside it.
     pub(super) log_span: tracing::Span,
+    /// How the current request is traced.
+    pub(super) decision: showoff_core::trace::Decision,
 }
 
 /// How an exchange left the connection.
@@ -65,6 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             pinned: None,
             routed: None,
             log_span: tracing::Span::current(),
+            decision: Default::default(),
         }
     }
 
@@ -77,13 +80,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             };
             let host = head.host.name.clone();
             self.routed = None;
-            let span = spans::request(
+            let (span, decision) = spans::request(
                 &self.ctx.settings,
                 &head,
                 self.peer,
                 self.scheme.as_str(),
                 self.scheme == Scheme::Peer,
             );
+            self.decision = decision;
             match self.exchange(head).instrument(span.clone()).await {
                 Ok(Next::KeepAlive) => continue,
                 Ok(Next::Close) => {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use showoff_core::{Exchange, HttpExchange, Protocol, StreamMeta, TraceHeaders};
+use showoff_core::{Exchange, HttpExchange, Protocol, StreamMeta};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -180,8 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             visitor_addr: SocketAddr::new(forwarded.visitor, self.peer.port()),
             trace: None,
         };
-        let span = spans::upstream(&self.ctx.settings, &tunnel.info.name);
-        let trace = TraceHeaders::of(&span);
+        let span = spans::upstream(&self.decision, &tunnel.info.name);
+        let trace = self.decision.headers(&span);
         let request = encode_request(head, &tunnel.spec, forwarded, trace.as_ref());
         let sent = self.send(tunnel, &meta, head, &request);
         let (mut up, mut resp, body_done) = sent

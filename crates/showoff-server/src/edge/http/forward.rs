@@ -6,7 +6,7 @@
 //! visitor gets `404 tunnel_not_found`. A holder that cannot be dialled is looked up afresh
 //! once too (nothing was sent yet), so a lease that moved as its instance stopped is followed.
 
-use showoff_core::{LeaseKey, TraceHeaders};
+use showoff_core::LeaseKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
@@ -51,8 +51,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.scheme.as_str(),
             &self.ctx.settings.proxy,
         );
-        let span = spans::forward(&self.ctx.settings, name);
-        let trace = TraceHeaders::of(&span);
+        let span = spans::forward(&self.decision, name);
+        let trace = self.decision.headers(&span);
         let request = encode_forward(head, &forwarded, trace.as_ref());
         let stats = self.ctx.stats.clone();
         let turn = self.forward_turn(cluster, &key, head, &request);

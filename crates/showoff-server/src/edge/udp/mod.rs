@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use showoff_core::trace::Decision;
 use showoff_core::{DatagramDrop, Exchange, FlowTable, Protocol};
 use showoff_proto::datagram::{self, Datagram, FlowOpen, MAX_UDP_PAYLOAD};
 use tokio::net::UdpSocket;
@@ -226,7 +227,8 @@ impl Relay {
         self.next += 1;
         self.by_visitor.insert(visitor, flow_id, &self.flows);
         self.ctx.stats.udp.flow_opened();
-        if self.ctx.settings.trace.enabled {
+        let trace = &self.ctx.settings.trace;
+        if trace.enabled && Decision::root(trace.sample, None).sampled() {
             let span = spans::flow(&self.tunnel.info.name, visitor, flow_id);
             self.spans.insert(flow_id, span);
         }
