@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use showoff_core::trace::TARGET;
+use showoff_core::trace::{Decision, TARGET};
 use showoff_proto::{
     ClientMessage, FrameCodec, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, RefusedCode, Role,
     ServerMessage, TransportKind, TunnelInfo, TunnelSpec,
@@ -188,13 +188,14 @@ async fn serve(
 }
 
 /// The session's span (`CLIENT`), from the welcome to the session's end, with an event for each
-/// tunnel up, heartbeat loss and go-away; [`tracing::Span::none`] when tracing is off.
+/// tunnel up, heartbeat loss and go-away; [`tracing::Span::none`] when tracing is off or the
+/// session is not sampled.
 fn session_span(
     config: &ClientConfig,
     transport: &str,
     tunnels: &[(TunnelInfo, String)],
 ) -> tracing::Span {
-    if !config.trace {
+    if !config.trace || !Decision::root(config.trace_sample, None).sampled() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(

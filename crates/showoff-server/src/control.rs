@@ -70,8 +70,8 @@ pub(crate) struct ControlSettings {
     pub(crate) data_port: u16,
     /// The QUIC listener's UDP port, told to clients in `Welcome`; `None` when QUIC is off.
     pub(crate) quic_port: Option<u16>,
-    /// Sessions are traced (a span each, with events).
-    pub(crate) trace: bool,
+    /// Sessions are traced (a span each, with events), this share of them (`None`: off).
+    pub(crate) trace: Option<f64>,
 }
 
 /// Starts serving visitors on a TCP tunnel's bound public port (the TCP edge does).
@@ -181,7 +181,7 @@ pub(crate) mod tests {
             udp_flow_idle: Duration::from_secs(120),
             data_port: 7001,
             quic_port: None,
-            trace: false,
+            trace: None,
         }
     }
 

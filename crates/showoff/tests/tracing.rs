@@ -420,7 +420,53 @@ async fn a_trusted_parent_decides_sampling_whatever_the_ratio() {
     assert_ne!(echoed, unsampled, "a span id of the server's own");
     let exported = receiver.within(Duration::from_millis(1500));
     assert!(
-        exported.iter().all(|s| !s.contains("5bf92f3577b34da6a3ce929d0e0e4736")),
+        exported
+            .iter()
+            .all(|s| !s.contains("5bf92f3577b34da6a3ce929d0e0e4736")),
         "exported: {exported:#?}"
+    );
+}
+
+#[tokio::test]
+async fn each_control_session_is_a_span_with_its_events() {
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.http_endpoint();
+    let server = server(&["--otlp-endpoint", &endpoint, "--shutdown-grace", "2s"]);
+    let (_client, _host) = client(&server, port, "sessions", &["--otlp-endpoint", &endpoint]);
+    // The server drains: it says go-away, and both sessions end and are exported.
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let spans = receiver.until("both session spans", |spans| {
+        named(spans, "showoff.session").is_some()
+            && named(spans, "showoff.client.session").is_some()
+    });
+    let session = span(&spans, "showoff.session");
+    assert_eq!(session["service"], "showoff-server");
+    let events = session["events"].as_array().expect("events");
+    for event in ["auth", "open", "go_away"] {
+        assert!(events.iter().any(|e| e == event), "{event} in {session:#}");
+    }
+    assert!(
+        session["attributes"]["showoff.session"].is_string(),
+        "{session:#}"
+    );
+    assert_eq!(session["attributes"]["showoff.transport"], "tcp");
+    assert!(
+        session["attributes"]["showoff.end_reason"].is_string(),
+        "{session:#}"
+    );
+    let client = span(&spans, "showoff.client.session");
+    assert_eq!(client["service"], "showoff-client");
+    let events = client["events"].as_array().expect("events");
+    for event in ["open", "go_away"] {
+        assert!(events.iter().any(|e| e == event), "{event} in {client:#}");
+    }
+    assert_eq!(
+        client["attributes"]["server.address"],
+        server.addr("control").to_string()
     );
 }

@@ -148,9 +148,12 @@ pub(crate) async fn serve_stream(
 
 /// The control session's span (`SERVER`), from the handshake to the session's end, with events
 /// for authentication, each tunnel opened or closed, heartbeat loss and go-away; made only when
-/// tracing is on.
+/// tracing is on and the session is sampled (a root like any other).
 fn session_span(ctx: &ControlContext, peer: SocketAddr) -> tracing::Span {
-    if !ctx.settings.trace {
+    let Some(ratio) = ctx.settings.trace else {
+        return tracing::Span::none();
+    };
+    if !showoff_core::trace::Decision::root(ratio, None).sampled() {
         return tracing::Span::none();
     }
     tracing::info_span!(

@@ -429,7 +429,7 @@ fn control_settings(
         udp_flow_idle: config.udp.flow_idle,
         data_port,
         quic_port,
-        trace: config.trace.enabled,
+        trace: config.trace.enabled.then_some(config.trace.sample),
     }
 }
 
