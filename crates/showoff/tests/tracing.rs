@@ -150,6 +150,44 @@ fn server(flags: &[&str]) -> ServerProcess {
     ServerProcess::start_with_env(Path::new(BIN), &flags, &FAST_BATCHES)
 }
 
+/// Everything one test runs: the receiver, the instrumented target, a server and `showoff
+/// http` for the target, both exporting to the receiver.
+struct Rig {
+    receiver: Receiver,
+    server: ServerProcess,
+    /// The tunnel's public host.
+    host: String,
+    /// The target's port.
+    port: u16,
+    _target: Reaper,
+    _client: Reaper,
+}
+
+/// A [`Rig`] whose tunnel is `name`; `both` are flags for the server and the client besides the
+/// endpoint (sampling), `server_only` the server's own; `grpc` exports over gRPC.
+fn rig(name: &str, both: &[&str], server_only: &[&str], grpc: bool) -> Rig {
+    let receiver = Receiver::start();
+    let (target, port) = target(&receiver);
+    let endpoint = if grpc {
+        receiver.grpc_endpoint()
+    } else {
+        receiver.http_endpoint()
+    };
+    let protocol = if grpc { "grpc" } else { "http" };
+    let mut export = vec!["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol];
+    export.extend(both);
+    let server = server(&[export.as_slice(), server_only].concat());
+    let (client, host) = client(&server, port, name, &export);
+    Rig {
+        receiver,
+        server,
+        host,
+        port,
+        _target: target,
+        _client: client,
+    }
+}
+
 fn named<'a>(spans: &'a [Value], name: &str) -> Option<&'a Value> {
     spans.iter().find(|s| s["name"] == name)
 }
@@ -192,12 +230,14 @@ fn visitor_parent() -> String {
 
 #[tokio::test]
 async fn a_request_is_one_trace_from_the_server_through_the_client_to_the_target() {
-    let receiver = Receiver::start();
-    let (_target, port) = target(&receiver);
-    let endpoint = receiver.http_endpoint();
-    let server = server(&["--otlp-endpoint", &endpoint]);
-    let (_client, host) = client(&server, port, "traced", &["--otlp-endpoint", &endpoint]);
-    let echoed = visit(&server, &host, "/hello", &visitor_parent()).await;
+    let Rig {
+        receiver,
+        server,
+        host,
+        port,
+        ..
+    } = &rig("traced", &[], &[], false);
+    let echoed = visit(server, host, "/hello", &visitor_parent()).await;
 
     let spans = receiver.until("complete trace", |spans| {
         [
@@ -276,20 +316,19 @@ async fn a_request_is_one_trace_from_the_server_through_the_client_to_the_target
 
 #[tokio::test]
 async fn a_trusted_visitor_continues_its_trace_over_grpc_and_logs_carry_the_trace_id() {
-    let receiver = Receiver::start();
-    let (_target, port) = target(&receiver);
-    let endpoint = receiver.grpc_endpoint();
-    let export = ["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"];
-    let mut flags = export.to_vec();
-    flags.extend([
+    let own = [
         "--trace-trust",
         "127.0.0.0/8",
         "--log-level",
         "info,showoff_server=debug",
-    ]);
-    let server = server(&flags);
-    let (_client, host) = client(&server, port, "trusted", &export);
-    visit(&server, &host, "/continued", &visitor_parent()).await;
+    ];
+    let Rig {
+        receiver,
+        server,
+        host,
+        ..
+    } = &rig("trusted", &[], &own, true);
+    visit(server, host, "/continued", &visitor_parent()).await;
 
     let spans = receiver.until("the continued trace", |spans| {
         named(spans, "target /continued").is_some() && named(spans, "showoff.client.dial").is_some()
@@ -343,15 +382,15 @@ async fn a_trusted_visitor_continues_its_trace_over_grpc_and_logs_carry_the_trac
 
 #[tokio::test]
 async fn sampling_zero_exports_nothing_and_tells_the_target_so() {
-    let receiver = Receiver::start();
-    let (_target, port) = target(&receiver);
-    let endpoint = receiver.http_endpoint();
-    let off = ["--otlp-endpoint", &endpoint, "--trace-sample", "0"];
-    let server = server(&off);
-    let (_client, host) = client(&server, port, "unsampled", &off);
+    let Rig {
+        receiver,
+        server,
+        host,
+        ..
+    } = &rig("unsampled", &["--trace-sample", "0"], &[], false);
     for i in 0..5 {
         // An untrusted visitor asking for sampling does not get it.
-        let echoed = visit(&server, &host, &format!("/{i}"), &visitor_parent()).await;
+        let echoed = visit(server, host, &format!("/{i}"), &visitor_parent()).await;
         assert!(
             echoed.starts_with("00-") && echoed.ends_with("-00"),
             "{echoed}"
@@ -392,18 +431,17 @@ fn a_bad_export_setting_is_refused_at_start() {
 
 #[tokio::test]
 async fn a_trusted_parent_decides_sampling_whatever_the_ratio() {
-    let receiver = Receiver::start();
-    let (_target, port) = target(&receiver);
-    let endpoint = receiver.http_endpoint();
-    let export = ["--otlp-endpoint", &endpoint, "--trace-sample", "0"];
-    let mut flags = export.to_vec();
-    flags.extend(["--trace-trust", "127.0.0.0/8"]);
-    let server = server(&flags);
-    let (_client, host) = client(&server, port, "parented", &export);
+    let trust = ["--trace-trust", "127.0.0.0/8"];
+    let Rig {
+        receiver,
+        server,
+        host,
+        ..
+    } = &rig("parented", &["--trace-sample", "0"], &trust, false);
 
     // Sampled by the visitor: the whole trace is exported, the client's spans too, although
     // both processes sample no new trace.
-    visit(&server, &host, "/sampled", &visitor_parent()).await;
+    visit(server, host, "/sampled", &visitor_parent()).await;
     let spans = receiver.until("the parent's sampled trace", |spans| {
         named(spans, "target /sampled").is_some() && named(spans, "showoff.client.dial").is_some()
     });
@@ -412,7 +450,7 @@ async fn a_trusted_parent_decides_sampling_whatever_the_ratio() {
     // Not sampled by the visitor: nothing is exported, and the target hears the same trace,
     // still not sampled.
     let unsampled = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-    let echoed = visit(&server, &host, "/unsampled", unsampled).await;
+    let echoed = visit(server, host, "/unsampled", unsampled).await;
     assert!(
         echoed.starts_with("00-5bf92f3577b34da6a3ce929d0e0e4736-") && echoed.ends_with("-00"),
         "{echoed}"
@@ -429,11 +467,10 @@ async fn a_trusted_parent_decides_sampling_whatever_the_ratio() {
 
 #[tokio::test]
 async fn each_control_session_is_a_span_with_its_events() {
-    let receiver = Receiver::start();
-    let (_target, port) = target(&receiver);
-    let endpoint = receiver.http_endpoint();
-    let server = server(&["--otlp-endpoint", &endpoint, "--shutdown-grace", "2s"]);
-    let (_client, _host) = client(&server, port, "sessions", &["--otlp-endpoint", &endpoint]);
+    let grace = ["--shutdown-grace", "2s"];
+    let Rig {
+        receiver, server, ..
+    } = &rig("sessions", &[], &grace, false);
     // The server drains: it says go-away, and both sessions end and are exported.
     let killed = Command::new("kill")
         .args(["-TERM", &server.child.pid().to_string()])
