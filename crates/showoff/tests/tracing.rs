@@ -5,7 +5,8 @@
 //! request must come out as one trace: server request → upstream exchange → stream pairing →
 //! the client's stream → its target dial, and the target's own span under the upstream
 //! exchange. An untrusted visitor's `traceparent` is only linked; a trusted one's is the
-//! parent; sampling 0 exports nothing. `scripts/test` installs the Python packages
+//! parent; sampling 0 exports nothing; a request forwarded between two instances of a cluster
+//! (real `redis-server`) stays one trace. `scripts/test` installs the Python packages
 //! (`tests/otel/requirements.txt`).
 
 use std::ffi::OsStr;
@@ -506,4 +507,55 @@ async fn each_control_session_is_a_span_with_its_events() {
         client["attributes"]["server.address"],
         server.addr("control").to_string()
     );
+}
+
+#[tokio::test]
+async fn a_request_forwarded_to_the_instance_holding_the_tunnel_stays_one_trace() {
+    let redis = showoff_testkit::redis::RedisServer::start();
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.http_endpoint();
+    let url = format!("redis://{}", redis.addr);
+    let instance = |name| {
+        server(&[
+            "--otlp-endpoint",
+            &endpoint,
+            "--cluster-redis",
+            &url,
+            "--instance",
+            name,
+            "--peer-addr",
+            "127.0.0.1:0",
+            "--cluster-secret",
+            "a-cluster-secret-for-the-test",
+        ])
+    };
+    let holder = instance("holder");
+    let other = instance("other");
+    let (_client, host) = client(&holder, port, "clustered", &["--otlp-endpoint", &endpoint]);
+    // The visitor reaches the instance that does not hold the tunnel.
+    visit(&other, &host, "/hop", &visitor_parent()).await;
+
+    let spans = receiver.until("the forwarded trace", |spans| {
+        named(spans, "showoff.forward").is_some()
+            && named(spans, "target /hop").is_some()
+            && spans.iter().filter(|s| s["name"] == "http.request").count() == 2
+    });
+    let forward = span(&spans, "showoff.forward");
+    let requests: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["name"] == "http.request")
+        .collect();
+    let (first, second) = if requests[0]["parent_span_id"] == "" {
+        (requests[0], requests[1])
+    } else {
+        (requests[1], requests[0])
+    };
+    child_of(forward, first);
+    child_of(second, forward);
+    let upstream = span(&spans, "showoff.upstream");
+    child_of(upstream, second);
+    child_of(span(&spans, "target /hop"), upstream);
+    assert_eq!(forward["kind"], 3, "CLIENT");
+    assert_eq!(second["attributes"]["showoff.tunnel"], "clustered");
 }
