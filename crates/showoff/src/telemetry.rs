@@ -129,6 +129,8 @@ where
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        .with_target(false)
+        .with_level(false)
         .with_tracked_inactivity(false)
         .with_filter(
             Targets::new().with_target(showoff_core::trace::TARGET, tracing::Level::TRACE),

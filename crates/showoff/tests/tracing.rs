@@ -121,15 +121,16 @@ fn target(receiver: &Receiver) -> (Reaper, u16) {
 
 /// `showoff http PORT` against `server`, named `name`, with `flags`; its public host.
 fn client(server: &ServerProcess, port: u16, name: &str, flags: &[&str]) -> (Reaper, String) {
+    let mut flags = flags.to_vec();
+    flags.extend(["--name", name, "--no-inspect"]);
+    let (child, url) = client_of("http", server, port, &flags);
+    (child, url.trim_start_matches("http://").to_string())
+}
+
+/// `showoff KIND PORT` against `server` with `flags`; its public URL.
+fn client_of(kind: &str, server: &ServerProcess, port: u16, flags: &[&str]) -> (Reaper, String) {
     let mut child = Command::new(BIN)
-        .args([
-            "http",
-            &port.to_string(),
-            "--name",
-            name,
-            "--json",
-            "--no-inspect",
-        ])
+        .args([kind, &port.to_string(), "--json"])
         .args(["--server", &server.addr("control").to_string()])
         .args(flags)
         .envs(FAST_BATCHES)
@@ -142,8 +143,8 @@ fn client(server: &ServerProcess, port: u16, name: &str, flags: &[&str]) -> (Rea
         l.contains("\"connected\"")
     });
     let up: Value = serde_json::from_str(&up).expect("JSON");
-    let url = up["public_url"].as_str().expect("url");
-    (Reaper(child), url.trim_start_matches("http://").to_string())
+    let url = up["public_url"].as_str().expect("url").to_string();
+    (Reaper(child), url)
 }
 
 fn server(flags: &[&str]) -> ServerProcess {
@@ -558,4 +559,85 @@ async fn a_request_forwarded_to_the_instance_holding_the_tunnel_stays_one_trace(
     child_of(span(&spans, "target /hop"), upstream);
     assert_eq!(forward["kind"], 3, "CLIENT");
     assert_eq!(second["attributes"]["showoff.tunnel"], "clustered");
+}
+
+#[tokio::test]
+async fn tcp_connections_and_udp_flows_are_spans() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let receiver = Receiver::start();
+    let (_target, port) = target(&receiver);
+    let endpoint = receiver.http_endpoint();
+    let ports = [
+        "--tcp-ports",
+        "0-0",
+        "--udp-ports",
+        "0-0",
+        "--udp-flow-idle",
+        "1s",
+    ];
+    let server = server(&[&["--otlp-endpoint", endpoint.as_str()], &ports[..]].concat());
+    let export = ["--otlp-endpoint", endpoint.as_str()];
+    let (_tcp, tcp_url) = client_of("tcp", &server, port, &export);
+
+    // A UDP echo as the UDP tunnel's target.
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let echo_port = echo.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let (_udp, udp_url) = client_of("udp", &server, echo_port, &export);
+
+    let tcp_addr = tcp_url.trim_start_matches("tcp://");
+    let mut conn = tokio::net::TcpStream::connect(tcp_addr)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /raw HTTP/1.0\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.expect("read");
+    assert!(answer.starts_with(b"HTTP/1.0 200"), "{answer:?}");
+    drop(conn);
+
+    let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    visitor
+        .send_to(b"ping", udp_url.trim_start_matches("udp://"))
+        .await
+        .expect("send");
+    let mut buf = [0u8; 16];
+    let got = tokio::time::timeout(Duration::from_secs(10), visitor.recv(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("recv");
+    assert_eq!(&buf[..got], b"ping");
+
+    // The flow ends after its idle second; the connection ended with the target's close.
+    let spans = receiver.until("the connection's and the flow's spans", |spans| {
+        named(spans, "showoff.flow").is_some()
+            && named(spans, "showoff.connection").is_some()
+            && named(spans, "showoff.client.dial").is_some()
+    });
+    let connection = span(&spans, "showoff.connection");
+    assert_eq!(connection["kind"], 2, "SERVER");
+    assert_eq!(connection["attributes"]["showoff.protocol"], "tcp");
+    assert_eq!(
+        connection["attributes"]["showoff.bytes_in"],
+        "GET /raw HTTP/1.0\r\nHost: t\r\n\r\n".len()
+    );
+    let open = span(&spans, "showoff.stream.open");
+    child_of(open, connection);
+    let stream = span(&spans, "showoff.client.stream");
+    child_of(stream, open);
+    child_of(span(&spans, "showoff.client.dial"), stream);
+    let flow = span(&spans, "showoff.flow");
+    assert_eq!(flow["attributes"]["showoff.bytes_in"], 4);
+    assert_eq!(flow["attributes"]["showoff.bytes_out"], 4);
+    assert_eq!(flow["attributes"]["showoff.end_reason"], "idle");
 }
