@@ -138,6 +138,18 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// [`Decision::headers`] lent to `f` instead of cloned (a request head is written from
+    /// them once).
+    pub fn with_headers<R>(&self, span: &Span, f: impl FnOnce(Option<&TraceHeaders>) -> R) -> R {
+        match self {
+            Self::Off => f(None),
+            Self::Unsampled(headers) => f(Some(headers)),
+            Self::Sampled => f(TraceHeaders::of(span).as_ref()),
+        }
+    }
+}
+
 /// OpenTelemetry's ratio rule: sampled when the trace id's low 63 bits fall under `ratio`.
 fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
     if ratio >= 1.0 {

@@ -181,8 +181,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             trace: None,
         };
         let span = spans::upstream(&self.decision, &tunnel.info.name);
-        let trace = self.decision.headers(&span);
-        let request = encode_request(head, &tunnel.spec, forwarded, trace.as_ref());
+        let request = self.decision.with_headers(&span, |trace| {
+            encode_request(head, &tunnel.spec, forwarded, trace)
+        });
         let sent = self.send(tunnel, &meta, head, &request);
         let (mut up, mut resp, body_done) = sent
             .instrument(span.clone())

@@ -52,8 +52,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             &self.ctx.settings.proxy,
         );
         let span = spans::forward(&self.decision, name);
-        let trace = self.decision.headers(&span);
-        let request = encode_forward(head, &forwarded, trace.as_ref());
+        let request = self
+            .decision
+            .with_headers(&span, |trace| encode_forward(head, &forwarded, trace));
         let stats = self.ctx.stats.clone();
         let turn = self.forward_turn(cluster, &key, head, &request);
         let (addr, mut up, mut resp, body_done) = match turn.instrument(span.clone()).await {

@@ -56,7 +56,8 @@ impl Upstream {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take_idle(&self) -> Option<UpstreamConn> {
+    /// The newest idle connection that is still open (closed ones are dropped on the way).
+    pub(crate) fn take_idle(&self) -> Option<UpstreamConn> {
         loop {
             let mut conn = self.idle().pop()?;
             if conn.is_idle_and_open() {
