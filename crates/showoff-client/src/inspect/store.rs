@@ -107,19 +107,29 @@ impl Store {
     }
 
     /// Reserves `bytes` for a capture, evicting the oldest entries if needed; `false` when even
-    /// that leaves no room (the caller cuts its body and counts the drop).
+    /// that leaves no room (the caller cuts its body and counts the drop). The count of bytes
+    /// held never passes the budget on the way: room is made first, then taken at once.
     pub(crate) fn reserve(&self, bytes: usize) -> bool {
-        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes <= self.budget {
-            return true;
+        loop {
+            let used = self.used.load(Ordering::Relaxed);
+            if used + bytes <= self.budget {
+                let taken = self.used.compare_exchange_weak(
+                    used,
+                    used + bytes,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if taken.is_ok() {
+                    return true;
+                }
+                continue;
+            }
+            let (evicted, spilled) = self.evict_for(bytes);
+            drop(spilled);
+            if evicted == 0 {
+                return false;
+            }
         }
-        let evicted = self.evict_for();
-        let fits = self.used.load(Ordering::Relaxed) <= self.budget;
-        drop(evicted);
-        if !fits {
-            self.release(bytes);
-        }
-        fits
     }
 
     /// Gives back bytes a capture reserved and no longer holds.
@@ -127,25 +137,27 @@ impl Store {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// Removes the oldest entries until the budget holds or none is left. Entries without a
-    /// spilled body are freed at once; the others are returned, so their files are removed
-    /// after the lock is released.
-    fn evict_for(&self) -> Vec<Arc<Entry>> {
+    /// Removes the oldest entries until `extra` more bytes fit in the budget, or none is left;
+    /// how many went. Entries without a spilled body are freed at once; the others are
+    /// returned, so their files are removed after the lock is released.
+    fn evict_for(&self, extra: usize) -> (usize, Vec<Arc<Entry>>) {
         let mut entries = self.entries();
         let mut spilled = Vec::new();
-        while self.used.load(Ordering::Relaxed) > self.budget {
+        let mut evicted = 0;
+        while self.used.load(Ordering::Relaxed) + extra > self.budget {
             let Some(oldest) = entries.pop_front() else {
                 break;
             };
             self.used.fetch_sub(oldest.memory(), Ordering::Relaxed);
             self.drops.evicted.fetch_add(1, Ordering::Relaxed);
+            evicted += 1;
             if oldest.spills() {
                 spilled.push(oldest);
             } else {
                 self.reclaim(oldest);
             }
         }
-        spilled
+        (evicted, spilled)
     }
 
     /// Keeps the large body buffers of an evicted entry nobody else holds, within
@@ -186,12 +198,9 @@ impl Store {
     /// reserved here (`reserved` is what the capture holds for it). Returns the stored entry.
     pub(crate) fn insert(&self, entry: Entry, reserved: usize) -> Arc<Entry> {
         let entry = Arc::new(entry);
-        let memory = entry.memory();
-        self.account(memory, reserved);
+        self.account(entry.memory(), reserved);
         self.entries().push_back(entry.clone());
-        if self.used.load(Ordering::Relaxed) > self.budget {
-            drop(self.evict_for());
-        }
+        self.settle();
         self.announce(StoreEvent::Entry(entry.clone()));
         entry
     }
@@ -213,7 +222,7 @@ impl Store {
             }
         };
         self.account(memory, old.as_ref().map_or(0, |e| e.memory()));
-        drop(self.evict_for());
+        self.settle();
         self.announce(StoreEvent::Entry(entry));
     }
 
@@ -224,10 +233,21 @@ impl Store {
         }
     }
 
-    /// Moves the budget from `held` bytes to `memory` bytes.
+    /// An entry larger than all the room there was went past the budget: it goes too.
+    fn settle(&self) {
+        if self.used.load(Ordering::Relaxed) > self.budget {
+            drop(self.evict_for(0));
+        }
+    }
+
+    /// Moves the budget from `held` bytes to `memory` bytes, making room for the growth first
+    /// (heads are stored whatever happens: past the budget only when nothing older is left).
     fn account(&self, memory: usize, held: usize) {
         if memory >= held {
-            self.used.fetch_add(memory - held, Ordering::Relaxed);
+            let grow = memory - held;
+            if !self.reserve(grow) {
+                self.used.fetch_add(grow, Ordering::Relaxed);
+            }
         } else {
             self.release(held - memory);
         }
@@ -323,6 +343,41 @@ mod tests {
         assert_eq!(ids.first(), Some(&100), "newest first");
         assert!(ids.len() >= 5 && ids.len() < 10, "{ids:?}");
         assert!(store.drop_counts().evicted >= 90);
+    }
+
+    #[test]
+    fn the_count_never_passes_the_budget_while_captures_race() {
+        // CI once read 1.5 KB over the budget: reservations and heads were added first and
+        // evicted for after, and a reader in between saw the sum.
+        let store = Arc::new(Store::new(20_000));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !done.load(Ordering::Relaxed) {
+                    peak = peak.max(store.used());
+                }
+                peak
+            })
+        };
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        capture(&store, 200 + (w * 997 + i * 131) % 1_800);
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        done.store(true, Ordering::Relaxed);
+        let peak = watcher.join().expect("watcher");
+        assert!(peak <= store.budget(), "peak {peak} over {}", store.budget());
+        assert!(store.drop_counts().evicted > 0);
     }
 
     #[test]
