@@ -376,7 +376,11 @@ mod tests {
         }
         done.store(true, Ordering::Relaxed);
         let peak = watcher.join().expect("watcher");
-        assert!(peak <= store.budget(), "peak {peak} over {}", store.budget());
+        assert!(
+            peak <= store.budget(),
+            "peak {peak} over {}",
+            store.budget()
+        );
         assert!(store.drop_counts().evicted > 0);
     }
 
