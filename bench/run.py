@@ -176,17 +176,24 @@ def self_signed(workdir, ips=("127.0.0.1",)):
     return cert, key
 
 
-def start_showoff(nginx_port, workdir):
-    """Dial-back HTTP and TCP tunnels and a mux TCP tunnel on a plain server; a QUIC TCP
-    tunnel on a second server with a certificate and the QUIC listener."""
-    control, data, http = free_port(), free_port(), free_port()
+def start_server(what, extra=(), control=None):
+    """A `showoff server` on free loopback ports (TCP tunnels on any port), with `extra`
+    flags; waits for its control listener. Returns it and its control port."""
+    control = control or free_port()
     server = Proc(
         "server",
         [str(SHOWOFF), "server", "--log-level", "warn",
-         "--control-addr", f"127.0.0.1:{control}", "--data-addr", f"127.0.0.1:{data}",
-         "--http-addr", f"127.0.0.1:{http}", "--tcp-ports", "0-0"],
+         "--control-addr", f"127.0.0.1:{control}", "--data-addr", f"127.0.0.1:{free_port()}",
+         "--http-addr", f"127.0.0.1:{free_port()}", "--tcp-ports", "0-0", *extra],
     )
-    wait_port(control, "showoff server")
+    wait_port(control, what)
+    return server, control
+
+
+def start_showoff(nginx_port, workdir):
+    """Dial-back HTTP and TCP tunnels and a mux TCP tunnel on a plain server; a QUIC TCP
+    tunnel on a second server with a certificate and the QUIC listener."""
+    server, control = start_server("showoff server")
     systems, clients = [], []
     # `showoff http` captures every exchange for its inspector by default; the same tunnel
     # with --no-inspect shows what the capture costs. Both --quiet: no request lines.
@@ -204,16 +211,13 @@ def start_showoff(nginx_port, workdir):
     traced, traced_procs = start_traced(nginx_port)
     systems += traced
     cert, key = self_signed(workdir)
-    qcontrol, qdata, qhttp = free_port(), free_port(), free_port()
-    quic_server = Proc(
-        "server",
-        [str(SHOWOFF), "server", "--log-level", "warn",
-         "--control-addr", f"127.0.0.1:{qcontrol}", "--data-addr", f"127.0.0.1:{qdata}",
-         "--http-addr", f"127.0.0.1:{qhttp}", "--tcp-ports", "0-0", "--admin-addr", "off",
-         "--quic-addr",
-         f"127.0.0.1:{qcontrol}", "--tls-cert", str(cert), "--tls-key", str(key)],
+    qcontrol = free_port()
+    quic_server, _ = start_server(
+        "showoff QUIC server",
+        ["--admin-addr", "off", "--quic-addr", f"127.0.0.1:{qcontrol}",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        control=qcontrol,
     )
-    wait_port(qcontrol, "showoff QUIC server")
     client, port = start_client("tcp", nginx_port, qcontrol, "bench-quic",
                                 ["--transport", "quic", "--tls-ca", str(cert)])
     systems.append(System("showoff_tcp_quic", port, None, [quic_server, client]))
@@ -230,14 +234,7 @@ def start_traced(nginx_port):
     systems, procs = [], [sink]
     for name, ratio in (("showoff_http_trace1", "0.01"), ("showoff_http_trace100", "1")):
         export = ["--otlp-endpoint", f"http://127.0.0.1:{sink_port}", "--trace-sample", ratio]
-        control, data, http = free_port(), free_port(), free_port()
-        server = Proc(
-            "server",
-            [str(SHOWOFF), "server", "--log-level", "warn", "--admin-addr", "off",
-             "--control-addr", f"127.0.0.1:{control}", "--data-addr", f"127.0.0.1:{data}",
-             "--http-addr", f"127.0.0.1:{http}", "--tcp-ports", "0-0", *export],
-        )
-        wait_port(control, "traced showoff server")
+        server, control = start_server("traced showoff server", ["--admin-addr", "off", *export])
         tunnel = "bench-" + name.replace("_", "-")
         client, port = start_client("http", nginx_port, control, tunnel,
                                     ["--quiet", "--no-inspect", *export])

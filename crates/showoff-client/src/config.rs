@@ -87,12 +87,11 @@ pub struct ClientConfig {
     pub quic_probe_interval: Duration,
     /// Captures every exchange of the `http` tunnels when set (the traffic inspector).
     pub inspector: Option<crate::inspect::Inspector>,
-    /// Makes spans (session, stream, target dial) that join the server's traces; the binary
-    /// installs the exporter. Off: no span is made.
-    pub trace: bool,
-    /// Share of the streams the server did not trace (no `traceparent` came with them) that are
-    /// sampled, 0 to 1; streams the server traced follow its decision.
-    pub trace_sample: f64,
+    /// Makes spans (session, stream, target dial) that join the server's traces, when set; the
+    /// binary installs the exporter. The value is the share of new traces sampled, 0 to 1: the
+    /// client's sessions and the streams the server did not trace (no `traceparent` came with
+    /// them); streams the server traced follow its decision. `None`: no span is made.
+    pub trace: Option<f64>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -109,7 +108,6 @@ impl std::fmt::Debug for ClientConfig {
             .field("quic_port", &self.quic_port)
             .field("inspector", &self.inspector.is_some())
             .field("trace", &self.trace)
-            .field("trace_sample", &self.trace_sample)
             .finish()
     }
 }
@@ -130,8 +128,7 @@ impl ClientConfig {
             quic_port: None,
             quic_probe_interval: DEFAULT_QUIC_PROBE_INTERVAL,
             inspector: None,
-            trace: false,
-            trace_sample: 1.0,
+            trace: None,
         }
     }
 

@@ -62,10 +62,8 @@ pub(crate) struct Ctx {
     udp: Arc<udp::UdpTunnels>,
     /// Cancelled when the session ends: its datagram channels close with it (streams run on).
     stop: CancellationToken,
-    /// Streams and target dials are traced.
-    trace: bool,
-    /// Share of streams without the server's trace context that are sampled.
-    trace_sample: f64,
+    /// Streams and target dials are traced, at this ratio when the server sent no context.
+    trace: Option<f64>,
 }
 
 /// A session the server welcomed, not yet served.
@@ -195,7 +193,10 @@ fn session_span(
     transport: &str,
     tunnels: &[(TunnelInfo, String)],
 ) -> tracing::Span {
-    if !config.trace || !Decision::root(config.trace_sample, None).sampled() {
+    let sampled = config
+        .trace
+        .is_some_and(|ratio| Decision::root(ratio, None).sampled());
+    if !sampled {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -284,7 +285,6 @@ fn accept_welcome(
         udp: Arc::new(udp::UdpTunnels::new(udp_targets, flow_idle_secs)),
         stop,
         trace: config.trace,
-        trace_sample: config.trace_sample,
     });
     Ok(Welcomed {
         tunnels,

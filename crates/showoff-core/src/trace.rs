@@ -60,9 +60,7 @@ impl TraceHeaders {
         };
         valid(TraceContextPropagator::new().extract(&carrier))
     }
-}
 
-impl TraceHeaders {
     /// Whether the trace these headers continue is sampled (the `traceparent` flags).
     pub fn sampled(&self) -> bool {
         let flags = self.traceparent.rsplit('-').next().unwrap_or_default();
@@ -130,15 +128,9 @@ impl Decision {
     /// What the next hop is sent: `span`'s context when sampled, the unsampled headers, or
     /// nothing when tracing is off.
     pub fn headers(&self, span: &Span) -> Option<TraceHeaders> {
-        match self {
-            Self::Off => None,
-            Self::Unsampled(headers) => Some(headers.clone()),
-            Self::Sampled => TraceHeaders::of(span),
-        }
+        self.with_headers(span, |headers| headers.cloned())
     }
-}
 
-impl Decision {
     /// [`Decision::headers`] lent to `f` instead of cloned (a request head is written from
     /// them once).
     pub fn with_headers<R>(&self, span: &Span, f: impl FnOnce(Option<&TraceHeaders>) -> R) -> R {
@@ -156,10 +148,8 @@ fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
         return true;
     }
     let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
-    let bytes = trace_id.to_bytes();
-    let low = u64::from_be_bytes([
-        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
-    ]);
+    // The low 64 bits of the id, read big-endian: its last eight bytes.
+    let low = u128::from_be_bytes(trace_id.to_bytes()) as u64;
     (low >> 1) < bound
 }
 
@@ -251,7 +241,7 @@ pub fn trace_id(span: &Span) -> Option<String> {
         return None;
     }
     let id = span.context().span().span_context().trace_id();
-    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+    (id != TraceId::INVALID).then(|| id.to_string())
 }
 
 #[cfg(test)]

@@ -129,8 +129,18 @@ impl ServerProcess {
 
 /// Runs a client subcommand of `bin`; its stdout arrives line by line, stderr is dropped.
 pub fn spawn_client(bin: &Path, args: &[&OsStr]) -> (Reaper, mpsc::Receiver<String>) {
+    spawn_client_with_env(bin, args, &[])
+}
+
+/// [`spawn_client`] with variables added to its environment.
+pub fn spawn_client_with_env(
+    bin: &Path,
+    args: &[&OsStr],
+    env: &[(&str, &str)],
+) -> (Reaper, mpsc::Receiver<String>) {
     let mut client = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -51,7 +51,7 @@ pub async fn run(
             let transport =
                 client_file::transport_args(&file, &args.transport).map_err(anyhow::Error::msg)?;
             client_file::apply_transport(&mut config, &transport);
-            (config.trace, config.trace_sample) = (trace.is_some(), trace.unwrap_or(1.0));
+            config.trace = trace;
             let inspect = crate::inspector::merge(&args.inspect, &file.inspect())?;
             run_client(config, args.json, &inspect).await
         }
@@ -404,7 +404,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs, trace: Option<f64>) -> anyho
     config.reconnect = !args.no_reconnect;
     config.tls = load_tls(&args.tls)?;
     client_file::apply_transport(&mut config, &args.transport);
-    (config.trace, config.trace_sample) = (trace.is_some(), trace.unwrap_or(1.0));
+    config.trace = trace;
     run_client(config, args.json, &args.inspect).await
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
-use showoff_testkit::process::{Reaper, ServerProcess, lines, wait_line};
+use showoff_testkit::process::{Reaper, ServerProcess, lines, spawn_client_with_env, wait_line};
 use showoff_testkit::visitor::request_to;
 
 const BIN: &str = env!("CARGO_BIN_EXE_showoff");
@@ -129,22 +129,17 @@ fn client(server: &ServerProcess, port: u16, name: &str, flags: &[&str]) -> (Rea
 
 /// `showoff KIND PORT` against `server` with `flags`; its public URL.
 fn client_of(kind: &str, server: &ServerProcess, port: u16, flags: &[&str]) -> (Reaper, String) {
-    let mut child = Command::new(BIN)
-        .args([kind, &port.to_string(), "--json"])
-        .args(["--server", &server.addr("control").to_string()])
-        .args(flags)
-        .envs(FAST_BATCHES)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("client starts");
-    let out = lines(child.stdout.take().expect("stdout"));
+    let (port, control) = (port.to_string(), server.addr("control").to_string());
+    let mut args = vec![kind, &port, "--json", "--server", &control];
+    args.extend(flags);
+    let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
+    let (child, out) = spawn_client_with_env(Path::new(BIN), &args, &FAST_BATCHES);
     let up = wait_line(&out, "the tunnel line", Duration::from_secs(20), |l| {
         l.contains("\"connected\"")
     });
     let up: Value = serde_json::from_str(&up).expect("JSON");
     let url = up["public_url"].as_str().expect("url").to_string();
-    (Reaper(child), url)
+    (child, url)
 }
 
 fn server(flags: &[&str]) -> ServerProcess {

@@ -61,8 +61,9 @@ impl Dial {
     /// sent one; [`tracing::Span::none`] when tracing is off or the trace is not sampled (the
     /// server's decision, or the client's ratio for a stream the server did not trace).
     pub(crate) fn span(&mut self, ctx: &Ctx) -> tracing::Span {
-        self.traced =
-            ctx.trace && Decision::follow(self.trace.as_ref(), ctx.trace_sample).sampled();
+        self.traced = ctx
+            .trace
+            .is_some_and(|ratio| Decision::follow(self.trace.as_ref(), ratio).sampled());
         if !self.traced {
             return tracing::Span::none();
         }

@@ -9,10 +9,13 @@
 use std::net::SocketAddr;
 
 use showoff_core::trace::{self, Decision, TARGET};
-use tracing::Span;
+use showoff_core::{OpenError, StreamMeta, TunnelStream};
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::EdgeSettings;
+use super::error::EdgeError;
+use crate::state::Tunnel;
 
 /// One visitor HTTP request (`SERVER`), and how the request is traced. The decision is taken
 /// here: a trusted visitor's `traceparent` decides (and becomes the parent), anyone else's
@@ -71,24 +74,39 @@ pub(crate) fn upstream(decision: &Decision, tunnel: &str) -> Span {
         showoff.tunnel = tunnel,
         showoff.upstream.reused = Empty,
         http.response.status_code = Empty,
+        showoff.error = Empty,
     )
 }
 
-/// Pairing: a stream to the client is opened (or an idle one taken). The transport records
-/// which it is and whether its warm pool had a connection.
-pub(crate) fn open(decision: &Decision, tunnel: &str) -> Span {
-    if !decision.sampled() {
-        return Span::none();
+/// Pairing: asks the tunnel's client for a stream, in a `showoff.stream.open` span when the
+/// work is sampled (the transport records which it is and whether its warm pool had a
+/// connection). The open message carries the decision's trace context: the pairing span's, or
+/// the unsampled headers.
+pub(crate) async fn open_stream(
+    decision: &Decision,
+    tunnel: &Tunnel,
+    mut meta: StreamMeta,
+) -> Result<TunnelStream, OpenError> {
+    let span = if decision.sampled() {
+        tracing::info_span!(
+            target: TARGET,
+            "showoff.stream.open",
+            otel.status_code = Empty,
+            showoff.tunnel = tunnel.info.name.as_str(),
+            showoff.transport = Empty,
+            showoff.warm_pool = Empty,
+            error.type = Empty,
+        )
+    } else {
+        Span::none()
+    };
+    meta.trace = decision.headers(&span);
+    let opened = tunnel.opener.open(&meta).instrument(span.clone()).await;
+    if let Err(error) = &opened {
+        span.record("otel.status_code", "error");
+        span.record("error.type", EdgeError::Open(error.clone()).code());
     }
-    tracing::info_span!(
-        target: TARGET,
-        "showoff.stream.open",
-        otel.status_code = Empty,
-        showoff.tunnel = tunnel,
-        showoff.transport = Empty,
-        showoff.warm_pool = Empty,
-        error.type = Empty,
-    )
+    opened
 }
 
 /// One hop to the cluster instance holding the tunnel (`CLIENT`).
@@ -104,6 +122,7 @@ pub(crate) fn forward(decision: &Decision, tunnel: &str) -> Span {
         showoff.tunnel = tunnel,
         server.address = Empty,
         http.response.status_code = Empty,
+        showoff.error = Empty,
     )
 }
 
@@ -155,6 +174,14 @@ pub(crate) fn flow(tunnel: &str, visitor: SocketAddr, id: u64) -> Span {
         showoff.bytes_out = Empty,
         showoff.end_reason = Empty,
     )
+}
+
+/// Records the status a response had on `span`; a 5xx marks it failed.
+pub(crate) fn responded(span: &Span, status: u16) {
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
 }
 
 /// Marks `span` failed with Showoff's error code.

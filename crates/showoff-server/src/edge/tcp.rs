@@ -150,31 +150,25 @@ async fn relay<V: AsyncRead + AsyncWrite + Unpin>(
             EdgeError::from(full)
         })?;
     tunnel.touch();
-    let open = spans::open(&visit.decision, &tunnel.info.name);
     let meta = StreamMeta {
         tunnel: tunnel.info.name.clone(),
         visitor_addr: peer,
-        trace: visit.decision.headers(&open),
+        trace: None,
     };
-    let opened = tunnel.opener.open(&meta).instrument(open.clone()).await;
-    if let Err(error) = &opened {
-        open.record("otel.status_code", "error");
-        open.record("error.type", EdgeError::Open(error.clone()).code());
-    }
-    drop(open);
+    let opened = spans::open_stream(&visit.decision, tunnel, meta).await;
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(OpenError::ClientGone) if visit.may_retry => {
             let Some(successor) = successor(ctx, tunnel) else {
-                info!(%peer, tunnel = %meta.tunnel, "tcp visitor dropped: the client is gone");
+                info!(%peer, tunnel = %tunnel.info.name, "tcp visitor dropped: the client is gone");
                 return Err(EdgeError::Open(OpenError::ClientGone));
             };
-            debug!(%peer, tunnel = %meta.tunnel, "session ended; asking its successor");
+            debug!(%peer, tunnel = %tunnel.info.name, "session ended; asking its successor");
             visit.may_retry = false;
             return Box::pin(relay(visitor, visit, &successor, ctx)).await;
         }
         Err(error) => {
-            info!(%peer, tunnel = %meta.tunnel, %error, "tcp visitor dropped");
+            info!(%peer, tunnel = %tunnel.info.name, %error, "tcp visitor dropped");
             return Err(EdgeError::Open(error));
         }
     };

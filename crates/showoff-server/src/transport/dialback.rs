@@ -263,7 +263,11 @@ impl StreamOpener for DialBack {
             settings.max_pending_total,
         )
         .ok_or(OpenError::OverCapacity)?;
-        let span = tracing::Span::current();
+        // The pairing span, when the stream is traced (it carries a context then).
+        let span = match meta.trace {
+            Some(_) => tracing::Span::current(),
+            None => tracing::Span::none(),
+        };
         span.record("showoff.transport", "tcp");
         while let Some(conn) = self.take_pooled() {
             match self.open_pooled(conn, meta).await {

@@ -77,7 +77,9 @@ impl MuxLink {
 #[async_trait]
 impl StreamOpener for MuxLink {
     async fn open(&self, meta: &StreamMeta) -> Result<TunnelStream, OpenError> {
-        tracing::Span::current().record("showoff.transport", "mux");
+        if meta.trace.is_some() {
+            tracing::Span::current().record("showoff.transport", "mux");
+        }
         let mux = self.mux().await?;
         let opened = tokio::time::timeout(self.pending_timeout, mux.open()).await;
         let stream = match opened {

@@ -88,7 +88,9 @@ impl QuicLink {
 #[async_trait]
 impl StreamOpener for QuicLink {
     async fn open(&self, meta: &StreamMeta) -> Result<TunnelStream, OpenError> {
-        tracing::Span::current().record("showoff.transport", "quic");
+        if meta.trace.is_some() {
+            tracing::Span::current().record("showoff.transport", "quic");
+        }
         // Waits while the client's stream limit is reached, within the deadline.
         let opened = tokio::time::timeout(self.pending_timeout, self.connection.open_bi()).await;
         let (send, recv) = match opened {

@@ -10,19 +10,17 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use showoff_core::StreamMeta;
-use showoff_core::trace::Decision;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
-use tracing::{Instrument, debug};
+use tracing::debug;
 
 use super::body::Framing;
 use super::conn::Conn;
 use super::head::RequestHead;
-use super::pool::{Upstream, UpstreamConn, checkout, pool};
+use super::pool::{UpstreamConn, checkout};
 use super::relay::{Pace, pump_body, read_more};
 use super::response::{Asked, Response, parse_response};
 use crate::edge::error::EdgeError;
-use crate::edge::spans;
 use crate::state::Tunnel;
 
 /// Why sending a request upstream failed.
@@ -56,8 +54,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         loop {
             let (mut up, reused) = match self.take_pinned(tunnel) {
                 Some(up) => (up, true),
-                None => traced_checkout(&self.decision, tunnel, meta).await?,
+                None => checkout(&self.decision, tunnel, meta).await?,
             };
+            if self.decision.sampled() {
+                tracing::Span::current().record("showoff.upstream.reused", reused);
+            }
             match self.try_send(&mut up, head, request).await {
                 Ok((resp, body_done)) => return Ok((up, resp, body_done)),
                 Err(SendError::Stale) if reused && replayable(head) => continue,
@@ -118,39 +119,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
                 resp = &mut read => return resp.map(|r| (r, body_done)),
             }
-        }
-    }
-}
-
-/// An idle upstream connection of the tunnel's pool, or a new stream. Only a new stream is
-/// traced as pairing, and only its open message carries the trace context: a pool hit costs
-/// the request nothing (the upstream span says `showoff.upstream.reused`).
-async fn traced_checkout(
-    decision: &Decision,
-    tunnel: &Tunnel,
-    meta: &StreamMeta,
-) -> Result<(UpstreamConn, bool), EdgeError> {
-    if *decision == Decision::Off {
-        return checkout(tunnel, meta).await;
-    }
-    if let Some(conn) = pool(tunnel).and_then(Upstream::take_idle) {
-        tracing::Span::current().record("showoff.upstream.reused", true);
-        return Ok((conn, true));
-    }
-    let span = spans::open(decision, &tunnel.info.name);
-    let meta = StreamMeta {
-        trace: decision.headers(&span),
-        ..meta.clone()
-    };
-    let opened = tunnel.opener.open(&meta).instrument(span.clone()).await;
-    tracing::Span::current().record("showoff.upstream.reused", false);
-    match opened {
-        Ok(stream) => Ok((UpstreamConn::new(stream), false)),
-        Err(error) => {
-            let error = EdgeError::Open(error);
-            span.record("otel.status_code", "error");
-            span.record("error.type", error.code());
-            Err(error)
         }
     }
 }

@@ -168,11 +168,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// closes lingering). The current span records the status and the code.
     async fn error_page(&mut self, error: EdgeError, host: &str) -> bool {
         let page = error.page(host);
-        let span = tracing::Span::current();
-        span.record("http.response.status_code", i64::from(page.status));
-        span.record("showoff.error", page.code);
-        if page.status >= 500 {
-            span.record("otel.status_code", "error");
+        if self.decision.sampled() {
+            let span = tracing::Span::current();
+            spans::responded(&span, page.status);
+            span.record("showoff.error", page.code);
         }
         let routed = self.routed.take();
         self.ctx.exchanges.emit(&Exchange {

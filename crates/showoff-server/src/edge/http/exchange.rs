@@ -70,7 +70,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .map_err(EdgeError::from)?;
         tunnel.touch();
         self.log_span.record("tunnel", tunnel.info.name.as_str());
-        tracing::Span::current().record("showoff.tunnel", tunnel.info.name.as_str());
+        if self.decision.sampled() {
+            tracing::Span::current().record("showoff.tunnel", tunnel.info.name.as_str());
+        }
         let (status, next) = self.proxy(&head, &tunnel, &forwarded).await?;
         let (read, written) = self.stream.counts();
         self.ctx.exchanges.emit(&Exchange {
@@ -189,11 +191,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .instrument(span.clone())
             .await
             .inspect_err(|error| spans::failed(&span, error.code()))?;
-        span.record("http.response.status_code", i64::from(resp.status));
-        tracing::Span::current().record("http.response.status_code", i64::from(resp.status));
-        if resp.status >= 500 {
-            span.record("otel.status_code", "error");
-            tracing::Span::current().record("otel.status_code", "error");
+        if self.decision.sampled() {
+            spans::responded(&span, resp.status);
+            spans::responded(&tracing::Span::current(), resp.status);
         }
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).instrument(span).await;

@@ -70,9 +70,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
         };
         stats.cluster.forwarded("ok");
-        span.record("server.address", addr.as_str());
-        span.record("http.response.status_code", i64::from(resp.status));
-        tracing::Span::current().record("http.response.status_code", i64::from(resp.status));
+        if self.decision.sampled() {
+            span.record("server.address", addr.as_str());
+            spans::responded(&span, resp.status);
+            spans::responded(&tracing::Span::current(), resp.status);
+        }
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).instrument(span).await;
             return Ok(Next::Close);

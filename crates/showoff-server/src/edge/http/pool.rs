@@ -10,7 +10,10 @@ use futures_util::FutureExt;
 use showoff_core::{StreamMeta, TunnelStream};
 use tokio::io::AsyncReadExt;
 
+use showoff_core::trace::Decision;
+
 use crate::edge::error::EdgeError;
+use crate::edge::spans;
 use crate::state::Tunnel;
 
 /// Most idle upstream connections kept per tunnel.
@@ -56,8 +59,7 @@ impl Upstream {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest idle connection that is still open (closed ones are dropped on the way).
-    pub(crate) fn take_idle(&self) -> Option<UpstreamConn> {
+    fn take_idle(&self) -> Option<UpstreamConn> {
         loop {
             let mut conn = self.idle().pop()?;
             if conn.is_idle_and_open() {
@@ -84,14 +86,18 @@ pub(crate) fn pool(tunnel: &Tunnel) -> Option<&Upstream> {
     tunnel.edge_state::<Upstream>()
 }
 
-/// An upstream connection for one request, and whether it was reused from the pool.
+/// An upstream connection for one request, and whether it was reused from the pool. Only a
+/// new stream is paired (and traced as such, per `decision`): a pool hit costs nothing more.
 pub(crate) async fn checkout(
+    decision: &Decision,
     tunnel: &Tunnel,
     meta: &StreamMeta,
 ) -> Result<(UpstreamConn, bool), EdgeError> {
     if let Some(conn) = pool(tunnel).and_then(Upstream::take_idle) {
         return Ok((conn, true));
     }
-    let stream = tunnel.opener.open(meta).await.map_err(EdgeError::Open)?;
+    let stream = spans::open_stream(decision, tunnel, meta.clone())
+        .await
+        .map_err(EdgeError::Open)?;
     Ok((UpstreamConn::new(stream), false))
 }
