@@ -33,6 +33,7 @@ async fn open(addr: String, index: usize) -> Result<Conn, String> {
         host_header: HostHeader::Preserve,
         target: "127.0.0.1:9".into(),
         visitors: Default::default(),
+        upstream: Default::default(),
     };
     let frames = [
         ClientMessage::Hello {

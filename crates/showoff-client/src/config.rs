@@ -56,6 +56,8 @@ pub struct TunnelConfig {
     pub local: String,
     /// Send the visitor's address to the target in a PROXY protocol header (TCP tunnels).
     pub proxy_protocol: Option<crate::ProxyVersion>,
+    /// Speak TLS to the target (`https://` targets, `--upstream h2`).
+    pub tls: Option<crate::target::TargetTls>,
 }
 
 /// Everything the client needs.

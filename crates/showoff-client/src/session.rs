@@ -265,8 +265,10 @@ fn accept_welcome(
             udp_targets.insert(info.name, Arc::new(target));
             continue;
         }
-        let mut target: Arc<dyn Target> =
-            Arc::new(TcpTarget::new(local, asked.and_then(|t| t.proxy_protocol)));
+        let mut target: Arc<dyn Target> = Arc::new(
+            TcpTarget::new(local, asked.and_then(|t| t.proxy_protocol))
+                .with_tls(asked.and_then(|t| t.tls.clone())),
+        );
         if let Some(inspector) = &config.inspector
             && info.kind == showoff_proto::TunnelKind::Http
         {

@@ -1,6 +1,9 @@
 //! Where a tunnel's streams end: the [`Target`] seam. The CLI's targets are local TCP
-//! addresses ([`TcpTarget`], with an optional PROXY protocol header naming the visitor); an
-//! embedding program can end streams in-process instead by implementing [`Target`].
+//! addresses ([`TcpTarget`], with an optional PROXY protocol header naming the visitor, and
+//! TLS for targets that speak it, [`tls`]); an embedding program can end streams in-process
+//! instead by implementing [`Target`].
+
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -11,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::proxy_header::{self, ProxyVersion};
+pub use tls::TargetTls;
 
 /// Deadline for connecting to the server or to a local target.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -43,6 +47,7 @@ pub fn local_address(target: &str) -> String {
 pub struct TcpTarget {
     addr: String,
     proxy_protocol: Option<ProxyVersion>,
+    tls: Option<TargetTls>,
 }
 
 impl TcpTarget {
@@ -51,7 +56,14 @@ impl TcpTarget {
         Self {
             addr: addr.into(),
             proxy_protocol,
+            tls: None,
         }
+    }
+
+    /// The same target spoken to over TLS (after the PROXY header, if any).
+    pub fn with_tls(mut self, tls: Option<TargetTls>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -77,7 +89,10 @@ impl Target for TcpTarget {
                 .await
                 .map_err(|e| format!("sending the PROXY header to {} failed: {e}", self.addr))?;
         }
-        Ok(Box::new(stream))
+        match &self.tls {
+            Some(tls) => Ok(Box::new(tls.connect(stream, &self.addr).await?)),
+            None => Ok(Box::new(stream)),
+        }
     }
 
     fn address(&self) -> &str {

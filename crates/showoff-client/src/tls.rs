@@ -140,14 +140,14 @@ impl Connector {
 }
 
 /// The host part of `host:port` (`[::1]:7000` → `::1`).
-fn host_of(addr: &str) -> &str {
+pub(crate) fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Accepts every certificate (signatures are still checked, so the handshake stays sound).
 #[derive(Debug)]
-struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAnything(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnything {
     fn verify_server_cert(

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use codec::{FrameCodec, ProtocolError};
 pub use message::{
     ClientMessage, HostHeader, RefusedCode, Role, ServerMessage, TransportKind, TunnelInfo,
-    TunnelKind, TunnelSpec, VisitorRules, check_hello,
+    TunnelKind, TunnelSpec, Upstream, VisitorRules, check_hello,
 };
 
 /// The protocol version this build speaks when it opens a connection.

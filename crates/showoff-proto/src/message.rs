@@ -449,6 +449,57 @@ impl From<HostHeader> for String {
     }
 }
 
+/// The protocol an HTTP tunnel's target speaks, which decides what the server speaks over the
+/// tunnel's streams: HTTP/1.1, or HTTP/2 with prior knowledge (the client wraps the stream in
+/// TLS for `h2`, and for `auto` when the target is TLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upstream {
+    /// HTTP/1.1 (the default): HTTP/2 and HTTP/3 visitors are translated.
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP, prior knowledge (RFC 9113 §3.3).
+    H2c,
+    /// HTTP/2 over TLS: the client connects to a TLS target with ALPN `h2`.
+    H2,
+    /// Found out per tunnel: the server sends the HTTP/2 connection preface on the first stream
+    /// and keeps HTTP/2 if the target answers with SETTINGS, HTTP/1.1 otherwise.
+    Auto,
+}
+
+impl Upstream {
+    /// The name used on the command line and in the protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+            Self::H2 => "h2",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// True for the default, which the wire leaves out.
+    pub fn is_http1(&self) -> bool {
+        *self == Self::Http1
+    }
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "http1" => Ok(Self::Http1),
+            "h2c" => Ok(Self::H2c),
+            "h2" => Ok(Self::H2),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!(
+                "unknown upstream protocol {other:?}: use http1, h2c, h2 or auto"
+            )),
+        }
+    }
+}
+
 /// A tunnel the client asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelSpec {
@@ -469,6 +520,9 @@ pub struct TunnelSpec {
     /// Who may visit: basic auth and IP rules, enforced by the server.
     #[serde(default, skip_serializing_if = "VisitorRules::is_empty")]
     pub visitors: VisitorRules,
+    /// What the target speaks (HTTP tunnels); absent is `http1`.
+    #[serde(default, skip_serializing_if = "Upstream::is_http1")]
+    pub upstream: Upstream,
 }
 
 /// Rules the server enforces on a tunnel's visitors before anything reaches the client.
@@ -600,6 +654,7 @@ mod tests {
     fn messages_round_trip_with_type_tags() {
         let msg = ClientMessage::Open {
             tunnels: vec![TunnelSpec {
+                upstream: Default::default(),
                 kind: TunnelKind::Http,
                 name: Some("demo".into()),
                 port: None,

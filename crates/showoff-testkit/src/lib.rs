@@ -201,7 +201,9 @@ fn with_quic_under_test(config: &mut ServerConfig) -> Option<String> {
 /// A tunnel spec for tests: `kind` with an optional name, pointing at `local`.
 pub fn tunnel(kind: TunnelKind, name: Option<&str>, local: std::net::SocketAddr) -> TunnelConfig {
     TunnelConfig {
+        tls: None,
         spec: TunnelSpec {
+            upstream: Default::default(),
             kind,
             name: name.map(str::to_string),
             port: None,
@@ -466,6 +468,7 @@ pub mod raw_client {
     /// An HTTP tunnel named `name`, as a raw `Open` asks for it.
     pub fn http_spec(name: &str) -> TunnelSpec {
         TunnelSpec {
+            upstream: Default::default(),
             kind: showoff_proto::TunnelKind::Http,
             name: Some(name.into()),
             port: None,

@@ -104,6 +104,7 @@ async fn a_client_whose_heartbeats_stop_is_dropped_and_its_name_freed() {
     })
     .await;
     let spec = TunnelSpec {
+        upstream: Default::default(),
         kind: TunnelKind::Http,
         name: Some("sleepy".into()),
         port: None,

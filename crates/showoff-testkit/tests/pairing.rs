@@ -205,6 +205,7 @@ async fn bytes_sent_right_after_the_data_hello_are_not_lost() {
     })
     .await;
     let spec = TunnelSpec {
+        upstream: Default::default(),
         kind: TunnelKind::Tcp,
         ..http_spec("banner")
     };

@@ -284,6 +284,7 @@ async fn control_session(
         tokio_util::codec::Framed::new(stream, FrameCodec::<ServerMessage, ClientMessage>::new());
     let target = "127.0.0.1:9".to_string();
     let spec = showoff_proto::TunnelSpec {
+        upstream: Default::default(),
         kind: TunnelKind::Http,
         name: Some(name.into()),
         port: None,

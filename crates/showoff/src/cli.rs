@@ -300,7 +300,7 @@ fn capitalise(text: &str) -> String {
 /// `showoff http` / `tcp` / `tls` / `udp` flags.
 #[derive(Debug, Args)]
 pub struct TunnelArgs {
-    /// Local port (`3000`) or address (`192.168.1.5:3000`) to expose
+    /// Local port (`3000`) or address (`192.168.1.5:3000`) to expose; http tunnels also take `https://host:port` for a TLS target
     pub target: String,
     /// Server control address, HOST:PORT [env: SHOWOFF_SERVER] [default: 127.0.0.1:7000]
     #[arg(long, env = "SHOWOFF_SERVER", hide_env = true)]
@@ -326,6 +326,12 @@ pub struct TunnelArgs {
     /// Host header sent to the target (http only): `preserve`, `rewrite` or a value [default: preserve]
     #[arg(long, default_value = "preserve", hide_default_value = true)]
     pub host_header: String,
+    /// What the target speaks (http only): `http1`, `h2c` (HTTP/2 prior knowledge), `h2` (HTTP/2 over TLS) or `auto` (probed); gRPC needs HTTP/2 [default: http1]
+    #[arg(long, default_value = "http1", hide_default_value = true)]
+    pub upstream: showoff_proto::Upstream,
+    /// Check a TLS target's certificate against this CA (PEM) and the target's name [default: a TLS target's certificate is not checked]
+    #[arg(long)]
+    pub upstream_ca: Option<std::path::PathBuf>,
     /// Visitors must log in with these HTTP basic auth credentials, USER:PASSWORD (http only)
     #[arg(long)]
     pub basic_auth: Option<String>,

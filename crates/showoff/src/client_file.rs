@@ -98,6 +98,10 @@ pub struct FileTunnel {
     pub deny_ips: Vec<String>,
     /// `v1` or `v2`: send the visitor's address to the target in a PROXY header (tcp).
     pub proxy_protocol: Option<String>,
+    /// `http1`, `h2c`, `h2` or `auto`: what the target speaks (http).
+    pub upstream: Option<String>,
+    /// CA (PEM) a TLS target's certificate must chain to (http).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// Reads a client file; the format follows the extension.
@@ -116,6 +120,13 @@ pub fn parse(path: &str, ext: &str, text: &str) -> Result<ClientFile, SettingsEr
         });
     }
     for entry in &file.tunnels {
+        if let Err(message) = upstream_of(entry) {
+            return Err(SettingsError::Parse {
+                path: path.to_string(),
+                format: "a client config",
+                message,
+            });
+        }
         let Some(version) = &entry.proxy_protocol else {
             continue;
         };
@@ -231,30 +242,50 @@ pub fn apply_transport(config: &mut ClientConfig, args: &crate::cli::TransportAr
     }
 }
 
-/// The client configuration: flags > `SHOWOFF_*` environment > file > defaults.
+/// The tunnel's `upstream` key (absent is `http1`).
+fn upstream_of(entry: &FileTunnel) -> Result<showoff_proto::Upstream, String> {
+    entry
+        .upstream
+        .as_deref()
+        .map_or(Ok(showoff_proto::Upstream::Http1), str::parse)
+}
+
+/// The client configuration: flags > `SHOWOFF_*` environment > file > defaults. Fails when a
+/// tunnel's target cannot be resolved (a contradiction, an unreadable `upstream_ca`).
 pub fn resolve(
     file: &ClientFile,
     flags: &Overrides,
     env: &HashMap<String, String>,
-) -> ClientConfig {
+) -> Result<ClientConfig, String> {
     let pick = |flag: &Option<String>, var: &str, from_file: &Option<String>| {
         flag.clone()
             .or_else(|| env.get(var).cloned())
             .or_else(|| from_file.clone())
     };
-    let tunnels = file.tunnels.iter().map(tunnel).collect();
+    let tunnels = file
+        .tunnels
+        .iter()
+        .map(tunnel)
+        .collect::<Result<Vec<_>, _>>()?;
     let server = pick(&flags.server, "SHOWOFF_SERVER", &file.server)
         .unwrap_or_else(|| showoff_client::config::DEFAULT_SERVER.into());
     let mut config = ClientConfig::new(server, tunnels);
     config.data_server = pick(&flags.data_server, "SHOWOFF_DATA_SERVER", &file.data_server);
     config.token = pick(&flags.token, "SHOWOFF_TOKEN", &file.token).unwrap_or_default();
     config.reconnect = !flags.no_reconnect && file.reconnect.unwrap_or(true);
-    config
+    Ok(config)
 }
 
-fn tunnel(entry: &FileTunnel) -> TunnelConfig {
-    let local = showoff_client::local_address(&entry.local);
-    TunnelConfig {
+fn tunnel(entry: &FileTunnel) -> Result<TunnelConfig, String> {
+    let upstream = upstream_of(entry)?;
+    let (local, tls) = crate::target::resolve(
+        entry.kind,
+        &entry.local,
+        upstream,
+        entry.upstream_ca.as_deref(),
+    )
+    .map_err(|why| format!("the tunnel to {}: {why}", entry.local))?;
+    Ok(TunnelConfig {
         spec: TunnelSpec {
             kind: entry.kind,
             name: entry.name.clone(),
@@ -270,11 +301,13 @@ fn tunnel(entry: &FileTunnel) -> TunnelConfig {
                 allow_ips: entry.allow_ips.clone(),
                 deny_ips: entry.deny_ips.clone(),
             },
+            upstream,
         },
         local,
         // Checked by `parse`.
         proxy_protocol: entry.proxy_protocol.as_deref().and_then(|v| v.parse().ok()),
-    }
+        tls,
+    })
 }
 
 #[cfg(test)]
@@ -311,7 +344,7 @@ port = 20001
         for other in &parsed[1..] {
             assert_eq!(other.as_ref().expect("parses"), first);
         }
-        let config = resolve(first, &Overrides::default(), &HashMap::new());
+        let config = resolve(first, &Overrides::default(), &HashMap::new()).expect("resolved");
         assert_eq!(config.tunnels.len(), 2);
         assert_eq!(config.tunnels[0].local, "127.0.0.1:3000");
         assert_eq!(config.tunnels[0].spec.host_header, HostHeader::Rewrite);
@@ -324,7 +357,7 @@ port = 20001
         let file = parse("c", "toml", TOML).expect("valid");
         let env: HashMap<String, String> =
             [("SHOWOFF_TOKEN".to_string(), "from-env".to_string())].into();
-        let config = resolve(&file, &Overrides::default(), &env);
+        let config = resolve(&file, &Overrides::default(), &env).expect("resolved");
         assert_eq!(
             (config.server.as_str(), config.token.as_str()),
             ("tunnel.example.com:7000", "from-env")
@@ -334,7 +367,7 @@ port = 20001
             server: Some("127.0.0.1:7000".into()),
             ..Overrides::default()
         };
-        let config = resolve(&file, &flags, &env);
+        let config = resolve(&file, &flags, &env).expect("resolved");
         assert_eq!(
             (config.server.as_str(), config.token.as_str()),
             ("127.0.0.1:7000", "from-flag")

@@ -46,7 +46,8 @@ pub async fn run(
                 token: args.token,
                 no_reconnect: args.no_reconnect,
             };
-            let mut config = client_file::resolve(&file, &overrides, &env);
+            let mut config =
+                client_file::resolve(&file, &overrides, &env).map_err(anyhow::Error::msg)?;
             config.tls = load_tls(&client_file::tls_args(&file, &args.tls))?;
             let transport =
                 client_file::transport_args(&file, &args.transport).map_err(anyhow::Error::msg)?;
@@ -376,7 +377,13 @@ async fn client(kind: TunnelKind, args: TunnelArgs, trace: Option<f64>) -> anyho
         showoff_client::proxy_header::check_applies(kind, version)
             .map_err(|why| anyhow::anyhow!("--proxy-protocol: {why}"))?;
     }
-    let local = showoff_client::local_address(&args.target);
+    let (local, tls) = crate::target::resolve(
+        kind,
+        &args.target,
+        args.upstream,
+        args.upstream_ca.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let spec = TunnelSpec {
         kind,
         name: args.name.clone(),
@@ -388,6 +395,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs, trace: Option<f64>) -> anyho
             allow_ips: args.allow_ip.clone(),
             deny_ips: args.deny_ip.clone(),
         },
+        upstream: args.upstream,
     };
     let mut config = ClientConfig::new(
         args.server
@@ -397,6 +405,7 @@ async fn client(kind: TunnelKind, args: TunnelArgs, trace: Option<f64>) -> anyho
             spec,
             local,
             proxy_protocol: args.proxy_protocol,
+            tls,
         }],
     );
     config.data_server = args.data_server.clone();

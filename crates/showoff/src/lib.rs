@@ -18,6 +18,7 @@ pub mod inspector;
 pub mod logging;
 pub mod settings;
 pub mod signals;
+pub mod target;
 pub mod telemetry;
 pub mod token_file;
 pub mod watch;

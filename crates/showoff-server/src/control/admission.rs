@@ -115,6 +115,7 @@ mod tests {
 
     fn specs(n: usize) -> Vec<TunnelSpec> {
         let spec = TunnelSpec {
+            upstream: Default::default(),
             kind: TunnelKind::Http,
             name: None,
             port: None,

@@ -454,6 +454,7 @@ mod tests {
 
     fn spec(kind: TunnelKind, name: &str) -> TunnelSpec {
         TunnelSpec {
+            upstream: Default::default(),
             kind,
             name: Some(name.into()),
             port: None,

@@ -235,6 +235,7 @@ fn spec(spec: &Spec, names: &mut Vec<String>) -> TunnelSpec {
         names.push(name.clone());
     }
     TunnelSpec {
+        upstream: Default::default(),
         kind: if spec.tls {
             TunnelKind::Tls
         } else {

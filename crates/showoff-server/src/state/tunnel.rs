@@ -178,6 +178,7 @@ pub(crate) mod tests {
     /// An HTTP tunnel `name` of `session`, owned by `principal`.
     pub(crate) fn tunnel(name: &str, session: &str, principal: &str) -> Tunnel {
         let spec = TunnelSpec {
+            upstream: Default::default(),
             kind: TunnelKind::Http,
             name: Some(name.into()),
             port: None,

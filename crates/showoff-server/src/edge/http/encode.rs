@@ -199,6 +199,7 @@ mod tests {
 
     fn spec(policy: HostHeader) -> TunnelSpec {
         TunnelSpec {
+            upstream: Default::default(),
             kind: TunnelKind::Http,
             name: None,
             port: None,
