@@ -9,6 +9,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod h2_target;
 pub mod haproxy;
 pub mod impair;
 pub mod pebble;

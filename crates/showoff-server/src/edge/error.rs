@@ -63,6 +63,14 @@ pub(crate) enum EdgeError {
     BadTlsHello,
     /// The TLS handshake with an HTTPS visitor failed.
     TlsHandshake,
+    /// The tunnel was opened to speak HTTP/2 to its target, which does not.
+    NotHttp2,
+    /// A gRPC call came over HTTP/1.1, which cannot carry it.
+    GrpcOverHttp1,
+    /// A gRPC call for a tunnel whose target is reached over HTTP/1.1.
+    GrpcToHttp1Target,
+    /// An HTTP/1.1 upgrade (WebSocket) for a tunnel whose target is reached over HTTP/2.
+    UpgradeOverHttp2,
 }
 
 impl From<Full> for EdgeError {
@@ -204,6 +212,41 @@ impl EdgeError {
                 "upstream_invalid_response",
                 format!("the target behind {host} sent an invalid HTTP response"),
                 Tunnel,
+            ),
+            Self::NotHttp2 => page(
+                502,
+                "upstream_not_http2",
+                format!(
+                    "the target behind {host} does not speak HTTP/2 (its tunnel was opened with \
+                     --upstream h2c or h2)"
+                ),
+                Tunnel,
+            ),
+            Self::GrpcOverHttp1 => page(
+                505,
+                "grpc_needs_http2",
+                "gRPC needs HTTP/2 end to end and this request came over HTTP/1.1: call over \
+                 HTTP/2 (TLS with ALPN h2, or h2c prior knowledge)"
+                    .into(),
+                Visitor,
+            ),
+            Self::GrpcToHttp1Target => page(
+                502,
+                "grpc_needs_http2",
+                format!(
+                    "the target behind {host} is reached over HTTP/1.1 (--upstream http1); gRPC \
+                     needs a tunnel opened with --upstream h2c, h2 or auto"
+                ),
+                Tunnel,
+            ),
+            Self::UpgradeOverHttp2 => page(
+                501,
+                "upgrade_not_supported",
+                format!(
+                    "the target behind {host} is reached over HTTP/2, which carries no HTTP/1.1 \
+                     upgrade (WebSocket): open its tunnel with --upstream http1"
+                ),
+                Visitor,
             ),
             Self::RateLimited(secs) => ErrorPage {
                 retry_after: Some(*secs),

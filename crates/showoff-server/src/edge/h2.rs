@@ -1,15 +1,21 @@
-//! HTTP/2 visitors (ALPN `h2` on the HTTPS listener). hyper speaks HTTP/2 to the visitor; each
-//! request is handed, as HTTP/1.1 over an in-memory pipe, to the same edge that serves HTTP/1.1
-//! visitors, so routing, visitor rules, rate limits, forwarded headers, error pages, metrics and
-//! the access log are one code path. Tunnels and targets keep speaking HTTP/1.1.
+//! HTTP/2 visitors (ALPN `h2` on the HTTPS listener), and HTTP/2 towards targets that speak it.
+//! hyper speaks HTTP/2 to the visitor; each request goes to the request-level edge
+//! ([`crate::edge::request`]), which relays it as an HTTP/2 stream to a tunnel whose target
+//! speaks HTTP/2 ([`relay`] over [`upstream`]) and otherwise hands it, as HTTP/1.1, to the
+//! same edge that serves HTTP/1.1 visitors, so routing, visitor rules, rate limits, forwarded
+//! headers, error pages, metrics and the access log are one set of rules.
 //!
 //! The connection has the limits an HTTP/1.1 one gets from its framing: at most
 //! [`MAX_STREAMS`] streams at once, [`SEND_BUFFER`] bytes buffered per stream for a slow reader,
 //! a header list no larger than `--max-header-bytes`, keep-alive pings whose silence closes it,
 //! the head timeout as its idle limit once no stream is open, and the I/O idle timeout for a
 //! visitor that stops reading: a response that waits that long for the visitor's window, with
-//! nothing else moving on the connection, closes it (as a stalled HTTP/1.1 write does). Split `cookie` fields are
-//! joined with `"; "` (RFC 9113 §8.2.3); a `host` field that disagrees with `:authority` is a 400.
+//! nothing else moving on the connection, closes it (as a stalled HTTP/1.1 write does). Split
+//! `cookie` fields are joined with `"; "` (RFC 9113 §8.2.3) on the HTTP/1.1 way; a `host` field
+//! that disagrees with `:authority` is a 400.
+
+pub(crate) mod relay;
+pub(crate) mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,20 +23,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use http::{Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::edge::EdgeContext;
-use crate::edge::http::{Conn, Scheme};
-
-/// Bytes buffered in each direction of a request's pipe.
-const PIPE: usize = 64 * 1024;
+use crate::edge::http::Scheme;
+use crate::edge::request::{self, Body, BoxError};
 
 /// Streams a visitor may have open at once (RFC 9113 recommends no fewer than 100).
 pub(crate) const MAX_STREAMS: u32 = 100;
@@ -41,8 +42,6 @@ const MIN_CHECK: Duration = Duration::from_millis(100);
 /// Response bytes buffered per stream beyond what the visitor's window lets through; with
 /// [`MAX_STREAMS`] a visitor that stops reading holds at most ~6 MiB here.
 pub(crate) const SEND_BUFFER: usize = 64 * 1024;
-
-type Body = BoxBody<bytes::Bytes, hyper::Error>;
 
 /// Serves one HTTP/2 connection until the visitor or the server closes it, it has had no open
 /// stream for the head timeout, or its responses have waited for the visitor's window for the
@@ -67,7 +66,7 @@ where
     let service = hyper::service::service_fn(move |request| {
         let (ctx, open) = (ctx.clone(), Open::new(&streams));
         async move {
-            let response = exchange(request, peer, ctx).await;
+            let response = request::serve(request, peer, Scheme::Https, ctx).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open).boxed()))
         }
     });
@@ -227,7 +226,7 @@ impl Drop for Tracked {
 
 impl http_body::Body for Tracked {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
@@ -249,118 +248,9 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// One HTTP/2 request through the HTTP/1.1 edge.
-async fn exchange(
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    ctx: Arc<EdgeContext>,
-) -> Response<Body> {
-    let request = match as_http1(request) {
-        Ok(request) => request,
-        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
-    };
-    let (client_side, edge_side) = tokio::io::duplex(PIPE);
-    let edge = tokio::spawn(async move {
-        Conn::new(edge_side, peer, BytesMut::new(), Scheme::Https, ctx)
-            .run()
-            .await;
-    });
-    let result = async {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(client_side)).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await
-    }
-    .await;
-    match result {
-        Ok(response) => response.map(|body| body.boxed()),
-        Err(error) => {
-            debug!(%peer, %error, "h2 request failed inside the edge");
-            edge.abort();
-            refuse(StatusCode::BAD_GATEWAY, "the request could not be proxied")
-        }
-    }
-}
-
-/// The request in HTTP/1.1 form: origin-form target, `Host` from `:authority`, one `cookie`
-/// field. Refuses a `host` field that names another authority than `:authority`.
-fn as_http1(request: Request<Incoming>) -> Result<Request<Incoming>, &'static str> {
-    let (mut parts, body) = request.into_parts();
-    if let Some(authority) = parts.uri.authority().cloned() {
-        match parts.headers.get(header::HOST) {
-            Some(host)
-                if !host
-                    .as_bytes()
-                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
-            {
-                return Err("the host field disagrees with :authority");
-            }
-            Some(_) => {}
-            None => {
-                let host = header::HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| "the :authority is not a valid host")?;
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-    }
-    join_cookies(&mut parts.headers);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = path
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = http::Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
-}
-
-/// Joins split `cookie` fields into one, separated by `"; "` (RFC 9113 §8.2.3), so the target
-/// sees the single field HTTP/1.1 allows.
-fn join_cookies(headers: &mut http::HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
-        return;
-    };
-    let mut joined = first.as_bytes().to_vec();
-    for value in headers.get_all(header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(value.as_bytes());
-    }
-    if let Ok(value) = header::HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, value);
-    }
-}
-
-/// A plain-text answer made here, not by the HTTP/1.1 edge.
-fn refuse(status: StatusCode, reason: &'static str) -> Response<Body> {
-    let body = Full::new(bytes::Bytes::from(format!("{reason}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_cookie_fields_become_one() {
-        let mut headers = http::HeaderMap::new();
-        headers.append(header::COOKIE, "a=1".parse().expect("value"));
-        headers.append(header::COOKIE, "b=2; c=3".parse().expect("value"));
-        headers.append(header::ACCEPT, "*/*".parse().expect("value"));
-        join_cookies(&mut headers);
-        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
-        assert_eq!(cookies, ["a=1; b=2; c=3"]);
-        let mut single = http::HeaderMap::new();
-        single.append(header::COOKIE, "only=1".parse().expect("value"));
-        join_cookies(&mut single);
-        assert_eq!(single.get(header::COOKIE).expect("kept"), "only=1");
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_with_no_stream_open_for_the_limit() {

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::edge::EdgeContext;
 use crate::edge::error::EdgeError;
-use crate::edge::http::{Conn, Scheme};
+use crate::edge::http::Scheme;
 use crate::listen::{Arrival, Arrived};
 
 /// Longest ClientHello read before giving up (real ones are under 2 KiB; post-quantum key
@@ -89,8 +89,8 @@ async fn serve(arrival: Arrival, ctx: &Arc<EdgeContext>) -> Result<(), EdgeError
         Some(crate::tls::ACME_TLS_ALPN) => {}
         Some(b"h2") => crate::edge::h2::serve(tls, peer, ctx.clone()).await,
         _ => {
-            let mut conn = Conn::new(tls, peer, BytesMut::new(), Scheme::Https, ctx.clone());
-            conn.run().await;
+            crate::edge::http::serve_conn(tls, peer, BytesMut::new(), Scheme::Https, ctx.clone())
+                .await
         }
     }
     Ok(())

@@ -36,8 +36,8 @@ use tracing::debug;
 
 use crate::edge::EdgeContext;
 use crate::edge::error::EdgeError;
+use crate::edge::http::Scheme;
 use crate::edge::http::pool::UpstreamConn;
-use crate::edge::http::{Conn, Scheme};
 use crate::listen::Arrived;
 use opening::{Answer, Opening};
 
@@ -325,7 +325,7 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
     {
         return;
     }
-    Conn::new(stream, peer, buf, Scheme::Peer, ctx).run().await;
+    crate::edge::http::serve_conn(stream, peer, buf, Scheme::Peer, ctx).await;
 }
 
 /// What a proven peer asks for.

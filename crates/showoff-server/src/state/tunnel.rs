@@ -106,7 +106,39 @@ impl Drop for VisitorSlot<'_> {
     }
 }
 
+/// A visitor slot that holds its tunnel, for work that outlives the handler that took it (a
+/// response body relayed after the handler returned).
+pub(crate) struct HeldSlot {
+    tunnel: Arc<Tunnel>,
+    ip: IpAddr,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        drop(VisitorSlot {
+            activity: &self.tunnel.activity,
+            ip: self.ip,
+        });
+    }
+}
+
 impl Tunnel {
+    /// [`Tunnel::visitor_slot`], held by its own reference to the tunnel.
+    pub(crate) fn held_visitor_slot(
+        self: &Arc<Self>,
+        caps: VisitorCaps,
+        ip: IpAddr,
+    ) -> Result<HeldSlot, Full> {
+        let slot = self.visitor_slot(caps, ip)?;
+        let ip = slot.ip;
+        // Given back by the held slot's drop instead.
+        std::mem::forget(slot);
+        Ok(HeldSlot {
+            tunnel: self.clone(),
+            ip,
+        })
+    }
+
     /// Takes a visitor slot for a visitor at `ip` if neither cap is reached.
     pub(crate) fn visitor_slot(
         &self,

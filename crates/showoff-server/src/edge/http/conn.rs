@@ -14,9 +14,9 @@ use tracing::{Instrument, debug, info, warn};
 use super::head::{RequestHead, parse_head};
 use super::meter::Metered;
 use super::pool::UpstreamConn;
-use super::{DRAIN_IDLE, LINGER, LINGER_BYTES, READ_CHUNK, Scheme};
+use super::{DRAIN_IDLE, LINGER, LINGER_BYTES, READ_CHUNK, Scheme, gate};
 use crate::edge::EdgeContext;
-use crate::edge::error::{EdgeError, Origin};
+use crate::edge::error::{EdgeError, ErrorPage, Origin};
 use crate::edge::spans;
 
 /// One visitor connection, plain or TLS.
@@ -37,6 +37,18 @@ pub(crate) struct Conn<S> {
     pub(super) log_span: tracing::Span,
     /// How the current request is traced.
     pub(super) decision: showoff_core::trace::Decision,
+    /// Carries one request of another edge; never handed over.
+    pub(super) piped: bool,
+}
+
+/// How [`Conn::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The connection is finished.
+    Done,
+    /// A request reached a tunnel whose target speaks HTTP/2: the rest of the connection,
+    /// that request's head first, is for the request-level edge.
+    HandOff,
 }
 
 /// How an exchange left the connection.
@@ -68,16 +80,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             routed: None,
             log_span: tracing::Span::current(),
             decision: Default::default(),
+            piped: false,
         }
     }
 
-    pub(crate) async fn run(&mut self) {
+    /// Serves requests until the connection ends, or until one reaches a tunnel whose target
+    /// speaks HTTP/2: the connection is then handed over with that request's head unread
+    /// ([`Ended::HandOff`], [`Conn::into_parts`]).
+    pub(crate) async fn run(&mut self) -> Ended {
         loop {
             let head = match self.next_head().await {
                 Ok(Some(head)) => head,
-                Ok(None) => return,
-                Err(error) => return self.fail(error, "").await,
+                Ok(None) => return Ended::Done,
+                Err(error) => {
+                    self.fail(error, "").await;
+                    return Ended::Done;
+                }
             };
+            let routed = gate::route(&self.ctx, &head.host.name).ok();
+            if routed.as_ref().is_some_and(|t| self.hands_off(&head, t)) {
+                return Ended::HandOff;
+            }
+            self.buf.advance(head.len);
             let host = head.host.name.clone();
             self.routed = None;
             let (span, decision) = spans::request(
@@ -88,11 +112,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.scheme == Scheme::Peer,
             );
             self.decision = decision;
-            match self.exchange(head).instrument(span.clone()).await {
+            match self.exchange(head, routed).instrument(span.clone()).await {
                 Ok(Next::KeepAlive) => continue,
                 Ok(Next::Close) => {
                     drop(span);
-                    return self.close_lingering().await;
+                    self.close_lingering().await;
+                    return Ended::Done;
                 }
                 Err(error) => {
                     // The span ends once the page is written, not after the linger.
@@ -100,10 +125,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     if written {
                         self.close_lingering().await;
                     }
-                    return;
+                    return Ended::Done;
                 }
             }
         }
+    }
+
+    /// Whether the request goes to the request-level edge with the rest of the connection:
+    /// its tunnel's target speaks HTTP/2, and it is not an ACME answer or a redirect, which
+    /// are answered here. Connections from the HTTP/2 edge's pipe never are.
+    fn hands_off(&self, head: &RequestHead, tunnel: &crate::state::Tunnel) -> bool {
+        let redirected = self.scheme == Scheme::Http && self.ctx.settings.redirect_http;
+        let acme = head.target.starts_with(crate::tls::HTTP01_PREFIX);
+        !redirected && !acme && !self.piped && crate::edge::h2::upstream::speaks_h2(tunnel)
+    }
+
+    /// The visitor's stream and the bytes read from it and not yet served.
+    pub(crate) fn into_parts(self) -> (S, BytesMut) {
+        (self.stream.into_inner(), self.buf)
+    }
+
+    /// Marks a connection that carries one request of another edge (the HTTP/2 edge's pipe):
+    /// it is never handed over.
+    pub(crate) fn piped(mut self) -> Self {
+        self.piped = true;
+        self
     }
 
     /// Reads the next request head; `None` when the visitor is done, or stayed idle for
@@ -121,7 +167,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 let head =
                     parse_head(&self.buf, settings.max_header_bytes).map_err(EdgeError::Head)?;
                 if let Some(mut head) = head {
-                    self.buf.advance(head.len);
                     head.upgrade = head.upgrade && upgrade_allowed(&head, &settings.upgrades);
                     return Ok(Some(head));
                 }
@@ -168,34 +213,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// closes lingering). The current span records the status and the code.
     async fn error_page(&mut self, error: EdgeError, host: &str) -> bool {
         let page = error.page(host);
-        if self.decision.sampled() {
-            let span = tracing::Span::current();
-            spans::responded(&span, page.status);
-            span.record("showoff.error", page.code);
-        }
         let routed = self.routed.take();
-        self.ctx.exchanges.emit(&Exchange {
-            tunnel: routed.as_ref().map(|t| t.info.name.as_str()),
-            status: Some(page.status),
-            ..Exchange::failed(Protocol::Http, self.peer.ip(), page.code)
-        });
-        match page.origin {
-            Origin::Visitor => {
-                debug!(peer = %self.peer, host, status = page.status, code = page.code, "request refused")
-            }
-            Origin::Tunnel => {
-                info!(peer = %self.peer, host, status = page.status, code = page.code, message = %page.message, "tunnel failed")
-            }
-            Origin::Showoff => {
-                warn!(peer = %self.peer, host, status = page.status, code = page.code, message = %page.message, "request refused by the server")
-            }
-        }
+        let tunnel = routed.as_ref().map(|t| t.info.name.as_str());
+        report_failure(&self.ctx, self.peer, host, tunnel, &page, &self.decision);
         self.write(&page.to_bytes()).await.is_ok()
     }
 
     pub(super) async fn close_lingering(&mut self) {
         let _ = self.stream.shutdown().await;
         linger(&mut self.stream).await;
+    }
+}
+
+/// Reports a failed request once, whatever protocol it came over: on the current span (when
+/// sampled), as an exchange event, and in the log at the level its origin calls for.
+pub(crate) fn report_failure(
+    ctx: &EdgeContext,
+    peer: SocketAddr,
+    host: &str,
+    tunnel: Option<&str>,
+    page: &ErrorPage,
+    decision: &showoff_core::trace::Decision,
+) {
+    if decision.sampled() {
+        let span = tracing::Span::current();
+        spans::responded(&span, page.status);
+        span.record("showoff.error", page.code);
+    }
+    ctx.exchanges.emit(&Exchange {
+        tunnel,
+        status: Some(page.status),
+        ..Exchange::failed(Protocol::Http, peer.ip(), page.code)
+    });
+    match page.origin {
+        Origin::Visitor => {
+            debug!(%peer, host, status = page.status, code = page.code, "request refused")
+        }
+        Origin::Tunnel => {
+            info!(%peer, host, status = page.status, code = page.code, message = %page.message, "tunnel failed")
+        }
+        Origin::Showoff => {
+            warn!(%peer, host, status = page.status, code = page.code, message = %page.message, "request refused by the server")
+        }
     }
 }
 

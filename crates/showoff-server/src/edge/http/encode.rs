@@ -14,7 +14,7 @@ use crate::edge::forwarded::{Forwarded, PEER_CHAIN, PEER_HOST, PEER_PROTO, PEER_
 
 /// Request headers that never reach the target: hop-by-hop (RFC 9110 §7.6.1), or re-stated by
 /// Showoff (framing, `Host`, `Expect`, untrusted `X-Forwarded-*`, the peer headers).
-const NOT_FORWARDED: [HeaderName; 18] = [
+pub(crate) const NOT_FORWARDED: [HeaderName; 18] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

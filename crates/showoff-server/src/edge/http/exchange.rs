@@ -14,18 +14,22 @@ use super::Scheme;
 use super::body::Framing;
 use super::conn::{Conn, Next};
 use super::encode::encode_request;
+use super::gate;
 use super::head::RequestHead;
 use super::pool::UpstreamConn;
 use super::response::{Response, connection_scheme};
 use crate::edge::error::EdgeError;
-use crate::edge::forwarded::{Forwarded, forwarded, peer_forwarded};
-use crate::edge::http::head::HeadError;
+use crate::edge::forwarded::Forwarded;
 use crate::edge::spans;
 use crate::state::Tunnel;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// Applies the request's policy, proxies it and reports it once as an exchange event.
-    pub(super) async fn exchange(&mut self, head: RequestHead) -> Result<Next, EdgeError> {
+    pub(super) async fn exchange(
+        &mut self,
+        head: RequestHead,
+        routed: Option<Arc<Tunnel>>,
+    ) -> Result<Next, EdgeError> {
         if let Some(token) = head.target.strip_prefix(crate::tls::HTTP01_PREFIX)
             && let Some(answer) = self.ctx.acme_http01.get(token)
         {
@@ -51,9 +55,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if self.scheme == Scheme::Http && self.ctx.settings.redirect_http {
             return self.redirect_to_https(&head).await;
         }
+        // gRPC needs HTTP/2 end to end; a request the HTTP/2 edge piped here was dealt with.
+        if !self.piped && crate::edge::pages::is_grpc(&head.headers) {
+            return Err(EdgeError::GrpcOverHttp1);
+        }
         let started = Instant::now();
         let before = self.stream.counts();
-        let tunnel = match self.route(&head) {
+        let tunnel = match routed.ok_or(EdgeError::NotFound) {
             Ok(tunnel) => tunnel,
             Err(EdgeError::NotFound) => match self.not_routed(&head).await {
                 // Nobody else holds it: a client moving here may have taken it meanwhile.
@@ -63,8 +71,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Err(error) => return Err(error),
         };
         self.routed = Some(tunnel.clone());
-        let forwarded = self.forwarded_for(&head)?;
-        self.admit(&tunnel, &head, &forwarded)?;
+        let forwarded = gate::forwarded_for(&self.ctx, self.scheme, self.peer.ip(), &head.headers)?;
+        gate::admit(&self.ctx, &tunnel, &head.headers, &forwarded)?;
         let _slot = tunnel
             .visitor_slot(self.ctx.settings.visitor_caps, forwarded.visitor)
             .map_err(EdgeError::from)?;
@@ -106,49 +114,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .ok_or(EdgeError::NotFound)?
             .to_string();
         self.forward(&cluster, head, &name).await
-    }
-
-    /// Who the visitor is and what the target is told: from the headers and the connection,
-    /// or on the peer listener, what the forwarding instance decided.
-    fn forwarded_for(&self, head: &RequestHead) -> Result<Forwarded, EdgeError> {
-        if self.scheme == Scheme::Peer {
-            self.ctx.stats.cluster.served();
-            return peer_forwarded(&head.headers).ok_or(EdgeError::Head(HeadError::Bad(
-                "a forwarded request without valid peer headers",
-            )));
-        }
-        Ok(forwarded(
-            &head.headers,
-            self.peer.ip(),
-            self.scheme.as_str(),
-            &self.ctx.settings.proxy,
-        ))
-    }
-
-    /// The tunnel's visitor rules and the rate limits, for this visitor.
-    fn admit(
-        &self,
-        tunnel: &Tunnel,
-        head: &RequestHead,
-        forwarded: &Forwarded,
-    ) -> Result<(), EdgeError> {
-        if !tunnel.access.ip_allowed(forwarded.visitor) {
-            return Err(EdgeError::IpForbidden);
-        }
-        if tunnel.access.wants_basic_auth() {
-            let gate = &self.ctx.limits.basic_auth;
-            gate.check(forwarded.visitor)
-                .map_err(|wait| EdgeError::RateLimited(crate::limits::retry_secs(wait)))?;
-            if !tunnel.access.basic_ok(&head.headers) {
-                gate.failed(forwarded.visitor);
-                return Err(EdgeError::AuthRequired);
-            }
-        }
-        let rated = self
-            .ctx
-            .limits
-            .visitor(forwarded.visitor, &tunnel.info.name);
-        rated.map_err(|wait| EdgeError::RateLimited(crate::limits::retry_secs(wait)))
     }
 
     /// Answers `308 Permanent Redirect` to the same URL over HTTPS (the method and body are kept
@@ -240,12 +205,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     fn route(&self, head: &RequestHead) -> Result<Arc<Tunnel>, EdgeError> {
-        let name = showoff_proto::host::route_name(&head.host.name, &self.ctx.urls.domain)
-            .ok_or(EdgeError::NotFound)?;
-        let tunnel = self.ctx.routes.get(name).ok_or(EdgeError::NotFound)?;
-        if tunnel.info.kind != showoff_proto::TunnelKind::Http {
-            return Err(EdgeError::NotFound);
-        }
-        Ok(tunnel)
+        gate::route(&self.ctx, &head.host.name)
     }
 }

@@ -105,6 +105,62 @@ pub(crate) fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHea
     }))
 }
 
+impl RequestHead {
+    /// The head of a request another parser read (hyper's HTTP/2 and HTTP/1.1 servers, h3),
+    /// checked like one read here: the host from `:authority` (or `Host`, which must then agree
+    /// with it), the target in origin form. The body's framing is the parser's business:
+    /// `Length` when a `content-length` was given, otherwise `Chunked` (a streamed body).
+    pub(crate) fn of_request(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
+        if parts.method == Method::CONNECT {
+            return Err(HeadError::Connect);
+        }
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let field = match (hosts.next(), hosts.next()) {
+            (_, Some(_)) => return Err(HeadError::Bad("exactly one Host header is required")),
+            (field, None) => field,
+        };
+        let raw_host = match (parts.uri.authority(), field) {
+            (Some(authority), Some(field))
+                if !field
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
+                return Err(HeadError::Bad("the host field disagrees with :authority"));
+            }
+            (Some(authority), _) => HeaderValue::from_str(authority.as_str())
+                .map_err(|_| HeadError::Bad("malformed :authority"))?,
+            (None, Some(field)) => field.clone(),
+            (None, None) => return Err(HeadError::Bad("a request needs :authority or Host")),
+        };
+        let host =
+            parse_host(raw_host.as_bytes()).map_err(|_| HeadError::Bad("malformed authority"))?;
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+        let framing = match parts.headers.get(header::CONTENT_LENGTH) {
+            Some(_) => match body_framing(&parts.headers)? {
+                Framing::Chunked => Framing::Chunked,
+                known => known,
+            },
+            None => Framing::Chunked,
+        };
+        Ok(RequestHead {
+            method: parts.method.clone(),
+            target,
+            version: parts.version,
+            headers: parts.headers.clone(),
+            host,
+            raw_host,
+            framing,
+            keep_alive: true,
+            upgrade: parts.headers.contains_key(header::UPGRADE),
+            expect_continue: false,
+            len: 0,
+        })
+    }
+}
+
 fn collect_headers(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     for field in fields {

@@ -20,6 +20,11 @@ impl<S> Metered<S> {
     }
 
     /// Bytes read and written so far.
+    /// The stream, no longer counted.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
+
     pub(crate) fn counts(&self) -> (u64, u64) {
         (self.read, self.written)
     }

@@ -48,10 +48,12 @@ impl UpstreamConn {
     }
 }
 
-/// The idle upstream connections of one tunnel.
+/// The HTTP edge's state of one tunnel: its idle upstream HTTP/1.1 connections, and its HTTP/2
+/// connection when the target speaks HTTP/2.
 #[derive(Default)]
 pub(crate) struct Upstream {
     idle: Mutex<Vec<UpstreamConn>>,
+    pub(crate) h2: crate::edge::h2::upstream::H2Upstream,
 }
 
 impl Upstream {
