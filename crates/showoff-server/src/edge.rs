@@ -1,8 +1,12 @@
 //! The public side: visitors arrive here and are routed to a tunnel.
 //!
+//! - [`visitor`]: where HTTP visitor connections start, and their hand-over to [`request`].
 //! - [`http`]: HTTP/1.1 reverse proxy routed by `Host`, per request.
+//! - [`request`]: the request-level edge (HTTP/2 visitors, connections handed over): HTTP/2
+//!   end to end to targets that speak it ([`h2`]), HTTP/1.1 through [`http`] otherwise.
+//! - [`pages`]: error pages as responses of the request-level edge, gRPC statuses included.
 //! - [`https`]: the HTTPS listener: ClientHello (SNI) first, then TLS, then [`http`].
-//! - [`h2`]: HTTP/2 visitors, each request handed to [`http`] as HTTP/1.1.
+//! - [`h2`]: HTTP/2 visitors, and HTTP/2 towards targets (one connection per tunnel).
 //! - [`forwarded`]: `X-Forwarded-*` and which proxies are believed.
 //! - [`tcp`]: raw TCP tunnels, one public port each; also TLS passthrough visitors.
 //! - [`udp`]: UDP tunnels, one public UDP port each, relayed flow by flow.
@@ -27,6 +31,7 @@ pub(crate) mod request;
 pub(crate) mod spans;
 pub(crate) mod tcp;
 pub(crate) mod udp;
+pub(crate) mod visitor;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,7 +31,8 @@ use tracing::debug;
 
 use crate::edge::EdgeContext;
 use crate::edge::http::Scheme;
-use crate::edge::request::{self, Body, BoxError};
+use crate::edge::pages::{Body, BoxError};
+use crate::edge::request;
 
 /// Streams a visitor may have open at once (RFC 9113 recommends no fewer than 100).
 pub(crate) const MAX_STREAMS: u32 = 100;

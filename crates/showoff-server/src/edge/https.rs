@@ -89,7 +89,7 @@ async fn serve(arrival: Arrival, ctx: &Arc<EdgeContext>) -> Result<(), EdgeError
         Some(crate::tls::ACME_TLS_ALPN) => {}
         Some(b"h2") => crate::edge::h2::serve(tls, peer, ctx.clone()).await,
         _ => {
-            crate::edge::http::serve_conn(tls, peer, BytesMut::new(), Scheme::Https, ctx.clone())
+            crate::edge::visitor::serve_conn(tls, peer, BytesMut::new(), Scheme::Https, ctx.clone())
                 .await
         }
     }

@@ -1,4 +1,4 @@
-//! Error pages as responses of the request-level edge ([`super::request`]): the plain-text
+//! The request-level edge's body type, and its error pages as responses: the plain-text
 //! page every HTTP client gets, or, for a gRPC call, a trailers-only response (HTTP 200, one
 //! HEADERS frame that ends the stream) whose `grpc-status` follows gRPC's mapping of HTTP
 //! statuses and whose `grpc-message` is the page's message; `x-showoff-error` carries the
@@ -8,8 +8,15 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use http_body_util::{BodyExt, Empty, Full};
 
+use http_body_util::combinators::BoxBody;
+
 use super::error::{ERROR_HEADER, ErrorPage};
-use super::request::Body;
+
+/// Any error a body passes on.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every request and response of the request-level edge.
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// gRPC's status codes used here.
 mod code {

@@ -325,7 +325,7 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
     {
         return;
     }
-    crate::edge::http::serve_conn(stream, peer, buf, Scheme::Peer, ctx).await;
+    crate::edge::visitor::serve_conn(stream, peer, buf, Scheme::Peer, ctx).await;
 }
 
 /// What a proven peer asks for.

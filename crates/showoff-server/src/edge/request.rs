@@ -16,7 +16,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
@@ -25,13 +24,7 @@ use super::error::EdgeError;
 use super::h2::relay;
 use super::h2::upstream::speaks_h2;
 use super::http::{Conn, Scheme, gate};
-use super::pages;
-
-/// Any error a body passes on.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of every request and response of this edge.
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
+use super::pages::{self, Body, BoxError};
 
 /// Bytes buffered in each direction of a request's pipe to the HTTP/1.1 edge.
 const PIPE: usize = 64 * 1024;

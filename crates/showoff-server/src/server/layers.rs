@@ -214,7 +214,7 @@ impl Layers {
             public.clone(),
             drain.visitors().clone(),
             visitor_span,
-            move |arrived| crate::edge::http::serve_visitor(arrived, edge.clone()),
+            move |arrived| crate::edge::visitor::serve_visitor(arrived, edge.clone()),
         ));
         if let Some(peer) = listeners.peer {
             let edge = self.edge.clone();

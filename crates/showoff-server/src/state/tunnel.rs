@@ -54,8 +54,12 @@ pub(crate) struct Activity {
     visitors: AtomicUsize,
     /// The same, per visitor address (entries go when their count reaches zero).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    edge_state: OnceLock<Box<dyn Any + Send + Sync>>,
+    edge_state: [OnceLock<Box<dyn Any + Send + Sync>>; EDGE_STATES],
 }
+
+/// Edge state types a tunnel can hold (the HTTP edge keeps its HTTP/1.1 pool and its HTTP/2
+/// connection apart; UDP keeps its peer inbox).
+const EDGE_STATES: usize = 2;
 
 impl Default for Activity {
     fn default() -> Self {
@@ -64,7 +68,7 @@ impl Default for Activity {
             last_active_ms: AtomicU64::new(0),
             visitors: AtomicUsize::new(0),
             per_ip: Mutex::default(),
-            edge_state: OnceLock::new(),
+            edge_state: Default::default(),
         }
     }
 }
@@ -179,13 +183,13 @@ impl Tunnel {
         self.activity.epoch.elapsed().saturating_sub(last)
     }
 
-    /// The edge's state for this tunnel, created on first use. `None` only if another type
-    /// already took the slot (one edge serves each tunnel kind, so it does not happen).
+    /// The edge's state of type `T` for this tunnel, created on first use in the first free
+    /// slot. `None` only if other types took every slot (the edges use fewer types).
     pub(crate) fn edge_state<T: Default + Send + Sync + 'static>(&self) -> Option<&T> {
         self.activity
             .edge_state
-            .get_or_init(|| Box::new(T::default()))
-            .downcast_ref()
+            .iter()
+            .find_map(|slot| slot.get_or_init(|| Box::new(T::default())).downcast_ref())
     }
 }
 
@@ -287,6 +291,14 @@ pub(crate) mod tests {
         counter.0.fetch_add(1, Ordering::Relaxed);
         let again = t.edge_state::<Counter>().expect("same slot");
         assert_eq!(again.0.load(Ordering::Relaxed), 1);
-        assert!(t.edge_state::<String>().is_none(), "one type per slot");
+        assert!(t.edge_state::<String>().is_some(), "a second type");
+        assert!(t.edge_state::<Vec<u8>>().is_none(), "slots are few");
+        assert_eq!(
+            t.edge_state::<Counter>()
+                .expect("still there")
+                .0
+                .load(Ordering::Relaxed),
+            1
+        );
     }
 }

@@ -38,7 +38,7 @@ use crate::edge::http::encode::NOT_FORWARDED;
 use crate::edge::http::head::RequestHead;
 use crate::edge::http::{Scheme, conn::report_failure, gate};
 use crate::edge::pages;
-use crate::edge::request::{Body, BoxError};
+use crate::edge::pages::{Body, BoxError};
 use crate::edge::spans;
 use crate::state::Tunnel;
 use crate::state::tunnel::HeldSlot;
@@ -165,6 +165,46 @@ where
         Route::Http2(connection) => connection,
         Route::Http1 => return Ok(Relayed::Http1(Request::from_parts(parts, body))),
     };
+    let admitted = Admitted {
+        head,
+        forwarded,
+        meta,
+        slot,
+        started,
+    };
+    relay(visit, admitted, span, connection, parts, body).await
+}
+
+/// What the rules let through, for the relay.
+struct Admitted {
+    head: RequestHead,
+    forwarded: Forwarded,
+    meta: StreamMeta,
+    slot: HeldSlot,
+    started: Instant,
+}
+
+/// The request to the target and its response back, under the upstream `span`.
+async fn relay<B>(
+    visit: &Visit<'_>,
+    admitted: Admitted,
+    span: tracing::Span,
+    connection: upstream::Connection,
+    parts: http::request::Parts,
+    body: B,
+) -> Result<Relayed<B>, EdgeError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (ctx, tunnel) = (visit.ctx, visit.tunnel);
+    let Admitted {
+        head,
+        forwarded,
+        meta,
+        slot,
+        started,
+    } = admitted;
     let received = Arc::new(AtomicU64::new(0));
     let request = visit.decision.with_headers(&span, |trace| {
         upstream_request(&head, &tunnel.spec, &forwarded, trace, parts)

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::edge::error::EdgeError;
-use crate::edge::request::Body;
+use crate::edge::pages::Body;
 use crate::edge::spans;
 use crate::state::Tunnel;
 
@@ -56,7 +56,7 @@ impl Found {
     }
 }
 
-/// A tunnel's HTTP/2 connection to its target, kept in the HTTP edge's tunnel state.
+/// A tunnel's HTTP/2 connection to its target, kept in the tunnel's edge state.
 #[derive(Default)]
 pub(crate) struct H2Upstream {
     live: Mutex<Option<Connection>>,
@@ -106,7 +106,7 @@ pub(crate) fn speaks_h2(tunnel: &Tunnel) -> bool {
 }
 
 fn state(tunnel: &Tunnel) -> Option<&H2Upstream> {
-    crate::edge::http::pool::pool(tunnel).map(|pool| &pool.h2)
+    tunnel.edge_state::<H2Upstream>()
 }
 
 /// The connection for the next request to `tunnel`, opened (and for `auto`, probed) if there

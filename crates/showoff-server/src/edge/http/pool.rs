@@ -48,12 +48,10 @@ impl UpstreamConn {
     }
 }
 
-/// The HTTP edge's state of one tunnel: its idle upstream HTTP/1.1 connections, and its HTTP/2
-/// connection when the target speaks HTTP/2.
+/// The idle upstream connections of one tunnel.
 #[derive(Default)]
 pub(crate) struct Upstream {
     idle: Mutex<Vec<UpstreamConn>>,
-    pub(crate) h2: crate::edge::h2::upstream::H2Upstream,
 }
 
 impl Upstream {
