@@ -162,10 +162,10 @@ def start_client(kind, nginx_port, control, name, extra=()):
     return client, int(line["public_url"].rsplit(":", 1)[1])
 
 
-def self_signed(workdir, ips=("127.0.0.1",)):
-    """A certificate for `ips` and localhost (the QUIC transport needs TLS)."""
+def self_signed(workdir, ips=("127.0.0.1",), dns=("localhost",)):
+    """A certificate for `ips` and the `dns` names (the QUIC transport needs TLS)."""
     cert, key = workdir / "cert.pem", workdir / "key.pem"
-    names = ",".join([f"IP:{ip}" for ip in ips] + ["DNS:localhost"])
+    names = ",".join([f"IP:{ip}" for ip in ips] + [f"DNS:{name}" for name in dns])
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
@@ -176,13 +176,14 @@ def self_signed(workdir, ips=("127.0.0.1",)):
     return cert, key
 
 
-def start_server(what, extra=(), control=None):
-    """A `showoff server` on free loopback ports (TCP tunnels on any port), with `extra`
-    flags; waits for its control listener. Returns it and its control port."""
+def start_server(what, extra=(), control=None, bin=None):
+    """A `showoff server` (`bin`, else the release build) on free loopback ports (TCP tunnels
+    on any port), with `extra` flags; waits for its control listener. Returns it and its
+    control port."""
     control = control or free_port()
     server = Proc(
         "server",
-        [str(SHOWOFF), "server", "--log-level", "warn",
+        [str(bin or SHOWOFF), "server", "--log-level", "warn",
          "--control-addr", f"127.0.0.1:{control}", "--data-addr", f"127.0.0.1:{free_port()}",
          "--http-addr", f"127.0.0.1:{free_port()}", "--tcp-ports", "0-0", *extra],
     )
