@@ -107,15 +107,7 @@ async fn handle(
             body_bytes += data.len() as u64;
         }
     }
-    let mut headers = serde_json::Map::new();
-    for (name, value) in &parts.headers {
-        let entry = headers
-            .entry(name.as_str())
-            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
-        if let serde_json::Value::Array(values) = entry {
-            values.push(String::from_utf8_lossy(value.as_bytes()).into());
-        }
-    }
+    let headers = crate::target::headers_json(&parts.headers);
     let echo = serde_json::json!({
         "target": label,
         "version": format!("{:?}", parts.version),

@@ -186,15 +186,7 @@ async fn echo(req: Request<Incoming>, label: &'static str) -> Response<Body> {
             body_bytes += data.len() as u64;
         }
     }
-    let mut headers = serde_json::Map::new();
-    for (name, value) in &parts.headers {
-        let entry = headers
-            .entry(name.as_str())
-            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
-        if let serde_json::Value::Array(values) = entry {
-            values.push(String::from_utf8_lossy(value.as_bytes()).into());
-        }
-    }
+    let headers = headers_json(&parts.headers);
     let echo = serde_json::json!({
         "target": label,
         "method": parts.method.as_str(),
@@ -208,6 +200,20 @@ async fn echo(req: Request<Incoming>, label: &'static str) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A request's fields as the echoes show them: each name with the list of its values.
+pub(crate) fn headers_json(fields: &http::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in fields {
+        let entry = headers
+            .entry(name.as_str())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(values) = entry {
+            values.push(String::from_utf8_lossy(value.as_bytes()).into());
+        }
+    }
+    headers
 }
 
 fn websocket(mut req: Request<Incoming>) -> Response<Body> {

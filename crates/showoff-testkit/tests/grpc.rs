@@ -221,32 +221,12 @@ async fn grpc_calls_cross_a_tunnel_to_a_tls_target_and_auto_finds_http2() {
 async fn grpc_refusals_are_grpc_statuses_with_the_showoff_code() {
     let (server, ca, ca_file) = https_server().await;
     let out = grpc_client(&server, &ca_file, "nobody", "one").await;
-    assert_eq!(out["error"]["code"], "UNIMPLEMENTED", "{out}");
-    assert_eq!(
-        out["error"]["trailing"]["x-showoff-error"], "tunnel_not_found",
-        "{out}"
-    );
-    assert!(
-        out["error"]["details"]
-            .as_str()
-            .is_some_and(|d| d.contains("nobody.tunnel.test")),
-        "{out}"
-    );
+    assert_refused(&out, "tunnel_not_found", "nobody.tunnel.test");
     // A tunnel that speaks HTTP/1.1 to its target cannot carry gRPC, and says how to fix it.
     let target = spawn_target("http1").await;
     let _client = client(&server, &ca, "web", target.addr, Upstream::Http1, None).await;
     let out = grpc_client(&server, &ca_file, "web", "one").await;
-    assert_eq!(out["error"]["code"], "UNIMPLEMENTED", "{out}");
-    assert_eq!(
-        out["error"]["trailing"]["x-showoff-error"], "grpc_needs_http2",
-        "{out}"
-    );
-    assert!(
-        out["error"]["details"]
-            .as_str()
-            .is_some_and(|d| d.contains("--upstream h2c")),
-        "{out}"
-    );
+    assert_refused(&out, "grpc_needs_http2", "--upstream h2c");
     // gRPC over HTTP/1.1 is refused with 505 and the reason.
     let https = server.addrs.https.expect("https");
     let tls = tls_connect(https, "web.tunnel.test", &ca.cert_pem, &["http/1.1"])
@@ -266,6 +246,16 @@ async fn grpc_refusals_are_grpc_statuses_with_the_showoff_code() {
         .expect("response");
     assert_eq!(response.status(), 505);
     assert_eq!(response.headers()["x-showoff-error"], "grpc_needs_http2");
+}
+
+/// The call failed `UNIMPLEMENTED`, Showoff's `code` in its trailers and `saying` in its
+/// message.
+fn assert_refused(out: &serde_json::Value, code: &str, saying: &str) {
+    let error = &out["error"];
+    assert_eq!(error["code"], "UNIMPLEMENTED", "{out}");
+    assert_eq!(error["trailing"]["x-showoff-error"], code, "{out}");
+    let details = error["details"].as_str().unwrap_or_default();
+    assert!(details.contains(saying), "{out}");
 }
 
 /// An HTTP/2 connection to the HTTPS listener, as `name`'s visitor.

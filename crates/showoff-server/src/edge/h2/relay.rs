@@ -116,13 +116,16 @@ where
         scheme == Scheme::Peer,
     );
     visit.decision = decision;
-    let relayed = admitted(&visit, scheme, head, parts, body)
-        .instrument(span)
-        .await;
-    match relayed {
-        Ok(relayed) => relayed,
-        Err(error) => visit.fail(error),
+    // A failure is reported inside the request's span, which records its status and code.
+    let visit = &visit;
+    async move {
+        match admitted(visit, scheme, head, parts, body).await {
+            Ok(relayed) => relayed,
+            Err(error) => visit.fail(error),
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// The rules, then the relay.
