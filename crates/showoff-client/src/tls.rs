@@ -59,21 +59,14 @@ impl Connector {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            match &settings.ca {
-                Some(pem) => {
-                    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                        let cert = cert.map_err(|e| format!("the CA file does not parse: {e}"))?;
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("the CA file is not usable: {e}"))?;
-                    }
-                    if roots.is_empty() {
-                        return Err("the CA file holds no certificate".into());
-                    }
+            let roots = match &settings.ca {
+                Some(pem) => roots_of(pem, "the CA file")?,
+                None => {
+                    let mut roots = rustls::RootCertStore::empty();
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                    roots
                 }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
+            };
             builder.with_root_certificates(roots)
         };
         let config = match &settings.identity {
@@ -140,6 +133,21 @@ impl Connector {
 }
 
 /// The host part of `host:port` (`[::1]:7000` → `::1`).
+/// The certificates of a PEM CA file (`what` names it in errors); at least one.
+pub(crate) fn roots_of(pem: &str, what: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("{what} does not parse: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{what} is not usable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{what} holds no certificate"));
+    }
+    Ok(roots)
+}
+
 pub(crate) fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')

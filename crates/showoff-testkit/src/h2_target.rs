@@ -18,10 +18,9 @@ use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::target::{Target, TargetStats};
+use crate::target::{Target, TargetStats, serve_on_loopback};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -54,30 +53,20 @@ pub async fn spawn_h2_tls_target(label: &'static str, identity: showoff_server::
 }
 
 async fn spawn(label: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Target {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("target binds");
-    let addr = listener.local_addr().expect("addr");
-    let stats = Arc::new(TargetStats::default());
-    let served = stats.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            served.connections.fetch_add(1, Ordering::Relaxed);
-            let (stats, tls) = (served.clone(), tls.clone());
-            tokio::spawn(async move {
-                match tls {
-                    Some(acceptor) => {
-                        if let Ok(stream) = acceptor.accept(stream).await {
-                            serve(stream, label, stats).await;
-                        }
+    serve_on_loopback(label, move |stream, stats| {
+        let tls = tls.clone();
+        async move {
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve(stream, label, stats).await;
                     }
-                    None => serve(stream, label, stats).await,
                 }
-            });
+                None => serve(stream, label, stats).await,
+            }
         }
-    });
-    Target { addr, stats, label }
+    })
+    .await
 }
 
 async fn serve<S>(io: S, label: &'static str, stats: Arc<TargetStats>)

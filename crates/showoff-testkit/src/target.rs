@@ -52,6 +52,23 @@ impl Target {
 
 /// Starts a target on `127.0.0.1:0`; it runs until the test's runtime ends.
 pub async fn spawn_target(label: &'static str) -> Target {
+    serve_on_loopback(label, move |stream, stats| async move {
+        let service = hyper::service::service_fn(move |req| handle(req, label, stats.clone()));
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+    })
+    .await
+}
+
+/// A target on `127.0.0.1:0` whose every accepted connection (`TCP_NODELAY`, counted) is
+/// served by `serve` in a task of its own, until the test's runtime ends.
+pub(crate) async fn serve_on_loopback<F, Fut>(label: &'static str, serve: F) -> Target
+where
+    F: Fn(tokio::net::TcpStream, Arc<TargetStats>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("target binds");
@@ -62,15 +79,7 @@ pub async fn spawn_target(label: &'static str) -> Target {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
             served.connections.fetch_add(1, Ordering::Relaxed);
-            let stats = served.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req| handle(req, label, stats.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
+            tokio::spawn(serve(stream, served.clone()));
         }
     });
     Target { addr, stats, label }

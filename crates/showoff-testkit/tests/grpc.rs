@@ -279,6 +279,14 @@ async fn h2_visitor(
     sender
 }
 
+/// The whole body of a response.
+async fn body_of(response: http::Response<hyper::body::Incoming>) -> Bytes {
+    within("body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
 /// A request body of `chunks` data frames, then the trailer `x-client-trailer: sent`.
 fn body_with_trailer(
     chunks: usize,
@@ -336,15 +344,8 @@ async fn http2_targets_get_trailers_both_ways_from_http2_and_http1_visitors() {
         let response = within("echo", sender.send_request(request))
             .await
             .expect("response");
-        let echo: serde_json::Value = serde_json::from_slice(
-            &response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes(),
-        )
-        .expect("json");
+        let echo: serde_json::Value =
+            serde_json::from_slice(&body_of(response).await).expect("json");
         assert_eq!(echo["target"], label);
         assert_eq!(echo["version"], "HTTP/2.0");
         assert_eq!(echo["authority"], format!("{name}.{DOMAIN}"));
@@ -372,13 +373,8 @@ async fn http2_targets_get_trailers_both_ways_from_http2_and_http1_visitors() {
             .await
             .expect("response");
         assert_eq!(response.status(), 200);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let echo: serde_json::Value =
+            serde_json::from_slice(&body_of(response).await).expect("json");
         assert_eq!(echo["version"], "HTTP/2.0");
         assert_eq!(echo["path"], path);
     }
@@ -403,13 +399,7 @@ async fn auto_settles_on_http1_for_an_http1_target() {
             .await
             .expect("response");
         assert_eq!(response.status(), 200);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(body, showoff_testkit::target::TEXT);
+        assert_eq!(body_of(response).await, showoff_testkit::target::TEXT);
     }
     // The probe's connection and the HTTP/1.1 one: not one per request.
     assert!(target.connections() <= 2, "{}", target.connections());

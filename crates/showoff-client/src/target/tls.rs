@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use showoff_proto::Upstream;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -49,17 +48,7 @@ impl TargetTls {
             .map_err(|e| e.to_string())?;
         let builder = match ca {
             Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let cert = cert.map_err(|e| format!("the upstream CA does not parse: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("the upstream CA is not usable: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("the upstream CA file holds no certificate".into());
-                }
-                builder.with_root_certificates(roots)
+                builder.with_root_certificates(crate::tls::roots_of(pem, "the upstream CA file")?)
             }
             None => builder
                 .dangerous()

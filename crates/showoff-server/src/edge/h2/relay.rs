@@ -35,7 +35,7 @@ use crate::edge::EdgeContext;
 use crate::edge::error::EdgeError;
 use crate::edge::forwarded::Forwarded;
 use crate::edge::http::encode::NOT_FORWARDED;
-use crate::edge::http::head::RequestHead;
+use crate::edge::http::head::{RequestHead, connection_tokens};
 use crate::edge::http::{Scheme, conn::report_failure, gate};
 use crate::edge::pages;
 use crate::edge::pages::{Body, BoxError};
@@ -91,8 +91,8 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
-    let head = RequestHead::of_request(&parts);
+    let (mut parts, body) = request.into_parts();
+    let head = RequestHead::of_request(&mut parts);
     let host = head
         .as_ref()
         .map_or_else(|_| String::new(), |head| head.host.name.clone());
@@ -166,7 +166,12 @@ where
         .inspect_err(|error| spans::failed(&span, error.code()))?;
     let connection = match routed {
         Route::Http2(connection) => connection,
-        Route::Http1 => return Ok(Relayed::Http1(Request::from_parts(parts, body))),
+        Route::Http1 => {
+            // The fields go back where the HTTP/1.1 way reads them.
+            let mut parts = parts;
+            parts.headers = head.headers;
+            return Ok(Relayed::Http1(Request::from_parts(parts, body)));
+        }
     };
     let admitted = Admitted {
         head,
@@ -202,23 +207,20 @@ where
 {
     let (ctx, tunnel) = (visit.ctx, visit.tunnel);
     let Admitted {
-        head,
+        mut head,
         forwarded,
         meta,
         slot,
         started,
     } = admitted;
+    let mut parts = parts;
+    parts.headers = std::mem::take(&mut head.headers);
     let received = Arc::new(AtomicU64::new(0));
     let request = visit.decision.with_headers(&span, |trace| {
         upstream_request(&head, &tunnel.spec, &forwarded, trace, parts)
     });
-    let request = request.map(|_| {
-        Counted {
-            inner: body.map_err(Into::into).boxed(),
-            count: received.clone(),
-        }
-        .boxed()
-    });
+    let body = body.map_err(Into::into).boxed();
+    let request = request.map(|_| Metered::new(body, received.clone(), None).boxed());
     let wait = upstream::send(&visit.decision, tunnel, &meta, connection, request);
     let answered = if visit.grpc {
         // A call's deadline is its own (`grpc-timeout`, enforced by the target).
@@ -234,6 +236,7 @@ where
         spans::responded(&span, status);
         spans::responded(&tracing::Span::current(), status);
     }
+    let sent = Arc::new(AtomicU64::new(0));
     let report = Report {
         exchanges: ctx.exchanges.clone(),
         tunnel: tunnel.info.name.clone(),
@@ -243,16 +246,13 @@ where
         path: head.target,
         status,
         received,
-        sent: 0,
+        sent: sent.clone(),
         started,
         _slot: slot,
     };
     let (mut parts, body) = response.into_parts();
     strip_connection_fields(&mut parts.headers);
-    let body = Reported {
-        inner: body,
-        report: Some(report),
-    };
+    let body = Metered::new(body, sent, Some(report));
     Ok(Relayed::Answered(Response::from_parts(parts, body.boxed())))
 }
 
@@ -324,15 +324,8 @@ fn upstream_request(
 
 /// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2) and those `Connection` names.
 fn strip_connection_fields(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    for token in connection_tokens(headers) {
+        headers.remove(token.as_str());
     }
     for name in [
         header::CONNECTION,
@@ -346,38 +339,6 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
     }
 }
 
-/// A request body whose bytes are counted as they pass.
-struct Counted {
-    inner: Body,
-    count: Arc<AtomicU64>,
-}
-
-impl http_body::Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// What the exchange event says, once the response is done.
 struct Report {
     exchanges: showoff_core::Exchanges,
@@ -388,7 +349,7 @@ struct Report {
     path: String,
     status: u16,
     received: Arc<AtomicU64>,
-    sent: u64,
+    sent: Arc<AtomicU64>,
     started: Instant,
     /// The visitor's place in the tunnel's caps, held until the response is done.
     _slot: HeldSlot,
@@ -408,19 +369,35 @@ impl Drop for Report {
             status: Some(self.status),
             error: None,
             bytes_in: self.received.load(Ordering::Relaxed),
-            bytes_out: self.sent,
+            bytes_out: self.sent.load(Ordering::Relaxed),
             duration: self.started.elapsed(),
         });
     }
 }
 
-/// The target's response body, counted, reporting the exchange when it ends or is dropped.
-struct Reported {
-    inner: hyper::body::Incoming,
+/// A body whose data bytes are counted as they pass; the response's also carries the report,
+/// made when the body ends or is dropped (a reset, a visitor gone).
+struct Metered<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
     report: Option<Report>,
 }
 
-impl http_body::Body for Reported {
+impl<B> Metered<B> {
+    fn new(inner: B, count: Arc<AtomicU64>, report: Option<Report>) -> Self {
+        Self {
+            inner,
+            count,
+            report,
+        }
+    }
+}
+
+impl<B> http_body::Body for Metered<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -431,8 +408,8 @@ impl http_body::Body for Reported {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(report)) = (frame.data_ref(), self.report.as_mut()) {
-                    report.sent += data.len() as u64;
+                if let Some(data) = frame.data_ref() {
+                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
             Poll::Ready(None) => drop(self.report.take()),
@@ -455,8 +432,10 @@ mod tests {
     use super::*;
 
     fn head_of(request: &Request<()>) -> (RequestHead, http::request::Parts) {
-        let (parts, ()) = request.clone().into_parts();
-        (RequestHead::of_request(&parts).expect("head"), parts)
+        let (mut parts, ()) = request.clone().into_parts();
+        let head = RequestHead::of_request(&mut parts).expect("head");
+        parts.headers = head.headers.clone();
+        (head, parts)
     }
 
     fn spec(host_header: HostHeader, upstream: Upstream) -> TunnelSpec {

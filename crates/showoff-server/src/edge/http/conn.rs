@@ -135,9 +135,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// its tunnel's target speaks HTTP/2, and it is not an ACME answer or a redirect, which
     /// are answered here. Connections from the HTTP/2 edge's pipe never are.
     fn hands_off(&self, head: &RequestHead, tunnel: &crate::state::Tunnel) -> bool {
+        if self.piped || !crate::edge::h2::upstream::speaks_h2(tunnel) {
+            return false;
+        }
         let redirected = self.scheme == Scheme::Http && self.ctx.settings.redirect_http;
-        let acme = head.target.starts_with(crate::tls::HTTP01_PREFIX);
-        !redirected && !acme && !self.piped && crate::edge::h2::upstream::speaks_h2(tunnel)
+        !redirected && !head.target.starts_with(crate::tls::HTTP01_PREFIX)
     }
 
     /// The visitor's stream and the bytes read from it and not yet served.

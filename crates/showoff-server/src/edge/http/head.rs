@@ -106,11 +106,12 @@ pub(crate) fn parse_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHea
 }
 
 impl RequestHead {
-    /// The head of a request another parser read (hyper's HTTP/2 and HTTP/1.1 servers, h3),
+    /// The head of a request another parser read (hyper's HTTP/2 and HTTP/1.1 servers),
     /// checked like one read here: the host from `:authority` (or `Host`, which must then agree
     /// with it), the target in origin form. The body's framing is the parser's business:
-    /// `Length` when a `content-length` was given, otherwise `Chunked` (a streamed body).
-    pub(crate) fn of_request(parts: &http::request::Parts) -> Result<RequestHead, HeadError> {
+    /// `Length` when a `content-length` was given, otherwise `Chunked` (a streamed body). The
+    /// fields move into the head (`parts.headers` is left empty), they are not copied.
+    pub(crate) fn of_request(parts: &mut http::request::Parts) -> Result<RequestHead, HeadError> {
         if parts.method == Method::CONNECT {
             return Err(HeadError::Connect);
         }
@@ -139,22 +140,20 @@ impl RequestHead {
             .path_and_query()
             .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
         let framing = match parts.headers.get(header::CONTENT_LENGTH) {
-            Some(_) => match body_framing(&parts.headers)? {
-                Framing::Chunked => Framing::Chunked,
-                known => known,
-            },
+            Some(_) => body_framing(&parts.headers)?,
             None => Framing::Chunked,
         };
+        let upgrade = parts.headers.contains_key(header::UPGRADE);
         Ok(RequestHead {
             method: parts.method.clone(),
             target,
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: std::mem::take(&mut parts.headers),
             host,
             raw_host,
             framing,
             keep_alive: true,
-            upgrade: parts.headers.contains_key(header::UPGRADE),
+            upgrade,
             expect_continue: false,
             len: 0,
         })
