@@ -51,7 +51,7 @@ say "helm lint + template with TLS, mTLS and ACME values"
 helm lint --strict "$chart" -f "$chart/ci/tls-values.yaml" >/dev/null
 helm template demo "$chart" -f "$chart/ci/tls-values.yaml" >"$out/helm-tls.yaml"
 kubernetes-validate -k 1.32.0 --strict --quiet "$out/helm-tls.yaml"
-for expected in "tls_cert: /etc/showoff-tls/tls.crt" "acme_directory:" "kind: PersistentVolumeClaim" "containerPort: 8443"; do
+for expected in "tls_cert: /etc/showoff-tls/tls.crt" "acme_directory:" "kind: PersistentVolumeClaim" "containerPort: 8443" "http3_addr:" "protocol: UDP"; do
     grep -q "$expected" "$out/helm-tls.yaml" || { say "TLS render lacks: $expected"; exit 1; }
 done
 if helm template demo "$chart" >/dev/null 2>"$out/helm-defaults.err"; then

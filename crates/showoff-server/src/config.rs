@@ -203,6 +203,12 @@ pub enum ConfigError {
          server one (--tls-cert/--tls-key or --acme-directory), or leave QUIC off"
     )]
     QuicWithoutTls,
+    /// The HTTP/3 listener is asked for without a certificate.
+    #[error(
+        "the HTTP/3 listener (--http3-addr) needs a certificate: HTTP/3 runs over QUIC, always \
+         TLS 1.3; give the server one (--tls-cert/--tls-key or --acme-directory), or leave it off"
+    )]
+    Http3WithoutTls,
     /// The cluster's lease TTL is too short to renew reliably.
     #[error("lease_ttl must be at least 1s (got {0:?}): leases are renewed every third of it")]
     LeaseTtlTooShort(Duration),
@@ -406,6 +412,8 @@ pub struct ServerConfig {
     pub public_http_port: Option<u16>,
     /// Port shown in public HTTPS URLs; defaults to the HTTPS listener's (omitted when 443).
     pub public_https_port: Option<u16>,
+    /// Port advertised for HTTP/3 in `Alt-Svc`; defaults to the HTTP/3 listener's.
+    pub public_http3_port: Option<u16>,
     /// Ports handed to TCP tunnels; bound on the public HTTP listener's IP.
     pub tcp_ports: PortRange,
     /// Ports handed to UDP tunnels, on the same IP (a separate namespace from TCP's).
@@ -490,6 +498,7 @@ impl Default for ServerConfig {
             domain: DEFAULT_DOMAIN.into(),
             public_http_port: None,
             public_https_port: None,
+            public_http3_port: None,
             tcp_ports: DEFAULT_TCP_PORTS,
             udp_ports: DEFAULT_TCP_PORTS,
             udp: UdpConfig::default(),
@@ -593,6 +602,9 @@ impl ServerConfig {
         if self.quic_addr.is_some() && !self.tls.enabled() {
             return Err(ConfigError::QuicWithoutTls);
         }
+        if self.tls.http3_addr.is_some() && !self.tls.enabled() {
+            return Err(ConfigError::Http3WithoutTls);
+        }
         if self.cluster.enabled() {
             if self.cluster.lease_ttl < MIN_LEASE_TTL {
                 return Err(ConfigError::LeaseTtlTooShort(self.cluster.lease_ttl));
@@ -640,6 +652,7 @@ impl ServerConfig {
             ("the QUIC listener", self.quic_addr),
             ("the public HTTP listener", Some(self.http_addr)),
             ("the public HTTPS listener", self.tls.https_addr),
+            ("the public HTTP/3 listener", self.tls.http3_addr),
             ("the admin listener", self.admin.addr),
         ];
         for (listener, addr) in listeners.into_iter().filter_map(|(l, a)| Some((l, a?))) {

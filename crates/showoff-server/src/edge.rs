@@ -23,6 +23,7 @@
 pub(crate) mod error;
 pub(crate) mod forwarded;
 pub(crate) mod h2;
+pub(crate) mod h3;
 pub(crate) mod http;
 pub(crate) mod https;
 pub(crate) mod pages;
@@ -65,6 +66,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) trace: crate::config::TraceConfig,
     /// UDP flows' caps and idle timeout.
     pub(crate) udp: UdpConfig,
+    /// `Alt-Svc` for HTTPS responses when the HTTP/3 listener is on.
+    pub(crate) alt_svc: Option<::http::HeaderValue>,
 }
 
 /// What the edges use, and nothing else.
@@ -122,6 +125,7 @@ pub(crate) mod tests {
                 proxy: ProxyConfig::default(),
                 trace: Default::default(),
                 udp: UdpConfig::default(),
+                alt_svc: None,
             },
             prelude: crate::listen::Prelude::plain(None),
             routes: Arc::default(),

@@ -65,6 +65,8 @@ pub struct ServerAddrs {
     pub https: Option<SocketAddr>,
     /// QUIC listener (UDP), when enabled.
     pub quic: Option<SocketAddr>,
+    /// Public HTTP/3 listener (UDP), when enabled.
+    pub http3: Option<SocketAddr>,
     /// Cluster peer listener, when enabled.
     pub peer: Option<SocketAddr>,
 }
@@ -106,6 +108,8 @@ struct Listeners {
     admin: Option<TcpListener>,
     /// The QUIC listener's endpoint, when on.
     quic: Option<quinn::Endpoint>,
+    /// The public HTTP/3 listener's endpoint, when on.
+    http3: Option<quinn::Endpoint>,
     /// The cluster peer listener, when on.
     peer: Option<TcpListener>,
 }
@@ -197,6 +201,24 @@ fn bind_quic(config: &ServerConfig, tls: &Tls) -> Result<Option<quinn::Endpoint>
     Ok(Some(endpoint))
 }
 
+/// The public HTTP/3 listener's endpoint, when the config asks for one.
+fn bind_http3(config: &ServerConfig, tls: &Tls) -> Result<Option<quinn::Endpoint>, ServerError> {
+    let (Some(addr), Some(crypto)) = (config.tls.http3_addr, tls.http3()) else {
+        return Ok(None);
+    };
+    let failed = |source: std::io::Error| ServerError::Bind {
+        listener: "public HTTP/3",
+        addr,
+        source,
+    };
+    let server =
+        crate::edge::h3::server_config(crypto, config.io_idle_timeout).map_err(ConfigError::Tls)?;
+    let (socket, report) = showoff_core::quic::bind_udp(addr).map_err(failed)?;
+    info!(%addr, %report, "HTTP/3 socket bound");
+    let endpoint = showoff_core::quic::endpoint(socket, Some(server)).map_err(failed)?;
+    Ok(Some(endpoint))
+}
+
 /// Tells the cluster where this instance's peer listener is: `--peer-advertise`, or the
 /// listener's own address (refused by the rules when that is a wildcard).
 fn announce_peer(config: &ServerConfig, services: &Services, peer: Option<&TcpListener>) {
@@ -237,6 +259,7 @@ impl Server {
             https: bind_optional("public HTTPS", config.tls.https_addr).await?,
             admin: bind_optional("admin", config.admin.addr).await?,
             quic: bind_quic(&config, &tls)?,
+            http3: bind_http3(&config, &tls)?,
             peer: bind_optional("cluster peer", config.cluster.peer_addr).await?,
         };
         announce_peer(&config, &services, listeners.peer.as_ref());
@@ -259,6 +282,7 @@ impl Server {
             admin: l.admin.as_ref().map(addr),
             https: l.https.as_ref().map(addr),
             quic: l.quic.as_ref().and_then(|e| e.local_addr().ok()),
+            http3: l.http3.as_ref().and_then(|e| e.local_addr().ok()),
             peer: l.peer.as_ref().map(addr),
         }
     }

@@ -259,6 +259,9 @@ pub(crate) struct Tls {
     /// The control listener's settings for QUIC (same certificates and client CA, Showoff's
     /// ALPN); `None` without certificates.
     quic: Option<Arc<rustls::ServerConfig>>,
+    /// The HTTP/3 listener's settings (the visitors' certificates, ALPN `h3`); `None` without
+    /// certificates.
+    http3: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// ALPN protocols offered to visitors, preferred first (`acme-tls/1` only ever matches an ACME
@@ -292,6 +295,7 @@ impl Tls {
                 control: None,
                 https: None,
                 quic: None,
+                http3: None,
             });
         }
         store.replace(&config.certificates)?;
@@ -328,12 +332,20 @@ impl Tls {
         https.alpn_protocols = VISITOR_ALPN.iter().map(|p| p.to_vec()).collect();
         let mut quic = control.clone();
         quic.alpn_protocols = vec![showoff_core::quic::ALPN.to_vec()];
+        let mut http3 = https.clone();
+        http3.alpn_protocols = vec![b"h3".to_vec()];
         Ok(Self {
             store,
             control: Some(TlsAcceptor::from(Arc::new(control))),
             https: Some(TlsAcceptor::from(Arc::new(https))),
             quic: Some(Arc::new(quic)),
+            http3: Some(Arc::new(http3)),
         })
+    }
+
+    /// The TLS side of the HTTP/3 listener; `None` without certificates.
+    pub(crate) fn http3(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.http3.clone()
     }
 
     /// The TLS side of the QUIC listener; `None` without certificates.

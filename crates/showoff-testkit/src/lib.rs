@@ -10,6 +10,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod h2_target;
+pub mod h3_client;
 pub mod haproxy;
 pub mod impair;
 pub mod pebble;

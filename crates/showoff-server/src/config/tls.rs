@@ -29,6 +29,9 @@ pub struct TlsConfig {
     pub client_ca: Option<String>,
     /// Public HTTPS listener (visitors); `None` turns it off.
     pub https_addr: Option<SocketAddr>,
+    /// Public HTTP/3 listener (UDP, TLS 1.3 from the same certificates), advertised with
+    /// `Alt-Svc` on the HTTPS listener; `None` turns it off.
+    pub http3_addr: Option<SocketAddr>,
     /// Answer plain-HTTP visitors with a redirect to HTTPS.
     pub redirect_http: bool,
     /// Certificates obtained and renewed automatically.

@@ -29,8 +29,32 @@ use super::pages::{self, Body, BoxError};
 /// Bytes buffered in each direction of a request's pipe to the HTTP/1.1 edge.
 const PIPE: usize = 64 * 1024;
 
-/// Serves one request of a visitor at `peer` that came in on `scheme`'s listener.
+/// Serves one request of a visitor at `peer` that came in on `scheme`'s listener; an HTTPS
+/// answer advertises HTTP/3 (`Alt-Svc`) when its listener is on.
 pub(crate) async fn serve<B>(
+    request: Request<B>,
+    peer: SocketAddr,
+    scheme: Scheme,
+    ctx: Arc<EdgeContext>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let alt_svc = ctx
+        .settings
+        .alt_svc
+        .clone()
+        .filter(|_| scheme == Scheme::Https);
+    let mut response = dispatch(request, peer, scheme, ctx).await;
+    if let Some(value) = alt_svc {
+        response.headers_mut().insert(header::ALT_SVC, value);
+    }
+    response
+}
+
+/// Routes one request: the HTTP/2 relay, a refusal, or the HTTP/1.1 edge.
+async fn dispatch<B>(
     request: Request<B>,
     peer: SocketAddr,
     scheme: Scheme,

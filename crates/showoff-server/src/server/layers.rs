@@ -98,8 +98,14 @@ impl Layers {
             .clone()
             .unwrap_or_else(|| Arc::new(MemoryRegistry::default()));
         let cluster = cluster_edge(config, &registry);
+        let http3_port = listeners
+            .http3
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
+            .map(|a| a.port());
         let edge = edge_context(
             config,
+            http3_port,
             &parts,
             services.exchange_sinks.clone(),
             cluster.clone(),
@@ -240,17 +246,27 @@ impl Layers {
                 move |arrived| crate::edge::https::serve_visitor(arrived, edge.clone()),
             ));
         }
-        self.start_background(listeners.quic, listeners.admin, &tasks);
+        self.start_background(listeners.quic, listeners.http3, listeners.admin, &tasks);
     }
 
-    /// The QUIC and admin listeners and the background jobs.
+    /// The QUIC, HTTP/3 and admin listeners and the background jobs.
     fn start_background(
         self,
         quic: Option<quinn::Endpoint>,
+        http3: Option<quinn::Endpoint>,
         admin: Option<tokio::net::TcpListener>,
         tasks: &tokio_util::task::TaskTracker,
     ) {
         let (draining, stopping) = (self.drain.draining().clone(), self.drain.stopping().clone());
+        if let Some(endpoint) = http3 {
+            tasks.spawn(crate::edge::h3::serve(
+                endpoint,
+                draining.clone(),
+                stopping.clone(),
+                self.drain.visitors().clone(),
+                self.edge.clone(),
+            ));
+        }
         if let Some(endpoint) = quic {
             let serving = crate::control::quic::serve(
                 endpoint,
@@ -300,12 +316,13 @@ fn cluster_edge(
 
 fn edge_context(
     config: &ServerConfig,
+    http3_port: Option<u16>,
     parts: &Parts,
     sinks: Vec<Arc<dyn ExchangeSink>>,
     cluster: Option<Arc<ClusterEdge>>,
 ) -> Arc<EdgeContext> {
     Arc::new(EdgeContext {
-        settings: edge_settings(config),
+        settings: edge_settings(config, http3_port),
         prelude: Prelude {
             policy: config.proxy.protocol,
             proxy: config.proxy.clone(),
@@ -382,7 +399,8 @@ fn public_urls(config: &ServerConfig, listeners: &Listeners) -> PublicUrls {
     }
 }
 
-fn edge_settings(config: &ServerConfig) -> EdgeSettings {
+/// The edges' settings; `http3_port` is the bound HTTP/3 listener's, advertised in `Alt-Svc`.
+fn edge_settings(config: &ServerConfig, http3_port: Option<u16>) -> EdgeSettings {
     EdgeSettings {
         max_header_bytes: config.max_header_bytes,
         head_timeout: config.head_timeout,
@@ -397,6 +415,9 @@ fn edge_settings(config: &ServerConfig) -> EdgeSettings {
         proxy: config.proxy.clone(),
         trace: config.trace.clone(),
         udp: config.udp,
+        alt_svc: http3_port
+            .map(|bound| config.public_http3_port.unwrap_or(bound))
+            .map(crate::edge::h3::alt_svc),
     }
 }
 

@@ -142,6 +142,20 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         |b, t| set(&mut b.config.tls.https_addr, optional(t, addr)),
     ),
     setting(
+        "http3_addr",
+        "SHOWOFF_HTTP3_ADDR",
+        "",
+        "public HTTP/3 listener (UDP), IP:PORT, advertised with Alt-Svc on HTTPS (default: off; needs --tls-cert)",
+        |b, t| set(&mut b.config.tls.http3_addr, optional(t, addr)),
+    ),
+    setting(
+        "public_http3_port",
+        "SHOWOFF_PUBLIC_HTTP3_PORT",
+        "",
+        "port advertised for HTTP/3 in Alt-Svc (default: the HTTP/3 listener's)",
+        |b, t| set(&mut b.config.public_http3_port, optional(t, port)),
+    ),
+    setting(
         "public_https_port",
         "SHOWOFF_PUBLIC_HTTPS_PORT",
         "",

@@ -160,6 +160,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             spans::responded(&span, resp.status);
             spans::responded(&tracing::Span::current(), resp.status);
         }
+        // HTTPS answers advertise HTTP/3; a piped request's answer gets it from its own edge.
+        if self.scheme == Scheme::Https
+            && !self.piped
+            && let Some(alt_svc) = &self.ctx.settings.alt_svc
+        {
+            resp.add_field("alt-svc", alt_svc.as_bytes());
+        }
         if resp.status == 101 && head.upgrade {
             self.splice_upgrade(up, resp).instrument(span).await;
             return Ok((101, Next::Close));

@@ -59,6 +59,18 @@ pub(crate) struct Response {
     pub(crate) visitor_head: BytesMut,
 }
 
+impl Response {
+    /// Adds a field of Showoff's to the visitor's head.
+    pub(crate) fn add_field(&mut self, name: &str, value: &[u8]) {
+        let head = &mut self.visitor_head;
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n\r\n");
+    }
+}
+
 /// A response head Showoff cannot forward.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid response from the target: {0}")]
