@@ -197,18 +197,12 @@ pub enum ConfigError {
     /// An authenticator's key, policy or URL is unusable.
     #[error("authentication setup: {0}")]
     Auth(String),
-    /// The QUIC listener is asked for without a certificate (QUIC is always TLS 1.3).
+    /// A QUIC listener (`--quic-addr`, `--http3-addr`) is asked for without a certificate.
     #[error(
-        "the QUIC listener (--quic-addr) needs a certificate: QUIC is always TLS 1.3; give the \
-         server one (--tls-cert/--tls-key or --acme-directory), or leave QUIC off"
+        "the {0} needs a certificate: QUIC is always TLS 1.3; give the server one \
+         (--tls-cert/--tls-key or --acme-directory), or leave it off"
     )]
-    QuicWithoutTls,
-    /// The HTTP/3 listener is asked for without a certificate.
-    #[error(
-        "the HTTP/3 listener (--http3-addr) needs a certificate: HTTP/3 runs over QUIC, always \
-         TLS 1.3; give the server one (--tls-cert/--tls-key or --acme-directory), or leave it off"
-    )]
-    Http3WithoutTls,
+    QuicWithoutTls(&'static str),
     /// The cluster's lease TTL is too short to renew reliably.
     #[error("lease_ttl must be at least 1s (got {0:?}): leases are renewed every third of it")]
     LeaseTtlTooShort(Duration),
@@ -599,11 +593,13 @@ impl ServerConfig {
         if self.is_open() && !token_table {
             self.check_loopback_only()?;
         }
-        if self.quic_addr.is_some() && !self.tls.enabled() {
-            return Err(ConfigError::QuicWithoutTls);
-        }
-        if self.tls.http3_addr.is_some() && !self.tls.enabled() {
-            return Err(ConfigError::Http3WithoutTls);
+        for (listener, addr) in [
+            ("QUIC listener (--quic-addr)", self.quic_addr),
+            ("HTTP/3 listener (--http3-addr)", self.tls.http3_addr),
+        ] {
+            if addr.is_some() && !self.tls.enabled() {
+                return Err(ConfigError::QuicWithoutTls(listener));
+            }
         }
         if self.cluster.enabled() {
             if self.cluster.lease_ttl < MIN_LEASE_TTL {
@@ -667,6 +663,18 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quic_listeners_without_a_certificate_are_refused_by_name() {
+        let mut config = ServerConfig::ephemeral();
+        config.tls.http3_addr = Some("127.0.0.1:0".parse().expect("addr"));
+        let refused = config.check_rules(false).expect_err("no certificate");
+        assert!(refused.to_string().contains("--http3-addr"), "{refused}");
+        let mut config = ServerConfig::ephemeral();
+        config.quic_addr = Some("127.0.0.1:0".parse().expect("addr"));
+        let refused = config.check_rules(false).expect_err("no certificate");
+        assert!(refused.to_string().contains("--quic-addr"), "{refused}");
+    }
 
     #[test]
     fn defaults_are_valid_and_loopback() {
