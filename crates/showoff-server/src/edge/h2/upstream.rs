@@ -32,8 +32,9 @@ use crate::state::Tunnel;
 
 /// How long the target has to show which protocol it speaks.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each request stream's receive window towards the target (grown by hyper's adaptive window
-/// for bulk responses).
+/// Each request stream's receive window towards the target. Fixed: hyper's adaptive window
+/// replaces these with 64 KiB and grows them from the measured round trip, which through a
+/// tunnel halved streaming throughput (docs/benchmarks.md, "gRPC through an HTTP/2 tunnel").
 const STREAM_WINDOW: u32 = 1024 * 1024;
 /// The connection's receive window towards the target.
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
@@ -136,7 +137,6 @@ pub(crate) async fn route(
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .adaptive_window(true)
         .handshake::<_, Body>(TokioIo::new(sniff))
         .await
         .map_err(|error| {
