@@ -188,6 +188,42 @@ async fn grpc_calls_of_every_kind_cross_an_h2c_tunnel() {
 }
 
 #[tokio::test]
+async fn grpc_calls_reach_a_tunnel_another_cluster_instance_holds() {
+    let redis = showoff_testkit::redis::RedisServer::start();
+    let ca = TestCa::new("grpc cluster CA");
+    let instance = |name: &str| {
+        let (config, services) = showoff_testkit::cluster::instance_parts(
+            &redis,
+            name,
+            "grpc",
+            showoff_testkit::cluster::SECRET,
+        );
+        let config = ServerConfig {
+            tls: TlsConfig {
+                certificates: vec![ca.server(&["*.tunnel.test", "127.0.0.1"])],
+                https_addr: Some("127.0.0.1:0".parse().expect("addr")),
+                ..TlsConfig::default()
+            },
+            domain: DOMAIN.into(),
+            ..config
+        };
+        TestServer::start_with(config, services)
+    };
+    let (front, holder) = (instance("front").await, instance("holder").await);
+    let grpc = GrpcServer::start(None);
+    let _client = client(&holder, &ca, "far", grpc.addr(), Upstream::H2c, None).await;
+    let ca_file = tempfile_path::Path::with(&ca.cert_pem);
+    // The visitor reaches the instance that does not hold the tunnel: one HTTP/2 hop.
+    let out = grpc_client(&front, &ca_file, "far", "all").await;
+    assert_every_call_works(&out, &grpc);
+    let forwarded = front
+        .metric("showoff_cluster_forwarded_total{result=\"ok\"}")
+        .await
+        .unwrap_or_default();
+    assert!(forwarded >= 8.0, "every call took the hop: {forwarded}");
+}
+
+#[tokio::test]
 async fn grpc_calls_cross_a_tunnel_to_a_tls_target_and_auto_finds_http2() {
     let target_ca = TestCa::new("target CA");
     let identity = target_ca.server(&["localhost", "127.0.0.1"]);

@@ -14,6 +14,7 @@
 //! `cookie` fields are joined with `"; "` (RFC 9113 §8.2.3) on the HTTP/1.1 way; a `host` field
 //! that disagrees with `:authority` is a 400.
 
+pub(crate) mod forward;
 pub(crate) mod relay;
 pub(crate) mod upstream;
 
@@ -44,10 +45,11 @@ const MIN_CHECK: Duration = Duration::from_millis(100);
 /// [`MAX_STREAMS`] a visitor that stops reading holds at most ~6 MiB here.
 pub(crate) const SEND_BUFFER: usize = 64 * 1024;
 
-/// Serves one HTTP/2 connection until the visitor or the server closes it, it has had no open
+/// Serves one HTTP/2 connection that came in on `scheme`'s listener (HTTPS, or the peer
+/// listener for a cluster hop) until the visitor or the server closes it, it has had no open
 /// stream for the head timeout, or its responses have waited for the visitor's window for the
 /// I/O idle timeout.
-pub(crate) async fn serve<S>(io: S, peer: SocketAddr, ctx: Arc<EdgeContext>)
+pub(crate) async fn serve<S>(io: S, peer: SocketAddr, scheme: Scheme, ctx: Arc<EdgeContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -67,7 +69,7 @@ where
     let service = hyper::service::service_fn(move |request| {
         let (ctx, open) = (ctx.clone(), Open::new(&streams));
         async move {
-            let response = request::serve(request, peer, Scheme::Https, ctx).await;
+            let response = request::serve(request, peer, scheme, ctx).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open).boxed()))
         }
     });

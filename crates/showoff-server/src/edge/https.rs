@@ -87,7 +87,7 @@ async fn serve(arrival: Arrival, ctx: &Arc<EdgeContext>) -> Result<(), EdgeError
     match tls.get_ref().1.alpn_protocol() {
         // A TLS-ALPN-01 validation: the handshake was the whole answer.
         Some(crate::tls::ACME_TLS_ALPN) => {}
-        Some(b"h2") => crate::edge::h2::serve(tls, peer, ctx.clone()).await,
+        Some(b"h2") => crate::edge::h2::serve(tls, peer, Scheme::Https, ctx.clone()).await,
         _ => {
             crate::edge::visitor::serve_conn(tls, peer, BytesMut::new(), Scheme::Https, ctx.clone())
                 .await

@@ -23,6 +23,7 @@ pub(crate) mod opening;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,7 +37,6 @@ use tracing::debug;
 
 use crate::edge::EdgeContext;
 use crate::edge::error::EdgeError;
-use crate::edge::http::Scheme;
 use crate::edge::http::pool::UpstreamConn;
 use crate::listen::Arrived;
 use opening::{Answer, Opening};
@@ -164,7 +164,7 @@ impl ClusterEdge {
     }
 
     /// Dials `addr` and proves the cluster secret, for HTTP requests.
-    async fn dial(&self, addr: &str) -> Result<TunnelStream, EdgeError> {
+    pub(crate) async fn dial(&self, addr: &str) -> Result<TunnelStream, EdgeError> {
         match self.handshake(addr, None).await {
             Some((stream, Answer::Ok)) => Ok(stream),
             _ => Err(EdgeError::PeerUnreachable),
@@ -287,11 +287,15 @@ async fn read_line<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> 
     }
 }
 
-/// Serves one connection on the peer listener: the challenge, then the forwarding instance's
-/// requests as visitors of this instance's tunnels.
-pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
+/// Takes one connection on the peer listener through the challenge and serves what does not
+/// carry HTTP (streams, the Redis health question); a connection for HTTP requests comes back,
+/// `OK` sent, for the HTTP edge ([`crate::edge::visitor::serve_peer`]).
+pub(crate) async fn accept(
+    arrived: Arrived,
+    ctx: &Arc<EdgeContext>,
+) -> Option<(TcpStream, SocketAddr, BytesMut)> {
     let (Ok(arrival), Some(cluster)) = (arrived, ctx.cluster.clone()) else {
-        return;
+        return None;
     };
     let (mut stream, peer) = (arrival.stream, arrival.peer);
     let mut buf = arrival.prefix;
@@ -305,27 +309,25 @@ pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
         ctx.stats.cluster.refused();
         debug!(%peer, "peer connection refused: no valid proof of the cluster secret");
         let _ = timeout(HANDSHAKE_TIMEOUT, stream.write_all(b"DENIED\r\n")).await;
-        return;
+        return None;
     };
     match request {
         Request::Http => {}
-        Request::Stream(opening) => return stream::serve(stream, buf, opening, ctx).await,
+        Request::Stream(opening) => {
+            stream::serve(stream, buf, opening, ctx.clone()).await;
+            return None;
+        }
         Request::Health => {
             let answer = match cluster.registry.silent_for() {
                 None => REDIS_UP,
                 Some(_) => REDIS_DOWN,
             };
             let _ = timeout(HANDSHAKE_TIMEOUT, stream.write_all(answer)).await;
-            return;
+            return None;
         }
     }
-    if timeout(HANDSHAKE_TIMEOUT, stream.write_all(Answer::Ok.line()))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    crate::edge::visitor::serve_conn(stream, peer, buf, Scheme::Peer, ctx).await;
+    let answered = timeout(HANDSHAKE_TIMEOUT, stream.write_all(Answer::Ok.line())).await;
+    matches!(answered, Ok(Ok(()))).then_some((stream, peer, buf))
 }
 
 /// What a proven peer asks for.

@@ -21,6 +21,7 @@ use tracing::debug;
 
 use super::EdgeContext;
 use super::error::EdgeError;
+use super::h2::forward;
 use super::h2::relay;
 use super::h2::upstream::speaks_h2;
 use super::http::{Conn, Scheme, gate};
@@ -79,10 +80,16 @@ where
             let host = host.unwrap_or_default();
             return refuse(&ctx, peer, &host, EdgeError::GrpcToHttp1Target, true);
         }
-        // Not here, and no other instance to ask: the call gets its status here.
-        None if grpc && request.version() != Version::HTTP_11 && ctx.cluster.is_none() => {
+        // Not here: another instance may hold it, over an HTTP/2 hop; a hop never hops again.
+        None if grpc && request.version() != Version::HTTP_11 => {
             let host = host.unwrap_or_default();
-            return refuse(&ctx, peer, &host, EdgeError::NotFound, true);
+            return match &ctx.cluster {
+                Some(cluster) if scheme != Scheme::Peer => {
+                    forward::forward(request, peer, scheme, &ctx, cluster).await
+                }
+                Some(_) => refuse(&ctx, peer, &host, EdgeError::NotHere, true),
+                None => refuse(&ctx, peer, &host, EdgeError::NotFound, true),
+            };
         }
         _ => request,
     };

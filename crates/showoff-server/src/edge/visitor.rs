@@ -31,6 +31,15 @@ pub(crate) async fn serve_visitor(arrived: Arrived, ctx: Arc<EdgeContext>) {
     }
 }
 
+/// Serves one connection on the peer listener: the cluster secret proved
+/// ([`crate::edge::peer::accept`]), then the forwarding instance's requests as visitors of this
+/// instance's tunnels (HTTP/1.1, or HTTP/2 for forwarded gRPC calls).
+pub(crate) async fn serve_peer(arrived: Arrived, ctx: Arc<EdgeContext>) {
+    if let Some((stream, peer, buf)) = crate::edge::peer::accept(arrived, &ctx).await {
+        serve_conn(stream, peer, buf, Scheme::Peer, ctx).await;
+    }
+}
+
 /// Serves one visitor connection with the HTTP/1.1 edge. A connection that reaches a tunnel
 /// whose target speaks HTTP/2 is served from that request on by hyper's HTTP/1.1 server, each
 /// request through the request-level edge ([`crate::edge::request`]), which relays it to the
@@ -46,11 +55,16 @@ pub(crate) async fn serve_conn<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut conn = Conn::new(stream, peer, prefix, scheme, ctx.clone());
-    if conn.run().await == Ended::Done {
+    let ended = conn.run().await;
+    if ended == Ended::Done {
         return;
     }
     let (stream, unread) = conn.into_parts();
-    let io = TokioIo::new(showoff_core::Prefixed::new(unread, stream));
+    let stream = showoff_core::Prefixed::new(unread, stream);
+    if ended == Ended::Http2 {
+        return crate::edge::h2::serve(stream, peer, scheme, ctx).await;
+    }
+    let io = TokioIo::new(stream);
     let service_ctx = ctx.clone();
     let service = hyper::service::service_fn(move |request| {
         let ctx = service_ctx.clone();

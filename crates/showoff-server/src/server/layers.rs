@@ -232,7 +232,7 @@ impl Layers {
                 Prelude::plain(None),
                 drain.visitors().clone(),
                 |peer| tracing::info_span!("peer", %peer, tunnel = tracing::field::Empty),
-                move |arrived| crate::edge::peer::serve_peer(arrived, edge.clone()),
+                move |arrived| crate::edge::visitor::serve_peer(arrived, edge.clone()),
             ));
         }
         if let Some(https) = listeners.https {

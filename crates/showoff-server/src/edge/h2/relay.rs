@@ -283,20 +283,15 @@ fn upstream_request(
     });
     parts.version = http::Version::HTTP_2;
     let headers = &mut parts.headers;
-    let trailers_wanted = headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_connection_fields(headers);
+    next_hop_fields(headers);
+    // Framing is HTTP/2's own, and `te` was settled by `next_hop_fields`.
     for name in &NOT_FORWARDED {
-        if *name != header::CONTENT_LENGTH {
+        if *name != header::CONTENT_LENGTH && *name != header::TE {
             headers.remove(name);
         }
     }
     if spec.visitors.basic_auth.is_some() {
         headers.remove(header::AUTHORIZATION);
-    }
-    if trailers_wanted {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let mut put = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -322,8 +317,20 @@ fn upstream_request(
     Request::from_parts(parts, ())
 }
 
+/// A request's fields as the next HTTP/2 hop may get them: connection-specific ones out,
+/// `te: trailers` kept (gRPC needs it).
+pub(super) fn next_hop_fields(headers: &mut HeaderMap) {
+    let trailers_wanted = headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_connection_fields(headers);
+    if trailers_wanted {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 /// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2) and those `Connection` names.
-fn strip_connection_fields(headers: &mut HeaderMap) {
+pub(super) fn strip_connection_fields(headers: &mut HeaderMap) {
     for token in connection_tokens(headers) {
         headers.remove(token.as_str());
     }

@@ -190,7 +190,7 @@ pub(crate) async fn send(
             Ok(response) => return Ok(response),
             Err(failed) => failed,
         };
-        debug!(error = %failed.error(), attempt, "HTTP/2 request towards the target failed");
+        debug!(error = ?failed.error(), attempt, "HTTP/2 request towards the target failed");
         if *connection.seen.borrow() == Found::Http1 {
             return Err(EdgeError::NotHttp2);
         }

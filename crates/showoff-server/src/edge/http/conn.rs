@@ -49,7 +49,13 @@ pub(crate) enum Ended {
     /// A request reached a tunnel whose target speaks HTTP/2: the rest of the connection,
     /// that request's head first, is for the request-level edge.
     HandOff,
+    /// A peer-listener connection opened with the HTTP/2 preface (an instance forwarding
+    /// gRPC): the whole connection, preface first, is HTTP/2.
+    Http2,
 }
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// How an exchange left the connection.
 pub(super) enum Next {
@@ -92,6 +98,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let head = match self.next_head().await {
                 Ok(Some(head)) => head,
                 Ok(None) => return Ended::Done,
+                // Another instance forwarding gRPC speaks HTTP/2 on the peer listener.
+                Err(_) if self.scheme == Scheme::Peer && self.buf.starts_with(H2_PREFACE) => {
+                    return Ended::Http2;
+                }
                 Err(error) => {
                     self.fail(error, "").await;
                     return Ended::Done;
