@@ -422,6 +422,60 @@ async fn http2_targets_get_trailers_both_ways_from_http2_and_http1_visitors() {
 }
 
 #[tokio::test]
+async fn the_inspector_records_each_call_of_an_http2_tunnel_with_its_trailers() {
+    use showoff_client::inspect::{InspectConfig, Inspector};
+    let grpc = GrpcServer::start(None);
+    let (server, ca, ca_file) = https_server().await;
+    let inspector = Inspector::new(&InspectConfig::default()).expect("inspector");
+    let mut config = tunnel(TunnelKind::Http, Some("seen"), grpc.addr());
+    config.spec.upstream = Upstream::H2c;
+    let mut client = TestClient::config(&server, vec![config]);
+    client.tls = Some(showoff_client::ClientTls {
+        ca: Some(ca.cert_pem.clone()),
+        ..Default::default()
+    });
+    client.inspector = Some(inspector.clone());
+    let _client = TestClient::start(client).await.expect("session");
+    let out = grpc_client(&server, &ca_file, "seen", "all").await;
+    assert_every_call_works(&out, &grpc);
+    // Every call is an entry once it ended: the unary ones, the streams, the cancelled one.
+    showoff_testkit::eventually("the inspector has the calls", || {
+        inspector.entries().len() >= 9
+    })
+    .await;
+    let entries = inspector.entries();
+    let failed = entries
+        .iter()
+        .find(|e| e.request.body.captured.ends_with(b"fail"))
+        .expect("the failing call");
+    assert_eq!(failed.request.method, "POST");
+    assert_eq!(failed.request.path, "/showoff.test.Echo/Unary");
+    assert_eq!(failed.request.version, "HTTP/2");
+    let response = failed.response.as_ref().expect("answered");
+    assert_eq!(response.status, 200);
+    let fields = response.headers();
+    let field =
+        |name: &str| showoff_client::inspect::entry::header(&fields, name).map(str::to_string);
+    assert_eq!(field("content-type").as_deref(), Some("application/grpc"));
+    assert_eq!(field("grpc-status").as_deref(), Some("9"), "{fields:?}");
+    assert_eq!(field("x-detail").as_deref(), Some("the thing is missing"));
+    let streamed = entries
+        .iter()
+        .find(|e| e.request.path.ends_with("/ServerStream"))
+        .expect("the server stream");
+    let size = streamed.response.as_ref().expect("answered").body.size;
+    assert!(
+        size >= 5 * 300_000,
+        "the streamed messages were counted: {size}"
+    );
+    let cancelled = entries
+        .iter()
+        .find(|e| e.request.path.ends_with("/Hang"))
+        .expect("the cancelled call");
+    assert_eq!(cancelled.error, Some("stream_reset"));
+}
+
+#[tokio::test]
 async fn auto_settles_on_http1_for_an_http1_target() {
     let (server, ca, _ca_file) = https_server().await;
     let target = spawn_target("http1").await;

@@ -7,7 +7,11 @@
 //! against the memory budget), and the rest is only counted, or handed to the spill writer
 //! without waiting. Pipelined requests pair with responses in order; a `101` turns the stream
 //! into one entry whose byte counts grow until it closes. Anything the capture cannot frame
-//! stops it for this stream (counted as `unparsed`); the relay goes on untouched.
+//! stops it for this stream (counted as `unparsed`); the relay goes on untouched. A stream that
+//! opens with the HTTP/2 connection preface (a tunnel whose target speaks HTTP/2) is followed
+//! frame by frame instead ([`h2`]).
+
+mod h2;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -139,6 +143,11 @@ pub(crate) struct Capture {
     queue: VecDeque<Building>,
     upgraded: Option<Upgraded>,
     stopped: bool,
+    /// Following HTTP/2 streams instead of HTTP/1.1 exchanges.
+    h2: Option<h2::H2Follow>,
+    /// The stream's first request bytes while they could still be the HTTP/2 preface;
+    /// `None` once decided.
+    opening: Option<Vec<u8>>,
 }
 
 impl Capture {
@@ -159,6 +168,8 @@ impl Capture {
             queue: VecDeque::new(),
             upgraded: None,
             stopped: false,
+            h2: None,
+            opening: Some(Vec::new()),
         }
     }
 
@@ -174,6 +185,36 @@ impl Capture {
 
     /// Reads `data` on `side`: heads and bodies until it is used up; after an upgrade, counts.
     fn follow(&mut self, side: Side, data: &[u8]) {
+        if self.stopped {
+            return;
+        }
+        let opened;
+        let mut data = data;
+        if let (Side::Request, Some(mut seen)) = (side, self.opening.take()) {
+            seen.extend_from_slice(data);
+            let known = seen.len().min(h2::PREFACE.len());
+            if seen[..known] == h2::PREFACE[..known] && known < h2::PREFACE.len() {
+                // Too short to tell yet.
+                self.opening = Some(seen);
+                return;
+            }
+            if known == h2::PREFACE.len() && seen[..known] == *h2::PREFACE {
+                self.h2 = Some(h2::H2Follow::new());
+            }
+            opened = seen;
+            data = &opened;
+        }
+        if let Some(follower) = &mut self.h2 {
+            let mut ctx = h2::Ctx {
+                shared: &self.shared,
+                tunnel: &self.tunnel,
+                replay_of: self.replay_of,
+            };
+            if let Err(why) = follower.follow(side, data, &mut ctx) {
+                self.stop(why);
+            }
+            return;
+        }
         let mut rest = data;
         while !rest.is_empty() && !self.stopped {
             if let Some(up) = &mut self.upgraded {
@@ -374,6 +415,9 @@ impl Capture {
         for building in self.queue.drain(..) {
             self.shared.store.release(building.reserved());
         }
+        if let Some(follower) = &mut self.h2 {
+            follower.release(&self.shared);
+        }
     }
 
     /// The stream closed: a body read until close ends here; exchanges still open are stored
@@ -392,6 +436,9 @@ impl Capture {
         }
         if self.stopped {
             return;
+        }
+        if let Some(follower) = &mut self.h2 {
+            return follower.closed(&self.shared);
         }
         let until_close = self.down.until_close();
         while let Some(mut building) = self.queue.pop_front() {

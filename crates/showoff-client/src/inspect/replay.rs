@@ -103,6 +103,11 @@ impl Inspector {
         edits: Edits,
     ) -> Result<std::sync::Arc<Entry>, ReplayError> {
         let entry = self.get(id).ok_or(ReplayError::NotFound(id))?;
+        if entry.request.version == "HTTP/2" {
+            return Err(ReplayError::BadEdit(
+                "an HTTP/2 exchange cannot be replayed: replay sends HTTP/1.1".into(),
+            ));
+        }
         let target = self
             .target_of(&entry.tunnel)
             .ok_or_else(|| ReplayError::NoTunnel(entry.tunnel.to_string()))?;

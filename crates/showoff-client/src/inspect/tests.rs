@@ -225,3 +225,75 @@ fn a_spilled_body_is_written_whole_to_disk_and_removed_with_its_entry() {
     assert_eq!(left, 0, "the inspector's directory goes with it");
     let _ = std::fs::remove_dir(&dir);
 }
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn http2_streams_become_entries_with_trailers_in_any_pieces() {
+    let mut request_hpack = fluke_hpack::Encoder::new();
+    let mut response_hpack = fluke_hpack::Encoder::new();
+    let request_fields: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/pkg.Svc/Call"),
+        (b":authority", b"demo.localhost"),
+        (b"content-type", b"application/grpc"),
+    ];
+    let mut up = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    up.extend(frame(0x4, 0, 0, &[]));
+    up.extend(frame(
+        0x1,
+        0x4,
+        1,
+        &request_hpack.encode(request_fields.clone()),
+    ));
+    up.extend(frame(0x0, 0x1, 1, b"\0\0\0\0\x02hi"));
+    // A second stream, reset by the server before its answer.
+    up.extend(frame(0x1, 0x5, 3, &request_hpack.encode(request_fields)));
+    up.extend(frame(0x3, 0, 3, &8u32.to_be_bytes()));
+    let mut down = frame(0x4, 0, 0, &[]);
+    let head = response_hpack.encode(vec![(&b":status"[..], &b"200"[..])]);
+    down.extend(frame(0x1, 0x4, 1, &head));
+    // Padded data: one byte of pad length, the data, two bytes of padding.
+    down.extend(frame(0x0, 0x8, 1, b"\x02\0\0\0\0\x02ok\0\0"));
+    let trailers = response_hpack.encode(vec![(&b"grpc-status"[..], &b"0"[..])]);
+    down.extend(frame(0x1, 0x5, 1, &trailers));
+    for piece in [1, 5, 4096] {
+        let inspector = inspector(1 << 20, 1 << 16);
+        let entries = exchange(&inspector, &up, &down, piece);
+        assert_eq!(entries.len(), 2, "piece {piece}");
+        let call = entries
+            .iter()
+            .find(|e| e.error.is_none())
+            .expect("the answered call");
+        assert_eq!(
+            (call.request.method.as_str(), call.request.path.as_str()),
+            ("POST", "/pkg.Svc/Call")
+        );
+        assert_eq!(&call.request.body.captured[..], b"\0\0\0\0\x02hi");
+        let headers = call.request.headers();
+        assert_eq!(
+            super::entry::header(&headers, "host"),
+            Some("demo.localhost")
+        );
+        let response = call.response.as_ref().expect("response");
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body.captured[..], b"\0\0\0\0\x02ok");
+        let fields = response.headers();
+        assert_eq!(
+            super::entry::header(&fields, "grpc-status"),
+            Some("0"),
+            "piece {piece}: {:?}",
+            String::from_utf8_lossy(&response.head)
+        );
+        let reset = entries.iter().find(|e| e.error.is_some()).expect("reset");
+        assert_eq!(reset.error, Some("stream_reset"));
+    }
+}
