@@ -4,7 +4,8 @@
 //! - [`http`]: HTTP/1.1 reverse proxy routed by `Host`, per request.
 //! - [`request`]: the request-level edge (HTTP/2 visitors, connections handed over): HTTP/2
 //!   end to end to targets that speak it ([`h2`]), HTTP/1.1 through [`http`] otherwise.
-//! - [`pages`]: error pages as responses of the request-level edge, gRPC statuses included.
+//! - [`pages`]: error pages as responses of the request-level edge, gRPC statuses included;
+//!   [`body`]: that edge's body type.
 //! - [`https`]: the HTTPS listener: ClientHello (SNI) first, then TLS, then [`http`].
 //! - [`h2`]: HTTP/2 visitors, and HTTP/2 towards targets (one connection per tunnel).
 //! - [`forwarded`]: `X-Forwarded-*` and which proxies are believed.
@@ -20,6 +21,7 @@
 //! drain, URLs, TLS acceptors and ACME answers, and the settings it reads. Each finished
 //! request or connection is reported once, as an exchange event.
 
+pub(crate) mod body;
 pub(crate) mod error;
 pub(crate) mod forwarded;
 pub(crate) mod h2;

@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::edge::EdgeContext;
+use crate::edge::body::{Body, BoxError};
 use crate::edge::http::Scheme;
-use crate::edge::pages::{Body, BoxError};
 use crate::edge::request;
 
 /// Streams a visitor may have open at once (RFC 9113 recommends no fewer than 100).

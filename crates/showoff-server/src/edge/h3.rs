@@ -26,9 +26,9 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::EdgeContext;
+use super::body::BoxError;
 use super::h2::MAX_STREAMS;
 use super::http::Scheme;
-use super::pages::BoxError;
 use super::request;
 
 /// A request stream's receiving half, as the server's QUIC streams give it.

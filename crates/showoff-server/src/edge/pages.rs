@@ -1,22 +1,20 @@
-//! The request-level edge's body type, and its error pages as responses: the plain-text
+//! The request-level edge's error pages as responses: the plain-text
 //! page every HTTP client gets, or, for a gRPC call, a trailers-only response (HTTP 200, one
 //! HEADERS frame that ends the stream) whose `grpc-status` follows gRPC's mapping of HTTP
 //! statuses and whose `grpc-message` is the page's message; `x-showoff-error` carries the
 //! stable code in both.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use http_body_util::{BodyExt, Empty, Full};
+use showoff_core::trace::Decision;
 
-use http_body_util::combinators::BoxBody;
-
-use super::error::{ERROR_HEADER, ErrorPage};
-
-/// Any error a body passes on.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of every request and response of the request-level edge.
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
+use super::EdgeContext;
+use super::body::Body;
+use super::error::{ERROR_HEADER, EdgeError, ErrorPage};
+use super::http::conn::report_failure;
 
 /// gRPC's status codes used here.
 mod code {
@@ -94,6 +92,22 @@ pub(crate) fn response(page: &ErrorPage, grpc: bool) -> Response<Body> {
         *fallback.status_mut() = http::StatusCode::BAD_GATEWAY;
         fallback
     })
+}
+
+/// Reports a request Showoff refused or failed (span, exchange event, log line, as
+/// [`report_failure`] does for every edge) and answers it with `error`'s page.
+pub(crate) fn refusal(
+    ctx: &EdgeContext,
+    peer: SocketAddr,
+    host: &str,
+    tunnel: Option<&str>,
+    decision: &Decision,
+    grpc: bool,
+    error: EdgeError,
+) -> Response<Body> {
+    let page = error.page(host);
+    report_failure(ctx, peer, host, tunnel, &page, decision);
+    response(&page, grpc)
 }
 
 /// `grpc-message` encoding: percent-encoding of everything outside printable ASCII and `%`.

@@ -20,12 +20,13 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::EdgeContext;
+use super::body::{Body, BoxError};
 use super::error::EdgeError;
 use super::h2::forward;
 use super::h2::relay;
 use super::h2::upstream::speaks_h2;
 use super::http::{Conn, Scheme, gate};
-use super::pages::{self, Body, BoxError};
+use super::pages;
 
 /// Bytes buffered in each direction of a request's pipe to the HTTP/1.1 edge.
 const PIPE: usize = 64 * 1024;
@@ -118,10 +119,8 @@ fn refuse(
     error: EdgeError,
     grpc: bool,
 ) -> Response<Body> {
-    let page = error.page(host);
     let decision = showoff_core::trace::Decision::Off;
-    super::http::conn::report_failure(ctx, peer, host, None, &page, &decision);
-    pages::response(&page, grpc)
+    pages::refusal(ctx, peer, host, None, &decision, grpc, error)
 }
 
 /// One request through the HTTP/1.1 edge, over an in-memory pipe.

@@ -19,14 +19,14 @@ use tracing::{Instrument, debug};
 
 use super::relay::{next_hop_fields, strip_connection_fields};
 use crate::edge::EdgeContext;
+use crate::edge::body::{Body, BoxError};
 use crate::edge::error::{ERROR_HEADER, EdgeError};
 use crate::edge::forwarded::{
     Forwarded, PEER_CHAIN, PEER_HOST, PEER_PROTO, PEER_VISITOR, forwarded,
 };
 use crate::edge::http::Scheme;
-use crate::edge::http::conn::report_failure;
 use crate::edge::http::head::RequestHead;
-use crate::edge::pages::{self, Body, BoxError};
+use crate::edge::pages;
 use crate::edge::peer::ClusterEdge;
 use crate::edge::spans;
 
@@ -45,7 +45,10 @@ where
     let (mut parts, body) = request.into_parts();
     let head = match RequestHead::of_request(&mut parts) {
         Ok(head) => head,
-        Err(error) => return refuse(ctx, peer, "", EdgeError::Head(error), &Decision::Off),
+        Err(error) => {
+            let error = EdgeError::Head(error);
+            return pages::refusal(ctx, peer, "", None, &Decision::Off, true, error);
+        }
     };
     let (span, decision) = spans::request(&ctx.settings, &head, peer, scheme.as_str(), false);
     let visitor = forwarded(
@@ -76,7 +79,9 @@ where
     .await;
     match hop {
         Ok(response) => response,
-        Err(error) => span.in_scope(|| refuse(ctx, peer, &host, error, &decision)),
+        Err(error) => {
+            span.in_scope(|| pages::refusal(ctx, peer, &host, None, &decision, true, error))
+        }
     }
 }
 
@@ -152,16 +157,4 @@ where
         parts,
         body.map_err(Into::into).boxed(),
     ))
-}
-
-fn refuse(
-    ctx: &EdgeContext,
-    peer: SocketAddr,
-    host: &str,
-    error: EdgeError,
-    decision: &Decision,
-) -> Response<Body> {
-    let page = error.page(host);
-    report_failure(ctx, peer, host, None, &page, decision);
-    pages::response(&page, true)
 }

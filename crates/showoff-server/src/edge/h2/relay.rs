@@ -32,13 +32,13 @@ use tracing::Instrument;
 
 use super::upstream::{self, Route};
 use crate::edge::EdgeContext;
+use crate::edge::body::{Body, BoxError};
 use crate::edge::error::EdgeError;
 use crate::edge::forwarded::Forwarded;
 use crate::edge::http::encode::NOT_FORWARDED;
 use crate::edge::http::head::{RequestHead, connection_tokens};
-use crate::edge::http::{Scheme, conn::report_failure, gate};
+use crate::edge::http::{Scheme, gate};
 use crate::edge::pages;
-use crate::edge::pages::{Body, BoxError};
 use crate::edge::spans;
 use crate::state::Tunnel;
 use crate::state::tunnel::HeldSlot;
@@ -64,17 +64,12 @@ struct Visit<'a> {
 
 impl Visit<'_> {
     fn fail<B>(&self, error: EdgeError) -> Relayed<B> {
-        let page = error.page(&self.host);
         let tunnel = Some(self.tunnel.info.name.as_str());
-        report_failure(
-            self.ctx,
-            self.peer,
-            &self.host,
-            tunnel,
-            &page,
-            &self.decision,
-        );
-        Relayed::Answered(pages::response(&page, self.grpc))
+        let (ctx, peer, host) = (self.ctx, self.peer, &self.host);
+        let decision = &self.decision;
+        Relayed::Answered(pages::refusal(
+            ctx, peer, host, tunnel, decision, self.grpc, error,
+        ))
     }
 }
 

@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::edge::body::Body;
 use crate::edge::error::EdgeError;
-use crate::edge::pages::Body;
 use crate::edge::spans;
 use crate::state::Tunnel;
 
