@@ -439,10 +439,20 @@ async fn the_inspector_records_each_call_of_an_http2_tunnel_with_its_trailers() 
     let out = grpc_client(&server, &ca_file, "seen", "all").await;
     assert_every_call_works(&out, &grpc);
     // Every call is an entry once it ended: the unary ones, the streams, the cancelled one.
-    showoff_testkit::eventually("the inspector has the calls", || {
-        inspector.entries().len() >= 9
+    let counted = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while inspector.entries().len() < 9 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     })
     .await;
+    if counted.is_err() {
+        let seen: Vec<_> = inspector
+            .entries()
+            .iter()
+            .map(|e| (e.request.path.clone(), e.error))
+            .collect();
+        panic!("entries: {seen:?}");
+    }
     let entries = inspector.entries();
     let failed = entries
         .iter()

@@ -140,7 +140,10 @@ async fn json_text_binary_image_and_chunked_exchanges_are_captured() {
     assert_eq!(json["method"], "POST");
     assert_eq!(json["status"], 200);
     assert_eq!(json["tunnel"], "demo");
-    assert!(json["duration_ms"].as_f64().expect("duration") > 0.0);
+    assert!(
+        json["duration_ms"].as_f64().expect("duration") > 0.0,
+        "{json}"
+    );
     let request = &json["request"];
     assert_eq!(
         request["body"]["data"],

@@ -388,8 +388,10 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// Milliseconds to the microsecond: a loopback exchange can take less than 0.1 ms, and a
+/// measured duration should not read as none.
 fn millis(duration: Duration) -> f64 {
-    (duration.as_secs_f64() * 10_000.0).round() / 10.0
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// One entry in the list.

@@ -123,6 +123,17 @@ impl Building {
     }
 }
 
+/// Bytes held while a stream's protocol is not yet known, each way.
+#[derive(Default)]
+struct Opening {
+    up: Vec<u8>,
+    down: Vec<u8>,
+}
+
+/// Most bytes held before a stream's protocol is known (the preface is 24 bytes; a target's
+/// first SETTINGS frame is small).
+const OPENING_MAX: usize = 64 * 1024;
+
 /// An upgraded connection's entry, as stored, and its counts since.
 struct Upgraded {
     entry: Entry,
@@ -145,9 +156,9 @@ pub(crate) struct Capture {
     stopped: bool,
     /// Following HTTP/2 streams instead of HTTP/1.1 exchanges.
     h2: Option<h2::H2Follow>,
-    /// The stream's first request bytes while they could still be the HTTP/2 preface;
+    /// The stream's first bytes while the request's could still be the HTTP/2 preface;
     /// `None` once decided.
-    opening: Option<Vec<u8>>,
+    opening: Option<Opening>,
 }
 
 impl Capture {
@@ -169,7 +180,7 @@ impl Capture {
             upgraded: None,
             stopped: false,
             h2: None,
-            opening: Some(Vec::new()),
+            opening: Some(Opening::default()),
         }
     }
 
@@ -188,21 +199,36 @@ impl Capture {
         if self.stopped {
             return;
         }
-        let opened;
-        let mut data = data;
-        if let (Side::Request, Some(mut seen)) = (side, self.opening.take()) {
-            seen.extend_from_slice(data);
-            let known = seen.len().min(h2::PREFACE.len());
-            if seen[..known] == h2::PREFACE[..known] && known < h2::PREFACE.len() {
-                // Too short to tell yet.
-                self.opening = Some(seen);
-                return;
+        let Some(mut opening) = self.opening.take() else {
+            return self.follow_decided(side, data);
+        };
+        match side {
+            Side::Request => opening.up.extend_from_slice(data),
+            // An HTTP/2 target may send its SETTINGS before the preface is seen.
+            Side::Response => opening.down.extend_from_slice(data),
+        }
+        let known = opening.up.len().min(h2::PREFACE.len());
+        let could_be_h2 = opening.up[..known] == h2::PREFACE[..known];
+        if could_be_h2 && known < h2::PREFACE.len() {
+            if opening.up.len() + opening.down.len() > OPENING_MAX {
+                return self.stop("the stream's opening bytes tell no protocol");
             }
-            if known == h2::PREFACE.len() && seen[..known] == *h2::PREFACE {
-                self.h2 = Some(h2::H2Follow::new());
-            }
-            opened = seen;
-            data = &opened;
+            self.opening = Some(opening);
+            return;
+        }
+        if could_be_h2 {
+            self.h2 = Some(h2::H2Follow::new());
+        }
+        self.follow_decided(Side::Request, &opening.up);
+        if !opening.down.is_empty() {
+            self.follow_decided(Side::Response, &opening.down);
+        }
+    }
+
+    /// [`Capture::follow`] once the stream is known to carry HTTP/1.1 or HTTP/2.
+    fn follow_decided(&mut self, side: Side, data: &[u8]) {
+        if self.stopped {
+            return;
         }
         if let Some(follower) = &mut self.h2 {
             let mut ctx = h2::Ctx {

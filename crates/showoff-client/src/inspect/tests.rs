@@ -297,3 +297,27 @@ fn http2_streams_become_entries_with_trailers_in_any_pieces() {
         assert_eq!(reset.error, Some("stream_reset"));
     }
 }
+
+#[test]
+fn an_http2_target_that_speaks_first_is_still_followed() {
+    let mut request_hpack = fluke_hpack::Encoder::new();
+    let mut response_hpack = fluke_hpack::Encoder::new();
+    let inspector = inspector(1 << 20, 1 << 16);
+    let mut capture = capture(&inspector);
+    // The target's SETTINGS come before the server's preface was seen.
+    capture.read_from_target(&frame(0x4, 0, 0, &[]));
+    capture.wrote_to_target(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let fields: Vec<(&[u8], &[u8])> = vec![(b":method", b"GET"), (b":path", b"/")];
+    capture.wrote_to_target(&frame(0x1, 0x5, 1, &request_hpack.encode(fields)));
+    let status: Vec<(&[u8], &[u8])> = vec![(b":status", b"204")];
+    capture.read_from_target(&frame(0x1, 0x5, 1, &response_hpack.encode(status)));
+    capture.closed();
+    let entries = inspector.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].status(), Some(204));
+    // An HTTP/1.1 target that answers a request seen in pieces is unaffected.
+    let inspector = self::inspector(1 << 20, 1 << 16);
+    let up = b"POST /p HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n";
+    let down = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    assert_eq!(exchange(&inspector, up, down, 1).len(), 1);
+}
