@@ -123,17 +123,6 @@ impl Building {
     }
 }
 
-/// Bytes held while a stream's protocol is not yet known, each way.
-#[derive(Default)]
-struct Opening {
-    up: Vec<u8>,
-    down: Vec<u8>,
-}
-
-/// Most bytes held before a stream's protocol is known (the preface is 24 bytes; a target's
-/// first SETTINGS frame is small).
-const OPENING_MAX: usize = 64 * 1024;
-
 /// An upgraded connection's entry, as stored, and its counts since.
 struct Upgraded {
     entry: Entry,
@@ -158,7 +147,7 @@ pub(crate) struct Capture {
     h2: Option<h2::H2Follow>,
     /// The stream's first bytes while the request's could still be the HTTP/2 preface;
     /// `None` once decided.
-    opening: Option<Opening>,
+    opening: Option<h2::Opening>,
 }
 
 impl Capture {
@@ -180,7 +169,7 @@ impl Capture {
             upgraded: None,
             stopped: false,
             h2: None,
-            opening: Some(Opening::default()),
+            opening: Some(h2::Opening::default()),
         }
     }
 
@@ -210,7 +199,7 @@ impl Capture {
         let known = opening.up.len().min(h2::PREFACE.len());
         let could_be_h2 = opening.up[..known] == h2::PREFACE[..known];
         if could_be_h2 && known < h2::PREFACE.len() {
-            if opening.up.len() + opening.down.len() > OPENING_MAX {
+            if opening.up.len() + opening.down.len() > h2::OPENING_MAX {
                 return self.stop("the stream's opening bytes tell no protocol");
             }
             self.opening = Some(opening);

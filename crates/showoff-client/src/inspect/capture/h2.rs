@@ -17,6 +17,18 @@ use crate::inspect::entry::{Body, Cut, Entry, Request, Response};
 /// The client connection preface (RFC 9113 §3.4).
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Bytes held while a stream's protocol is not yet known, each way: the request's could still
+/// be the preface, and an HTTP/2 target may send its SETTINGS before the preface was seen.
+#[derive(Default)]
+pub(super) struct Opening {
+    pub(super) up: Vec<u8>,
+    pub(super) down: Vec<u8>,
+}
+
+/// Most bytes held before a stream's protocol is known (the preface is 24 bytes; a target's
+/// first SETTINGS frame is small).
+pub(super) const OPENING_MAX: usize = 64 * 1024;
+
 /// The largest frame followed; a bigger one (a peer that raised its frame size) stops it, so
 /// no frame is buffered beyond this.
 const MAX_FRAME: usize = 1024 * 1024;
